@@ -1,0 +1,87 @@
+"""The `actdb` command: thin wrappers over the library; actdb's errors become one line."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import typing
+
+import click
+
+from . import __version__
+from .errors import ActdbError
+from .settings import IngestSettings
+
+
+def _one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ActdbError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted (an ingest continues with --resume)") from None
+        except Exception as e:
+            if os.environ.get("ACTDB_DEBUG"):
+                raise
+            raise click.ClickException(f"internal error: {type(e).__name__}: {e} "
+                                       "(set ACTDB_DEBUG=1 for the traceback)") from None
+    return wrapper
+
+
+def _settings_options(fn):
+    """Add one option per IngestSettings field (but the positional model/corpus/out)."""
+    hints = typing.get_type_hints(IngestSettings)
+    for f in reversed(dataclasses.fields(IngestSettings)):
+        if f.name in ("model", "corpus", "out"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        if tp is bool:
+            decl = [flag] if f.default is False else [f"{flag}/--no-{f.name.replace('_', '-')}"]
+            fn = click.option(*decl, f.name, is_flag=True, default=f.default, help=f.metadata["help"])(fn)
+            continue
+        base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        ctype = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else base
+        fn = click.option(flag, f.name, type=ctype, default=f.default, show_default=True,
+                          help=f.metadata["help"])(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(__version__, prog_name="actdb")
+def main() -> None:
+    """actdb: record which FFN neurons fire on which tokens, and query it with SQL."""
+
+
+@main.command()
+@click.argument("model")
+@click.argument("corpus", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, help="Output store folder.")
+@_settings_options
+@_one_line_errors
+def ingest(model: str, corpus: tuple[str, ...], out: str, **options) -> None:
+    """Run MODEL over CORPUS files and record every FFN neuron's firing per token."""
+    from .ingest import ingest as run
+
+    settings = IngestSettings(model=model, corpus=tuple(corpus), out=out, **options)
+    summary = run(settings, log=click.echo)
+    for line in summary.lines():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("store")
+@_one_line_errors
+def info(store: str) -> None:
+    """Describe a store: model, layers, tokens, corpus."""
+    from .store import open as open_store
+
+    st = open_store(store)
+    for line in st.describe():
+        click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""`actdb ingest`: corpus -> tokens -> forward passes -> bit-packed fire masks.
+
+Phase 1 (tokenize): the corpus is read and tokenized once into sequences; token ids and
+sequence offsets go to `_staging/` (flat files, so memory does not grow with the corpus),
+the token, document and vocabulary tables to Parquet. Bad input stops here, before any
+model time is spent.
+Phase 2 (forward): batches of whole sequences, fixed by sequence index (so a resumed run
+sees exactly the batches of an uninterrupted one), go through the model; a hook on each
+recorded layer's activation packs `act > 0` on the model's device; a writer thread
+compresses and writes each completed block and commits it, while the next batches run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .adapters import adapter_for, get_module
+from .corpus import (check_corpus_files, read_documents, sequences, sha256_file,
+                     special_tokens, tokenize_documents)
+from .errors import InputError, StoreError
+from .manifest import FORMAT_VERSION, MANIFEST_FILE, CorpusFile, Manifest
+from .models import (choose_device, choose_dtype, load_config, load_model, load_tokenizer,
+                     resolve_model_dir, should_offload, weights_sha256)
+from .packing import BlockAssembler, RowPacker
+from .settings import IngestSettings
+from .store import (STAGING, STATE_FILE, MaskWriter, codec_name, is_store, read_state,
+                    remove_store, write_state)
+from .tables import write_token_tables
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    store: Path
+    n_tokens: int
+    n_sequences: int
+    n_docs: int
+    layers: tuple[int, ...]
+    d_ffn: int
+    seconds: float
+    forward_seconds: float
+    mask_bytes: int
+    offload: bool
+    resumed_from: int
+
+    def lines(self) -> list[str]:
+        bits = self.n_tokens * len(self.layers) * self.d_ffn
+        return [
+            f"store      {self.store}",
+            f"tokens     {self.n_tokens:,} in {self.n_sequences:,} sequences from {self.n_docs:,} documents"
+            + (f" (resumed at token {self.resumed_from:,})" if self.resumed_from else ""),
+            f"neurons    {len(self.layers)} layers x {self.d_ffn} = {len(self.layers) * self.d_ffn:,}"
+            + (" (layer-by-layer)" if self.offload else ""),
+            f"time       {self.seconds:.1f} s ({self.n_tokens / max(self.seconds, 1e-9):,.0f} tok/s; "
+            f"forward {self.forward_seconds:.1f} s)",
+            f"masks      {self.mask_bytes / 1e6:,.2f} MB on disk, {8 * self.mask_bytes / max(bits, 1):.3f} bits per "
+            f"(token, neuron)",
+        ]
+
+
+class StopForward(Exception):
+    """Raised after the last recorded layer: the rest of the network is not needed."""
+
+
+def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
+    if spec.strip() == "all":
+        return tuple(range(n_layers))
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise InputError(f"--layers: expected 'all' or a list like 0,2,5-7, got {spec!r}") from None
+    for l in out:
+        l_norm = l + n_layers if l < 0 else l
+        if not 0 <= l_norm < n_layers:
+            raise InputError(f"--layers: layer {l} out of range: the model has layers 0..{n_layers - 1}")
+    layers = sorted({l + n_layers if l < 0 else l for l in out})
+    if not layers:
+        raise InputError(f"--layers: expected at least one layer, got {spec!r}")
+    return tuple(layers)
+
+
+def _prepare_store(root: Path, s: IngestSettings) -> dict[str, Any] | None:
+    """Check what is at `root` against --resume/--overwrite; returns the state to resume."""
+    if s.overwrite:
+        remove_store(root)
+    if (root / MANIFEST_FILE).exists():
+        if s.resume:
+            raise StoreError(f"{root}: store is already complete; nothing to resume")
+        raise StoreError(f"{root}: store exists (pass --overwrite to replace it)")
+    state = read_state(root)
+    if state is not None and not s.resume:
+        raise StoreError(f"{root}: holds an interrupted ingest (pass --resume to continue it, or --overwrite)")
+    if state is None and s.resume:
+        raise StoreError(f"{root}: no interrupted ingest to resume")
+    if state is None and root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise StoreError(f"{root}: exists and is not an actdb store")
+    return state
+
+
+def _identity(s: IngestSettings, corpus: list[CorpusFile], weights: str, layers: tuple[int, ...],
+              dtype: torch.dtype) -> dict[str, Any]:
+    """What must be the same for a resumed ingest to continue the interrupted one."""
+    return {"model": s.model, "weights_sha256": weights, "corpus": [dataclasses.asdict(c) for c in corpus],
+            "layers": list(layers), "seq_len": s.seq_len, "mode": s.mode, "batch_size": s.batch_size,
+            "max_tokens": s.max_tokens, "dtype": str(dtype).removeprefix("torch."),
+            "block_tokens": s.block_tokens, "neuron_chunk": s.neuron_chunk, "zstd_level": s.zstd_level,
+            "domain": s.domain, "skip_empty": s.skip_empty}
+
+
+def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if old.get(k) != v:
+            raise InputError(f"--resume: {k}: expected {old.get(k)!r} (as in the interrupted ingest), got {v!r}")
+
+
+def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> IngestSummary:
+    """Run a whole ingest (or finish an interrupted one) and return its summary."""
+    t0 = time.perf_counter()
+    s = settings
+    if not s.out:
+        raise InputError("no output store given")
+    root = Path(s.out)
+    files = check_corpus_files(s.corpus)
+    state = _prepare_store(root, s)
+
+    model_dir, revision = resolve_model_dir(s.model, s.revision)
+    config = load_config(model_dir)
+    adapter = adapter_for(config.model_type)
+    n_layers = config.num_hidden_layers
+    layers = parse_layers(s.layers, n_layers)
+    device = choose_device(s.device)
+    dtype = choose_dtype(s.dtype, config, device)
+    tokenizer = load_tokenizer(model_dir)
+    corpus = [CorpusFile(str(p), sha256_file(p), p.stat().st_size) for p in files]
+    weights = weights_sha256(model_dir)
+    identity = _identity(s, corpus, weights, layers, dtype)
+    if state is not None:
+        _check_identity(state["identity"], identity)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        state = {"identity": identity, "tokenized": None, "blocks_done": 0}
+        write_state(root, state)
+
+    special = special_tokens(tokenizer)
+    if state["tokenized"] is None:
+        docs = read_documents(files, s.domain, s.skip_empty)
+        state["tokenized"] = write_token_tables(root, tokenizer, tokenize_documents(docs, tokenizer),
+                                                 special, s, log)
+        write_state(root, state)
+    tok = state["tokenized"]
+    n_tokens, n_seqs = tok["n_tokens"], tok["n_sequences"]
+    if n_tokens == 0:
+        raise InputError("corpus gave no tokens")
+
+    offload = should_offload(s.offload, config, dtype, device)
+    lm = load_model(model_dir, config, device, dtype, offload)
+    d_ffn = _d_ffn(lm)
+    draft = dict(
+        format_version=FORMAT_VERSION, actdb_version=__version__, model=s.model, model_revision=revision,
+        weights_sha256=weights, architecture=config.model_type, model_class=lm.model_class,
+        family=adapter.family, fire_rule=adapter.fire_rule(type(get_module(lm.layers[0], adapter.act)).__name__),
+        n_layers=n_layers, layers=layers, d_ffn=d_ffn, d_model=config.hidden_size,
+        vocab_size=config.vocab_size, dtype=identity["dtype"], seq_len=s.seq_len, mode=s.mode,
+        prefix_tokens=special.prefix, suffix_tokens=special.suffix, separator_token=special.separator,
+        corpus=tuple(corpus), max_tokens=s.max_tokens, n_tokens=n_tokens, n_sequences=n_seqs,
+        n_docs=tok["n_docs"], block_tokens=s.block_tokens, neuron_chunk=s.neuron_chunk,
+        codec=codec_name(s.zstd_level))
+    manifest = Manifest(**draft)
+    manifest.validate()
+
+    start_row = state["blocks_done"] * s.block_tokens
+    writer = MaskWriter(root, layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.zstd_level,
+                        create=state["blocks_done"] == 0)
+    fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, writer, tokenizer, start_row, n_tokens, log)
+
+    manifest.write(root)  # the store is complete from here on
+    (root / STATE_FILE).unlink()
+    import shutil
+
+    shutil.rmtree(root / STAGING, ignore_errors=True)
+    mask_bytes = sum(p.stat().st_size for p in (root / "masks").rglob("*") if p.is_file())
+    return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, time.perf_counter() - t0,
+                         fwd_seconds, mask_bytes, offload, start_row)
+
+
+def _d_ffn(lm) -> int:
+    fc_in = get_module(lm.layers[0], lm.adapter.fc_in)
+    w = fc_in.weight
+    # GPT-2's Conv1D stores [in, out]; Linear stores [out, in]
+    return int(w.shape[1] if type(fc_in).__name__ == "Conv1D" else w.shape[0])
+
+
+class _Writer(threading.Thread):
+    """Writes and commits blocks in order while the forward passes go on."""
+
+    def __init__(self, root: Path, writer: MaskWriter, state: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.root, self.writer, self.state = root, writer, state
+        self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            index, data = item
+            try:
+                self.writer.write_block(index, data)
+                self.state["blocks_done"] = index + 1
+                write_state(self.root, self.state)
+            except BaseException as e:  # reported by the main thread
+                self.error = e
+
+    def put(self, item) -> None:
+        self._check()
+        self.q.put(item)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            e = self.error
+            if isinstance(e, OSError):
+                raise StoreError(f"{self.root}: writing masks failed ({e.strerror or e}); "
+                                 f"the store can be resumed with --resume") from None
+            raise e
+
+
+def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer: MaskWriter,
+                 tokenizer, start_row: int, n_tokens: int, log) -> float:
+    from tqdm import tqdm
+
+    staging = root / STAGING
+    token_ids = np.memmap(staging / "token_ids.i32", dtype=np.int32, mode="r")
+    offsets = np.fromfile(staging / "seq_offsets.i64", dtype=np.int64)
+    n_seqs = len(offsets) - 1
+    B = s.batch_size
+    first_seq = int(np.searchsorted(offsets, start_row, side="right") - 1) if start_row < n_tokens else n_seqs
+    first_batch = first_seq // B
+    skip = start_row - int(offsets[min(first_batch * B, n_seqs)]) if start_row < n_tokens else 0
+    packers = [RowPacker(skip) for _ in layers]
+    assembler = BlockAssembler(len(layers), d_ffn, s.block_tokens // 8, first_block=state["blocks_done"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = lm.device
+    current: dict[str, Any] = {}
+    packed_out: list[torch.Tensor | None] = [None] * len(layers)
+    acts = [get_module(lm.layers[l], lm.adapter.act) for l in layers]
+    handles = []
+
+    def make_hook(i: int):
+        def hook(module, inputs, output):
+            # [batch, seq, d_ffn], or [batch*seq, d_ffn] where the model flattens (OPT)
+            fired = (output > 0).reshape(-1, d_ffn)                     # [batch*seq, d_ffn] bool
+            rows = fired[current["valid"]] if current["padded"] else fired  # [n, d_ffn], n valid tokens
+            packed_out[i] = packers[i].push(rows)                       # [d_ffn, n/8] uint8 or None
+        return hook
+
+    def stop_hook(module, inputs, output):
+        raise StopForward
+
+    for i, act in enumerate(acts):
+        handles.append(act.register_forward_hook(make_hook(i)))
+    handles.append(lm.layers[max(layers)].register_forward_hook(stop_hook))
+
+    out = _Writer(root, writer, state)
+    out.start()
+    fwd = 0.0
+    bar = tqdm(total=n_tokens, initial=start_row, unit="tok", unit_scale=True, desc="forward",
+               disable=not s.progress, dynamic_ncols=True)
+    try:
+        for b in range(first_batch, (n_seqs + B - 1) // B):
+            lo, hi = b * B, min((b + 1) * B, n_seqs)
+            lengths = np.diff(offsets[lo:hi + 1])
+            width = int(lengths.max())
+            ids = np.full((hi - lo, width), pad_id, dtype=np.int64)
+            mask = np.zeros((hi - lo, width), dtype=np.int64)
+            for j in range(hi - lo):
+                a, e = offsets[lo + j], offsets[lo + j + 1]
+                ids[j, :e - a] = token_ids[a:e]
+                mask[j, :e - a] = 1
+            input_ids = torch.from_numpy(ids).to(device)                # [batch, seq]
+            attention = torch.from_numpy(mask).to(device)               # [batch, seq]
+            current["padded"] = bool((lengths != width).any())
+            current["valid"] = attention.bool().reshape(-1)             # [batch*seq]
+            t = time.perf_counter()
+            with torch.inference_mode():
+                try:
+                    lm.base(input_ids=input_ids, attention_mask=attention, use_cache=False)
+                except StopForward:
+                    pass
+            parts = [p for p in packed_out if p is not None]
+            if parts:
+                host = torch.stack(parts).cpu().numpy()                  # [layers, d_ffn, bytes]
+                for block in assembler.push(host):
+                    out.put(block)
+            packed_out[:] = [None] * len(layers)
+            fwd += time.perf_counter() - t
+            bar.update(int(offsets[hi] - max(offsets[lo], start_row)))
+        tail = [p.finish(d_ffn, device) for p in packers]
+        if tail[0] is not None:
+            for block in assembler.push(torch.stack(tail).cpu().numpy()):
+                out.put(block)
+        last = assembler.finish()
+        if last is not None:
+            out.put(last)
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+        out.close()
+    return fwd

@@ -1,0 +1,103 @@
+"""Layer-by-layer ingest for models larger than the device (or host) memory.
+
+The model is built on the meta device; everything outside the blocks (embeddings,
+final norm) is loaded once, and each block's weights are read from the memory-mapped
+safetensors right before the block runs and dropped right after. The whole batch
+(a large chunk of tokens) goes through block l before block l+1 is loaded, so the
+model's own forward code (masks, rotary embeddings, caches) stays untouched.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+
+def empty_model(cls, config, dtype: torch.dtype) -> torch.nn.Module:
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # parameters on meta, buffers (rotary tables) real
+        return cls.from_config(config, dtype=dtype)
+
+
+class LayerStreamer:
+    def __init__(self, model: torch.nn.Module, layers: torch.nn.ModuleList, model_dir: Path,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        from safetensors import safe_open
+
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if not files:
+            raise InputError(f"{model_dir}: layer-by-layer mode needs .safetensors weights, found none")
+        self.handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
+        self.key_file = {k: h for h in self.handles for k in h.keys()}
+        self.device, self.dtype = device, dtype
+        self.prefix = model.base_model_prefix
+        self.resident = 0        # blocks whose weights are in memory now
+        self.max_resident = 0    # the most there ever were at once (a test checks it is 1)
+        self.loads = 0
+        layer_ids = {id(m) for layer in layers for m in layer.modules()}
+        for name, module in model.named_modules():
+            if id(module) in layer_ids:
+                continue
+            self._load(module, name, recurse=False)
+        leftover = [n for n, p in model.named_parameters() if p.is_meta and not any(
+            n.startswith(pre) for pre in self._layer_prefixes(model, layers))]
+        if leftover and not all(n.startswith("lm_head") for n in leftover):
+            raise InputError(f"{model_dir}: weights missing from the checkpoint: {', '.join(leftover[:3])}")
+        self.names = {id(layer): name for name, layer in model.named_modules() if any(layer is l for l in layers)}
+        for layer in layers:
+            layer.register_forward_pre_hook(self._before)
+            layer.register_forward_hook(self._after)
+
+    @staticmethod
+    def _layer_prefixes(model, layers) -> list[str]:
+        ids = {id(l) for l in layers}
+        return [n + "." for n, m in model.named_modules() if id(m) in ids]
+
+    def _key(self, name: str) -> str | None:
+        p = self.prefix + "."
+        for cand in (name, name[len(p):] if name.startswith(p) else p + name):
+            if cand in self.key_file:
+                return cand
+        return None
+
+    def _load(self, module: torch.nn.Module, prefix: str, recurse: bool = True) -> None:
+        items = [(n, t, True) for n, t in module.named_parameters(recurse=recurse)] + \
+                [(n, t, False) for n, t in module.named_buffers(recurse=recurse)]
+        for name, tensor, is_param in items:
+            full = f"{prefix}.{name}" if prefix else name
+            key = self._key(full)
+            if key is None:
+                if is_param and tensor.is_meta and "lm_head" not in full and not prefix.startswith("lm_head"):
+                    raise InputError(f"layer-by-layer mode: weight {full} not found in the checkpoint")
+                continue
+            value = self.key_file[key].get_tensor(key)
+            value = value.to(self.device, self.dtype if value.is_floating_point() else value.dtype)
+            owner, leaf = _owner(module, name)
+            if is_param:
+                owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+            else:
+                owner._buffers[leaf] = value
+
+    def _before(self, layer, args) -> None:
+        self._load(layer, self.names[id(layer)])
+        self.loads += 1
+        self.resident += 1
+        self.max_resident = max(self.max_resident, self.resident)
+
+    def _after(self, layer, args, output) -> None:
+        for module in layer.modules():
+            for leaf, p in module._parameters.items():
+                if p is not None:
+                    module._parameters[leaf] = torch.nn.Parameter(
+                        torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=False)
+        self.resident -= 1
+
+
+def _owner(module: torch.nn.Module, dotted: str) -> tuple[torch.nn.Module, str]:
+    *path, leaf = dotted.split(".")
+    for part in path:
+        module = getattr(module, part)
+    return module, leaf

@@ -1,0 +1,100 @@
+"""Bit packing of fire masks along the token axis.
+
+Layout: a layer is uint8 [d_ffn, ceil(rows/8)]; bit (r % 8) of byte r // 8 (little-endian
+bit order, as numpy's bitorder="little") says whether the neuron fired on token row r.
+Neuron-major packing keeps each neuron's bits contiguous, so a dead neuron is a run of
+zero bytes (zero chunks are not even written) and one neuron reads without the others.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_WEIGHTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    w = _WEIGHTS.get(device)
+    if w is None:
+        w = _WEIGHTS[device] = (2 ** torch.arange(8, dtype=torch.uint8, device=device)).view(1, 8, 1)
+    return w
+
+
+def pack_rows(fired: torch.Tensor) -> torch.Tensor:
+    """[n, d_ffn] bool, n a multiple of 8 -> [d_ffn, n/8] uint8, on fired's device."""
+    n, f = fired.shape
+    if n % 8:
+        raise ValueError(f"pack_rows: expected a multiple of 8 rows, got {n}")
+    x = fired.view(n // 8, 8, f).to(torch.uint8)                            # [n/8, 8, d_ffn]
+    packed = (x * _bit_weights(fired.device)).sum(dim=1, dtype=torch.uint8)  # [n/8, d_ffn]
+    return packed.t().contiguous()                                           # [d_ffn, n/8]
+
+
+def unpack(packed: np.ndarray, n_rows: int, start_bit: int = 0) -> np.ndarray:
+    """[d, nbytes] uint8 -> [d, n_rows] bool, starting at bit start_bit of the first byte."""
+    bits = np.unpackbits(packed, axis=-1, bitorder="little", count=start_bit + n_rows)
+    return bits[..., start_bit:].astype(bool)
+
+
+class RowPacker:
+    """Packs a stream of [n, d_ffn] bool row batches into whole bytes.
+
+    Rows left over after the last multiple of 8 wait (on the device) for the next batch;
+    `skip` drops the first rows of the stream (already committed before a resume).
+    """
+
+    def __init__(self, skip: int = 0) -> None:
+        self.carry: torch.Tensor | None = None
+        self.skip = skip
+
+    def push(self, rows: torch.Tensor) -> torch.Tensor | None:
+        if self.skip:
+            k = min(self.skip, rows.shape[0])
+            rows, self.skip = rows[k:], self.skip - k
+        if self.carry is not None and self.carry.shape[0]:
+            rows = torch.cat([self.carry, rows])
+        whole = rows.shape[0] // 8 * 8
+        self.carry = rows[whole:]
+        return pack_rows(rows[:whole]) if whole else None
+
+    def finish(self, d_ffn: int, device: torch.device) -> torch.Tensor | None:
+        """Pack the last < 8 rows, zero-padded."""
+        if self.carry is None or not self.carry.shape[0]:
+            return None
+        pad = torch.zeros(8 - self.carry.shape[0], d_ffn, dtype=torch.bool, device=device)
+        out = pack_rows(torch.cat([self.carry, pad]))
+        self.carry = None
+        return out
+
+
+class BlockAssembler:
+    """Collects packed bytes per layer on the host into fixed-size blocks (one Zarr
+    chunk column each), so every chunk is written exactly once."""
+
+    def __init__(self, n_layers: int, d_ffn: int, block_bytes: int, first_block: int = 0) -> None:
+        self.buf = np.zeros((n_layers, d_ffn, block_bytes), dtype=np.uint8)
+        self.fill = 0
+        self.block = first_block
+
+    def push(self, packed: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """packed: [n_layers, d_ffn, m] -> full blocks as (index, [n_layers, d_ffn, block_bytes])."""
+        out = []
+        m, pos = packed.shape[-1], 0
+        bb = self.buf.shape[-1]
+        while pos < m:
+            take = min(bb - self.fill, m - pos)
+            self.buf[..., self.fill:self.fill + take] = packed[..., pos:pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == bb:
+                out.append((self.block, self.buf.copy()))
+                self.block += 1
+                self.fill = 0
+        return out
+
+    def finish(self) -> tuple[int, np.ndarray] | None:
+        if not self.fill:
+            return None
+        out = (self.block, self.buf[..., :self.fill].copy())
+        self.fill = 0
+        return out

@@ -1,0 +1,197 @@
+"""On-disk store: layout, the ingest-time writer and the read-only handle.
+
+    STORE/
+      manifest.json              present only once the store is complete (written last)
+      ingest-state.json          while ingesting: settings identity + committed progress
+      masks/layer_LL             Zarr v3 uint8 [d_ffn, ceil(n_tokens/8)], see packing.py
+      tokens/part-BBBBBB.parquet one part per block: row, seq, pos, token_id, doc, domain
+      docs.parquet               doc, doc_id, domain, source
+      vocab.parquet              token_id, token (decoded text), piece (vocabulary entry)
+      _staging/                  token ids and sequence offsets for the forward passes
+
+Commit protocol: a block's mask chunks are written (each chunk file atomically by zarr)
+before `ingest-state.json` records the block as done, so a kill leaves at most
+uncommitted chunks, which resume rewrites. Nothing is read from an incomplete store
+unless asked for explicitly.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+from .manifest import MANIFEST_FILE, Manifest, atomic_write_text
+from .packing import unpack
+
+STATE_FILE = "ingest-state.json"
+STAGING = "_staging"
+
+
+def layer_name(layer: int) -> str:
+    return f"layer_{layer:02d}"
+
+
+def codec_name(level: int) -> str:
+    return f"zstd(level={level})"
+
+
+def is_store(path: Path) -> bool:
+    return (path / MANIFEST_FILE).exists() or (path / STATE_FILE).exists()
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    p = root / STATE_FILE
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{p}: unreadable ingest state ({e})") from None
+
+
+def write_state(root: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(root / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
+
+
+def remove_store(root: Path) -> None:
+    """Delete a store (only something that is one, or an empty folder)."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise StoreError(f"{root}: exists and is not a folder")
+    if any(root.iterdir()) and not is_store(root):
+        raise StoreError(f"{root}: folder is not empty and is not an actdb store; refusing to overwrite it")
+    shutil.rmtree(root)
+
+
+class MaskWriter:
+    """Zarr arrays of one store, opened for writing whole blocks."""
+
+    def __init__(self, root: Path, layers: tuple[int, ...], d_ffn: int, n_tokens: int,
+                 block_tokens: int, neuron_chunk: int, zstd_level: int, create: bool) -> None:
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        self.block_bytes = block_tokens // 8
+        group = zarr.open_group(root / "masks", mode="a")
+        self.arrays = {}
+        for layer in layers:
+            if create:
+                self.arrays[layer] = group.create_array(
+                    layer_name(layer), shape=(d_ffn, (n_tokens + 7) // 8), dtype="uint8",
+                    chunks=(min(neuron_chunk, d_ffn), self.block_bytes), fill_value=0,
+                    compressors=ZstdCodec(level=zstd_level), overwrite=True,
+                    # all-zero chunks (dead neurons, silent stretches) are not stored at all
+                    config={"write_empty_chunks": False})
+            else:
+                self.arrays[layer] = group[layer_name(layer)]
+
+    def write_block(self, index: int, data: np.ndarray) -> None:
+        """data: [n_layers, d_ffn, nbytes] for block `index`, in the order of `layers`."""
+        start = index * self.block_bytes
+        for i, arr in enumerate(self.arrays.values()):
+            arr[:, start:start + data.shape[-1]] = data[i]
+
+
+class Store:
+    """Read-only handle on a complete store (see `actdb.open`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such store")
+        if not (self.path / MANIFEST_FILE).exists():
+            if (self.path / STATE_FILE).exists():
+                raise StoreError(f"{self.path}: ingest not finished (run `actdb ingest ... --resume` to complete it)")
+            raise StoreError(f"{self.path}: not an actdb store (no {MANIFEST_FILE})")
+        self.manifest = Manifest.read(self.path)
+        self._arrays: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"<actdb.Store {self.path} model={m.model} layers={len(m.layers)}x{m.d_ffn} "
+                f"tokens={m.n_tokens}>")
+
+    def describe(self) -> list[str]:
+        m = self.manifest
+        return [
+            f"store        {self.path}",
+            f"model        {m.model} ({m.model_class}, {m.architecture}, weights sha256 {m.weights_sha256[:12]})",
+            f"fired        {m.fire_rule}",
+            f"layers       {len(m.layers)} of {m.n_layers} recorded, {m.d_ffn} neurons each, d_model {m.d_model}",
+            f"tokens       {m.n_tokens:,} in {m.n_sequences:,} sequences ({m.mode}, seq_len {m.seq_len}) "
+            f"from {m.n_docs:,} documents",
+            f"dtype        {m.dtype}",
+            *[f"corpus       {c.path} ({c.bytes:,} bytes, sha256 {c.sha256[:12]})" for c in m.corpus],
+            f"format       {m.format_version} (actdb {m.actdb_version}), masks {m.codec}",
+        ]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.manifest.n_tokens
+
+    def tokens(self):
+        """Token table as a Polars DataFrame: row, seq, pos, token_id, doc, domain."""
+        import polars as pl
+
+        parts = sorted((self.path / "tokens").glob("part-*.parquet"))
+        if not parts:
+            raise StoreError(f"{self.path / 'tokens'}: no token parts")
+        return pl.read_parquet(parts)
+
+    def docs(self):
+        import polars as pl
+
+        return pl.read_parquet(self.path / "docs.parquet")
+
+    def vocab(self):
+        import polars as pl
+
+        return pl.read_parquet(self.path / "vocab.parquet")
+
+    def packed(self, layer: int):
+        """The Zarr array of a layer: uint8 [d_ffn, ceil(n_tokens/8)]."""
+        if layer not in self.manifest.layers:
+            raise StoreError(f"layer {layer}: expected one of the recorded layers {list(self.manifest.layers)}, got {layer}")
+        arr = self._arrays.get(layer)
+        if arr is None:
+            import zarr
+            from zarr.storage import LocalStore
+
+            try:
+                arr = zarr.open_array(LocalStore(self.path / "masks", read_only=True), path=layer_name(layer), mode="r")
+            except Exception as e:  # zarr raises several types for a missing or bad array
+                raise StoreError(f"{self.path / 'masks' / layer_name(layer)}: cannot open mask array ({e})") from None
+            expected = (self.manifest.d_ffn, (self.n_tokens + 7) // 8)
+            if tuple(arr.shape) != expected:
+                raise StoreError(f"{self.path / 'masks' / layer_name(layer)}: shape: expected {expected}, got {tuple(arr.shape)}")
+            self._arrays[layer] = arr
+        return arr
+
+    def masks(self, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Fire mask of a layer as bool [rows, d_ffn] for token rows start..stop."""
+        return self.neuron_masks(layer, slice(None), start, stop).T
+
+    def neuron(self, layer: int, neuron: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Fire mask of one neuron as bool [rows]."""
+        if not 0 <= neuron < self.manifest.d_ffn:
+            raise StoreError(f"neuron: expected 0..{self.manifest.d_ffn - 1}, got {neuron}")
+        return self.neuron_masks(layer, slice(neuron, neuron + 1), start, stop)[0]
+
+    def neuron_masks(self, layer: int, neurons: slice, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """bool [neurons, rows] for token rows start..stop (neuron-major, as stored)."""
+        stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
+        if not 0 <= start <= stop:
+            raise StoreError(f"rows: expected 0 <= start <= stop <= {self.n_tokens}, got {start}..{stop}")
+        arr = self.packed(layer)
+        raw = arr[neurons, start // 8:(stop + 7) // 8]
+        return unpack(np.asarray(raw), stop - start, start % 8)
+
+
+def open(path: str | Path) -> Store:  # noqa: A001 - the public name is actdb.open
+    """Open a complete store read-only."""
+    return Store(path)
