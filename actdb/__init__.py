@@ -13,7 +13,7 @@ from .store import Store, open  # noqa: E402,A004
 
 def ingest(settings: IngestSettings, log=print):
     """Run `actdb ingest` from Python; see IngestSettings for the options."""
-    from .ingest import ingest as _ingest
+    from .pipeline import ingest as _ingest
 
     return _ingest(settings, log)
 

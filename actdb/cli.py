@@ -63,7 +63,7 @@ def main() -> None:
 @_one_line_errors
 def ingest(model: str, corpus: tuple[str, ...], out: str, **options) -> None:
     """Run MODEL over CORPUS files and record every FFN neuron's firing per token."""
-    from .ingest import ingest as run
+    from .pipeline import ingest as run
 
     settings = IngestSettings(model=model, corpus=tuple(corpus), out=out, **options)
     summary = run(settings, log=click.echo)

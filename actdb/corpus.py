@@ -140,6 +140,9 @@ def special_tokens(tokenizer) -> SpecialTokens:
     probe = "hello world"
     with_sp = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
     plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    if not plain:
+        raise InputError(f"tokenizer {type(tokenizer).__name__} turns {probe!r} into no tokens: "
+                         "its vocabulary files are missing or do not match its class")
     for i in range(len(with_sp) - len(plain) + 1):
         if with_sp[i:i + len(plain)] == plain:
             prefix, suffix = tuple(with_sp[:i]), tuple(with_sp[i + len(plain):])

@@ -40,6 +40,15 @@ def make_tokenizer(path: Path, family: str):
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    if family == "qwen2":  # AutoTokenizer always picks Qwen2Tokenizer for qwen2: give it a byte-level vocab
+        from tokenizers.pre_tokenizers import ByteLevel
+        from transformers import Qwen2Tokenizer
+
+        vocab = {t: i for i, t in enumerate(specials + sorted(ByteLevel.alphabet()))}
+        qtok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                              pad_token="<pad>")
+        qtok.save_pretrained(path)
+        return qtok
     vocab = {t: i for i, t in enumerate(specials + list(WORDS))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
