@@ -151,6 +151,8 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
     identity = _identity(s, corpus, weights, layers, dtype)
     if state is not None:
         _check_identity(state["identity"], identity)
+        for leftover in root.rglob("*.partial"):  # a zarr chunk write cut short by the kill
+            leftover.unlink()
     else:
         root.mkdir(parents=True, exist_ok=True)
         state = {"identity": identity, "tokenized": None, "blocks_done": 0}

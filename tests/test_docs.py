@@ -1,0 +1,17 @@
+"""The README's settings table is generated from actdb/settings.py and must match it."""
+from pathlib import Path
+
+from actdb.settings import settings_table
+
+
+def test_readme_settings_table_is_current():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("<!-- settings-table -->") + len("<!-- settings-table -->")
+    end = readme.index("<!-- /settings-table -->")
+    assert readme[start:end].strip() == settings_table(), "regenerate with actdb.settings.settings_table()"
+
+
+def test_ci_runs_the_readme_test_command():
+    root = Path(__file__).parent.parent
+    assert "bash tests/run.sh" in (root / ".ci" / "run").read_text()
+    assert "bash tests/run.sh" in root.joinpath("README.md").read_text().split("\n\n")[1]

@@ -1,0 +1,122 @@
+"""Packing round-trip, sequencing, readers, manifest: each against a direct computation."""
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from actdb.corpus import SpecialTokens, read_documents, sequences
+from actdb.errors import InputError, StoreError
+from actdb.manifest import FORMAT_VERSION, CorpusFile, Manifest
+from actdb.packing import BlockAssembler, RowPacker, pack_rows, unpack
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_packing_stream_round_trip(seed):
+    """Random batch sizes, a row count not a multiple of 8, an odd block size, a resume skip."""
+    rng = np.random.default_rng(seed)
+    d, block = int(rng.integers(1, 40)), 8 * int(rng.integers(1, 9))
+    n_layers = 2
+    sizes = rng.integers(0, 30, size=int(rng.integers(1, 25)))
+    total = int(sizes.sum())
+    skip = int(rng.integers(0, max(total, 1))) // block * block if seed % 2 else 0
+    truth = rng.random((n_layers, total, d)) < rng.random(d)     # [layers, rows, d]
+    packers = [RowPacker(skip) for _ in range(n_layers)]
+    asm = BlockAssembler(n_layers, d, block // 8, first_block=skip // block)
+    blocks = {}
+    pos = 0
+    for n in sizes:
+        parts = [p.push(torch.from_numpy(truth[i, pos:pos + n])) for i, p in enumerate(packers)]
+        pos += n
+        if parts[0] is not None:
+            blocks.update(asm.push(torch.stack(parts).numpy()))
+    tail = [p.finish(d, torch.device("cpu")) for p in packers]
+    if tail[0] is not None:
+        blocks.update(asm.push(torch.stack(tail).numpy()))
+    last = asm.finish()
+    if last:
+        blocks[last[0]] = last[1]
+    if total - skip <= 0:
+        assert not blocks
+        return
+    stream = np.concatenate([blocks[k] for k in sorted(blocks)], axis=-1)
+    assert min(blocks) == skip // block and sorted(blocks) == list(range(min(blocks), max(blocks) + 1))
+    got = unpack(stream, total - skip)                              # [layers, d, rows]
+    assert np.array_equal(got, truth[:, skip:].transpose(0, 2, 1))
+
+
+def test_pack_rows_matches_numpy_packbits():
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 13)) < 0.3
+    assert np.array_equal(pack_rows(torch.from_numpy(x)).numpy(), np.packbits(x.T, axis=1, bitorder="little"))
+    assert np.array_equal(unpack(np.packbits(x.T, axis=1, bitorder="little"), 50, 5), x[5:55].T)
+
+
+SP = SpecialTokens(prefix=(1,), suffix=(), separator=9)
+
+
+def docs_of(*lengths):
+    return [(i, list(range(100 * (i + 1), 100 * (i + 1) + n))) for i, n in enumerate(lengths)]
+
+
+def test_packed_sequences_bos_each_full_length():
+    seqs = list(sequences(docs_of(5, 7, 3), SP, seq_len=6, mode="packed", max_tokens=None))
+    content = [t for _, ids in docs_of(5, 7, 3) for t in ids + [9]]
+    assert all(s.tokens[0] == 1 for s in seqs)
+    assert [len(s.tokens) for s in seqs][:-1] == [6] * (len(seqs) - 1)
+    assert np.concatenate([s.tokens[1:] for s in seqs]).tolist() == content
+    # BOS belongs to the document of the first content token
+    assert all(s.docs[0] == s.docs[1] for s in seqs)
+
+
+def test_document_mode_truncates_and_budget_counts_rows():
+    seqs = list(sequences(docs_of(5, 12, 3, 0), SP, seq_len=6, mode="document", max_tokens=None))
+    assert [s.tokens.tolist() for s in seqs] == [[1, 100, 101, 102, 103, 104], [1, 200, 201, 202, 203, 204],
+                                                 [1, 300, 301, 302]]
+    budget = list(sequences(docs_of(5, 12, 3), SP, seq_len=6, mode="document", max_tokens=11))
+    assert sum(len(s.tokens) for s in budget) == 6
+    packed = list(sequences(docs_of(50), SP, seq_len=6, mode="packed", max_tokens=20))
+    assert [len(s.tokens) for s in packed] == [6, 6, 6]
+
+
+def test_readers_jsonl_text_parquet(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "x y", "domain": "law", "id": "k1"}\n\n{"text": "z"}\n')
+    (tmp_path / "b.txt").write_text("plain text\nfile")
+    pq.write_table(pa.table({"text": ["p q", "r"], "domain": ["maths", None]}), tmp_path / "c.parquet")
+    docs = list(read_documents([tmp_path / "a.jsonl", tmp_path / "b.txt", tmp_path / "c.parquet"]))
+    assert [(d.text, d.domain, d.doc_id) for d in docs] == [
+        ("x y", "law", "k1"), ("z", "a", "a.jsonl:3"), ("plain text\nfile", "b", "b.txt"),
+        ("p q", "maths", "c.parquet:0"), ("r", "c", "c.parquet:1")]
+    pq.write_table(pa.table({"body": ["p"]}), tmp_path / "d.parquet")
+    with pytest.raises(InputError, match="expected a 'text' column"):
+        list(read_documents([tmp_path / "d.parquet"]))
+
+
+def manifest(**kw) -> Manifest:
+    base = dict(format_version=FORMAT_VERSION, actdb_version="0", model="m", model_revision=None,
+                weights_sha256="ab", architecture="opt", model_class="OPTForCausalLM", family="opt",
+                fire_rule="r", n_layers=2, layers=(0, 1), d_ffn=8, d_model=4, vocab_size=10,
+                dtype="float32", seq_len=16, mode="packed", prefix_tokens=(2,), suffix_tokens=(),
+                separator_token=2, corpus=(CorpusFile("c.jsonl", "ff", 3),), max_tokens=None,
+                n_tokens=100, n_sequences=7, n_docs=3, block_tokens=64, neuron_chunk=8, codec="zstd")
+    return Manifest(**{**base, **kw})
+
+
+def test_manifest_round_trip_and_validation():
+    m = manifest()
+    again = Manifest.from_json(m.to_json())
+    assert again == m and isinstance(again.corpus[0], CorpusFile) and again.layers == (0, 1)
+    raw = json.loads(m.to_json())
+    with pytest.raises(StoreError, match="format_version: expected 1, got 2 .*newer actdb"):
+        Manifest.from_dict({**raw, "format_version": 2})
+    with pytest.raises(StoreError, match="d_ffn: expected an integer, got 'x'"):
+        Manifest.from_dict({**raw, "d_ffn": "x"})
+    with pytest.raises(StoreError, match="layers: expected within 0..1"):
+        Manifest.from_dict({**raw, "layers": [0, 5]})
+    with pytest.raises(StoreError, match="n_tokens: expected a value, got nothing"):
+        Manifest.from_dict({k: v for k, v in raw.items() if k != "n_tokens"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.n_tokens = 5
