@@ -58,6 +58,8 @@ class Manifest:
     codec: str
     mask_layout: str = ("masks/layer_LL: uint8 [d_ffn, ceil(n_tokens/8)]; bit r%8 (little-endian) "
                         "of byte r//8 is whether the neuron fired on token row r")
+    capture: tuple[str, ...] = ()    # magnitude capture kinds: resid, ffn (see capture.py)
+    capture_topk: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -17,7 +17,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 @dataclass
 class LoadedModel:
-    base: torch.nn.Module        # model.base_model: no LM head, which ingest never needs
+    model: torch.nn.Module       # the whole model (its LM head only for vocabulary projection)
+    base: torch.nn.Module        # model.base_model: no LM head, which ingest never runs
     layers: torch.nn.ModuleList
     config: object
     adapter: Adapter
@@ -149,5 +150,5 @@ def load_model(model_dir: Path, config, device: torch.device, dtype: torch.dtype
         raise InputError(f"{model_dir}: cannot load the model ({str(e).splitlines()[0]})") from None
     model.eval()
     base = model.base_model
-    return LoadedModel(base=base, layers=get_module(base, adapter.layers), config=config, adapter=adapter,
+    return LoadedModel(model=model, base=base, layers=get_module(base, adapter.layers), config=config, adapter=adapter,
                        model_class=type(model).__name__, device=device, dtype=dtype, streamer=streamer)

@@ -24,6 +24,7 @@ import torch
 
 from . import __version__
 from .adapters import adapter_for, get_module
+from .capture import KINDS, CaptureWriter, RowAccumulator, magnitude_stats, save_projection
 from .corpus import (check_corpus_files, read_documents, sequences, sha256_file,
                      special_tokens, tokenize_documents)
 from .errors import InputError, StoreError
@@ -119,7 +120,8 @@ def _identity(s: IngestSettings, corpus: list[CorpusFile], weights: str, layers:
             "layers": list(layers), "seq_len": s.seq_len, "mode": s.mode, "batch_size": s.batch_size,
             "max_tokens": s.max_tokens, "dtype": str(dtype).removeprefix("torch."),
             "block_tokens": s.block_tokens, "neuron_chunk": s.neuron_chunk, "zstd_level": s.zstd_level,
-            "domain": s.domain, "skip_empty": s.skip_empty}
+            "domain": s.domain, "skip_empty": s.skip_empty, "capture": s.capture,
+            "capture_topk": s.capture_topk}
 
 
 def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -181,14 +183,18 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
         prefix_tokens=special.prefix, suffix_tokens=special.suffix, separator_token=special.separator,
         corpus=tuple(corpus), max_tokens=s.max_tokens, n_tokens=n_tokens, n_sequences=n_seqs,
         n_docs=tok["n_docs"], block_tokens=s.block_tokens, neuron_chunk=s.neuron_chunk,
-        codec=codec_name(s.zstd_level))
+        codec=codec_name(s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk)
     manifest = Manifest(**draft)
     manifest.validate()
 
     start_row = state["blocks_done"] * s.block_tokens
-    writer = MaskWriter(root, layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.zstd_level,
-                        create=state["blocks_done"] == 0)
-    fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, writer, tokenizer, start_row, n_tokens, log)
+    create = state["blocks_done"] == 0
+    writer = MaskWriter(root, layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.zstd_level, create)
+    captures = CaptureWriter(root, KINDS[s.capture], len(layers), n_tokens, s.capture_topk, s.block_tokens, create)
+    if not (root / "projection.safetensors").exists():
+        save_projection(root, lm.model, lm, layers, lm.streamer)
+    fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
+                               n_tokens)
 
     manifest.write(root)  # the store is complete from here on
     (root / STATE_FILE).unlink()
@@ -210,9 +216,9 @@ def _d_ffn(lm) -> int:
 class _Writer(threading.Thread):
     """Writes and commits blocks in order while the forward passes go on."""
 
-    def __init__(self, root: Path, writer: MaskWriter, state: dict[str, Any]) -> None:
+    def __init__(self, root: Path, writers: tuple, state: dict[str, Any]) -> None:
         super().__init__(daemon=True)
-        self.root, self.writer, self.state = root, writer, state
+        self.root, self.writers, self.state = root, writers, state
         self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
         self.error: BaseException | None = None
 
@@ -223,9 +229,10 @@ class _Writer(threading.Thread):
                 return
             if self.error is not None:
                 continue
-            index, data = item
+            index, masks, stats = item
             try:
-                self.writer.write_block(index, data)
+                self.writers[0].write_block(index, masks)
+                self.writers[1].write_block(index, stats)
                 self.state["blocks_done"] = index + 1
                 write_state(self.root, self.state)
             except BaseException as e:  # reported by the main thread
@@ -249,8 +256,8 @@ class _Writer(threading.Thread):
             raise e
 
 
-def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer: MaskWriter,
-                 tokenizer, start_row: int, n_tokens: int, log) -> float:
+def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writers: tuple,
+                 tokenizer, start_row: int, n_tokens: int) -> float:
     from tqdm import tqdm
 
     staging = root / STAGING
@@ -262,6 +269,9 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     first_batch = first_seq // B
     skip = start_row - int(offsets[min(first_batch * B, n_seqs)]) if start_row < n_tokens else 0
     packers = [RowPacker(skip) for _ in layers]
+    kinds = KINDS[s.capture]
+    rows_acc = RowAccumulator(skip)
+    stats_out: dict[str, list] = {kind: [None] * len(layers) for kind in kinds}
     assembler = BlockAssembler(len(layers), d_ffn, s.block_tokens // 8, first_block=state["blocks_done"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = lm.device
@@ -276,6 +286,14 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
             fired = (output > 0).reshape(-1, d_ffn)                     # [batch*seq, d_ffn] bool
             rows = fired[current["valid"]] if current["padded"] else fired  # [n, d_ffn], n valid tokens
             packed_out[i] = packers[i].push(rows)                       # [d_ffn, n/8] uint8 or None
+            if "ffn" in stats_out:
+                stats_out["ffn"][i] = magnitude_stats(output, current["valid"], current["lengths"], s.capture_topk)
+        return hook
+
+    def make_resid_hook(i: int):
+        def hook(module, inputs, output):
+            h = output[0] if isinstance(output, tuple) else output       # [batch, seq, d_model]
+            stats_out["resid"][i] = magnitude_stats(h, current["valid"], current["lengths"], s.capture_topk)
         return hook
 
     def stop_hook(module, inputs, output):
@@ -283,9 +301,16 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
 
     for i, act in enumerate(acts):
         handles.append(act.register_forward_hook(make_hook(i)))
+        if "resid" in kinds:
+            handles.append(lm.layers[layers[i]].register_forward_hook(make_resid_hook(i)))
     handles.append(lm.layers[max(layers)].register_forward_hook(stop_hook))
 
-    out = _Writer(root, writer, state)
+    out = _Writer(root, writers, state)
+
+    def emit(blocks) -> None:
+        for index, masks in blocks:
+            n = min(s.block_tokens, n_tokens - index * s.block_tokens)
+            out.put((index, masks, rows_acc.take(n) if kinds else {}))
     out.start()
     fwd = 0.0
     bar = tqdm(total=n_tokens, initial=start_row, unit="tok", unit_scale=True, desc="forward",
@@ -305,27 +330,28 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
             attention = torch.from_numpy(mask).to(device)               # [batch, seq]
             current["padded"] = bool((lengths != width).any())
             current["valid"] = attention.bool().reshape(-1)             # [batch*seq]
+            current["lengths"] = lengths.tolist()
             t = time.perf_counter()
             with torch.inference_mode():
                 try:
                     lm.base(input_ids=input_ids, attention_mask=attention, use_cache=False)
                 except StopForward:
                     pass
+            if kinds:
+                rows_acc.push({f"{kind}_{name}": torch.stack([st[name] for st in stats_out[kind]]).cpu().numpy()
+                               for kind in kinds for name in stats_out[kind][0]})   # [layers, n, ...]
             parts = [p for p in packed_out if p is not None]
             if parts:
-                host = torch.stack(parts).cpu().numpy()                  # [layers, d_ffn, bytes]
-                for block in assembler.push(host):
-                    out.put(block)
+                emit(assembler.push(torch.stack(parts).cpu().numpy()))   # [layers, d_ffn, bytes]
             packed_out[:] = [None] * len(layers)
             fwd += time.perf_counter() - t
             bar.update(int(offsets[hi] - max(offsets[lo], start_row)))
         tail = [p.finish(d_ffn, device) for p in packers]
         if tail[0] is not None:
-            for block in assembler.push(torch.stack(tail).cpu().numpy()):
-                out.put(block)
+            emit(assembler.push(torch.stack(tail).cpu().numpy()))
         last = assembler.finish()
         if last is not None:
-            out.put(last)
+            emit([last])
     finally:
         bar.close()
         for h in handles:

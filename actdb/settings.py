@@ -31,6 +31,10 @@ class IngestSettings:
                       choices=("auto", "float32", "bfloat16", "float16"))
     offload: str = _opt("auto", "Layer-by-layer weight streaming: 'auto' (when the model does not fit), 'on', 'off'.",
                         choices=("auto", "on", "off"))
+    capture: str = _opt("resid+ffn", "Magnitude capture for massive activations: top-k |h| and medians of the "
+                        "residual stream and FFN hidden values ('resid+ffn'), residual only ('resid'), or 'none'.",
+                        choices=("resid+ffn", "resid", "none"))
+    capture_topk: int = _opt(4, "How many of the largest |h| per token and layer to keep.")
     block_tokens: int = _opt(32768, "Tokens per commit and per Zarr chunk along tokens (multiple of 8).")
     neuron_chunk: int = _opt(512, "Neurons per Zarr chunk.")
     zstd_level: int = _opt(3, "Zstandard level of the mask chunks.")
@@ -49,6 +53,8 @@ class IngestSettings:
             raise InputError(f"--batch-size: expected at least 1, got {self.batch_size}")
         if self.block_tokens < 8 or self.block_tokens % 8:
             raise InputError(f"--block-tokens: expected a positive multiple of 8, got {self.block_tokens}")
+        if self.capture_topk < 1:
+            raise InputError(f"--capture-topk: expected at least 1, got {self.capture_topk}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise InputError(f"--max-tokens: expected a positive number, got {self.max_tokens}")
         if self.resume and self.overwrite:

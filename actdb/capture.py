@@ -1,0 +1,145 @@
+"""Magnitude capture at ingest, for massive activations (Sun et al. 2024, SPEC §1.7), and the
+weights that vocabulary projection needs (SPEC §1.5), so no model is needed at query time.
+
+For every token row and recorded layer, of the residual stream (the block's output
+hidden state) and of the FFN hidden values (the activation output):
+  topk_value [k] signed values of the k largest |h|, topk_dim [k] their dimensions,
+  median     median |h| over the token's dimensions,
+  seq_median median |h| over the whole sequence (all positions and dimensions), the
+             reference code's denominator; repeated on each of the sequence's rows.
+Medians are lower medians (torch.median / kthvalue): element ceil(n/2) of the sorted values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .adapters import get_module
+
+KINDS = {"resid+ffn": ("resid", "ffn"), "resid": ("resid",), "none": ()}
+FIELDS = ("topk_value", "topk_dim", "median", "seq_median")
+
+
+def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor]:
+    """h: [batch, seq, d] (or [batch*seq, d]); valid: [batch*seq] bool -> per valid row stats."""
+    b = len(lengths)
+    a = h.detach().reshape(b, -1, h.shape[-1]).float().abs()                   # [batch, seq, d]
+    sign = h.detach().reshape(b, -1, h.shape[-1]).float()
+    vals, dims = a.topk(min(k, a.shape[-1]), dim=-1)                          # [batch, seq, k]
+    signed = sign.gather(-1, dims)
+    med = a.median(dim=-1).values                                              # [batch, seq]
+    width = a.shape[1]
+    if all(n == width for n in lengths):
+        seq_med = a.reshape(b, -1).median(dim=1).values                        # [batch]
+    else:
+        seq_med = torch.stack([a[j, :n].reshape(-1).median() for j, n in enumerate(lengths)])
+    seq_med = seq_med[:, None].expand(b, width)                                # [batch, seq]
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(b * width, *x.shape[2:])[valid]
+    return {"topk_value": rows(signed), "topk_dim": rows(dims.to(torch.int32)),
+            "median": rows(med), "seq_median": rows(seq_med.contiguous())}
+
+
+class RowAccumulator:
+    """Host-side rows of capture stats, cut into the same blocks as the masks."""
+
+    def __init__(self, skip: int = 0) -> None:
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.skip = skip
+
+    def push(self, stats: dict[str, np.ndarray]) -> None:
+        """stats: name -> [layers, n, ...]."""
+        n = next(iter(stats.values())).shape[1]
+        if self.skip:
+            k = min(self.skip, n)
+            stats = {key: v[:, k:] for key, v in stats.items()}
+            self.skip -= k
+            n -= k
+        if n:
+            self.parts.append(stats)
+
+    def take(self, n: int) -> dict[str, np.ndarray]:
+        out: dict[str, list[np.ndarray]] = {}
+        need = n
+        while need:
+            part = self.parts[0]
+            m = next(iter(part.values())).shape[1]
+            use = min(m, need)
+            for key, v in part.items():
+                out.setdefault(key, []).append(v[:, :use])
+            if use == m:
+                self.parts.pop(0)
+            else:
+                self.parts[0] = {key: v[:, use:] for key, v in part.items()}
+            need -= use
+        return {key: np.concatenate(v, axis=1) for key, v in out.items()}
+
+
+class CaptureWriter:
+    """Zarr arrays under STORE/capture/: {kind}_{field}, [layers, n_tokens, ...], chunked by block."""
+
+    def __init__(self, root: Path, kinds: tuple[str, ...], n_layers: int, n_tokens: int, k: int,
+                 block_tokens: int, create: bool) -> None:
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        group = zarr.open_group(root / "capture", mode="a")
+        self.arrays = {}
+        self.block_tokens = block_tokens
+        for kind in kinds:
+            for field in FIELDS:
+                name = f"{kind}_{field}"
+                if not create:
+                    self.arrays[name] = group[name]
+                    continue
+                tail = (k,) if field.startswith("topk") else ()
+                dtype = "int32" if field == "topk_dim" else "float32"
+                self.arrays[name] = group.create_array(
+                    name, shape=(n_layers, n_tokens, *tail), dtype=dtype,
+                    chunks=(1, block_tokens, *tail), fill_value=0, overwrite=True,
+                    compressors=ZstdCodec(level=3))
+
+    def write_block(self, index: int, stats: dict[str, np.ndarray]) -> None:
+        start = index * self.block_tokens
+        for name, arr in self.arrays.items():
+            v = stats[name]
+            arr[:, start:start + v.shape[1]] = v
+
+
+def save_projection(root: Path, model: torch.nn.Module, lm, layers: tuple[int, ...], streamer=None) -> None:
+    """FFN output rows of the recorded layers and the unembedding, in the model's dtype:
+    projection.safetensors with w_out.L [d_ffn, d_model] (row n = neuron n's residual
+    update) and w_u [vocab, d_model]."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for l in layers:
+        fc = get_module(lm.layers[l], lm.adapter.fc_out)
+        w = _weight(fc, f"{_path_of(model, fc)}.weight", streamer)
+        # Linear stores [out=d_model, in=d_ffn]; GPT-2's Conv1D stores [in=d_ffn, out=d_model]
+        tensors[f"w_out.{l}"] = (w if type(fc).__name__ == "Conv1D" else w.t()).contiguous()
+    head = model.get_output_embeddings() if lm.adapter.decoder else None
+    if head is None or (head.weight.is_meta and streamer is not None and
+                        streamer._key(f"{_path_of(model, head)}.weight") is None):
+        head = model.get_input_embeddings()  # tied, or an encoder without an LM head
+    tensors["w_u"] = _weight(head, f"{_path_of(model, head)}.weight", streamer).contiguous()
+    tmp = root / ".projection.safetensors.tmp"
+    save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(root / "projection.safetensors")
+
+
+def _path_of(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
+def _weight(module: torch.nn.Module, name: str, streamer) -> torch.Tensor:
+    w = module.weight
+    if w.is_meta:  # layer-by-layer mode: read this one tensor from the checkpoint
+        key = streamer._key(name)
+        if key is None:
+            raise KeyError(name)
+        return streamer.key_file[key].get_tensor(key).to(w.dtype)
+    return w

@@ -1,0 +1,103 @@
+"""Magnitude capture and projection weights, against direct computations."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForCausalLM
+
+import actdb
+from reference import REF, _get
+from test_ingest_masks import run_ingest
+
+
+def block_outputs(model_dir, family, store):
+    """layer -> [rows, d_model] residual stream, from a plain forward with hooks on the blocks."""
+    cls = AutoModel if family == "bert" else AutoModelForCausalLM
+    model = cls.from_pretrained(model_dir).eval()
+    toks = store.tokens().sort("row")
+    seqs = np.split(toks["token_id"].to_numpy(), np.flatnonzero(np.diff(toks["seq"].to_numpy())) + 1)
+    out = {l: [] for l in store.manifest.layers}
+    blocks = _get(model, REF[family][0])
+    for l in out:
+        blocks[l].register_forward_hook(lambda m, a, o, l=l: out[l].append((o[0] if isinstance(o, tuple) else o)[0]))
+    for s in seqs:  # one sequence at a time: no padding in the reference
+        with torch.no_grad():
+            model(input_ids=torch.from_numpy(s.astype(np.int64))[None])
+    return {l: [x.numpy() for x in v] for l, v in out.items()}
+
+
+def lower_median(x):
+    x = np.sort(np.abs(x).ravel())
+    return x[(len(x) - 1) // 2]
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "bert"])
+def test_residual_capture_equals_direct_computation(family, model_dirs, corpus_file, tmp_path):
+    store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", mode="document", capture_topk=3)
+    assert store.manifest.capture == ("resid", "ffn") and store.manifest.capture_topk == 3
+    cap = zarr.open_group(store.path / "capture", mode="r")
+    ref = block_outputs(model_dirs(family), family, store)
+    for i, layer in enumerate(store.manifest.layers):
+        h = np.concatenate(ref[layer])                                       # [rows, d_model]
+        a = np.abs(h)
+        order = np.argsort(-a, axis=1, kind="stable")[:, :3]
+        dims = cap["resid_topk_dim"][i]
+        np.testing.assert_allclose(np.abs(cap["resid_topk_value"][i]), np.take_along_axis(a, order, 1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cap["resid_topk_value"][i], np.take_along_axis(h, dims, 1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cap["resid_median"][i], [lower_median(r) for r in h], rtol=1e-5, atol=1e-6)
+        seq_med = np.concatenate([np.full(len(s), lower_median(s)) for s in ref[layer]])
+        np.testing.assert_allclose(cap["resid_seq_median"][i], seq_med, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("offload", ["off", "on"])
+@pytest.mark.parametrize("family", ["opt", "gpt2", "llama", "bert"])
+def test_projection_weights_equal_the_model(family, offload, model_dirs, corpus_file, tmp_path):
+    store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", offload=offload, capture="none")
+    saved = load_file(store.path / "projection.safetensors")
+    cls = AutoModel if family == "bert" else AutoModelForCausalLM
+    model = cls.from_pretrained(model_dirs(family))
+    blocks = _get(model, REF[family][0])
+    out_path = {"opt": "fc2", "gpt2": "mlp.c_proj", "llama": "mlp.down_proj", "bert": "output.dense"}[family]
+    for l in store.manifest.layers:
+        w = _get(blocks[l], out_path).weight.detach()
+        w_out = w if family == "gpt2" else w.t()                              # [d_ffn, d_model]
+        assert torch.equal(saved[f"w_out.{l}"], w_out)
+    w_u = (model.get_input_embeddings() if family == "bert" else model.get_output_embeddings()).weight.detach()
+    assert torch.equal(saved["w_u"], w_u)
+    n, t = 3, 7
+    assert torch.allclose(saved[f"w_out.{l}"][n] @ saved["w_u"][t], w_out[n] @ w_u[t])
+
+
+def planted_model(src, dst, dim=5, value=3000.0):
+    """Copy a tiny LLaMA and plant a huge value in one dimension of the BOS embedding."""
+    shutil.copytree(src, dst)
+    model = AutoModelForCausalLM.from_pretrained(dst)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[2, dim] = value   # id 2 is <s>, the BOS token
+    model.save_pretrained(dst)
+    return dst
+
+
+def massive(store, layer_index, abs_min=100.0, ratio=1000.0):
+    cap = zarr.open_group(store.path / "capture", mode="r")
+    v, d = cap["resid_topk_value"][layer_index], cap["resid_topk_dim"][layer_index]
+    med = cap["resid_seq_median"][layer_index][:, None]
+    hit = (np.abs(v) > abs_min) & (np.abs(v) >= ratio * med)
+    rows, ranks = np.nonzero(hit)
+    return rows, d[rows, ranks]
+
+
+def test_planted_massive_activation_found_and_absent_without(model_dirs, corpus_file, tmp_path):
+    mdir = planted_model(model_dirs("llama"), tmp_path / "planted")
+    store = run_ingest(mdir, corpus_file, tmp_path / "s", layers="0,2")
+    toks = store.tokens().sort("row")
+    bos_rows = np.flatnonzero(toks["token_id"].to_numpy() == 2)
+    for i in range(2):
+        rows, dims = massive(store, i)
+        assert set(dims) == {5}
+        assert np.array_equal(np.unique(rows), bos_rows)
+    clean = run_ingest(model_dirs("llama"), corpus_file, tmp_path / "clean")
+    assert all(len(massive(clean, i)[0]) == 0 for i in range(len(clean.manifest.layers)))
