@@ -83,5 +83,64 @@ def info(store: str) -> None:
         click.echo(line)
 
 
+@main.command()
+@click.argument("store")
+@click.option("--layers", default=None, help="Layers that get bigram/trigram tables, comma-separated "
+              "(default: the first half of the network).")
+@click.option("--force", is_flag=True, help="Rebuild even if a complete index exists.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar.")
+@_one_line_errors
+def index(store: str, layers: str | None, force: bool, progress: bool) -> None:
+    """Build (or resume) the query index of STORE: per-neuron counts as Parquet."""
+    from .index import build_index, parse_layers
+
+    root = build_index(store, layers=parse_layers(layers), progress=progress, force=force)
+    click.echo(f"index        {root}")
+
+
+_FORMATS = click.Choice(["table", "csv", "json", "parquet"])
+
+
+@main.command()
+@click.argument("store")
+@click.argument("query")
+@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
+              help="Bind $NAME to VALUE (repeatable).")
+@click.option("-f", "--format", "fmt", type=_FORMATS, default="table", show_default=True)
+@click.option("-o", "--output", default=None, help="Output file (required for parquet; default stdout).")
+@_one_line_errors
+def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, output: str | None) -> None:
+    """Run one read-only SQL statement over STORE's views."""
+    from .db import emit
+    from .store import open as open_store
+
+    st = open_store(store)
+    emit(st.sql(query, dict(params), arrow=True), fmt, output, click.echo)
+
+
+@main.command()
+@click.argument("store", required=False)
+@click.argument("name", required=False)
+@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
+              help="Override a parameter of the query (repeatable).")
+@click.option("-f", "--format", "fmt", type=_FORMATS, default="table", show_default=True)
+@click.option("-o", "--output", default=None, help="Output file (required for parquet; default stdout).")
+@click.option("--list", "list_", is_flag=True, help="List the saved queries and what they reproduce.")
+@_one_line_errors
+def query(store: str | None, name: str | None, params, fmt: str, output: str | None, list_: bool) -> None:
+    """Run a saved query NAME (from queries/) or a .sql FILE on STORE."""
+    from .db import emit, list_lines
+    from .errors import InputError
+    from .store import open as open_store
+
+    if list_:
+        for line in list_lines():
+            click.echo(line)
+        return
+    if not store or not name:
+        raise InputError("query: expected STORE and NAME|FILE (or --list)")
+    st = open_store(store)
+    emit(st.query(name, dict(params), arrow=True), fmt, output, click.echo)
+
 if __name__ == "__main__":
     main()

@@ -54,6 +54,20 @@ def default_ngram_layers(manifest) -> tuple[int, ...]:
     return chosen or (min(manifest.layers),)
 
 
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """"0,1,2" or "0-5" (or a mix) -> layers; None stays None."""
+    if text is None or not text.strip():
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise InputError(f"--layers: expected numbers like 0,1,2 or 0-5, got {text!r}") from None
+    return tuple(out)
+
+
 def index_path(store_path: str | Path) -> Path:
     return Path(store_path) / INDEX_DIR
 

@@ -191,6 +191,37 @@ class Store:
         raw = arr[neurons, start // 8:(stop + 7) // 8]
         return unpack(np.asarray(raw), stop - start, start % 8)
 
+    def _db(self):
+        con = getattr(self, "_con", None)
+        if con is None:
+            from .db import connect
+
+            con = self._con = connect(self)
+        return con
+
+    def sql(self, query: str, params: dict[str, Any] | None = None, arrow: bool = False):
+        """Run one read-only SQL statement over the views (see actdb.db); `$name` parameters
+        are bound from params. Returns a Polars DataFrame (pyarrow Table with arrow=True)."""
+        from .db import run_sql
+
+        table = run_sql(self, query, params, con=self._db())
+        if arrow:
+            return table
+        import polars as pl
+
+        return pl.from_arrow(table)
+
+    def query(self, name_or_file: str, params: dict[str, Any] | None = None, arrow: bool = False):
+        """Run a saved query (a name from queries/ or a .sql file) with its header's defaults."""
+        from .db import run_saved
+
+        table = run_saved(self, name_or_file, params, con=self._db())
+        if arrow:
+            return table
+        import polars as pl
+
+        return pl.from_arrow(table)
+
 
 def open(path: str | Path) -> Store:  # noqa: A001 - the public name is actdb.open
     """Open a complete store read-only."""

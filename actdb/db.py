@@ -1,0 +1,310 @@
+"""The SQL layer: DuckDB views over a store and its index, read-only user SQL with bound
+parameters, and the saved queries of `queries/`.
+
+Views (SPEC §3): tokens, vocab, neurons, neuron_domains, layer_stats, neuron_tokens,
+neuron_bigrams, neuron_trigrams, token_counts, bigram_counts, trigram_counts, coverage,
+token_detectors, trigram_detectors, neuron_positions, position_counts, positional_neurons,
+oscillatory_ranges. Thresholds are table macros with the paper's defaults:
+
+    coverage_at(p := 0.95)
+    token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95)
+    trigram_detectors_at(max_cov := 50, p_cov := 0.95, p_token := 0.95, p_share := 0.95)
+    positional_neurons_at(mi_min := 0.05, min_switches := 3)
+    oscillatory_ranges_at(mi_min := 0.05, min_switches := 3)
+
+and each view is its macro at the defaults.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import InputError, StoreError
+
+QUERIES_DIR = Path(__file__).resolve().parent.parent / "queries"
+
+
+def _lit(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _views(root: Path, m, info: dict[str, Any]) -> list[str]:
+    ix = root / "index"
+    N = m.n_tokens
+    V = info["config"]["vocab_base"]
+    eps = info["config"]["weak_eps"]
+
+    def rp(name: str) -> str:
+        return f"read_parquet({_lit(ix / (name + '.parquet'))})"
+
+    def decode(col: str, n: int) -> str:
+        """token ids of an n-gram id, first to last."""
+        return "[" + ", ".join(f"(({col} // {V ** (n - 1 - i)}) % {V})::INT" for i in range(n)) + "]"
+
+    v = [
+        f"CREATE VIEW vocab AS SELECT token_id, token, piece FROM read_parquet({_lit(root / 'vocab.parquet')})",
+        f"""CREATE VIEW tokens AS SELECT t.row, t.seq, t.pos, t.token_id, v.token, t.doc, t.domain::VARCHAR AS domain
+            FROM read_parquet({_lit(root / 'tokens' / 'part-*.parquet')}) t LEFT JOIN vocab v USING (token_id)""",
+        f"""CREATE VIEW neurons AS SELECT layer::INT AS layer, neuron, fires, fires / {N}::DOUBLE AS freq,
+            fires = 0 AS dead FROM {rp('neuron_fires')}""",
+        f"""CREATE VIEW domain_counts AS SELECT domain::VARCHAR AS domain, count(*) AS n
+            FROM read_parquet({_lit(root / 'tokens' / 'part-*.parquet')}) GROUP BY ALL""",
+        f"""CREATE VIEW neuron_domains AS SELECT d.layer::INT AS layer, d.neuron, d.domain, d.fires,
+            d.fires / c.n::DOUBLE AS freq FROM {rp('neuron_domains')} d JOIN domain_counts c USING (domain)""",
+        """CREATE VIEW layer_stats AS SELECT layer, count(*) AS n_neurons, count(*) FILTER (WHERE dead) AS n_dead,
+            count(*) FILTER (WHERE dead) / count(*)::DOUBLE AS dead_frac,
+            avg(freq) FILTER (WHERE NOT dead) AS mean_freq_alive FROM neurons GROUP BY layer""",
+        f"CREATE VIEW token_counts AS SELECT token_id, count FROM {rp('token_counts')}",
+        f"CREATE VIEW bigram_counts AS SELECT ngram, {decode('ngram', 2)} AS token_ids, count FROM {rp('bigram_counts')}",
+        f"CREATE VIEW trigram_counts AS SELECT ngram, {decode('ngram', 3)} AS token_ids, count FROM {rp('trigram_counts')}",
+        f"""CREATE VIEW neuron_tokens AS SELECT layer::INT AS layer, neuron, token_id, fires, rank, cum, total
+            FROM {rp('neuron_tokens')}""",
+        f"""CREATE VIEW neuron_bigrams AS SELECT layer::INT AS layer, neuron, ngram, {decode('ngram', 2)} AS token_ids,
+            fires, rank, cum, total FROM {rp('neuron_bigrams')}""",
+        f"""CREATE VIEW neuron_trigrams AS SELECT layer::INT AS layer, neuron, ngram, {decode('ngram', 3)} AS token_ids,
+            fires, rank, cum, total FROM {rp('neuron_trigrams')}""",
+    ]
+    cov = []
+    for n, t in ((1, "neuron_tokens"), (2, "neuron_bigrams"), (3, "neuron_trigrams")):
+        src = rp(t)
+        v.append(f"""CREATE MACRO coverage{n}(p := 0.95) AS TABLE
+            SELECT layer::INT AS layer, neuron, {n} AS n,
+                   count(*) FILTER (WHERE cum - fires < p::DOUBLE * total) AS n_covering,
+                   count(*) AS n_distinct, max(total) AS fires
+            FROM {src} GROUP BY ALL""")
+        cov.append(f"SELECT * FROM coverage{n}(p := p)")
+    v.append("CREATE MACRO coverage_at(p := 0.95) AS TABLE " + " UNION ALL ".join(cov))
+    v.append("CREATE VIEW coverage AS SELECT * FROM coverage_at()")
+    # detectors (SPEC §1.4)
+    v.append(f"""CREATE MACRO token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
+        WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage1(p := p_cov)
+                   WHERE n_covering BETWEEN 1 AND max_cov),
+        t AS (SELECT nt.layer::INT AS layer, nt.neuron, nt.token_id, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
+              FROM {rp('neuron_tokens')} nt JOIN token_counts tc USING (token_id)
+              WHERE (nt.layer, nt.neuron) IN (SELECT (layer, neuron) FROM c)
+                AND nt.fires / tc.count::DOUBLE >= p_token::DOUBLE)
+        SELECT layer, neuron, n_covering, token_ids, tokens, share FROM (
+          SELECT c.layer, c.neuron, c.n_covering, list(t.token_id ORDER BY t.fires DESC, t.token_id) AS token_ids,
+                 list(v.token ORDER BY t.fires DESC, t.token_id) AS tokens, sum(t.fires) / c.fires::DOUBLE AS share,
+                 sum(t.fires) AS covered, c.fires AS fires
+          FROM c JOIN t USING (layer, neuron) LEFT JOIN vocab v USING (token_id)
+          GROUP BY c.layer, c.neuron, c.n_covering, c.fires)
+        WHERE covered >= p_share::DOUBLE * fires""")
+    v.append("CREATE VIEW token_detectors AS SELECT * FROM token_detectors_at()")
+    v.append(f"""CREATE MACRO trigram_detectors_at(max_cov := 50, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
+        WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage3(p := p_cov)
+                   WHERE n_covering BETWEEN 1 AND max_cov),
+        t AS (SELECT nt.layer::INT AS layer, nt.neuron, nt.ngram, nt.fires
+              FROM {rp('neuron_trigrams')} nt JOIN {rp('trigram_counts')} tc USING (ngram)
+              WHERE (nt.layer, nt.neuron) IN (SELECT (layer, neuron) FROM c)
+                AND nt.fires / tc.count::DOUBLE >= p_token::DOUBLE)
+        SELECT layer, neuron, n_covering, ngrams, share FROM (
+          SELECT c.layer, c.neuron, c.n_covering, list(t.ngram ORDER BY t.fires DESC, t.ngram) AS ngrams,
+                 sum(t.fires) / c.fires::DOUBLE AS share, sum(t.fires) AS covered, c.fires AS fires
+          FROM c JOIN t USING (layer, neuron)
+          GROUP BY c.layer, c.neuron, c.n_covering, c.fires)
+        WHERE covered >= p_share::DOUBLE * fires""")
+    v.append("CREATE VIEW trigram_detectors AS SELECT * FROM trigram_detectors_at()")
+    # positions (SPEC §1.6)
+    v.append(f"CREATE VIEW position_counts AS SELECT pos, n, n_full FROM {rp('position_counts')}")
+    v.append(f"""CREATE VIEW neuron_positions AS SELECT p.layer::INT AS layer, p.neuron, p.pos, p.fires,
+        p.fires / c.n::DOUBLE AS freq, p.fires_full, p.fires_full / nullif(c.n_full, 0)::DOUBLE AS freq_full
+        FROM {rp('neuron_positions')} p JOIN {rp('position_counts')} c USING (pos)""")
+    v.append(f"""CREATE MACRO positional_neurons_at(mi_min := 0.05, min_switches := 3) AS TABLE
+        SELECT layer::INT AS layer, neuron, mi,
+          CASE WHEN switches_weak >= min_switches THEN 'oscillatory'
+               WHEN fr_min <= {eps} AND fr_max >= 1 - {eps} THEN 'both extremes'
+               WHEN fr_min <= {eps} OR fr_max >= 1 - {eps} THEN 'one extreme'
+               ELSE 'other' END AS pattern,
+          CASE WHEN switches_weak >= min_switches THEN switches_exact >= min_switches
+               WHEN fr_min <= {eps} AND fr_max >= 1 - {eps} THEN fr_min = 0 AND fr_max = 1
+               WHEN fr_min <= {eps} OR fr_max >= 1 - {eps} THEN fr_min = 0 OR fr_max = 1
+               ELSE false END AS strong,
+          fr_min, fr_max, switches_exact, switches_weak
+        FROM {rp('positional')} WHERE mi > mi_min""")
+    v.append("CREATE VIEW positional_neurons AS SELECT * FROM positional_neurons_at()")
+    v.append(f"""CREATE MACRO oscillatory_ranges_at(mi_min := 0.05, min_switches := 3) AS TABLE
+        WITH s AS (SELECT layer, neuron FROM positional_neurons_at(mi_min := mi_min, min_switches := min_switches)
+                   WHERE pattern = 'oscillatory' AND strong),
+        f AS (SELECT p.layer::INT AS layer, p.neuron, p.pos FROM {rp('neuron_positions')} p
+              JOIN {rp('position_counts')} c USING (pos)
+              WHERE c.n_full > 0 AND p.fires_full = c.n_full AND (p.layer, p.neuron) IN (SELECT (layer, neuron) FROM s)),
+        g AS (SELECT *, pos - row_number() OVER (PARTITION BY layer, neuron ORDER BY pos) AS grp FROM f)
+        SELECT layer, neuron, min(pos)::INT AS pos_start, max(pos)::INT AS pos_end FROM g
+        GROUP BY layer, neuron, grp""")
+    v.append("CREATE VIEW oscillatory_ranges AS SELECT * FROM oscillatory_ranges_at()")
+    return v
+
+
+def connect(store):
+    """An in-memory DuckDB connection with the views of `store` (an actdb.Store)."""
+    import duckdb
+
+    from .index import read_index_info
+
+    info = read_index_info(store.path)
+    if info is None:
+        raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
+    con = duckdb.connect(":memory:")
+    for stmt in _views(store.path, store.manifest, info):
+        con.execute(stmt)
+    # user SQL may read the store, never write files or change settings
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def _check_read_only(con, sql: str):
+    import duckdb
+
+    try:
+        stmts = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise InputError(_one_line(e)) from None
+    if len(stmts) != 1:
+        raise InputError(f"expected one SQL statement, got {len(stmts)}")
+    st = stmts[0]
+    allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+    if st.type not in allowed:
+        raise InputError(f"read-only: expected a query (SELECT, WITH, EXPLAIN …), got a "
+                         f"{st.type.name} statement; the store is never written")
+    return st
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def coerce_param(value: Any) -> Any:
+    """CLI parameter text -> int, float, bool or str."""
+    if not isinstance(value, str):
+        return value
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None):
+    """Run one read-only statement with named parameters ($name) bound; returns a pyarrow Table."""
+    import duckdb
+
+    con = con or connect(store)
+    st = _check_read_only(con, sql)
+    params = {k: coerce_param(v) for k, v in (params or {}).items()}
+    needed = set(st.named_parameters)
+    missing = sorted(needed - set(params))
+    if missing:
+        raise InputError(f"parameters: expected values for {', '.join('$' + m for m in missing)}, got none "
+                         "(pass -p NAME VALUE)")
+    extra = sorted(set(params) - needed)
+    if extra:
+        raise InputError(f"parameters: {', '.join(extra)} not used by the query (it uses "
+                         f"{', '.join('$' + n for n in sorted(needed)) or 'none'})")
+    try:
+        return con.sql(sql, params=params or None).to_arrow_table()
+    except duckdb.Error as e:
+        raise InputError(_one_line(e)) from None
+
+
+@dataclass(frozen=True)
+class SavedQuery:
+    name: str
+    path: Path
+    title: str
+    reproduces: str
+    params: dict[str, Any] = field(default_factory=dict)
+    sql: str = ""
+
+
+_PARAM = re.compile(r"^--\s*param:\s*(\w+)\s*=\s*(\S+)")
+
+
+def parse_query_file(path: Path) -> SavedQuery:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read query file ({e.strerror})") from None
+    title = reproduces = ""
+    params: dict[str, Any] = {}
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            continue
+        mp = _PARAM.match(line)
+        if mp:
+            params[mp.group(1)] = coerce_param(mp.group(2))
+        elif line.lower().startswith("-- title:"):
+            title = line.split(":", 1)[1].strip()
+        elif line.lower().startswith("-- reproduces:"):
+            reproduces = line.split(":", 1)[1].strip()
+    return SavedQuery(Path(path).stem, Path(path), title, reproduces, params, text)
+
+
+def saved_queries(folder: Path | None = None) -> list[SavedQuery]:
+    folder = Path(folder) if folder else QUERIES_DIR
+    return [parse_query_file(p) for p in sorted(folder.glob("*.sql"))]
+
+
+def find_query(name_or_file: str) -> SavedQuery:
+    p = Path(name_or_file)
+    if p.suffix == ".sql" and p.exists():
+        return parse_query_file(p)
+    cand = QUERIES_DIR / f"{name_or_file}.sql"
+    if cand.exists():
+        return parse_query_file(cand)
+    names = ", ".join(q.name for q in saved_queries())
+    raise InputError(f"query: expected a file or one of {names}, got {name_or_file!r}")
+
+
+def run_saved(store, name_or_file: str, params: Mapping[str, Any] | None = None, con=None):
+    q = find_query(name_or_file)
+    given = dict(params or {})
+    unknown = sorted(set(given) - set(q.params))
+    if unknown:
+        raise InputError(f"parameters: {', '.join(unknown)} unknown to query {q.name} "
+                         f"(it takes {', '.join(q.params) or 'none'})")
+    return run_sql(store, q.sql, {**q.params, **given}, con=con)
+
+
+def list_lines() -> list[str]:
+    out = []
+    for q in saved_queries():
+        ps = " ".join(f"${k}={v}" for k, v in q.params.items())
+        out.append(f"{q.name:28s} {q.reproduces}")
+        out.append(f"{'':28s}   {q.title}" + (f"  [{ps}]" if ps else ""))
+    return out
+
+
+def emit(table, fmt: str, output: str | None, echo) -> None:
+    """Write a result as table, CSV, JSON (records) or Parquet, to a file or through echo."""
+    import io
+
+    import polars as pl
+
+    if fmt == "parquet":
+        if not output:
+            raise InputError("--format parquet: expected an output file (-o FILE), got none")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+        return
+    df = pl.from_arrow(table)
+    if fmt == "csv":
+        nested = [c for c, t in df.schema.items() if t.is_nested()]
+        text = df.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join(" ") for c in nested).write_csv()
+    elif fmt == "json":
+        import json
+
+        text = json.dumps(df.to_dicts(), default=str, ensure_ascii=False)
+    else:
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
+            text = str(df)
+    if output:
+        Path(output).write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+    else:
+        echo(text.rstrip("\n"))

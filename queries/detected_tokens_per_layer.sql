@@ -1,0 +1,13 @@
+-- title: Number of tokens with a detecting neuron, per layer and cumulative over layers
+-- reproduces: Voita et al. 2023, Figure 3b (solid: per layer, dashed: cumulative)
+-- param: max_cov = 5
+-- param: p_cov = 0.95
+-- param: p_token = 0.95
+-- param: p_share = 0.95
+WITH d AS (SELECT layer, unnest(token_ids) AS token_id
+           FROM token_detectors_at(max_cov := $max_cov, p_cov := $p_cov, p_token := $p_token, p_share := $p_share)),
+     l AS (SELECT DISTINCT layer FROM neurons)
+SELECT l.layer,
+       (SELECT count(DISTINCT token_id) FROM d WHERE d.layer = l.layer) AS n_tokens,
+       (SELECT count(DISTINCT token_id) FROM d WHERE d.layer <= l.layer) AS n_tokens_cumulative
+FROM l ORDER BY l.layer

@@ -1,0 +1,14 @@
+-- title: Detected tokens per layer that no layer below detects
+-- reproduces: Voita et al. 2023, Figure 4 (tokens covered in each layer: new vs all layers below)
+-- param: max_cov = 5
+-- param: p_cov = 0.95
+-- param: p_token = 0.95
+-- param: p_share = 0.95
+WITH d AS (SELECT DISTINCT layer, unnest(token_ids) AS token_id
+           FROM token_detectors_at(max_cov := $max_cov, p_cov := $p_cov, p_token := $p_token, p_share := $p_share)),
+     l AS (SELECT DISTINCT layer FROM neurons)
+SELECT l.layer,
+       (SELECT count(*) FROM d WHERE d.layer = l.layer) AS n_tokens,
+       (SELECT count(*) FROM d WHERE d.layer = l.layer
+          AND d.token_id NOT IN (SELECT token_id FROM d d2 WHERE d2.layer < l.layer)) AS n_new
+FROM l ORDER BY l.layer
