@@ -1,0 +1,394 @@
+"""Index and views against direct numpy computations from the unpacked masks.
+
+Store `known`: hand-built masks with known answers (dead neuron, one-token detector,
+positions-0..9 neuron, oscillatory neuron, trigram detector...), several mask blocks so
+n-grams straddle block boundaries, a BOS prefix and a last sequence shorter than seq_len.
+Store `real`: a tiny seeded OPT model ingested for real.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import actdb
+from actdb.index import build_index, read_index_info
+from actdb.synthetic import write_store
+
+T = 16
+BOS = 2
+D = 16
+LAYERS = (0, 1, 2)
+
+
+def known_masks(ids: np.ndarray, pos: np.ndarray, seq: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
+    """layer -> bool [D, rows]."""
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    out = {}
+    for layer in LAYERS:
+        m = rng.random((D, n)) < rng.uniform(0.02, 0.6, size=(D, 1))
+        m[0] = False                                        # dead
+        if layer < 2:
+            tok = 5 if layer == 0 else 6
+            m[1] = ids == tok                               # fires only on one token
+            m[2] = pos <= 9                                 # fires only on positions 0..9
+            m[3] = ((pos // 4) % 2) == 0                    # oscillatory: 0-3, 8-11
+            m[4] = np.isin(ids, (7, 8))                     # two-token detector
+            m[5] = (ids == 9) & (rng.random(n) < 0.5)       # token 9 half of the time: not a detector
+            prev1 = np.r_[-1, ids[:-1]]
+            prev2 = np.r_[-1, -1, ids[:-2]]
+            m[6] = (ids == 5) & (prev1 == 4) & (prev2 == 3) & (pos >= 2)  # trigram detector
+            m[7] = (pos >= 5) & (seq % 40 != 1)             # weak positional: frequency 39/40 from pos 5
+        out[layer] = m
+    return out
+
+
+def make_known(path: Path) -> Path:
+    rng = np.random.default_rng(7)
+    lens = [T] * 40 + [7]
+    n = sum(lens)
+    ids = rng.integers(3, 12, size=n)
+    starts = np.r_[0, np.cumsum(lens)[:-1]]
+    pos = np.arange(n) - np.repeat(starts, lens)
+    ids[pos == 0] = BOS
+    for s in starts[::3]:                                   # plant the trigram 3 4 5
+        ids[s + 4:s + 7] = (3, 4, 5)
+    masks = known_masks(ids, pos, np.repeat(np.arange(len(lens)), lens))
+    doms = ["code" if i % 2 else "prose" for i in range(len(lens))]
+    return write_store(path, ids, lens, lambda l, a, b: masks[l][:, a:b], layers=LAYERS, n_layers=4, d_ffn=D,
+                       seq_len=T, vocab=[f"w{i}" for i in range(12)], prefix_tokens=(BOS,), domains=doms,
+                       block_tokens=64, neuron_chunk=8)
+
+
+@pytest.fixture(scope="session")
+def known_store(tmp_path_factory):
+    p = make_known(tmp_path_factory.mktemp("known") / "store")
+    build_index(p, progress=False, neuron_chunk=5)
+    return actdb.open(p)
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory, model_dirs, corpus_file):
+    out = tmp_path_factory.mktemp("real") / "store"
+    actdb.ingest(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
+                                      seq_len=32, batch_size=4, block_tokens=512, progress=False), log=lambda *_: None)
+    build_index(out, layers=[0, 1], progress=False)  # idempotent if ingest already built it
+    return actdb.open(out)
+
+
+# ---------------------------------------------------------------- numpy reference
+
+class Ref:
+    """Everything the views answer, computed directly from the unpacked masks."""
+
+    def __init__(self, st, p: float = 0.95):
+        m = st.manifest
+        tok = st.tokens().sort("row")
+        self.ids = tok["token_id"].to_numpy().astype(np.int64)
+        self.seq = tok["seq"].to_numpy()
+        self.pos = tok["pos"].to_numpy().astype(np.int64)
+        self.dom = tok["domain"].cast(str).to_numpy()
+        first = 1 if m.prefix_tokens else 0
+        seqlen = np.bincount(self.seq)
+        self.full = seqlen[self.seq] == m.seq_len
+        self.T = m.seq_len
+        self.n = len(self.ids)
+        info = read_index_info(st.path)["config"]
+        self.ngram_layers = tuple(info["ngram_layers"])
+        self.layers = m.layers
+        n = self.n
+        # n-grams ending at each row that do not contain a prefix position
+        self.grams = {1: [(int(self.ids[r]),) if self.pos[r] >= first else None for r in range(n)]}
+        for k in (2, 3):
+            self.grams[k] = [tuple(int(x) for x in self.ids[r - k + 1:r + 1]) if self.pos[r] >= first + k - 1 else None
+                             for r in range(n)]
+        self.gram_count = {k: Counter(g for g in self.grams[k] if g is not None) for k in (1, 2, 3)}
+        self.masks = {l: st.masks(l) for l in m.layers}  # [rows, d]
+        self.d = m.d_ffn
+        self.p = p
+
+    def fires(self, l):
+        return self.masks[l].sum(axis=0)
+
+    def counts(self, l, nn, k):
+        fired = np.flatnonzero(self.masks[l][:, nn])
+        return Counter(self.grams[k][r] for r in fired if self.grams[k][r] is not None)
+
+    def coverage(self, l, nn, k, p=None):
+        p = self.p if p is None else p
+        c = sorted(self.counts(l, nn, k).values(), reverse=True)
+        if not c:
+            return None
+        total = sum(c)
+        cum = np.cumsum(c)
+        return int(np.argmax(cum >= p * total) + 1)
+
+    def detector(self, l, nn, k, max_cov, p_cov=0.95, p_tok=0.95, p_share=0.95):
+        cov = self.coverage(l, nn, k, p_cov)
+        if cov is None or not 1 <= cov <= max_cov:
+            return None
+        cnt = self.counts(l, nn, k)
+        covered = [g for g, c in cnt.items() if c / self.gram_count[k][g] >= p_tok]
+        if sum(cnt[g] for g in covered) >= p_share * sum(cnt.values()):
+            return set(covered)
+        return None
+
+    def fr_pos(self, l):
+        m = self.masks[l][self.full]
+        pos = self.pos[self.full]
+        return np.stack([m[pos == q].mean(axis=0) for q in range(self.T)], axis=1)  # [d, T]
+
+    def mi(self, l):
+        m = self.masks[l][self.full]
+        frp = self.fr_pos(l)
+        out = []
+        for nn in range(self.d):
+            fr = m[:, nn].mean()
+            s = 0.0
+            for q in range(self.T):
+                a = frp[nn, q]
+                if a > 0:
+                    s += a * math.log(a / fr)
+                if 1 - a > 0:
+                    s += (1 - a) * math.log((1 - a) / (1 - fr))
+            out.append(s / self.T)
+        return np.array(out)
+
+    @staticmethod
+    def n_switches(fr, eps):
+        states = [1 if f >= 1 - eps else 0 for f in fr if f >= 1 - eps or f <= eps]
+        return sum(a != b for a, b in zip(states, states[1:]))
+
+    def pattern(self, fr, min_switches=3, eps=0.05):
+        lo, hi = fr.min(), fr.max()
+        if self.n_switches(fr, eps) >= min_switches:
+            return "oscillatory", self.n_switches(fr, 0.0) >= min_switches
+        if lo <= eps and hi >= 1 - eps:
+            return "both extremes", bool(lo == 0 and hi == 1)
+        if lo <= eps or hi >= 1 - eps:
+            return "one extreme", bool(lo == 0 or hi == 1)
+        return "other", False
+
+    def positional(self, l, mi_min=0.05, min_switches=3):
+        mi, frp = self.mi(l), self.fr_pos(l)
+        return {nn: (mi[nn], *self.pattern(frp[nn], min_switches)) for nn in range(self.d) if mi[nn] > mi_min}
+
+
+@pytest.fixture(scope="session")
+def known_ref(known_store):
+    return Ref(known_store)
+
+
+@pytest.fixture(scope="session")
+def real_ref(real_store):
+    return Ref(real_store)
+
+
+def gram_ids(st, g):
+    V = read_index_info(st.path)["config"]["vocab_base"]
+    x = 0
+    for t in g:
+        x = x * V + t
+    return x
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("which", ["known", "real"])
+def test_neurons_layer_stats_domains(which, request):
+    st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
+    df = st.sql("SELECT layer, neuron, fires, freq, dead FROM neurons ORDER BY layer, neuron")
+    for l in ref.layers:
+        sub = df.filter(df["layer"] == l)
+        f = ref.fires(l)
+        assert sub["fires"].to_list() == f.tolist()
+        assert np.allclose(sub["freq"].to_numpy(), f / ref.n)
+        assert sub["dead"].to_list() == (f == 0).tolist()
+    ls = st.sql("SELECT * FROM layer_stats ORDER BY layer")
+    for row in ls.iter_rows(named=True):
+        f = ref.fires(row["layer"])
+        assert row["n_neurons"] == ref.d and row["n_dead"] == int((f == 0).sum())
+        assert row["dead_frac"] == pytest.approx((f == 0).mean())
+        assert row["mean_freq_alive"] == pytest.approx((f[f > 0] / ref.n).mean())
+    nd = st.sql("SELECT layer, neuron, domain, fires FROM neuron_domains")
+    got = {(r["layer"], r["neuron"], r["domain"]): r["fires"] for r in nd.iter_rows(named=True)}
+    want = {}
+    for l in ref.layers:
+        for dom in set(ref.dom):
+            f = ref.masks[l][ref.dom == dom].sum(axis=0)
+            want.update({(l, nn, dom): int(f[nn]) for nn in range(ref.d) if f[nn]})
+    assert got == want
+
+
+def test_known_answers(known_store):
+    st = known_store
+    dead = st.sql("SELECT layer, neuron FROM neurons WHERE dead ORDER BY ALL")
+    assert (0, 0) in dead.rows() and (1, 0) in dead.rows()
+    td = st.sql("SELECT layer, neuron, token_ids, tokens FROM token_detectors ORDER BY ALL")
+    rows = {(r[0], r[1]): (r[2], r[3]) for r in td.rows()}
+    assert rows[(0, 1)] == ([5], ["w5"]) and rows[(1, 1)] == ([6], ["w6"])
+    assert sorted(rows[(0, 4)][0]) == [7, 8]
+    assert (0, 5) not in rows                         # fires on half of token 9's occurrences only
+    tri = st.sql("SELECT ngrams FROM trigram_detectors WHERE layer = 0 AND neuron = 6").rows()
+    assert tri == [([gram_ids(st, (3, 4, 5))],)]
+    pn = {(r[0], r[1]): r[2:] for r in st.sql("SELECT layer, neuron, pattern, strong FROM positional_neurons").rows()}
+    assert pn[(0, 2)] == ("both extremes", True)
+    assert pn[(0, 3)] == ("oscillatory", True)
+    assert pn[(0, 7)] == ("both extremes", False)     # reaches 0 exactly, 1 only approximately
+    assert (0, 1) not in pn
+    rg = st.sql("SELECT layer, neuron, pos_start, pos_end FROM oscillatory_ranges WHERE layer = 0 ORDER BY ALL").rows()
+    assert rg == [(0, 3, 0, 3), (0, 3, 8, 11)]
+    cov = dict(((r[0], r[1], r[2]), r[3]) for r in st.sql("SELECT layer, neuron, n, n_covering FROM coverage").rows())
+    assert cov[(0, 1, 1)] == 1 and cov[(0, 6, 3)] == 1
+    assert (0, 0, 1) not in cov                        # dead: no coverage row
+
+
+@pytest.mark.parametrize("which", ["known", "real"])
+def test_neuron_tokens_and_ngrams(which, request):
+    st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
+    for k, view, col in ((1, "neuron_tokens", "token_id"), (2, "neuron_bigrams", "ngram"), (3, "neuron_trigrams", "ngram")):
+        df = st.sql(f"SELECT layer, neuron, {col}, fires, rank, cum, total FROM {view}")
+        got = {(r[0], r[1], r[2]): r[3] for r in df.rows()}
+        want = {}
+        for l in (ref.layers if k == 1 else ref.ngram_layers):
+            for nn in range(ref.d):
+                for g, c in ref.counts(l, nn, k).items():
+                    want[(l, nn, g[0] if k == 1 else gram_ids(st, g))] = c
+        assert got == want, view
+        # rank/cum/total are consistent with the counts
+        for (l, nn), grp in df.group_by(["layer", "neuron"]):
+            g = grp.sort("rank")
+            assert g["cum"].to_list() == np.cumsum(g["fires"].to_numpy()).tolist()
+            assert g["fires"].to_list() == sorted(g["fires"].to_list(), reverse=True)
+    cnt = dict(st.sql("SELECT token_id, count FROM token_counts").rows())
+    assert cnt == {g[0]: c for g, c in ref.gram_count[1].items()}
+    cnt3 = dict(st.sql("SELECT ngram, count FROM trigram_counts").rows())
+    assert cnt3 == {gram_ids(st, g): c for g, c in ref.gram_count[3].items()}
+
+
+@pytest.mark.parametrize("which", ["known", "real"])
+@pytest.mark.parametrize("p", [0.95, 0.5])
+def test_coverage(which, p, request):
+    st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
+    got = {(r[0], r[1], r[2]): r[3] for r in st.sql("SELECT layer, neuron, n, n_covering FROM coverage_at(p := $p)",
+                                                    {"p": p}).rows()}
+    want = {}
+    for k in (1, 2, 3):
+        for l in (ref.layers if k == 1 else ref.ngram_layers):
+            for nn in range(ref.d):
+                c = ref.coverage(l, nn, k, p)
+                if c is not None:
+                    want[(l, nn, k)] = c
+    assert got == want
+
+
+@pytest.mark.parametrize("which", ["known", "real"])
+def test_detectors(which, request):
+    st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
+    for max_cov in (5, 12):
+        got = {(r[0], r[1]): set(r[2]) for r in st.sql(
+            "SELECT layer, neuron, token_ids FROM token_detectors_at(max_cov := $m)", {"m": max_cov}).rows()}
+        want = {}
+        for l in ref.layers:
+            for nn in range(ref.d):
+                d = ref.detector(l, nn, 1, max_cov)
+                if d is not None:
+                    want[(l, nn)] = {g[0] for g in d}
+        assert got == want
+    got = {(r[0], r[1]): set(r[2]) for r in st.sql("SELECT layer, neuron, ngrams FROM trigram_detectors").rows()}
+    want = {}
+    for l in ref.ngram_layers:
+        for nn in range(ref.d):
+            d = ref.detector(l, nn, 3, 50)
+            if d is not None:
+                want[(l, nn)] = {gram_ids(st, g) for g in d}
+    assert got == want
+
+
+@pytest.mark.parametrize("which", ["known", "real"])
+def test_positions_and_positional(which, request):
+    st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
+    df = st.sql("SELECT layer, neuron, pos, fires, fires_full FROM neuron_positions")
+    got = {(r[0], r[1], r[2]): (r[3], r[4]) for r in df.rows()}
+    want = {}
+    for l in ref.layers:
+        m = ref.masks[l]
+        for q in range(ref.T):
+            a = m[ref.pos == q].sum(axis=0)
+            b = m[(ref.pos == q) & ref.full].sum(axis=0)
+            want.update({(l, nn, q): (int(a[nn]), int(b[nn])) for nn in range(ref.d) if a[nn]})
+    assert got == want
+    for mi_min, sw in ((0.05, 3), (0.01, 2)):
+        pn = st.sql("SELECT layer, neuron, mi, pattern, strong FROM positional_neurons_at(mi_min := $a, min_switches := $b)",
+                    {"a": mi_min, "b": sw})
+        got = {(r[0], r[1]): r[2:] for r in pn.rows()}
+        want = {(l, nn): v for l in ref.layers for nn, v in ref.positional(l, mi_min, sw).items()}
+        assert set(got) == set(want)
+        for key, (mi, pat, strong) in want.items():
+            assert got[key][0] == pytest.approx(mi, abs=1e-12)
+            assert got[key][1:] == (pat, strong), key
+
+
+def test_tokens_view(known_store):
+    st = known_store
+    df = st.sql("SELECT row, seq, pos, token_id, token, domain FROM tokens ORDER BY row")
+    t = st.tokens().sort("row")
+    assert df["token_id"].to_list() == t["token_id"].to_list()
+    assert df["token"].to_list() == [f"w{i}" for i in t["token_id"].to_list()]
+
+
+def test_index_resume_equals_fresh(tmp_path, monkeypatch):
+    """A build killed after some blocks resumes, skips the finished blocks, and gives the same tables."""
+    import actdb.index as ix
+
+    a = make_known(tmp_path / "a")
+    b = make_known(tmp_path / "b")
+    build_index(a, progress=False)
+    calls = {"n": 0}
+    real_write = ix._write_parquet
+
+    def dying(table, path):
+        if path.name == "neuron_fires.parquet" and "_parts" in str(path):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+        return real_write(table, path)
+
+    monkeypatch.setattr(ix, "_write_parquet", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(b, progress=False)
+    assert read_index_info(b) is None
+    done = json.loads((b / "index" / "_state.json").read_text())["done"]
+    assert done == [0, 1, 2]
+    counted = []
+
+    class Spy(ix._BlockCounter):
+        def count(self, layer, n0, m, out):
+            counted.append(layer)
+            return super().count(layer, n0, m, out)
+
+    monkeypatch.setattr(ix, "_write_parquet", real_write)
+    monkeypatch.setattr(ix, "_BlockCounter", Spy)
+    build_index(b, progress=False, neuron_chunk=D)
+    n_blocks = len(list((b / "tokens").glob("part-*.parquet")))
+    assert len(counted) == (n_blocks - 3) * len(LAYERS)
+    import pyarrow.parquet as pq
+
+    for f in sorted((a / "index").glob("*.parquet")):
+        assert pq.read_table(f).equals(pq.read_table(b / "index" / f.name)), f.name
+
+
+def test_index_layers_option_and_errors(tmp_path):
+    p = make_known(tmp_path / "s")
+    build_index(p, layers=[2], progress=False)
+    st = actdb.open(p)
+    assert st.sql("SELECT DISTINCT layer FROM neuron_trigrams").rows() == [(2,)]
+    with pytest.raises(actdb.InputError):
+        build_index(p, layers=[3], progress=False)
+    with pytest.raises(actdb.StoreError):
+        build_index(tmp_path / "nothing", progress=False)
