@@ -1,0 +1,152 @@
+"""Saved queries (queries/*.sql): each against a direct numpy computation (tests/test_index.Ref)
+on the hand-built and the ingested store, and each against its stored answer on the
+hand-built store (tests/answers/NAME.json).
+
+Regenerate the stored answers after a deliberate change with
+    ACTDB_UPDATE_ANSWERS=1 .venv/bin/pytest -q tests/test_queries.py
+and review the diff of tests/answers/ before committing it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actdb.db import saved_queries
+from test_index import gram_ids, known_ref, known_store, real_ref, real_store  # noqa: F401 (fixtures)
+
+ANSWERS = Path(__file__).parent / "answers"
+NAMES = [q.name for q in saved_queries()]
+UNI_BINS = [(1, 5), (6, 10), (11, 20), (21, 50), (51, 200), (201, 1000), (1001, 2000), (2001, 50000)]
+BI_BINS = [(1, 50), (51, 100), (101, 200), (201, 500), (501, 1000), (1001, 2000), (2001, 5000), (5001, 1000000)]
+TRI_BINS = [(1, 50), (51, 100), (101, 200), (201, 500), (501, 1000), (1001, 5000), (5001, 20000), (20001, 3000000)]
+
+
+def expected(name: str, ref, st) -> list[tuple]:
+    L = ref.layers
+    if name == "dead_per_layer":
+        return [(l, ref.d, int((ref.fires(l) == 0).sum()), 100 * (ref.fires(l) == 0).mean()) for l in L]
+    if name == "mean_freq_alive":
+        return [(l, int((ref.fires(l) > 0).sum()), (ref.fires(l)[ref.fires(l) > 0] / ref.n).mean()) for l in L]
+    if name == "unigram_coverage_hist":
+        out = []
+        for l in L:
+            cov = [ref.coverage(l, nn, 1) for nn in range(ref.d)]
+            out += [(l, lo, hi, sum(1 for c in cov if c is not None and lo <= c <= hi)) for lo, hi in UNI_BINS]
+        return out
+    if name == "ngram_coverage_hist":
+        out = []
+        for k, bins in ((2, BI_BINS), (3, TRI_BINS)):
+            for l in ref.ngram_layers:
+                cov = [ref.coverage(l, nn, k) for nn in range(ref.d)]
+                out += [(k, l, lo, hi, sum(1 for c in cov if c is not None and lo <= c <= hi)) for lo, hi in bins]
+        return out
+    if name in ("token_detectors_per_layer", "detected_tokens_per_layer", "new_tokens_per_layer"):
+        det = {l: [ref.detector(l, nn, 1, 5) for nn in range(ref.d)] for l in L}
+        toks = {l: set().union(*[d for d in det[l] if d]) for l in L}
+        if name == "token_detectors_per_layer":
+            return [(l, sum(d is not None for d in det[l])) for l in L]
+        if name == "detected_tokens_per_layer":
+            return [(l, len(toks[l]), len(set().union(*[toks[x] for x in L if x <= l]))) for l in L]
+        return [(l, len(toks[l]), len(toks[l] - set().union(*[toks[x] for x in L if x < l]))) for l in L]
+    if name == "trigram_detectors_per_layer":
+        NL = ref.ngram_layers
+        det = {l: [ref.detector(l, nn, 3, 50) for nn in range(ref.d)] for l in NL}
+        grams = {l: set().union(*[d for d in det[l] if d]) for l in NL}
+        out = []
+        for i, l in enumerate(NL):
+            below = set().union(*[grams[x] for x in NL if x < l])
+            prev = grams[NL[i - 1]] if i else set()
+            out.append((l, sum(d is not None for d in det[l]), len(grams[l]),
+                        len(set().union(*[grams[x] for x in NL if x <= l])), len(grams[l] - below), len(grams[l] - prev)))
+        return out
+    if name == "positional_by_kind":
+        c = Counter()
+        for l in L:
+            for nn, (mi, pat, strong) in ref.positional(l).items():
+                c[(l, pat, strong)] += 1
+        return sorted((k[0], k[1], k[2], v) for k, v in c.items())
+    if name == "oscillatory_ranges":
+        out = []
+        for l in L:
+            frp = ref.fr_pos(l)
+            for nn, (mi, pat, strong) in ref.positional(l).items():
+                if pat == "oscillatory" and strong:
+                    on = frp[nn] == 1
+                    q = 0
+                    while q < ref.T:
+                        if on[q]:
+                            r = q
+                            while r + 1 < ref.T and on[r + 1]:
+                                r += 1
+                            out.append((l, nn, q, r))
+                            q = r
+                        q += 1
+        return sorted(out)
+    raise AssertionError(f"no numpy reference for saved query {name}")
+
+
+def comparable(df, name) -> list[tuple]:
+    drop = {"bin"}  # labels; bounds are compared
+    cols = [c for c in df.columns if c not in drop]
+    return [tuple(r) for r in df.select(cols).rows()]
+
+
+def same(a: list[tuple], b: list[tuple]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if len(x) != len(y):
+            return False
+        for u, v in zip(x, y):
+            if isinstance(u, float) or isinstance(v, float):
+                if not math.isclose(u, v, rel_tol=1e-9, abs_tol=1e-12):
+                    return False
+            elif u != v:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("which", ["known", "real"])
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_query_matches_numpy(name, which, request):
+    st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
+    got = comparable(st.query(name), name)
+    want = expected(name, ref, st)
+    assert same(got, want), f"{name}: got {got[:8]} want {want[:8]}"
+
+
+def test_saved_queries_are_nontrivial_on_known_store(known_store):
+    """The hand-built store exercises every finding (so the checks above can fail)."""
+    st = known_store
+    assert st.query("dead_per_layer")["n_dead"].min() >= 1
+    assert st.query("token_detectors_per_layer")["n_detectors"].to_list()[:2] >= [2, 2]
+    assert st.query("new_tokens_per_layer")["n_new"].to_list()[1] >= 1
+    assert st.query("trigram_detectors_per_layer")["n_detectors"].to_list()[0] >= 1
+    assert set(st.query("positional_by_kind")["pattern"]) >= {"oscillatory", "both extremes"}
+    assert st.query("oscillatory_ranges").height >= 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_query_stored_answer(name, known_store):
+    df = known_store.query(name)
+    rows = [list(r) for r in df.rows()]
+    path = ANSWERS / f"{name}.json"
+    if os.environ.get("ACTDB_UPDATE_ANSWERS"):
+        ANSWERS.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"columns": df.columns, "rows": rows}, indent=1) + "\n")
+    stored = json.loads(path.read_text())
+    assert stored["columns"] == df.columns
+    assert same([tuple(r) for r in rows], [tuple(r) for r in stored["rows"]])
+
+
+def test_saved_query_headers():
+    for q in saved_queries():
+        assert q.title and "Voita et al. 2023" in q.reproduces and "Fig" in q.reproduces, q.name
+        used = set(__import__("re").findall(r"\$(\w+)", q.sql))
+        assert used == set(q.params), q.name
