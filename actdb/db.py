@@ -30,11 +30,20 @@ def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _views(root: Path, m, info: dict[str, Any]) -> list[str]:
+# the paper's defaults; the index precomputes coverage and detectors at exactly these
+DEFAULTS = {"p_cov": 0.95, "tok_max_cov": 5, "tri_max_cov": 50, "p_token": 0.95, "p_share": 0.95}
+PRECOMPUTED = ("coverage", "token_detectors", "trigram_detectors")
+
+
+def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
+    """SQL that creates the views and macros. pre: answer default thresholds from the tables
+    the index precomputed (index/coverage.parquet ...), other thresholds by a scan."""
     ix = root / "index"
     N = m.n_tokens
     V = info["config"]["vocab_base"]
     eps = info["config"]["weak_eps"]
+    if pre and not all((ix / f"{t}.parquet").exists() for t in PRECOMPUTED):
+        pre = False
 
     def rp(name: str) -> str:
         return f"read_parquet({_lit(ix / (name + '.parquet'))})"
@@ -69,17 +78,31 @@ def _views(root: Path, m, info: dict[str, Any]) -> list[str]:
     cov = []
     for n, t in ((1, "neuron_tokens"), (2, "neuron_bigrams"), (3, "neuron_trigrams")):
         src = rp(t)
-        v.append(f"""CREATE MACRO coverage{n}(p := 0.95) AS TABLE
-            SELECT layer::INT AS layer, neuron, {n} AS n,
+        scan = f"""SELECT layer::INT AS layer, neuron, {n} AS n,
                    count(*) FILTER (WHERE cum - fires < p::DOUBLE * total) AS n_covering,
                    count(*) AS n_distinct, max(total) AS fires
-            FROM {src} GROUP BY ALL""")
+            FROM {src} {{where}} GROUP BY ALL"""
+        if pre:
+            body = (f"SELECT layer, neuron, n, n_covering, n_distinct, fires FROM {rp('coverage')} "
+                    f"WHERE n = {n} AND p::DOUBLE = 0.95 UNION ALL "
+                    + scan.format(where="WHERE p::DOUBLE <> 0.95"))
+        else:
+            body = scan.format(where="")
+        v.append(f"CREATE MACRO coverage{n}(p := 0.95) AS TABLE {body}")
         cov.append(f"SELECT * FROM coverage{n}(p := p)")
     v.append("CREATE MACRO coverage_at(p := 0.95) AS TABLE " + " UNION ALL ".join(cov))
     v.append("CREATE VIEW coverage AS SELECT * FROM coverage_at()")
     # detectors (SPEC §1.4)
+    is_default = "(max_cov = {mc} AND p_cov::DOUBLE = 0.95 AND p_token::DOUBLE = 0.95 AND p_share::DOUBLE = 0.95)"
+
+    def fast(name: str, mc: int, scan: str) -> str:
+        if not pre:
+            return scan
+        cond = is_default.format(mc=mc)
+        return f"SELECT * FROM {rp(name)} WHERE {cond} UNION ALL SELECT * FROM ({scan}) WHERE NOT {cond}"
+
     v.append(f"""CREATE MACRO token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
-        WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage1(p := p_cov)
+        """ + fast("token_detectors", 5, f"""WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage1(p := p_cov)
                    WHERE n_covering BETWEEN 1 AND max_cov),
         t AS (SELECT nt.layer::INT AS layer, nt.neuron, nt.token_id, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
               FROM {rp('neuron_tokens')} nt JOIN token_counts tc USING (token_id)
@@ -91,10 +114,10 @@ def _views(root: Path, m, info: dict[str, Any]) -> list[str]:
                  sum(t.fires) AS covered, c.fires AS fires
           FROM c JOIN t USING (layer, neuron) LEFT JOIN vocab v USING (token_id)
           GROUP BY c.layer, c.neuron, c.n_covering, c.fires)
-        WHERE covered >= p_share::DOUBLE * fires""")
+        WHERE covered >= p_share::DOUBLE * fires"""))
     v.append("CREATE VIEW token_detectors AS SELECT * FROM token_detectors_at()")
     v.append(f"""CREATE MACRO trigram_detectors_at(max_cov := 50, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
-        WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage3(p := p_cov)
+        """ + fast("trigram_detectors", 50, f"""WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage3(p := p_cov)
                    WHERE n_covering BETWEEN 1 AND max_cov),
         t AS (SELECT nt.layer::INT AS layer, nt.neuron, nt.ngram, nt.fires
               FROM {rp('neuron_trigrams')} nt JOIN {rp('trigram_counts')} tc USING (ngram)
@@ -105,7 +128,7 @@ def _views(root: Path, m, info: dict[str, Any]) -> list[str]:
                  sum(t.fires) / c.fires::DOUBLE AS share, sum(t.fires) AS covered, c.fires AS fires
           FROM c JOIN t USING (layer, neuron)
           GROUP BY c.layer, c.neuron, c.n_covering, c.fires)
-        WHERE covered >= p_share::DOUBLE * fires""")
+        WHERE covered >= p_share::DOUBLE * fires"""))
     v.append("CREATE VIEW trigram_detectors AS SELECT * FROM trigram_detectors_at()")
     # positions (SPEC §1.6)
     v.append(f"CREATE VIEW position_counts AS SELECT pos, n, n_full FROM {rp('position_counts')}")
@@ -138,7 +161,7 @@ def _views(root: Path, m, info: dict[str, Any]) -> list[str]:
     return v
 
 
-def connect(store):
+def connect(store, pre: bool = True):
     """An in-memory DuckDB connection with the views of `store` (an actdb.Store)."""
     import duckdb
 
@@ -148,7 +171,7 @@ def connect(store):
     if info is None:
         raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
     con = duckdb.connect(":memory:")
-    for stmt in _views(store.path, store.manifest, info):
+    for stmt in _views(store.path, store.manifest, info, pre=pre):
         con.execute(stmt)
     # user SQL may read the store, never write files or change settings
     con.execute("SET lock_configuration = true")

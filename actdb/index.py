@@ -331,10 +331,29 @@ def _reduce(root: Path, m, config: dict[str, Any]) -> None:
                  "NULL::BIGINT rank, NULL::BIGINT cum, NULL::BIGINT total LIMIT 0", tname)
     _positional(root, m, con)
     con.close()
+    _precompute(root, m, config)
     atomic_write_text(root / INDEX_FILE, json.dumps({"config": config}, indent=1, sort_keys=True))
     shutil.rmtree(root / "_parts", ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     (root / STATE).unlink(missing_ok=True)
+
+
+def _precompute(root: Path, m, config: dict[str, Any]) -> None:
+    """Coverage and detectors at the paper's thresholds, so the saved queries read small
+    tables; other thresholds are answered by scanning the n-gram tables (see actdb.db)."""
+    import duckdb
+
+    from .db import PRECOMPUTED, _views
+
+    con = duckdb.connect()
+    con.execute(f"SET temp_directory = '{_q(str(root / '_tmp'))}'")
+    for stmt in _views(root.parent, m, {"config": config}, pre=False):
+        con.execute(stmt)
+    for name in PRECOMPUTED:
+        tmpf = root / f".{name}.parquet.tmp"
+        con.execute(f"COPY (SELECT * FROM {name}_at() ORDER BY ALL) TO '{_q(str(tmpf))}' (FORMAT parquet)")
+        tmpf.replace(root / f"{name}.parquet")
+    con.close()
 
 
 def switches(fr: np.ndarray, eps: float) -> np.ndarray:
