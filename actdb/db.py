@@ -4,7 +4,7 @@ parameters, and the saved queries of `queries/`.
 Views (SPEC §3): tokens, vocab, neurons, neuron_domains, layer_stats, neuron_tokens,
 neuron_bigrams, neuron_trigrams, token_counts, bigram_counts, trigram_counts, coverage,
 token_detectors, trigram_detectors, neuron_positions, position_counts, positional_neurons,
-oscillatory_ranges. Thresholds are table macros with the paper's defaults:
+ngram_layers, oscillatory_ranges. Thresholds are table macros with the paper's defaults:
 
     coverage_at(p := 0.95)
     token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95)
@@ -52,7 +52,9 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
         """token ids of an n-gram id, first to last."""
         return "[" + ", ".join(f"(({col} // {V ** (n - 1 - i)}) % {V})::INT" for i in range(n)) + "]"
 
+    nl = ", ".join(str(int(l)) for l in info["config"]["ngram_layers"]) or "NULL"
     v = [
+        f"CREATE VIEW ngram_layers AS SELECT unnest([{nl}])::INT AS layer",
         f"CREATE VIEW vocab AS SELECT token_id, token, piece FROM read_parquet({_lit(root / 'vocab.parquet')})",
         f"""CREATE VIEW tokens AS SELECT t.row, t.seq, t.pos, t.token_id, v.token, t.doc, t.domain::VARCHAR AS domain
             FROM read_parquet({_lit(root / 'tokens' / 'part-*.parquet')}) t LEFT JOIN vocab v USING (token_id)""",

@@ -7,7 +7,7 @@ WITH bins(n, bin, lo, hi) AS (VALUES
         (3, '1-50', 1, 50), (3, '51-100', 51, 100), (3, '101-200', 101, 200), (3, '201-500', 201, 500),
         (3, '501-1k', 501, 1000), (3, '1k-5k', 1001, 5000), (3, '5k-20k', 5001, 20000), (3, '20k-3M', 20001, 3000000)),
      c AS (SELECT layer, n, n_covering FROM coverage2(p := $p) UNION ALL SELECT layer, n, n_covering FROM coverage3(p := $p)),
-     l AS (SELECT DISTINCT layer FROM neuron_bigrams)
+     l AS (SELECT layer FROM ngram_layers)
 SELECT b.n, l.layer, b.bin, b.lo, b.hi, count(c.n_covering) AS n_neurons
 FROM l CROSS JOIN bins b
 LEFT JOIN c ON c.layer = l.layer AND c.n = b.n AND c.n_covering BETWEEN b.lo AND b.hi

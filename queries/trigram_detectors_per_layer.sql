@@ -6,7 +6,7 @@
 -- param: p_share = 0.95
 WITH det AS (SELECT * FROM trigram_detectors_at(max_cov := $max_cov, p_cov := $p_cov, p_token := $p_token, p_share := $p_share)),
      d AS (SELECT DISTINCT layer, unnest(ngrams) AS ngram FROM det),
-     l AS (SELECT DISTINCT layer FROM neuron_trigrams),
+     l AS (SELECT layer FROM ngram_layers),
      ll AS (SELECT layer, lag(layer) OVER (ORDER BY layer) AS prev FROM l)
 SELECT ll.layer,
        (SELECT count(*) FROM det WHERE det.layer = ll.layer) AS n_detectors,
