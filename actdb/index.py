@@ -272,17 +272,19 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
         prev_tail = next_tail
         bar.update(1)
     bar.close()
-    _reduce(root, m, config)
+    _reduce(root, m, config, memory_limit)
     return root
 
 
-def _reduce(root: Path, m, config: dict[str, Any]) -> None:
+def _reduce(root: Path, m, config: dict[str, Any], memory_limit: str = "4GB") -> None:
     import duckdb
 
     tmp = root / "_tmp"
     tmp.mkdir(exist_ok=True)
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{_q(str(tmp))}'")
+    con.execute(f"SET memory_limit = '{_q(memory_limit)}'")
+    con.execute("SET preserve_insertion_order = false")
     parts = _q(str(root / "_parts"))
 
     def src(name: str) -> str:
