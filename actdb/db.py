@@ -190,9 +190,9 @@ def _check_read_only(con, sql: str):
     if len(stmts) != 1:
         raise InputError(f"expected one SQL statement, got {len(stmts)}")
     st = stmts[0]
-    allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-    if st.type not in allowed:
-        raise InputError(f"read-only: expected a query (SELECT, WITH, EXPLAIN …), got a "
+    # only queries: EXPLAIN is refused too, since EXPLAIN ANALYZE runs the statement it explains
+    if st.type != duckdb.StatementType.SELECT:
+        raise InputError(f"read-only: expected a query (SELECT, WITH, FROM …, DESCRIBE, SUMMARIZE), got a "
                          f"{st.type.name} statement; the store is never written")
     return st
 

@@ -41,6 +41,8 @@ def run(*args):
     "INSERT INTO neurons VALUES (0, 0, 0, 0, true)",
     "SET threads = 1",
     "SELECT 1; DROP VIEW neurons",
+    "EXPLAIN ANALYZE COPY (SELECT 1) TO '{root}/y.csv'",
+    "PRAGMA enable_profiling",
 ])
 def test_writes_rejected_and_store_unchanged(store, stmt):
     before = snapshot(store)
