@@ -27,7 +27,7 @@ from .adapters import adapter_for, get_module
 from .capture import KINDS, CaptureWriter, RowAccumulator, magnitude_stats, save_projection
 from .corpus import (check_corpus_files, read_documents, sequences, sha256_file,
                      special_tokens, tokenize_documents)
-from .errors import InputError, StoreError
+from .errors import ActdbError, InputError, StoreError
 from .manifest import FORMAT_VERSION, MANIFEST_FILE, CorpusFile, Manifest
 from .models import (choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
@@ -202,6 +202,14 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
 
     shutil.rmtree(root / STAGING, ignore_errors=True)
     mask_bytes = sum(p.stat().st_size for p in (root / "masks").rglob("*") if p.is_file())
+    if s.index:
+        from .index import build_index
+
+        try:
+            build_index(root, progress=s.progress)
+        except ActdbError as e:
+            raise StoreError(f"{root}: the store is complete, but building its index failed ({e}); "
+                             f"run `actdb index {root}` to retry") from None
     return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, time.perf_counter() - t0,
                          fwd_seconds, mask_bytes, offload, start_row)
 

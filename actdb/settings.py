@@ -38,6 +38,7 @@ class IngestSettings:
     block_tokens: int = _opt(32768, "Tokens per commit and per Zarr chunk along tokens (multiple of 8).")
     neuron_chunk: int = _opt(512, "Neurons per Zarr chunk.")
     zstd_level: int = _opt(3, "Zstandard level of the mask chunks.")
+    index: bool = _opt(True, "Build the query index (`actdb index`) at the end of ingest.")
     domain: str | None = _opt(None, "Domain for records that carry none (default: the file's stem).")
     skip_empty: bool = _opt(False, "Skip empty documents instead of stopping with an error.")
     resume: bool = _opt(False, "Continue an interrupted ingest into the same store.")

@@ -97,6 +97,7 @@ def test_bad_layers(model_dirs, corpus_file, tmp_path, layers, msg):
 def test_existing_store_needs_resume_or_overwrite(model_dirs, corpus_file, tmp_path):
     store = tmp_path / "s"
     assert ingest(model_dirs("opt"), corpus_file, out=store)[0] == 0
+    assert (store / "index" / "index.json").exists(), "ingest builds the index by default"
     code, out = ingest(model_dirs("opt"), corpus_file, out=store)
     assert code != 0 and "store exists (pass --overwrite" in one_error_line(out)
     code, out = ingest(model_dirs("opt"), corpus_file, out=store, extra=["--resume"])

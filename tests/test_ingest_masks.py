@@ -11,7 +11,7 @@ FAMILIES = ["opt", "gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "be
 
 def run_ingest(model_dir, corpus, out, **kw):
     settings = actdb.IngestSettings(model=str(model_dir), corpus=(str(corpus),), out=str(out),
-                                    progress=False, **{"seq_len": 24, "batch_size": 3, "block_tokens": 256, **kw})
+                                    progress=False, **{"seq_len": 24, "batch_size": 3, "block_tokens": 256, "index": False, **kw})
     actdb.ingest(settings, log=lambda *_: None)
     return actdb.open(out)
 
