@@ -173,6 +173,7 @@ def connect(store, pre: bool = True):
     if info is None:
         raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
     con = duckdb.connect(":memory:")
+    con.execute("SET enable_progress_bar = false")
     for stmt in _views(store.path, store.manifest, info, pre=pre):
         con.execute(stmt)
     # user SQL may read the store, never write files or change settings

@@ -282,6 +282,7 @@ def _reduce(root: Path, m, config: dict[str, Any], memory_limit: str = "4GB") ->
     tmp = root / "_tmp"
     tmp.mkdir(exist_ok=True)
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"SET temp_directory = '{_q(str(tmp))}'")
     con.execute(f"SET memory_limit = '{_q(memory_limit)}'")
     con.execute("SET preserve_insertion_order = false")
@@ -348,6 +349,7 @@ def _precompute(root: Path, m, config: dict[str, Any]) -> None:
     from .db import PRECOMPUTED, _views
 
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"SET temp_directory = '{_q(str(root / '_tmp'))}'")
     for stmt in _views(root.parent, m, {"config": config}, pre=False):
         con.execute(stmt)
