@@ -13,6 +13,23 @@ ngram_layers, oscillatory_ranges. Thresholds are table macros with the paper's d
     oscillatory_ranges_at(mi_min := 0.05, min_switches := 3)
 
 and each view is its macro at the defaults.
+
+Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(pos) per position):
+- n-gram statistics skip every n-gram containing position 0 when the tokenizer adds a prefix
+  token (BOS); P(fires | token) and a neuron's n-gram fires are counted on the same rows.
+- a position is *high* when fr(pos) >= 1 - eps, *low* when fr(pos) <= eps (eps = 0.05, fixed at
+  index time, index.json `weak_eps`); `switches_weak` counts high<->low changes along positions,
+  skipping positions in between; `switches_exact` the same with eps = 0 (exactly 0 / 1).
+- pattern: 'oscillatory' when switches_weak >= min_switches (default 3: on-off-on-off);
+  else 'both extremes' when it has a low and a high position; else 'one extreme' when it has
+  one of them; else 'other'.
+- strong: the pattern holds with exact extremes (oscillatory: switches_exact >= min_switches;
+  both extremes: min fr = 0 and max fr = 1; one extreme: min fr = 0 or max fr = 1); 'other'
+  is never strong. Weak = positional neuron that is not strong.
+- oscillatory_ranges (Fig. 9): maximal runs of positions with fr(pos) = 1 of strong
+  oscillatory neurons.
+- coverage uses the neuron's n-gram fires as the 100 %; dead neurons (and neurons that only
+  fire on BOS) have no coverage row.
 """
 from __future__ import annotations
 
