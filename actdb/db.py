@@ -193,6 +193,16 @@ def connect(store, pre: bool = True):
     con.execute("SET enable_progress_bar = false")
     for stmt in _views(store.path, store.manifest, info, pre=pre):
         con.execute(stmt)
+    from . import massive, projection
+
+    extra = []
+    if (store.path / "index" / "capture").exists():
+        extra += massive.views(store.path)
+    if (store.path / "index" / "vocab_projection.parquet").exists():
+        projection.register(con, store.path)
+        extra += projection.views(store.path)
+    for stmt in extra:
+        con.execute(stmt)
     # user SQL may read the store, never write files or change settings
     con.execute("SET lock_configuration = true")
     return con

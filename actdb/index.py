@@ -272,6 +272,13 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
         prev_tail = next_tail
         bar.update(1)
     bar.close()
+    # massive activations and vocabulary projection (SPEC §1.5, §1.7), before index.json marks it complete
+    from .massive import build_capture_index
+    from .projection import FILE as PROJECTION_FILE, build_projection_index
+
+    build_capture_index(st.path, m)
+    if (st.path / PROJECTION_FILE).exists():
+        build_projection_index(st.path, m.layers)
     _reduce(root, m, config, memory_limit)
     return root
 

@@ -1,0 +1,69 @@
+"""Massive activations (Sun et al. 2024, SPEC §1.7): the magnitude capture of ingest
+(capture.py, Zarr under STORE/capture/) flattened into Parquet for SQL, block by block.
+
+index/capture/part-BBBBBB.parquet: kind ('resid' | 'ffn'), row, layer, rank (1 = largest |h|),
+dim, value (signed), token_median_abs, median_abs (the whole sequence's median |h|).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def build_capture_index(root: Path, manifest) -> None:
+    import zarr
+
+    out = root / "index" / "capture"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if not manifest.capture:
+        pq.write_table(_empty(), out / "part-000000.parquet")
+        return
+    cap = zarr.open_group(root / "capture", mode="r")
+    n, bt = manifest.n_tokens, manifest.block_tokens
+    layers = np.asarray(manifest.layers, dtype=np.int32)
+    for b, lo in enumerate(range(0, n, bt)):
+        hi = min(lo + bt, n)
+        parts = []
+        for kind in manifest.capture:
+            v = cap[f"{kind}_topk_value"][:, lo:hi]              # [layers, rows, k]
+            d = cap[f"{kind}_topk_dim"][:, lo:hi]
+            med = cap[f"{kind}_median"][:, lo:hi]                # [layers, rows]
+            smed = cap[f"{kind}_seq_median"][:, lo:hi]
+            L, R, K = v.shape
+            parts.append(pa.table({
+                "kind": pa.array([kind] * (L * R * K)).dictionary_encode(),
+                "row": np.broadcast_to(np.arange(lo, hi, dtype=np.int64)[None, :, None], v.shape).ravel(),
+                "layer": np.broadcast_to(layers[:, None, None], v.shape).ravel(),
+                "rank": np.broadcast_to(np.arange(1, K + 1, dtype=np.int8)[None, None], v.shape).ravel(),
+                "dim": d.ravel(), "value": v.ravel(),
+                "token_median_abs": np.repeat(med.ravel(), K),
+                "median_abs": np.repeat(smed.ravel(), K)}))
+        tmp = out / f".part-{b:06d}.tmp"
+        pq.write_table(pa.concat_tables(parts), tmp, compression="zstd")
+        tmp.replace(out / f"part-{b:06d}.parquet")
+
+
+def _empty() -> pa.Table:
+    return pa.table({"kind": pa.array([], pa.string()).dictionary_encode(), "row": pa.array([], pa.int64()),
+                     "layer": pa.array([], pa.int32()), "rank": pa.array([], pa.int8()),
+                     "dim": pa.array([], pa.int32()), "value": pa.array([], pa.float32()),
+                     "token_median_abs": pa.array([], pa.float32()), "median_abs": pa.array([], pa.float32())})
+
+
+def views(root: Path) -> list[str]:
+    glob = str(root / "index" / "capture" / "part-*.parquet").replace("'", "''")
+    return [
+        f"CREATE VIEW capture_topk AS SELECT kind::VARCHAR AS kind, row, layer::INT AS layer, rank::INT AS rank, "
+        f"dim, value, token_median_abs, median_abs FROM read_parquet('{glob}')",
+        """CREATE MACRO massive_activations_at(abs_min := 100, ratio := 1000, source := 'resid') AS TABLE
+           SELECT c.row, c.layer, c.dim, c.value, c.median_abs, c.token_median_abs, c.rank,
+                  t.seq, t.pos, t.token_id, t.token
+           FROM capture_topk c JOIN tokens t USING (row)
+           WHERE c.kind = source AND abs(c.value) > abs_min AND abs(c.value) >= ratio * c.median_abs""",
+        "CREATE VIEW massive_activations AS SELECT * FROM massive_activations_at()",
+    ]
