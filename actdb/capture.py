@@ -123,7 +123,7 @@ def save_projection(root: Path, model: torch.nn.Module, lm, layers: tuple[int, .
         tensors[f"w_out.{l}"] = (w if type(fc).__name__ == "Conv1D" else w.t()).contiguous()
     head = model.get_output_embeddings() if lm.adapter.decoder else None
     if head is None or (head.weight.is_meta and streamer is not None and
-                        streamer._key(f"{_path_of(model, head)}.weight") is None):
+                        streamer.tensor(f"{_path_of(model, head)}.weight") is None):
         head = model.get_input_embeddings()  # tied, or an encoder without an LM head
     tensors["w_u"] = _weight(head, f"{_path_of(model, head)}.weight", streamer).contiguous()
     tmp = root / ".projection.safetensors.tmp"
@@ -138,8 +138,8 @@ def _path_of(model: torch.nn.Module, module: torch.nn.Module) -> str:
 def _weight(module: torch.nn.Module, name: str, streamer) -> torch.Tensor:
     w = module.weight
     if w.is_meta:  # layer-by-layer mode: read this one tensor from the checkpoint
-        key = streamer._key(name)
-        if key is None:
+        t = streamer.tensor(name)
+        if t is None:
             raise KeyError(name)
-        return streamer.key_file[key].get_tensor(key).to(w.dtype)
+        return t.to(w.dtype)
     return w

@@ -37,7 +37,7 @@ class IngestSettings:
     capture_topk: int = _opt(4, "How many of the largest |h| per token and layer to keep.")
     block_tokens: int = _opt(32768, "Tokens per commit and per Zarr chunk along tokens (multiple of 8).")
     neuron_chunk: int = _opt(512, "Neurons per Zarr chunk.")
-    zstd_level: int = _opt(3, "Zstandard level of the mask chunks.")
+    zstd_level: int = _opt(1, "Zstandard level of the mask chunks (1: smallest and fastest here, see benchmarks/RESULTS.md).")
     index: bool = _opt(True, "Build the query index (`actdb index`) at the end of ingest.")
     domain: str | None = _opt(None, "Domain for records that carry none (default: the file's stem).")
     skip_empty: bool = _opt(False, "Skip empty documents instead of stopping with an error.")
