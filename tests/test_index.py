@@ -68,6 +68,9 @@ def make_known(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def known_store(tmp_path_factory):
     p = make_known(tmp_path_factory.mktemp("known") / "store")
+    from issue4_refs import plant
+
+    plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())  # projection weights + capture
     build_index(p, progress=False, neuron_chunk=5)
     return actdb.open(p)
 
