@@ -35,7 +35,8 @@ class IngestSettings:
                         "residual stream and FFN hidden values ('resid+ffn'), residual only ('resid'), or 'none'.",
                         choices=("resid+ffn", "resid", "none"))
     capture_topk: int = _opt(4, "How many of the largest |h| per token and layer to keep.")
-    block_tokens: int = _opt(32768, "Tokens per commit and per Zarr chunk along tokens (multiple of 8).")
+    block_tokens: int = _opt(32768, "Tokens per commit and per Zarr chunk along tokens (multiple of 8). The host buffer is "
+                              "layers x d_ffn x block_tokens / 8 bytes: lower it for very large models.")
     neuron_chunk: int = _opt(512, "Neurons per Zarr chunk.")
     zstd_level: int = _opt(1, "Zstandard level of the mask chunks (1: smallest and fastest here, see benchmarks/RESULTS.md).")
     index: bool = _opt(True, "Build the query index (`actdb index`) at the end of ingest.")
