@@ -51,6 +51,7 @@ class IngestSummary:
     mask_bytes: int
     offload: bool
     resumed_from: int
+    index_seconds: float = 0.0
 
     def lines(self) -> list[str]:
         bits = self.n_tokens * len(self.layers) * self.d_ffn
@@ -61,7 +62,8 @@ class IngestSummary:
             f"neurons    {len(self.layers)} layers x {self.d_ffn} = {len(self.layers) * self.d_ffn:,}"
             + (" (layer-by-layer)" if self.offload else ""),
             f"time       {self.seconds:.1f} s ({self.n_tokens / max(self.seconds, 1e-9):,.0f} tok/s; "
-            f"forward {self.forward_seconds:.1f} s)",
+            f"forward {self.forward_seconds:.1f} s)" + (f"; then the index {self.index_seconds:.1f} s"
+                                                        if self.index_seconds else ""),
             f"masks      {self.mask_bytes / 1e6:,.2f} MB on disk, {8 * self.mask_bytes / max(bits, 1):.3f} bits per "
             f"(token, neuron)",
         ]
@@ -202,16 +204,20 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
 
     shutil.rmtree(root / STAGING, ignore_errors=True)
     mask_bytes = sum(p.stat().st_size for p in (root / "masks").rglob("*") if p.is_file())
+    seconds = time.perf_counter() - t0
+    index_seconds = 0.0
     if s.index:
         from .index import build_index
 
+        t_index = time.perf_counter()
         try:
             build_index(root, progress=s.progress)
         except ActdbError as e:
             raise StoreError(f"{root}: the store is complete, but building its index failed ({e}); "
                              f"run `actdb index {root}` to retry") from None
-    return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, time.perf_counter() - t0,
-                         fwd_seconds, mask_bytes, offload, start_row)
+        index_seconds = time.perf_counter() - t_index
+    return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, seconds,
+                         fwd_seconds, mask_bytes, offload, start_row, index_seconds)
 
 
 def _d_ffn(lm) -> int:
