@@ -89,6 +89,7 @@ def main() -> None:
                     "--seq-len", "128", "--batch-size", "8", "--max-tokens", str(args.tokens), "--overwrite"],
                    check=True)
     subprocess.run([actdb, "info", str(out / "store")], check=True)
+    subprocess.run([actdb, "query", str(out / "store"), "mean_freq_alive"], check=True)
 
 
 if __name__ == "__main__":
