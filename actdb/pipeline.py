@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -200,8 +201,6 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
 
     manifest.write(root)  # the store is complete from here on
     (root / STATE_FILE).unlink()
-    import shutil
-
     shutil.rmtree(root / STAGING, ignore_errors=True)
     mask_bytes = sum(p.stat().st_size for p in (root / "masks").rglob("*") if p.is_file())
     seconds = time.perf_counter() - t0

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .corpus import Document, SpecialTokens, sequences
+from .errors import InputError
 from .settings import IngestSettings
 from .store import STAGING
 
@@ -51,8 +52,6 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
         for i, (doc, ids) in enumerate(tokenized):
             code = domains.setdefault(doc.domain, len(domains))
             if code > 32767:
-                from .errors import InputError
-
                 raise InputError(f"{doc.source}: more than 32768 distinct domains")
             doc_domain.append(code)
             doc_meta.append((i, doc.doc_id, doc.domain, doc.source))
