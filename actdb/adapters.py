@@ -24,6 +24,12 @@ class Adapter:
     gated: bool
     decoder: bool
     rule: str
+    ffn_key: str = "intermediate_size"  # config attribute holding d_ffn
+
+    def d_ffn(self, config) -> int:
+        d = getattr(config, self.ffn_key, None)
+        # GPT-2 leaves n_inner unset for the default 4 x n_embd
+        return int(d) if d else 4 * int(config.hidden_size)
 
     def fire_rule(self, act_name: str) -> str:
         return self.rule.format(act=act_name)
@@ -36,9 +42,10 @@ _DECODER_GATED = dict(layers="layers", act="mlp.act_fn", fc_in="mlp.gate_proj", 
 ADAPTERS: dict[str, Adapter] = {
     "opt": Adapter("opt", layers="decoder.layers", act="activation_fn", fc_in="fc1", fc_out="fc2",
                    final_norm="decoder.final_layer_norm", gated=False, decoder=True,
-                   rule="{act}(fc1(x)) > 0"),
+                   rule="{act}(fc1(x)) > 0", ffn_key="ffn_dim"),
     "gpt2": Adapter("gpt2", layers="h", act="mlp.act", fc_in="mlp.c_fc", fc_out="mlp.c_proj",
-                    final_norm="ln_f", gated=False, decoder=True, rule="{act}(c_fc(x)) > 0"),
+                    final_norm="ln_f", gated=False, decoder=True, rule="{act}(c_fc(x)) > 0",
+                    ffn_key="n_inner"),
     "gpt_neox": Adapter("gpt_neox", layers="layers", act="mlp.act", fc_in="mlp.dense_h_to_4h",
                         fc_out="mlp.dense_4h_to_h", final_norm="final_layer_norm", gated=False,
                         decoder=True, rule="{act}(dense_h_to_4h(x)) > 0"),

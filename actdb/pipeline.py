@@ -98,6 +98,13 @@ def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
     return tuple(layers)
 
 
+def block_tokens_for(s: IngestSettings, n_layers: int, d_ffn: int) -> int:
+    """--block-tokens, lowered so one block of masks (layers x d_ffn x tokens/8 bytes) fits
+    --block-memory-mb; a multiple of 8, at least 8. Deterministic, so resume sees the same."""
+    cap = int(s.block_memory_mb * 2**20 * 8 // (n_layers * d_ffn)) // 8 * 8
+    return max(8, min(s.block_tokens, cap))
+
+
 def _prepare_store(root: Path, s: IngestSettings) -> dict[str, Any] | None:
     """Check what is at `root` against --resume/--overwrite; returns the state to resume."""
     if s.overwrite:
@@ -150,6 +157,11 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
     layers = parse_layers(s.layers, n_layers)
     device = choose_device(s.device)
     dtype = choose_dtype(s.dtype, config, device)
+    s = s.replace(block_tokens=block_tokens_for(s, len(layers), adapter.d_ffn(config)))
+    if not s.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     tokenizer = load_tokenizer(model_dir)
     corpus = [CorpusFile(str(p), sha256_file(p), p.stat().st_size) for p in files]
     weights = weights_sha256(model_dir)

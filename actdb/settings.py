@@ -37,6 +37,8 @@ class IngestSettings:
     capture_topk: int = _opt(4, "How many of the largest |h| per token and layer to keep.")
     block_tokens: int = _opt(32768, "Tokens per commit and per Zarr chunk along tokens (multiple of 8). The host buffer is "
                               "layers x d_ffn x block_tokens / 8 bytes: lower it for very large models.")
+    block_memory_mb: float = _opt(1024.0, "Host memory for one block of masks of all recorded layers; "
+                                  "lowers --block-tokens for large models.")
     neuron_chunk: int = _opt(512, "Neurons per Zarr chunk.")
     zstd_level: int = _opt(1, "Zstandard level of the mask chunks (1: smallest and fastest here, see benchmarks/RESULTS.md).")
     index: bool = _opt(True, "Build the query index (`actdb index`) at the end of ingest.")
@@ -55,6 +57,8 @@ class IngestSettings:
             raise InputError(f"--batch-size: expected at least 1, got {self.batch_size}")
         if self.block_tokens < 8 or self.block_tokens % 8:
             raise InputError(f"--block-tokens: expected a positive multiple of 8, got {self.block_tokens}")
+        if self.block_memory_mb <= 0:
+            raise InputError(f"--block-memory-mb: expected a positive number, got {self.block_memory_mb}")
         if self.capture_topk < 1:
             raise InputError(f"--capture-topk: expected at least 1, got {self.capture_topk}")
         if self.max_tokens is not None and self.max_tokens < 1:

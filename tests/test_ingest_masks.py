@@ -67,3 +67,26 @@ def test_neuron_and_row_ranges_match_layer(model_dirs, corpus_file, tmp_path):
     assert np.array_equal(store.neuron(0, 5), full[:, 5])
     assert np.array_equal(store.masks(0, 13, 101), full[13:101])
     assert np.array_equal(store.neuron(0, 7, 3, 250), full[3:250, 7])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_d_ffn_from_config_matches_the_module(family, model_dirs):
+    from transformers import AutoConfig
+
+    from actdb.adapters import adapter_for
+    from actdb.models import choose_device, load_model
+    from actdb.pipeline import _d_ffn
+
+    config = AutoConfig.from_pretrained(model_dirs(family))
+    lm = load_model(model_dirs(family), config, choose_device("cpu"), torch.float32, offload=False)
+    assert adapter_for(config.model_type).d_ffn(config) == _d_ffn(lm)
+
+
+def test_block_memory_budget_lowers_block_tokens_not_the_masks(model_dirs, corpus_file, tmp_path):
+    small = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "small", block_memory_mb=0.002)
+    d = small.manifest.d_ffn * len(small.manifest.layers)
+    assert small.manifest.block_tokens == int(0.002 * 2**20 * 8 // d) // 8 * 8 < 256
+    assert len(list((small.path / "tokens").glob("part-*.parquet"))) == -(-small.n_tokens // small.manifest.block_tokens)
+    ref = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "ref")
+    for layer in ref.manifest.layers:
+        assert np.array_equal(small.masks(layer), ref.masks(layer))
