@@ -11,11 +11,11 @@ from .settings import IngestSettings  # noqa: E402
 from .store import Store, open  # noqa: E402,A004
 
 
-def ingest(settings: IngestSettings, log=print):
+def ingest(settings: IngestSettings):
     """Run `actdb ingest` from Python; see IngestSettings for the options."""
     from .pipeline import ingest as _ingest
 
-    return _ingest(settings, log)
+    return _ingest(settings)
 
 
 __all__ = ["ActdbError", "InputError", "StoreError", "IngestSettings", "Store", "open", "ingest", "__version__"]

@@ -25,8 +25,8 @@ FIELDS = ("topk_value", "topk_dim", "median", "seq_median")
 def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor]:
     """h: [batch, seq, d] (or [batch*seq, d]); valid: [batch*seq] bool -> per valid row stats."""
     b = len(lengths)
-    a = h.detach().reshape(b, -1, h.shape[-1]).float().abs()                   # [batch, seq, d]
-    sign = h.detach().reshape(b, -1, h.shape[-1]).float()
+    sign = h.detach().reshape(b, -1, h.shape[-1]).float()                      # [batch, seq, d]
+    a = sign.abs()
     vals, dims = a.topk(min(k, a.shape[-1]), dim=-1)                          # [batch, seq, k]
     signed = sign.gather(-1, dims)
     med = a.median(dim=-1).values                                              # [batch, seq]

@@ -66,7 +66,7 @@ def ingest(model: str, corpus: tuple[str, ...], out: str, **options) -> None:
     from .pipeline import ingest as run
 
     settings = IngestSettings(model=model, corpus=tuple(corpus), out=out, **options)
-    summary = run(settings, log=click.echo)
+    summary = run(settings)
     for line in summary.lines():
         click.echo(line)
 

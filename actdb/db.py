@@ -120,7 +120,7 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
         cond = is_default.format(mc=mc)
         return f"SELECT * FROM {rp(name)} WHERE {cond} UNION ALL SELECT * FROM ({scan}) WHERE NOT {cond}"
 
-    v.append(f"""CREATE MACRO token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
+    v.append("""CREATE MACRO token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
         """ + fast("token_detectors", 5, f"""WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage1(p := p_cov)
                    WHERE n_covering BETWEEN 1 AND max_cov),
         t AS (SELECT nt.layer::INT AS layer, nt.neuron, nt.token_id, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
@@ -135,7 +135,7 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
           GROUP BY c.layer, c.neuron, c.n_covering, c.fires)
         WHERE covered >= p_share::DOUBLE * fires"""))
     v.append("CREATE VIEW token_detectors AS SELECT * FROM token_detectors_at()")
-    v.append(f"""CREATE MACRO trigram_detectors_at(max_cov := 50, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
+    v.append("""CREATE MACRO trigram_detectors_at(max_cov := 50, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
         """ + fast("trigram_detectors", 50, f"""WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage3(p := p_cov)
                    WHERE n_covering BETWEEN 1 AND max_cov),
         t AS (SELECT nt.layer::INT AS layer, nt.neuron, nt.ngram, nt.fires
@@ -335,8 +335,6 @@ def list_lines() -> list[str]:
 
 def emit(table, fmt: str, output: str | None, echo) -> None:
     """Write a result as table, CSV, JSON (records) or Parquet, to a file or through echo."""
-    import io
-
     import polars as pl
 
     if fmt == "parquet":

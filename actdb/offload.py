@@ -46,19 +46,11 @@ class LayerStreamer:
             if id(module) in layer_ids:
                 continue
             self._load(module, name, recurse=False)
-        leftover = [n for n, p in model.named_parameters() if p.is_meta and not any(
-            n.startswith(pre) for pre in self._layer_prefixes(model, layers))]
-        if leftover and not all(n.startswith("lm_head") for n in leftover):
-            raise InputError(f"{model_dir}: weights missing from the checkpoint: {', '.join(leftover[:3])}")
-        self.names = {id(layer): name for name, layer in model.named_modules() if any(layer is l for l in layers)}
+        block_ids = {id(layer) for layer in layers}
+        self.names = {id(m): name for name, m in model.named_modules() if id(m) in block_ids}
         for layer in layers:
             layer.register_forward_pre_hook(self._before)
             layer.register_forward_hook(self._after)
-
-    @staticmethod
-    def _layer_prefixes(model, layers) -> list[str]:
-        ids = {id(l) for l in layers}
-        return [n + "." for n, m in model.named_modules() if id(m) in ids]
 
     def _key(self, name: str) -> str | None:
         p = self.prefix + "."

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch
 from . import __version__
 from .adapters import adapter_for, get_module
 from .capture import KINDS, CaptureWriter, RowAccumulator, magnitude_stats, save_projection
-from .corpus import (check_corpus_files, read_documents, sequences, sha256_file,
+from .corpus import (check_corpus_files, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from .errors import ActdbError, InputError, StoreError
 from .manifest import FORMAT_VERSION, MANIFEST_FILE, CorpusFile, Manifest
@@ -34,7 +34,7 @@ from .models import (choose_device, choose_dtype, load_config, load_model, load_
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
 from .settings import IngestSettings
-from .store import (STAGING, STATE_FILE, MaskWriter, codec_name, is_store, read_state,
+from .store import (STAGING, STATE_FILE, MaskWriter, codec_name, read_state,
                     remove_store, write_state)
 from .tables import write_token_tables
 
@@ -140,7 +140,7 @@ def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
             raise InputError(f"--resume: {k}: expected {old.get(k)!r} (as in the interrupted ingest), got {v!r}")
 
 
-def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> IngestSummary:
+def ingest(settings: IngestSettings) -> IngestSummary:
     """Run a whole ingest (or finish an interrupted one) and return its summary."""
     t0 = time.perf_counter()
     s = settings
@@ -157,7 +157,8 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
     layers = parse_layers(s.layers, n_layers)
     device = choose_device(s.device)
     dtype = choose_dtype(s.dtype, config, device)
-    s = s.replace(block_tokens=block_tokens_for(s, len(layers), adapter.d_ffn(config)))
+    d_ffn = adapter.d_ffn(config)
+    s = s.replace(block_tokens=block_tokens_for(s, len(layers), d_ffn))
     if not s.progress:
         from transformers.utils import logging as hf_logging
 
@@ -179,7 +180,7 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
     if state["tokenized"] is None:
         docs = read_documents(files, s.domain, s.skip_empty)
         state["tokenized"] = write_token_tables(root, tokenizer, tokenize_documents(docs, tokenizer),
-                                                 special, s, log)
+                                                 special, s)
         write_state(root, state)
     tok = state["tokenized"]
     n_tokens, n_seqs = tok["n_tokens"], tok["n_sequences"]
@@ -188,8 +189,7 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
 
     offload = should_offload(s.offload, config, dtype, device)
     lm = load_model(model_dir, config, device, dtype, offload)
-    d_ffn = _d_ffn(lm)
-    draft = dict(
+    manifest = Manifest(
         format_version=FORMAT_VERSION, actdb_version=__version__, model=s.model, model_revision=revision,
         weights_sha256=weights, architecture=config.model_type, model_class=lm.model_class,
         family=adapter.family, fire_rule=adapter.fire_rule(type(get_module(lm.layers[0], adapter.act)).__name__),
@@ -199,7 +199,6 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
         corpus=tuple(corpus), max_tokens=s.max_tokens, n_tokens=n_tokens, n_sequences=n_seqs,
         n_docs=tok["n_docs"], block_tokens=s.block_tokens, neuron_chunk=s.neuron_chunk,
         codec=codec_name(s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk)
-    manifest = Manifest(**draft)
     manifest.validate()
 
     start_row = state["blocks_done"] * s.block_tokens
@@ -229,13 +228,6 @@ def ingest(settings: IngestSettings, log: Callable[[str], None] = print) -> Inge
         index_seconds = time.perf_counter() - t_index
     return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, seconds,
                          fwd_seconds, mask_bytes, offload, start_row, index_seconds)
-
-
-def _d_ffn(lm) -> int:
-    fc_in = get_module(lm.layers[0], lm.adapter.fc_in)
-    w = fc_in.weight
-    # GPT-2's Conv1D stores [in, out]; Linear stores [out, in]
-    return int(w.shape[1] if type(fc_in).__name__ == "Conv1D" else w.shape[0])
 
 
 class _Writer(threading.Thread):

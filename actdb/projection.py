@@ -26,6 +26,7 @@ class Projection:
         self.root = Path(root)
         if not (self.root / FILE).exists():
             raise StoreError(f"{self.root / FILE}: missing (the store predates vocabulary projection)")
+        self._w_out: dict[int, np.ndarray] = {}
 
     @cached_property
     def _tensors(self):
@@ -34,11 +35,13 @@ class Projection:
         return safe_open(str(self.root / FILE), framework="pt", device="cpu")
 
     def w_out(self, layer: int) -> np.ndarray:
-        """float32 [d_ffn, d_model]."""
-        key = f"w_out.{layer}"
-        if key not in self._tensors.keys():
-            raise StoreError(f"layer {layer}: no FFN output rows in {self.root / FILE}")
-        return self._w(key)
+        """float32 [d_ffn, d_model], read once per layer."""
+        if layer not in self._w_out:
+            key = f"w_out.{layer}"
+            if key not in self._tensors.keys():
+                raise StoreError(f"layer {layer}: no FFN output rows in {self.root / FILE}")
+            self._w_out[layer] = self._w(key)
+        return self._w_out[layer]
 
     @cached_property
     def w_u(self) -> np.ndarray:

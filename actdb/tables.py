@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from array import array
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 
 def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document, list[int]]],
-                       special: SpecialTokens, s: IngestSettings, log: Callable[[str], None]) -> dict[str, Any]:
+                       special: SpecialTokens, s: IngestSettings) -> dict[str, Any]:
     from tqdm import tqdm
 
     for sub in ("tokens", STAGING):

@@ -90,7 +90,7 @@ def main() -> None:
                                      batch_size=args.batch_size, max_tokens=args.tokens, capture=capture,
                                      progress=False, offload="off")
             t0 = time.perf_counter()
-            summary = actdb.ingest(s, log=lambda *_: None)
+            summary = actdb.ingest(s)
             results[f"ingest[{capture}]"] = time.perf_counter() - t0
             results[f"ingest[{capture}].forward_loop"] = summary.forward_seconds
             stores[capture] = out

@@ -159,7 +159,7 @@ def probe(model: str, corpus: str, offload: str = "on", batch: int = 4) -> None:
 
     extra = {"index": False} if "index" in {f.name for f in dataclasses.fields(IngestSettings)} else {}
     pl.ingest(IngestSettings(model=model, corpus=(corpus,), out=out, offload=offload, batch_size=batch,
-                             overwrite=True, progress=False, **extra), log=lambda m: None)
+                             overwrite=True, progress=False, **extra))
     seen["batch"] = 0
     st("end (ingest returned)")
     shutil.rmtree(out, ignore_errors=True)

@@ -8,7 +8,6 @@ import zarr
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
-import actdb
 from reference import REF, _get
 from test_ingest_masks import run_ingest
 

@@ -79,7 +79,7 @@ def known_store(tmp_path_factory):
 def real_store(tmp_path_factory, model_dirs, corpus_file):
     out = tmp_path_factory.mktemp("real") / "store"
     actdb.ingest(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
-                                      seq_len=32, batch_size=4, block_tokens=512, progress=False), log=lambda *_: None)
+                                      seq_len=32, batch_size=4, block_tokens=512, progress=False))
     build_index(out, layers=[0, 1], progress=False)  # idempotent if ingest already built it
     return actdb.open(out)
 

@@ -12,7 +12,7 @@ FAMILIES = ["opt", "gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "be
 def run_ingest(model_dir, corpus, out, **kw):
     settings = actdb.IngestSettings(model=str(model_dir), corpus=(str(corpus),), out=str(out),
                                     progress=False, **{"seq_len": 24, "batch_size": 3, "block_tokens": 256, "index": False, **kw})
-    actdb.ingest(settings, log=lambda *_: None)
+    actdb.ingest(settings)
     return actdb.open(out)
 
 
@@ -74,12 +74,15 @@ def test_adapter_d_ffn_from_config_matches_the_module(family, model_dirs):
     from transformers import AutoConfig
 
     from actdb.adapters import adapter_for
+    from actdb.adapters import get_module
     from actdb.models import choose_device, load_model
-    from actdb.pipeline import _d_ffn
 
     config = AutoConfig.from_pretrained(model_dirs(family))
     lm = load_model(model_dirs(family), config, choose_device("cpu"), torch.float32, offload=False)
-    assert adapter_for(config.model_type).d_ffn(config) == _d_ffn(lm)
+    fc_in = get_module(lm.layers[0], lm.adapter.fc_in)
+    # GPT-2's Conv1D stores [in, out]; Linear stores [out, in]
+    width = fc_in.weight.shape[1] if type(fc_in).__name__ == "Conv1D" else fc_in.weight.shape[0]
+    assert adapter_for(config.model_type).d_ffn(config) == width
 
 
 def test_block_memory_budget_lowers_block_tokens_not_the_masks(model_dirs, corpus_file, tmp_path):

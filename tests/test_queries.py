@@ -14,7 +14,6 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import issue4_refs

@@ -1,6 +1,5 @@
 """An ingest killed with SIGKILL mid-run and resumed equals an uninterrupted run."""
 import json
-import os
 import random
 import signal
 import subprocess
