@@ -142,5 +142,21 @@ def query(store: str | None, name: str | None, params, fmt: str, output: str | N
     st = open_store(store)
     emit(st.query(name, dict(params), arrow=True), fmt, output, click.echo)
 
+
+@main.command()
+@click.argument("store")
+@_one_line_errors
+def check(store: str) -> None:
+    """Verify STORE: manifest, checksums of every file, row counts, index freshness.
+    Prints each problem with its path; exits non-zero if there is any."""
+    from .check import check_store
+    from .errors import StoreError
+
+    report = check_store(store)
+    for line in report.lines():
+        click.echo(line)
+    if report.problems:
+        raise StoreError(f"{store}: {len(report.problems)} problem(s) found")
+
 if __name__ == "__main__":
     main()

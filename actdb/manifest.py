@@ -60,6 +60,7 @@ class Manifest:
                         "of byte r//8 is whether the neuron fired on token row r")
     capture: tuple[str, ...] = ()    # magnitude capture kinds: resid, ffn (see capture.py)
     capture_topk: int = 0
+    checksums_sha256: str = ""       # of checksums.json (store.py); "" for stores written without one
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -71,6 +72,8 @@ class Manifest:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise StoreError(f"{source}: not valid JSON ({e})") from None
+        except RecursionError:  # found by the fuzz test: deeply nested arrays
+            raise StoreError(f"{source}: not a manifest (JSON nested too deeply)") from None
         return cls.from_dict(raw, source)
 
     @classmethod
@@ -122,6 +125,8 @@ class Manifest:
             raise StoreError(f"{path}: missing") from None
         except UnicodeDecodeError:
             raise StoreError(f"{path}: not UTF-8 text") from None
+        except OSError as e:  # a folder, no permission, an I/O error
+            raise StoreError(f"{path}: unreadable ({e.strerror or e})") from None
         return cls.from_json(text, str(path))
 
 

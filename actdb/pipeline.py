@@ -34,8 +34,8 @@ from .models import (choose_device, choose_dtype, load_config, load_model, load_
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
 from .settings import IngestSettings
-from .store import (STAGING, STATE_FILE, MaskWriter, codec_name, read_state,
-                    remove_store, write_state)
+from .store import (PENDING_CHECKSUMS, STAGING, STATE_FILE, MaskWriter, block_chunk_files, codec_name,
+                    read_state, record_checksums, remove_store, seal_checksums, write_state)
 from .tables import write_token_tables
 
 
@@ -142,6 +142,16 @@ def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
 
 def ingest(settings: IngestSettings) -> IngestSummary:
     """Run a whole ingest (or finish an interrupted one) and return its summary."""
+    try:
+        return _ingest(settings)
+    except OSError as e:  # disk full, no permission...: one line, and say whether it can be resumed
+        root = Path(settings.out)
+        where = f" ({e.filename})" if e.filename else ""
+        hint = "; the store can be resumed with --resume" if (root / STATE_FILE).exists() else ""
+        raise StoreError(f"{root}: ingest failed: {e.strerror or e}{where}{hint}") from None
+
+
+def _ingest(settings: IngestSettings) -> IngestSummary:
     t0 = time.perf_counter()
     s = settings
     if not s.out:
@@ -181,6 +191,8 @@ def ingest(settings: IngestSettings) -> IngestSummary:
         docs = read_documents(files, s.domain, s.skip_empty)
         state["tokenized"] = write_token_tables(root, tokenizer, tokenize_documents(docs, tokenizer),
                                                  special, s)
+        record_checksums(root, "tables", [*(root / "tokens").glob("part-*.parquet"),
+                                          root / "docs.parquet", root / "vocab.parquet"])
         write_state(root, state)
     tok = state["tokenized"]
     n_tokens, n_seqs = tok["n_tokens"], tok["n_sequences"]
@@ -205,14 +217,18 @@ def ingest(settings: IngestSettings) -> IngestSummary:
     create = state["blocks_done"] == 0
     writer = MaskWriter(root, layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.zstd_level, create)
     captures = CaptureWriter(root, KINDS[s.capture], len(layers), n_tokens, s.capture_topk, s.block_tokens, create)
+    record_checksums(root, "arrays", [*root.glob("masks/**/zarr.json"), *root.glob("capture/**/zarr.json")])
     if not (root / "projection.safetensors").exists():
         save_projection(root, lm.model, lm, layers, lm.streamer)
+    record_checksums(root, "projection", [root / "projection.safetensors"])
     fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
                                n_tokens)
 
+    manifest = dataclasses.replace(manifest, checksums_sha256=seal_checksums(root))
     manifest.write(root)  # the store is complete from here on
     (root / STATE_FILE).unlink()
     shutil.rmtree(root / STAGING, ignore_errors=True)
+    shutil.rmtree(root / PENDING_CHECKSUMS, ignore_errors=True)
     mask_bytes = sum(p.stat().st_size for p in (root / "masks").rglob("*") if p.is_file())
     seconds = time.perf_counter() - t0
     index_seconds = 0.0
@@ -250,6 +266,8 @@ class _Writer(threading.Thread):
             try:
                 self.writers[0].write_block(index, masks)
                 self.writers[1].write_block(index, stats)
+                record_checksums(self.root, f"block-{index:06d}", self.writers[0].block_files(index) +
+                                 block_chunk_files(self.root / "capture", self.writers[1].arrays, index))
                 self.state["blocks_done"] = index + 1
                 write_state(self.root, self.state)
             except BaseException as e:  # reported by the main thread

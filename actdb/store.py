@@ -7,19 +7,29 @@
       tokens/part-BBBBBB.parquet one part per block: row, seq, pos, token_id, doc, domain
       docs.parquet               doc, doc_id, domain, source
       vocab.parquet              token_id, token (decoded text), piece (vocabulary entry)
+      checksums.json             bytes and sha256 of every file above, recorded as it was written
       _staging/                  token ids and sequence offsets for the forward passes
+      _checksums/                while ingesting: the checksum records of each committed step
 
 Commit protocol: a block's mask chunks are written (each chunk file atomically by zarr)
 before `ingest-state.json` records the block as done, so a kill leaves at most
 uncommitted chunks, which resume rewrites. Nothing is read from an incomplete store
 unless asked for explicitly.
+
+Integrity: each step hashes the files it just wrote into `_checksums/STEP.json` before it
+commits; at the end they are merged into `checksums.json`, whose sha256 the manifest
+records (`actdb check` verifies the chain). Mask chunks also carry a crc32c that zarr
+verifies on every read, so a flipped bit or a cut file raises instead of reading garbage.
 """
 from __future__ import annotations
 
+import builtins
+import hashlib
+import itertools
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -29,6 +39,8 @@ from .packing import unpack
 
 STATE_FILE = "ingest-state.json"
 STAGING = "_staging"
+CHECKSUMS_FILE = "checksums.json"
+PENDING_CHECKSUMS = "_checksums"
 
 
 def layer_name(layer: int) -> str:
@@ -36,7 +48,52 @@ def layer_name(layer: int) -> str:
 
 
 def codec_name(level: int) -> str:
-    return f"zstd(level={level})"
+    return f"zstd(level={level})+crc32c"
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """{"bytes", "sha256"} of a file (the same record the index keeps for its files)."""
+    h = hashlib.sha256()
+    n = 0
+    with builtins.open(path, "rb") as f:  # this module's `open` is actdb.open
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            n += len(block)
+    return {"bytes": n, "sha256": h.hexdigest()}
+
+
+def record_checksums(root: Path, step: str, paths: Iterable[Path]) -> None:
+    """Hash the files a step just wrote (still in the page cache) into _checksums/STEP.json,
+    before the step is committed; files that do not exist (empty chunks) are not recorded."""
+    root = Path(root)
+    files = {}
+    for p in paths:
+        try:
+            files[Path(p).relative_to(root).as_posix()] = file_digest(p)
+        except FileNotFoundError:
+            continue
+    (root / PENDING_CHECKSUMS).mkdir(exist_ok=True)
+    atomic_write_text(root / PENDING_CHECKSUMS / f"{step}.json", json.dumps(files, sort_keys=True))
+
+
+def seal_checksums(root: Path) -> str:
+    """Merge the steps' records into checksums.json; returns its sha256 (for the manifest)."""
+    files: dict[str, Any] = {}
+    for p in sorted((root / PENDING_CHECKSUMS).glob("*.json")):
+        files.update(json.loads(p.read_text(encoding="utf-8")))
+    text = json.dumps({"algorithm": "sha256", "files": files}, indent=0, sort_keys=True)
+    atomic_write_text(root / CHECKSUMS_FILE, text)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def block_chunk_files(group_dir: Path, arrays: dict[str, Any], block: int) -> list[Path]:
+    """Chunk files of `block` (chunk index along axis 1, the token axis) of zarr arrays."""
+    out = []
+    for name, arr in arrays.items():
+        grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)]
+        grid[1] = range(block, block + 1)
+        out += [Path(group_dir) / name / arr.metadata.encode_chunk_key(k) for k in itertools.product(*grid)]
+    return out
 
 
 def is_store(path: Path) -> bool:
@@ -74,17 +131,19 @@ class MaskWriter:
     def __init__(self, root: Path, layers: tuple[int, ...], d_ffn: int, n_tokens: int,
                  block_tokens: int, neuron_chunk: int, zstd_level: int, create: bool) -> None:
         import zarr
-        from zarr.codecs import ZstdCodec
+        from zarr.codecs import Crc32cCodec, ZstdCodec
 
         self.block_bytes = block_tokens // 8
-        group = zarr.open_group(root / "masks", mode="a")
+        self.dir = root / "masks"
+        group = zarr.open_group(self.dir, mode="a")
         self.arrays = {}
         for layer in layers:
             if create:
                 self.arrays[layer] = group.create_array(
                     layer_name(layer), shape=(d_ffn, (n_tokens + 7) // 8), dtype="uint8",
                     chunks=(min(neuron_chunk, d_ffn), self.block_bytes), fill_value=0,
-                    compressors=ZstdCodec(level=zstd_level), overwrite=True,
+                    # crc32c: zarr checks every chunk on read (a flipped bit raises, see CheckedArray)
+                    compressors=[ZstdCodec(level=zstd_level), Crc32cCodec()], overwrite=True,
                     # all-zero chunks (dead neurons, silent stretches) are not stored at all
                     config={"write_empty_chunks": False})
             else:
@@ -95,6 +154,57 @@ class MaskWriter:
         start = index * self.block_bytes
         for i, arr in enumerate(self.arrays.values()):
             arr[:, start:start + data.shape[-1]] = data[i]
+
+    def block_files(self, index: int) -> list[Path]:
+        """The chunk files block `index` may have written (all-zero chunks are not)."""
+        return block_chunk_files(self.dir, {layer_name(l): a for l, a in self.arrays.items()}, index)
+
+
+class CheckedArray:
+    """Read-only view of a mask array whose reads never return garbage: a chunk that fails
+    its crc32c or cannot be decoded, or one recorded at write time that is now missing (zarr
+    would read it as zeros), raises StoreError naming the file."""
+
+    def __init__(self, arr: Any, directory: Path, recorded: set[str] | None) -> None:
+        self.arr, self.dir, self.recorded = arr, directory, recorded
+        self.shape, self.chunks, self.dtype = tuple(arr.shape), tuple(arr.chunks), arr.dtype
+
+    def _chunks(self, sel: Any) -> Iterable[tuple[int, ...]]:
+        sel = sel if isinstance(sel, tuple) else (sel,)
+        ranges = []
+        for ax, (n, c) in enumerate(zip(self.shape, self.chunks)):
+            s = sel[ax] if ax < len(sel) else slice(None)
+            if isinstance(s, (int, np.integer)):
+                s = slice(int(s) % n, int(s) % n + 1)
+            if isinstance(s, slice):
+                lo, hi, _ = s.indices(n)
+                ranges.append(range(lo // c, -(-hi // c)) if hi > lo else range(0))
+            else:  # anything else: every chunk along the axis
+                ranges.append(range(-(-n // c)))
+        return itertools.product(*ranges)
+
+    def _path(self, key: tuple[int, ...]) -> Path:
+        return self.dir / self.arr.metadata.encode_chunk_key(key)
+
+    def __getitem__(self, sel: Any) -> np.ndarray:
+        try:
+            data = self.arr[sel]
+        except Exception as e:  # zarr raises ValueError (crc32c), RuntimeError (zstd), ...
+            for key in self._chunks(sel):
+                region = tuple(slice(k * c, (k + 1) * c) for k, c in zip(key, self.chunks))
+                try:
+                    self.arr[region]
+                except Exception as e_chunk:
+                    raise StoreError(f"{self._path(key)}: corrupt mask chunk ({e_chunk}); "
+                                     f"run `actdb check` on the store") from None
+            raise StoreError(f"{self.dir}: reading the mask array failed ({e})") from None
+        if self.recorded is not None:
+            for key in self._chunks(sel):
+                rel = self.arr.metadata.encode_chunk_key(key)
+                if rel in self.recorded and not (self.dir / rel).exists():
+                    raise StoreError(f"{self.dir / rel}: mask chunk missing (recorded at write time); "
+                                     f"run `actdb check` on the store") from None
+        return np.asarray(data)
 
 
 class Store:
@@ -110,6 +220,36 @@ class Store:
             raise StoreError(f"{self.path}: not an actdb store (no {MANIFEST_FILE})")
         self.manifest = Manifest.read(self.path)
         self._arrays: dict[int, Any] = {}
+        self._check_parts()
+
+    def _check_parts(self) -> None:
+        """A missing or extra token part would silently change every count over tokens."""
+        m = self.manifest
+        want = {f"part-{b:06d}.parquet" for b in range(-(-m.n_tokens // m.block_tokens))}
+        have = {p.name for p in (self.path / "tokens").glob("part-*.parquet")}
+        if have != want:
+            bad = sorted(want - have)
+            what = f"missing {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") if bad \
+                else f"unexpected {sorted(have - want)[0]}"
+            raise StoreError(f"{self.path / 'tokens'}: expected {len(want)} token parts, {what} "
+                             f"(run `actdb check {self.path}`)")
+
+    def _recorded(self, layer: int) -> set[str] | None:
+        """Chunk keys of a layer's mask array recorded in checksums.json (None: none recorded)."""
+        if not self.manifest.checksums_sha256:
+            return None
+        files = getattr(self, "_checksum_files", None)
+        if files is None:
+            p = self.path / CHECKSUMS_FILE
+            try:
+                raw = p.read_bytes()
+            except OSError as e:
+                raise StoreError(f"{p}: unreadable ({e.strerror or e}); run `actdb check {self.path}`") from None
+            if hashlib.sha256(raw).hexdigest() != self.manifest.checksums_sha256:
+                raise StoreError(f"{p}: does not match the manifest; run `actdb check {self.path}`")
+            files = self._checksum_files = json.loads(raw)["files"]
+        prefix = f"masks/{layer_name(layer)}/"
+        return {k[len(prefix):] for k in files if k.startswith(prefix)}
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -154,7 +294,7 @@ class Store:
         return pl.read_parquet(self.path / "vocab.parquet")
 
     def packed(self, layer: int):
-        """The Zarr array of a layer: uint8 [d_ffn, ceil(n_tokens/8)]."""
+        """The mask array of a layer, uint8 [d_ffn, ceil(n_tokens/8)], read through CheckedArray."""
         if layer not in self.manifest.layers:
             raise StoreError(f"layer {layer}: expected one of the recorded layers {list(self.manifest.layers)}, got {layer}")
         arr = self._arrays.get(layer)
@@ -169,7 +309,8 @@ class Store:
             expected = (self.manifest.d_ffn, (self.n_tokens + 7) // 8)
             if tuple(arr.shape) != expected:
                 raise StoreError(f"{self.path / 'masks' / layer_name(layer)}: shape: expected {expected}, got {tuple(arr.shape)}")
-            self._arrays[layer] = arr
+            arr = self._arrays[layer] = CheckedArray(arr, self.path / "masks" / layer_name(layer),
+                                                     self._recorded(layer))
         return arr
 
     def masks(self, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -189,7 +330,7 @@ class Store:
             raise StoreError(f"rows: expected 0 <= start <= stop <= {self.n_tokens}, got {start}..{stop}")
         arr = self.packed(layer)
         raw = arr[neurons, start // 8:(stop + 7) // 8]
-        return unpack(np.asarray(raw), stop - start, start % 8)
+        return unpack(raw, stop - start, start % 8)
 
     def _db(self):
         con = getattr(self, "_con", None)
