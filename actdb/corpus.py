@@ -77,20 +77,29 @@ def _read_jsonl(path: Path, domain: str) -> Iterator[Document]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(f"{where}: not valid UTF-8 (byte {e.start} of the line)") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark (Windows editors)
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:  # found by the fuzz test
+                raise InputError(f"{where}: malformed JSON (nested too deeply)") from None
             if not isinstance(rec, dict):
                 raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
             text = rec.get("text")
             if not isinstance(text, str):
                 raise InputError(f"{where}: expected a string field 'text', got {type(text).__name__}")
-            dom = rec.get("domain", domain)
-            doc_id = rec.get("id", f"{path.name}:{lineno}")
-            yield Document(text, str(dom), str(doc_id), where)
+            dom = str(rec.get("domain", domain))
+            doc_id = str(rec.get("id", f"{path.name}:{lineno}"))
+            if "\\u" in line:  # a \ud800-style escape can make a lone surrogate, which no tokenizer
+                try:            # or Parquet column takes
+                    (text + dom + doc_id).encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise InputError(f"{where}: invalid Unicode ({e.reason} {e.object[e.start]!r})") from None
+            yield Document(text, dom, doc_id, where)
 
 
 def _read_text(path: Path, domain: str) -> Iterator[Document]:
@@ -107,17 +116,28 @@ def _read_text(path: Path, domain: str) -> Iterator[Document]:
 def _read_parquet(path: Path, domain: str) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
+    def unreadable(e: Exception) -> InputError:
+        # pyarrow's messages span lines; the first one says what is wrong
+        return InputError(f"{path}: not a readable Parquet file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+
     try:
         pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
     except Exception as e:  # pyarrow raises several types for a bad file
-        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
-    names = pf.schema_arrow.names
+        raise unreadable(e) from None
     if "text" not in names:
         raise InputError(f"{path}: expected a 'text' column, got columns {names}")
     cols = [c for c in ("text", "domain", "id") if c in names]
     row = 0
-    for batch in pf.iter_batches(columns=cols, batch_size=1024):
-        data = batch.to_pydict()
+    batches = pf.iter_batches(columns=cols, batch_size=1024)
+    while True:
+        try:  # found by the fuzz test: a corrupt page fails here, after the footer read fine
+            batch = next(batches, None)
+            data = batch.to_pydict() if batch is not None else None
+        except Exception as e:  # OSError, ArrowInvalid, UnicodeDecodeError (invalid UTF-8 strings)
+            raise unreadable(e) from None
+        if data is None:
+            return
         for i, text in enumerate(data["text"]):
             where = f"{path}: row {row}"
             if not isinstance(text, str):
