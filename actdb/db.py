@@ -61,6 +61,7 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
     eps = info["config"]["weak_eps"]
     if pre and not all((ix / f"{t}.parquet").exists() for t in PRECOMPUTED):
         pre = False
+    P = DEFAULTS["p_cov"]
 
     def rp(name: str) -> str:
         return f"read_parquet({_lit(ix / (name + '.parquet'))})"
@@ -70,8 +71,14 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
         return "[" + ", ".join(f"(({col} // {V ** (n - 1 - i)}) % {V})::INT" for i in range(n)) + "]"
 
     nl = ", ".join(str(int(l)) for l in info["config"]["ngram_layers"]) or "NULL"
+    top_k = info["config"].get("top_k")
     v = [
         f"CREATE VIEW ngram_layers AS SELECT unnest([{nl}])::INT AS layer",
+        f"""CREATE VIEW index_info AS SELECT {int(info['config'].get('version', 1))} AS version,
+            {int(top_k) if top_k else 'NULL'}::INT AS top_k, [{nl.replace('NULL', '')}]::INT[] AS ngram_layers, {V}::BIGINT AS vocab_base,
+            {eps}::DOUBLE AS weak_eps, {DEFAULTS['p_cov']}::DOUBLE AS p_cov, {DEFAULTS['tok_max_cov']} AS tok_max_cov,
+            {DEFAULTS['tri_max_cov']} AS tri_max_cov, {DEFAULTS['p_token']}::DOUBLE AS p_token,
+            {DEFAULTS['p_share']}::DOUBLE AS p_share""",
         f"CREATE VIEW vocab AS SELECT token_id, token, piece FROM read_parquet({_lit(root / 'vocab.parquet')})",
         f"""CREATE VIEW tokens AS SELECT t.row, t.seq, t.pos, t.token_id, v.token, t.doc, t.domain::VARCHAR AS domain
             FROM read_parquet({_lit(root / 'tokens' / 'part-*.parquet')}) t LEFT JOIN vocab v USING (token_id)""",
@@ -96,18 +103,21 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
     ]
     cov = []
     for n, t in ((1, "neuron_tokens"), (2, "neuron_bigrams"), (3, "neuron_trigrams")):
-        src = rp(t)
-        scan = f"""SELECT layer::INT AS layer, neuron, {n} AS n,
-                   count(*) FILTER (WHERE cum - fires < p::DOUBLE * total) AS n_covering,
-                   count(*) AS n_distinct, max(total) AS fires
-            FROM {src} {{where}} GROUP BY ALL"""
+        # other p: from the top-k rows; exact when the covering n-grams are among them, else NULL
+        # ("more than top_k"); n_distinct and fires always come from the exact coverage table
+        scan = f"""SELECT c.layer::INT AS layer, c.neuron, c.n, k.n_covering, c.n_distinct, c.fires
+            FROM {rp('coverage')} c JOIN (
+              SELECT layer::INT AS layer, neuron, CASE WHEN max(cum::DOUBLE - p::DOUBLE * total) >= 0
+                     THEN count(*) FILTER (WHERE cum - fires < p::DOUBLE * total) END AS n_covering
+              FROM {rp(t)} GROUP BY 1, 2) k ON k.layer = c.layer AND k.neuron = c.neuron
+            WHERE c.n = {n} {{where}}"""
         if pre:
             body = (f"SELECT layer, neuron, n, n_covering, n_distinct, fires FROM {rp('coverage')} "
-                    f"WHERE n = {n} AND p::DOUBLE = 0.95 UNION ALL "
-                    + scan.format(where="WHERE p::DOUBLE <> 0.95"))
+                    f"WHERE n = {n} AND p::DOUBLE = {P} UNION ALL "
+                    + scan.format(where=f"AND p::DOUBLE <> {P}"))
         else:
             body = scan.format(where="")
-        v.append(f"CREATE MACRO coverage{n}(p := 0.95) AS TABLE {body}")
+        v.append(f"CREATE MACRO coverage{n}(p := {P}) AS TABLE {body}")
         cov.append(f"SELECT * FROM coverage{n}(p := p)")
     v.append("CREATE MACRO coverage_at(p := 0.95) AS TABLE " + " UNION ALL ".join(cov))
     v.append("CREATE VIEW coverage AS SELECT * FROM coverage_at()")

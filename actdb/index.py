@@ -1,32 +1,42 @@
 """Out-of-core index: per-neuron aggregate tables in Parquet under STORE/index/.
 
-Built block by block from the packed masks (one mask block = one token part), so peak
-memory is bounded by a block × all neurons of one layer, never by the number of tokens:
+Built neuron-chunk-major, so the cost follows the number of fires and peak memory follows
+`memory_mb`, not the number of tokens or the firing rate:
 
-  pass 1 (per block, resumable): partial counts of the block, written to
-         index/_parts/bBBBBBB/<table>.parquet; index/_state.json lists the finished blocks.
-  pass 2 (reduce): DuckDB sums the partials (spilling to index/_tmp if it must) into
+  1. token arrays, once: per row its domain, position, position if its sequence is full length,
+     and the local ids of its unigram / bigram / trigram among the distinct ones (index/_tmp/*.npy,
+     memory-mapped). Each statistic is a column range of one count matrix; rows an n-gram
+     statistic excludes (BOS, SPEC §1.3) point at a dump column.
+  2. per unit (layer, neuron chunk), resumable (index/_state.json lists the finished units):
+     stream that chunk's mask blocks over all tokens, tally exact counts [chunk, columns] with
+     np.bincount, and reduce them in memory to the rows the tables keep (index/_parts/UNIT/).
+     The chunk is the largest one whose count matrix fits a third of `memory_mb`.
+  3. concatenate the parts into
 
     neuron_fires.parquet      layer, neuron, fires                      (every neuron, dead too)
     neuron_domains.parquet    layer, neuron, domain, fires              (fires > 0 only)
     neuron_positions.parquet  layer, neuron, pos, fires, fires_full     (fires > 0 only)
     position_counts.parquet   pos, n, n_full                            (full = sequences of seq_len)
-    neuron_tokens.parquet     layer, neuron, token_id, fires, rank, cum, total
-    neuron_bigrams.parquet    layer, neuron, ngram, fires, rank, cum, total  (n-gram layers only)
+    neuron_tokens.parquet     layer, neuron, token_id, fires, rank, cum, total   (top_k per neuron)
+    neuron_bigrams.parquet    layer, neuron, ngram, fires, rank, cum, total      (n-gram layers only)
     neuron_trigrams.parquet   same for trigrams
     token_counts / bigram_counts / trigram_counts .parquet   token_id|ngram, count
+    coverage.parquet          layer, neuron, n, n_covering, n_distinct, fires   (exact, p = 0.95)
+    token_detectors.parquet / trigram_detectors.parquet   exact, at the paper's thresholds
     positional.parquet        layer, neuron, mi, fr_min, fr_max, switches_exact, switches_weak
-    index.json                written last: the index is complete exactly when it exists
+    index.json                written last (the index is complete exactly when it exists):
+                              config (top_k included) and every file's bytes and sha256
 
-N-gram statistics (neuron_tokens/bigrams/trigrams and their counts) skip every n-gram that
-contains position 0 of a sequence when the tokenizer puts a prefix token (BOS) there
-(SPEC §1.3); `rank` is the 1-based rank of the n-gram among the neuron's n-grams by fires
-(descending), `cum` the running sum of fires in that order, `total` the neuron's n-gram fires.
+N-gram statistics skip every n-gram that contains position 0 of a sequence when the tokenizer
+puts a prefix token (BOS) there (SPEC §1.3). The n-gram tables keep the `top_k` n-grams of each
+neuron by fires (descending, then id): `rank` is the 1-based rank, `cum` the running sum of fires
+in that order, `total` the neuron's n-gram fires (all of them, not only the top_k).
 An n-gram id is the base-V number of its token ids (V = `vocab_base` in index.json):
 bigram = a*V + b, trigram = (a*V + b)*V + c.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -38,13 +48,19 @@ import pyarrow.parquet as pq
 
 from .errors import InputError, StoreError
 from .manifest import atomic_write_text
+from .neuron_stats import detectors, segment_stats
 from .packing import unpack
 
 INDEX_DIR = "index"
 INDEX_FILE = "index.json"
 STATE = "_state.json"
-INDEX_VERSION = 1
-WEAK_EPS = 0.05  # positional patterns: a frequency within this of 0 or 1 counts as (weakly) extreme
+INDEX_VERSION = 2
+TOP_K = 64          # n-grams kept per neuron in neuron_tokens / bigrams / trigrams
+MEMORY_MB = 512     # count matrix + tally buffer + bincount temporary of one unit
+ROW_GROUP = 1 << 20  # rows per Parquet row group of the assembled tables
+WEAK_EPS = 0.05     # positional patterns: a frequency within this of 0 or 1 counts as (weakly) extreme
+P_COV, TOK_MAX_COV, TRI_MAX_COV, P_TOKEN, P_SHARE = 0.95, 5, 50, 0.95, 0.95  # the paper's (SPEC §1.3-1.4)
+NGRAMS = (("token", "token_id", 1), ("bigram", "ngram", 2), ("trigram", "ngram", 3))
 
 
 def default_ngram_layers(manifest) -> tuple[int, ...]:
@@ -79,118 +95,238 @@ def read_index_info(store_path: str | Path) -> dict[str, Any] | None:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
+def file_digest(path: Path) -> dict[str, Any]:
+    """{"bytes", "sha256"} of a file (what index.json records and `actdb check` verifies)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
 def _write_parquet(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(path)
 
 
-class _BlockCounter:
-    """Partial counts of one block of rows, for one layer at a time."""
+# ---------------------------------------------------------------- token arrays (step 1)
 
-    def __init__(self, manifest, tok: dict[str, np.ndarray], prev: np.ndarray, full_seqs: np.ndarray,
-                 base: int, ngram: bool) -> None:
-        self.T = manifest.seq_len
-        first = 1 if manifest.prefix_tokens else 0
-        pos = tok["pos"].astype(np.int64)
-        seq = tok["seq"]
-        ids = tok["token_id"].astype(np.int64)
-        n = len(ids)
-        # previous two token ids in the same sequence (rows of the previous block when needed)
-        ext_ids = np.concatenate([prev, ids])
-        p1 = ext_ids[len(prev) - 1:len(prev) - 1 + n] if len(prev) >= 1 else np.r_[-1, ids[:-1]]
-        p2 = ext_ids[len(prev) - 2:len(prev) - 2 + n] if len(prev) >= 2 else np.r_[-1, -1, ids[:-2]][:n]
-        self.n = n
-        self.pos = pos
-        full = np.isin(seq, full_seqs)
-        self.pos_full = np.where(full, pos, -1)
-        self.domain_codes = tok["domain_codes"]
-        self.domains = tok["domains"]
-        self.keys: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (local index or -1, unique keys)
-        specs = [("token", ids, pos >= first)]
-        if ngram:
-            specs += [("bigram", p1 * base + ids, pos >= first + 1),
-                      ("trigram", (p2 * base + p1) * base + ids, pos >= first + 2)]
-        self.totals: dict[str, pa.Table] = {}
-        for name, key, valid in specs:
-            uniq, inv = np.unique(key[valid], return_inverse=True)
-            local = np.full(n, -1, dtype=np.int64)
-            local[valid] = inv
-            self.keys[name] = (local, uniq)
-            cnt = np.bincount(inv, minlength=len(uniq))
-            col = "token_id" if name == "token" else "ngram"
-            self.totals[name] = pa.table({col: pa.array(uniq), "count": pa.array(cnt.astype(np.int64))})
-        pn = np.bincount(pos, minlength=self.T)
-        pf = np.bincount(pos[full], minlength=self.T)
-        self.totals["position"] = pa.table({"pos": pa.array(np.arange(len(pn), dtype=np.int32)),
-                                            "n": pa.array(pn.astype(np.int64)),
-                                            "n_full": pa.array(pf.astype(np.int64))})
+class _Tokens:
+    """Per-row column ids of the count matrix, memory-mapped from index/_tmp.
 
-    def count(self, layer: int, n0: int, m: np.ndarray, out: dict[str, list]) -> None:
-        """m: bool [chunk, rows] for neurons n0.. of `layer`; appends partial tables to out."""
-        ch = m.shape[0]
-        neurons = np.arange(n0, n0 + ch, dtype=np.int32)
-        lay = np.full(ch, layer, dtype=np.int16)
-        out["neuron_fires"].append(pa.table({"layer": lay, "neuron": neurons,
-                                             "fires": m.sum(axis=1, dtype=np.int64)}))
-        ni, ri = np.nonzero(m)
-        if not len(ni):
-            return
-        ni = ni.astype(np.int64)
+    Column layout: domains | positions | full-length positions (+ dump) | tokens (+ dump)
+    [| bigrams (+ dump) | trigrams (+ dump) on n-gram layers]."""
 
-        def tally(local: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            k = local[ri]
-            ok = k >= 0
-            c = np.bincount(ni[ok] * width + k[ok], minlength=ch * width)
-            nz = np.flatnonzero(c)
-            return nz // width, nz % width, c[nz]
+    KEYS = ("domain", "pos", "pos_full", "token", "bigram", "trigram")
 
-        # domains
+    def __init__(self, st, m, base: int, tmp: Path) -> None:
+        parts = sorted((st.path / "tokens").glob("part-*.parquet"))
+        bb = m.block_tokens
+        if len(parts) != (m.n_tokens + bb - 1) // bb:
+            raise StoreError(f"{st.path / 'tokens'}: expected {(m.n_tokens + bb - 1) // bb} token parts, "
+                             f"got {len(parts)}")
+        seqs, poss, ids, doms = [], [], [], []
+        for p in parts:
+            t = pq.read_table(p, columns=["seq", "pos", "token_id", "domain"])
+            seqs.append(t.column("seq").to_numpy())
+            poss.append(t.column("pos").to_numpy().astype(np.int64))
+            ids.append(t.column("token_id").to_numpy().astype(np.int64))
+            doms.append(np.asarray(t.column("domain").cast(pa.string()).to_pylist(), dtype=object))
+        seq, pos, tid = np.concatenate(seqs), np.concatenate(poss), np.concatenate(ids)
+        self.domains, dom = np.unique(np.concatenate(doms), return_inverse=True)
+        self.domains = [str(d) for d in self.domains]   # sorted: the tables' domain order
+        T = m.seq_len
+        full = np.isin(seq, seq[pos == T - 1])            # sequences of full length (SPEC §1.6)
+        self.n, self.T = len(tid), T
+        self.pos_n = np.bincount(pos, minlength=T)
+        self.pos_full_n = np.bincount(pos[full], minlength=T)
+        first = 1 if m.prefix_tokens else 0
+        # previous tokens in the same sequence (validity comes from pos below)
+        p1 = np.r_[-1, tid[:-1]]
+        p2 = np.r_[-1, -1, tid[:-2]]
+        grams = {"token": (tid, pos >= first), "bigram": (p1 * base + tid, pos >= first + 1),
+                 "trigram": ((p2 * base + p1) * base + tid, pos >= first + 2)}
+        self.uniq: dict[str, np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        cols: dict[str, np.ndarray] = {}
+        off = 0
         nd = len(self.domains)
-        a, b, c = tally(self.domain_codes.astype(np.int64), nd)
-        out["neuron_domains"].append(pa.table({
-            "layer": np.full(len(a), layer, np.int16), "neuron": (a + n0).astype(np.int32),
-            "domain": pa.array(np.asarray(self.domains, dtype=object)[b].tolist(), pa.string()), "fires": c}))
-        # positions: all sequences and full-length ones
-        a, b, c = tally(self.pos, self.T)
-        a2, b2, c2 = tally(self.pos_full, self.T)
-        full = np.zeros((ch, self.T), np.int64)
-        full[a2, b2] = c2
-        out["neuron_positions"].append(pa.table({
-            "layer": np.full(len(a), layer, np.int16), "neuron": (a + n0).astype(np.int32),
-            "pos": b.astype(np.int32), "fires": c, "fires_full": full[a, b]}))
-        for name, (local, uniq) in self.keys.items():
-            if not len(uniq):
+        cols["domain"], off = dom.astype(np.int64), nd
+        cols["pos"], off = pos + off, off + T
+        cols["pos_full"], off = np.where(full, pos, T) + off, off + T + 1
+        self.offsets = {"domain": 0, "pos": nd, "pos_full": nd + T}
+        for name, (key, valid) in grams.items():
+            uniq, inv = np.unique(key[valid], return_inverse=True)
+            local = np.full(self.n, len(uniq), np.int64)   # dump column for excluded rows
+            local[valid] = inv
+            self.uniq[name] = uniq
+            self.counts[name] = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+            self.offsets[name] = off
+            cols[name], off = local + off, off + len(uniq) + 1
+            if name == "token":
+                self.width_plain = off
+        self.width_ngram = off
+        tmp.mkdir(parents=True, exist_ok=True)
+        dt = np.int32 if off < 2**31 else np.int64
+        self.cols = {}
+        for name, col in cols.items():   # memory-mapped: the chunk loop reads one block of rows at a time
+            np.save(tmp / f"col_{name}.npy", col.astype(dt))
+            self.cols[name] = np.load(tmp / f"col_{name}.npy", mmap_mode="r")
+
+    def keys(self, ngram: bool) -> tuple[str, ...]:
+        return self.KEYS if ngram else self.KEYS[:4]
+
+    def width(self, ngram: bool) -> int:
+        return self.width_ngram if ngram else self.width_plain
+
+
+# ---------------------------------------------------------------- counting (step 2)
+
+def _chunk_size(width: int, d_ffn: int, store_chunk: int, memory_mb: float, cap: int | None) -> int:
+    """Neurons per unit: the count matrix [chunk, width] int64 gets a third of the budget."""
+    ch = int(memory_mb * 2**20 / 3 // (8 * width))
+    ch = max(1, min(d_ffn, ch, cap or d_ffn))
+    if ch >= store_chunk:            # whole Zarr chunks: each is decompressed once per unit
+        ch -= ch % store_chunk
+    return ch
+
+
+def _count_unit(arr, tok: _Tokens, n0: int, n1: int, ngram: bool, block: int) -> np.ndarray:
+    """Exact counts [n1-n0, width] of one neuron chunk over all tokens."""
+    ch, W = n1 - n0, tok.width(ngram)
+    keys = tok.keys(ngram)
+    cells = ch * W
+    counts = np.zeros(cells, np.int64)
+    buf = np.empty(max(cells, 1 << 16), np.int64)   # flat (neuron, column) ids waiting for a bincount
+    used = 0
+    # rows per slice so that one slice's tallies always fit an empty buffer
+    step = max(8, (len(buf) // (ch * len(keys))) // 8 * 8)
+    for s0 in range(0, tok.n, block):
+        s1 = min(tok.n, s0 + block)
+        raw = np.asarray(arr[n0:n1, s0 // 8:(s1 + 7) // 8])
+        for a in range(s0, s1, step):
+            b = min(s1, a + step)
+            m = unpack(raw[:, (a - s0) // 8:(b - s0 + 7) // 8], b - a, 0)
+            ni, ri = np.nonzero(m)
+            f = len(ni)
+            if not f:
                 continue
-            a, b, c = tally(local, len(uniq))
-            col = "token_id" if name == "token" else "ngram"
-            out[f"neuron_{name}s"].append(pa.table({
-                "layer": np.full(len(a), layer, np.int16), "neuron": (a + n0).astype(np.int32),
-                col: uniq[b], "fires": c}))
+            if used + f * len(keys) > len(buf):
+                counts += np.bincount(buf[:used], minlength=cells)
+                used = 0
+            base = ni * W
+            for k in keys:
+                col = np.asarray(tok.cols[k][a:b])
+                np.add(base, col[ri], out=buf[used:used + f])
+                used += f
+    if used:
+        counts += np.bincount(buf[:used], minlength=cells)
+    return counts.reshape(ch, W)
 
 
-def _read_tokens(path: Path) -> dict[str, Any]:
-    t = pq.read_table(path, columns=["seq", "pos", "token_id", "domain"])
-    dom = t.column("domain").combine_chunks()
-    if pa.types.is_dictionary(dom.type):
-        codes = dom.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        domains = dom.dictionary.to_pylist()
+def _unit_tables(layer: int, n0: int, c: np.ndarray, tok: _Tokens, ngram: bool, top_k: int,
+                 vocab: np.ndarray) -> dict[str, pa.Table]:
+    """Exact counts of one unit -> the rows of every per-neuron table."""
+    ch = c.shape[0]
+    T, nd = tok.T, len(tok.domains)
+    neurons = np.arange(n0, n0 + ch, dtype=np.int32)
+
+    def lay(k: int) -> np.ndarray:
+        return np.full(k, layer, np.int16)
+
+    dom = c[:, :nd]
+    out = {"neuron_fires": pa.table({"layer": lay(ch), "neuron": neurons, "fires": dom.sum(axis=1)})}
+    a, b = np.nonzero(dom)
+    out["neuron_domains"] = pa.table({"layer": lay(len(a)), "neuron": neurons[a],
+                                      "domain": pa.array(np.asarray(tok.domains, dtype=object)[b].tolist(), pa.string()),
+                                      "fires": dom[a, b]})
+    o = tok.offsets
+    pos, posf = c[:, o["pos"]:o["pos"] + T], c[:, o["pos_full"]:o["pos_full"] + T]
+    a, b = np.nonzero(pos)
+    out["neuron_positions"] = pa.table({"layer": lay(len(a)), "neuron": neurons[a], "pos": b.astype(np.int32),
+                                        "fires": pos[a, b], "fires_full": posf[a, b]})
+    if tok.pos_full_n.sum() == 0:
+        mi, frp = np.full(ch, np.nan), np.zeros((ch, T))
     else:
-        domains, codes = np.unique(np.asarray(dom.to_pylist(), dtype=object), return_inverse=True)
-        domains = list(domains)
-    return {"seq": t.column("seq").to_numpy(), "pos": t.column("pos").to_numpy(),
-            "token_id": t.column("token_id").to_numpy(), "domain_codes": codes, "domains": domains}
+        mi, frp = positional_mi(posf, tok.pos_full_n)
+    out["positional"] = pa.table({"layer": lay(ch), "neuron": neurons, "mi": pa.array(mi, mask=np.isnan(mi)),
+                                  "fr_min": frp.min(axis=1), "fr_max": frp.max(axis=1),
+                                  "switches_exact": switches(frp, 0.0), "switches_weak": switches(frp, WEAK_EPS)})
+    cov = []
+    for name, col, n in NGRAMS if ngram else NGRAMS[:1]:
+        seg = c[:, o[name]:o[name] + len(tok.uniq[name])]
+        s = segment_stats(seg, top_k, P_COV)
+        ids = tok.uniq[name][s.top_col]
+        out[f"neuron_{name}s"] = pa.table({
+            "layer": lay(len(ids)), "neuron": neurons[s.top_row],
+            col: ids.astype(np.int32 if n == 1 else np.int64), "fires": s.top_val, "rank": s.top_rank,
+            "cum": s.top_cum, "total": s.total[s.top_row]})
+        alive = np.flatnonzero(s.total > 0)
+        cov.append((alive, n, s))
+        if n in (1, 3):
+            det = detectors(seg, s, tok.counts[name], TOK_MAX_COV if n == 1 else TRI_MAX_COV, P_TOKEN, P_SHARE)
+            rows = [i for i, _, _ in det]
+            lists = [tok.uniq[name][cols] for _, cols, _ in det]
+            t = {"layer": pa.array(np.full(len(det), layer, np.int32)), "neuron": pa.array(neurons[rows]),
+                 "n_covering": pa.array(s.n_covering[rows], pa.int64())}
+            if n == 1:
+                t["token_ids"] = pa.array([x.astype(np.int32) for x in lists], pa.list_(pa.int32()))
+                t["tokens"] = pa.array([[vocab[x] if 0 <= x < len(vocab) else None for x in ids_]
+                                        for ids_ in lists], pa.list_(pa.string()))
+            else:
+                t["ngrams"] = pa.array([x.astype(np.int64) for x in lists], pa.list_(pa.int64()))
+            t["share"] = pa.array([sh for _, _, sh in det], pa.float64())
+            out["token_detectors" if n == 1 else "trigram_detectors"] = pa.table(t)
+    # coverage rows ordered by neuron, then n
+    nn = np.concatenate([a for a, _, _ in cov])
+    order = np.lexsort((np.concatenate([np.full(len(a), n) for a, n, _ in cov]), nn))
+    out["coverage"] = pa.table({
+        "layer": pa.array(np.full(len(nn), layer, np.int32)),
+        "neuron": pa.array(neurons[nn][order]),
+        "n": pa.array(np.concatenate([np.full(len(a), n, np.int32) for a, n, _ in cov])[order]),
+        "n_covering": pa.array(np.concatenate([s.n_covering[a] for a, _, s in cov])[order]),
+        "n_distinct": pa.array(np.concatenate([s.n_distinct[a] for a, _, s in cov])[order]),
+        "fires": pa.array(np.concatenate([s.total[a] for a, _, s in cov])[order])})
+    return out
 
+
+TABLES = ("neuron_fires", "neuron_domains", "neuron_positions", "positional", "neuron_tokens", "neuron_bigrams",
+          "neuron_trigrams", "coverage", "token_detectors", "trigram_detectors")
+_EMPTY = {
+    "neuron_bigrams": pa.schema([("layer", pa.int16()), ("neuron", pa.int32()), ("ngram", pa.int64()),
+                                 ("fires", pa.int64()), ("rank", pa.int64()), ("cum", pa.int64()),
+                                 ("total", pa.int64())]),
+    "token_detectors": pa.schema([("layer", pa.int32()), ("neuron", pa.int32()), ("n_covering", pa.int64()),
+                                  ("token_ids", pa.list_(pa.int32())), ("tokens", pa.list_(pa.string())),
+                                  ("share", pa.float64())]),
+    "trigram_detectors": pa.schema([("layer", pa.int32()), ("neuron", pa.int32()), ("n_covering", pa.int64()),
+                                    ("ngrams", pa.list_(pa.int64())), ("share", pa.float64())]),
+}
+_EMPTY["neuron_trigrams"] = _EMPTY["neuron_bigrams"]
+
+
+# ---------------------------------------------------------------- build
 
 def build_index(store_path: str | Path, layers: Iterable[int] | None = None, progress: bool = True,
-                force: bool = False, neuron_chunk: int = 512, memory_limit: str = "4GB") -> Path:
+                force: bool = False, top_k: int = TOP_K, memory_mb: float = MEMORY_MB,
+                neuron_chunk: int | None = None) -> Path:
     """Build (or resume, or leave as is when complete) the index of a store.
 
     layers: the layers that get bigram/trigram tables (default: the first half of the
     network); every recorded layer gets fires, domains, positions and tokens.
+    top_k: n-grams kept per neuron in the n-gram tables (coverage and detectors at the
+    paper's thresholds are exact regardless). memory_mb: budget of one unit's counts;
+    neuron_chunk: an upper bound on the neurons per unit (tests).
     """
+    from tqdm import tqdm
+
     from .store import Store
 
+    if int(top_k) < 1:
+        raise InputError(f"top_k: expected a positive number of n-grams per neuron, got {top_k}")
+    if not memory_mb > 0:
+        raise InputError(f"memory_mb: expected a positive budget, got {memory_mb}")
     st = Store(store_path)
     m = st.manifest
     ngram_layers = tuple(sorted(set(int(l) for l in layers))) if layers is not None else default_ngram_layers(m)
@@ -198,173 +334,119 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
     if bad:
         raise InputError(f"layers: expected recorded layers {list(m.layers)}, got {bad}")
     root = index_path(st.path)
-    vocab_n = pq.read_metadata(st.path / "vocab.parquet").num_rows
-    base = int(max(m.vocab_size, vocab_n, 1))
+    vocab_t = pq.read_table(st.path / "vocab.parquet", columns=["token_id", "token"])
+    base = int(max(m.vocab_size, vocab_t.num_rows, 1))
     config = {"version": INDEX_VERSION, "ngram_layers": list(ngram_layers), "layers": list(m.layers),
               "vocab_base": base, "weak_eps": WEAK_EPS, "n_tokens": m.n_tokens, "seq_len": m.seq_len,
-              "weights_sha256": m.weights_sha256, "prefix": bool(m.prefix_tokens)}
+              "weights_sha256": m.weights_sha256, "prefix": bool(m.prefix_tokens), "top_k": int(top_k),
+              "p_cov": P_COV, "tok_max_cov": TOK_MAX_COV, "tri_max_cov": TRI_MAX_COV, "p_token": P_TOKEN,
+              "p_share": P_SHARE}
     info = read_index_info(st.path)
     if info is not None and not force and info.get("config") == config:
         return root
-    if force or (info is not None and info.get("config") != config):
+    if force or info is not None:
         shutil.rmtree(root, ignore_errors=True)
-    (root / "_parts").mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     state_p = root / STATE
     state = json.loads(state_p.read_text()) if state_p.exists() else None
+    tok = _Tokens(st, m, base, root / "_tmp")
     if state is None or state.get("config") != config:
         shutil.rmtree(root / "_parts", ignore_errors=True)
-        (root / "_parts").mkdir(parents=True)
-        state = {"config": config, "done": []}
+        # chunk sizes are fixed for the whole build, so a resumed build cuts the same units
+        chunks = {str(ng): _chunk_size(tok.width(ng), m.d_ffn, m.neuron_chunk, memory_mb, neuron_chunk)
+                  for ng in (False, True)}
+        state = {"config": config, "chunks": chunks, "done": []}
         atomic_write_text(state_p, json.dumps(state))
+    (root / "_parts").mkdir(exist_ok=True)
     done = set(state["done"])
-
-    parts = sorted((st.path / "tokens").glob("part-*.parquet"))
-    bb = m.block_tokens
-    if len(parts) != (m.n_tokens + bb - 1) // bb:
-        raise StoreError(f"{st.path / 'tokens'}: expected {(m.n_tokens + bb - 1) // bb} token parts, got {len(parts)}")
-    # sequences of full length (SPEC §1.6): those that reach position seq_len - 1
-    full = []
-    for p in parts:
-        t = pq.read_table(p, columns=["seq", "pos"])
-        s, ps = t.column("seq").to_numpy(), t.column("pos").to_numpy()
-        full.append(s[ps == m.seq_len - 1])
-    full_seqs = np.unique(np.concatenate(full)) if full else np.zeros(0, np.int64)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(parts), initial=len(done), unit="block", desc="index", disable=not progress,
-               dynamic_ncols=True)
-    prev_tail = np.zeros(0, np.int64)
-    for b, p in enumerate(parts):
-        tok = _read_tokens(p)
-        # previous tokens of the same sequence, for n-grams that straddle the block boundary
-        prev = prev_tail
-        ids = tok["token_id"].astype(np.int64)
-        next_tail = ids[-2:]
-        if b in done:
-            prev_tail = next_tail
+    units = [(l, n0, min(m.d_ffn, n0 + state["chunks"][str(l in ngram_layers)])) for l in m.layers
+             for n0 in range(0, m.d_ffn, state["chunks"][str(l in ngram_layers)])]
+    vocab = np.full(base, None, dtype=object)
+    vocab[vocab_t.column("token_id").to_numpy()] = vocab_t.column("token").to_pylist()
+    bar = tqdm(total=len(units), initial=sum(_unit_name(*u[:2]) in done for u in units), unit="chunk",
+               desc="index", disable=not progress, dynamic_ncols=True)
+    for layer, n0, n1 in units:
+        name = _unit_name(layer, n0)
+        if name in done:
             continue
-        n = len(ids)
-        counter = _BlockCounter(m, tok, prev, full_seqs, base, ngram=False)
-        counter_ng = _BlockCounter(m, tok, prev, full_seqs, base, ngram=True) if ngram_layers else None
-        out: dict[str, list] = {k: [] for k in ("neuron_fires", "neuron_domains", "neuron_positions",
-                                                  "neuron_tokens", "neuron_bigrams", "neuron_trigrams")}
-        start = b * bb
-        for layer in m.layers:
-            c = counter_ng if layer in ngram_layers else counter
-            arr = st.packed(layer)
-            raw = np.asarray(arr[:, start // 8:(start + n + 7) // 8])
-            for n0 in range(0, m.d_ffn, neuron_chunk):
-                mk = unpack(raw[n0:n0 + neuron_chunk], n, 0)
-                c.count(layer, n0, mk, out)
-        d = root / "_parts" / f"b{b:06d}"
+        ngram = layer in ngram_layers
+        counts = _count_unit(st.packed(layer), tok, n0, n1, ngram, m.block_tokens)
+        tables = _unit_tables(layer, n0, counts, tok, ngram, int(top_k), vocab)
+        del counts
+        d, tmpd = root / "_parts" / name, root / "_parts" / f".{name}.tmp"
+        shutil.rmtree(tmpd, ignore_errors=True)
+        tmpd.mkdir()
+        for tname, t in tables.items():
+            pq.write_table(t, tmpd / f"{tname}.parquet", compression="zstd")
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        for name, tables in out.items():
-            if tables:
-                _write_parquet(pa.concat_tables(tables), d / f"{name}.parquet")
-        totals = (counter_ng or counter).totals
-        for name, t in totals.items():
-            _write_parquet(t, d / f"{name}_counts.parquet")
-        state["done"] = sorted(done | {b})
-        done.add(b)
+        tmpd.rename(d)
+        done.add(name)
+        state["done"] = sorted(done)
         atomic_write_text(state_p, json.dumps(state))
-        prev_tail = next_tail
         bar.update(1)
     bar.close()
+    files = _assemble(root, [_unit_name(l, n0) for l, n0, _ in units], tok)
     # massive activations and vocabulary projection (SPEC §1.5, §1.7), before index.json marks it complete
     from .massive import build_capture_index
     from .projection import FILE as PROJECTION_FILE, build_projection_index
 
     build_capture_index(st.path, m)
+    files.update({f"capture/{p.name}": file_digest(p) for p in sorted((root / "capture").glob("*.parquet"))})
     if (st.path / PROJECTION_FILE).exists():
         build_projection_index(st.path, m.layers)
-    _reduce(root, m, config, memory_limit)
+        files["vocab_projection.parquet"] = file_digest(root / "vocab_projection.parquet")
+    atomic_write_text(root / INDEX_FILE, json.dumps({"config": config, "files": files}, indent=1, sort_keys=True))
+    shutil.rmtree(root / "_parts", ignore_errors=True)
+    shutil.rmtree(root / "_tmp", ignore_errors=True)
+    state_p.unlink(missing_ok=True)
     return root
 
 
-def _reduce(root: Path, m, config: dict[str, Any], memory_limit: str = "4GB") -> None:
-    import duckdb
+def _unit_name(layer: int, n0: int) -> str:
+    return f"l{layer:04d}_n{n0:07d}"
 
-    tmp = root / "_tmp"
-    tmp.mkdir(exist_ok=True)
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
-    con.execute(f"SET temp_directory = '{_q(str(tmp))}'")
-    con.execute(f"SET memory_limit = '{_q(memory_limit)}'")
-    con.execute("SET preserve_insertion_order = false")
-    parts = _q(str(root / "_parts"))
 
-    def src(name: str) -> str:
-        return f"read_parquet('{parts}/*/{name}.parquet')"
-
-    def has(name: str) -> bool:
-        return any((root / "_parts").glob(f"*/{name}.parquet"))
-
-    def copy(sql: str, name: str) -> None:
-        out = root / f"{name}.parquet"
-        tmpf = root / f".{name}.parquet.tmp"
-        con.execute(f"COPY ({sql}) TO '{_q(str(tmpf))}' (FORMAT parquet, COMPRESSION zstd)")
-        tmpf.replace(out)
-
-    copy(f"SELECT layer, neuron, sum(fires)::BIGINT AS fires FROM {src('neuron_fires')} "
-         "GROUP BY ALL ORDER BY layer, neuron", "neuron_fires")
-    empty = {"neuron_domains": "SELECT NULL::SMALLINT layer, NULL::INT neuron, NULL::VARCHAR domain, NULL::BIGINT fires LIMIT 0",
-             "neuron_positions": "SELECT NULL::SMALLINT layer, NULL::INT neuron, NULL::INT pos, NULL::BIGINT fires, NULL::BIGINT fires_full LIMIT 0"}
-    copy(f"SELECT layer, neuron, domain, sum(fires)::BIGINT AS fires FROM {src('neuron_domains')} "
-         "GROUP BY ALL ORDER BY layer, neuron, domain" if has("neuron_domains") else empty["neuron_domains"],
-         "neuron_domains")
-    copy(f"SELECT layer, neuron, pos, sum(fires)::BIGINT AS fires, sum(fires_full)::BIGINT AS fires_full "
-         f"FROM {src('neuron_positions')} GROUP BY ALL ORDER BY layer, neuron, pos"
-         if has("neuron_positions") else empty["neuron_positions"], "neuron_positions")
-    copy(f"SELECT pos, sum(n)::BIGINT AS n, sum(n_full)::BIGINT AS n_full FROM {src('position_counts')} "
-         "GROUP BY ALL ORDER BY pos", "position_counts")
-    for name, col in (("token", "token_id"), ("bigram", "ngram"), ("trigram", "ngram")):
-        ctype = "INT" if name == "token" else "BIGINT"
-        if has(f"{name}_counts"):
-            copy(f"SELECT {col}::{ctype} AS {col}, sum(count)::BIGINT AS count FROM {src(name + '_counts')} "
-                 f"GROUP BY ALL ORDER BY {col}", f"{name}_counts")
+def _assemble(root: Path, names: list[str], tok: _Tokens) -> dict[str, dict[str, Any]]:
+    """Concatenate the units' parts (in layer, neuron order) and write the global counts;
+    returns {file: digest} of everything written."""
+    files = {}
+    for t in TABLES:
+        out, tmp = root / f"{t}.parquet", root / f".{t}.parquet.tmp"
+        writer, pending, n_pending = None, [], 0
+        for name in names:
+            p = root / "_parts" / name / f"{t}.parquet"
+            if not p.exists():
+                continue
+            part = pq.read_table(p)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, part.schema, compression="zstd")
+            pending.append(part)
+            n_pending += part.num_rows
+            if n_pending >= ROW_GROUP:   # fixed-size row groups: the file does not depend on the chunking
+                whole = pa.concat_tables(pending)
+                cut = n_pending - n_pending % ROW_GROUP
+                writer.write_table(whole.slice(0, cut), row_group_size=ROW_GROUP)
+                pending, n_pending = [whole.slice(cut)], n_pending - cut
+        if writer is None:
+            pq.write_table(_EMPTY[t].empty_table(), tmp, compression="zstd")
         else:
-            copy(f"SELECT NULL::{ctype} AS {col}, NULL::BIGINT AS count LIMIT 0", f"{name}_counts")
-        tname = f"neuron_{name}s"
-        if has(tname):
-            copy(f"""SELECT layer, neuron, {col}, fires,
-                       row_number() OVER w AS rank,
-                       sum(fires) OVER (w ROWS UNBOUNDED PRECEDING)::BIGINT AS cum,
-                       sum(fires) OVER (PARTITION BY layer, neuron)::BIGINT AS total
-                     FROM (SELECT layer, neuron, {col}::{ctype} AS {col}, sum(fires)::BIGINT AS fires
-                           FROM {src(tname)} GROUP BY ALL)
-                     WINDOW w AS (PARTITION BY layer, neuron ORDER BY fires DESC, {col})
-                     ORDER BY layer, neuron, rank""", tname)
-        else:
-            copy(f"SELECT NULL::SMALLINT layer, NULL::INT neuron, NULL::{ctype} {col}, NULL::BIGINT fires, "
-                 "NULL::BIGINT rank, NULL::BIGINT cum, NULL::BIGINT total LIMIT 0", tname)
-    _positional(root, m, con)
-    con.close()
-    _precompute(root, m, config)
-    atomic_write_text(root / INDEX_FILE, json.dumps({"config": config}, indent=1, sort_keys=True))
-    shutil.rmtree(root / "_parts", ignore_errors=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    (root / STATE).unlink(missing_ok=True)
-
-
-def _precompute(root: Path, m, config: dict[str, Any]) -> None:
-    """Coverage and detectors at the paper's thresholds, so the saved queries read small
-    tables; other thresholds are answered by scanning the n-gram tables (see actdb.db)."""
-    import duckdb
-
-    from .db import PRECOMPUTED, _views
-
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
-    con.execute(f"SET temp_directory = '{_q(str(root / '_tmp'))}'")
-    for stmt in _views(root.parent, m, {"config": config}, pre=False):
-        con.execute(stmt)
-    for name in PRECOMPUTED:
-        tmpf = root / f".{name}.parquet.tmp"
-        con.execute(f"COPY (SELECT * FROM {name}_at() ORDER BY ALL) TO '{_q(str(tmpf))}' (FORMAT parquet)")
-        tmpf.replace(root / f"{name}.parquet")
-    con.close()
+            if n_pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
+            writer.close()
+        tmp.replace(out)
+        files[out.name] = file_digest(out)
+    counts = {"position_counts": pa.table({"pos": np.arange(tok.T, dtype=np.int32), "n": tok.pos_n.astype(np.int64),
+                                           "n_full": tok.pos_full_n.astype(np.int64)})}
+    ngram = any((root / "_parts" / n / "neuron_bigrams.parquet").exists() for n in names)
+    for name, col, n in NGRAMS:
+        keep = n == 1 or ngram   # bigram/trigram counts only with n-gram layers, like their tables
+        u = tok.uniq[name] if keep else np.zeros(0, np.int64)
+        counts[f"{name}_counts"] = pa.table({col: u.astype(np.int32 if n == 1 else np.int64),
+                                             "count": tok.counts[name] if keep else np.zeros(0, np.int64)})
+    for t, table in counts.items():
+        _write_parquet(table, root / f"{t}.parquet")
+        files[f"{t}.parquet"] = file_digest(root / f"{t}.parquet")
+    return files
 
 
 def switches(fr: np.ndarray, eps: float) -> np.ndarray:
@@ -390,32 +472,3 @@ def positional_mi(fires_full: np.ndarray, n_full: np.ndarray) -> tuple[np.ndarra
 
         mi = (term(frp, fr) + term(1 - frp, 1 - fr)).sum(axis=1) / n_full.shape[0]
     return mi, frp
-
-
-def _positional(root: Path, m, con) -> None:
-    pc = con.execute(f"SELECT pos, n_full FROM read_parquet('{_q(str(root / 'position_counts.parquet'))}') "
-                     "ORDER BY pos").fetchnumpy()
-    T = m.seq_len
-    n_full = np.zeros(T, np.int64)
-    n_full[pc["pos"].astype(np.int64)] = pc["n_full"]
-    np_path = _q(str(root / "neuron_positions.parquet"))
-    tables = []
-    for layer in m.layers:
-        r = con.execute(f"SELECT neuron, pos, fires_full FROM read_parquet('{np_path}') WHERE layer = ?",
-                        [layer]).fetchnumpy()
-        ff = np.zeros((m.d_ffn, T), np.int64)
-        ff[r["neuron"].astype(np.int64), r["pos"].astype(np.int64)] = r["fires_full"]
-        if n_full.sum() == 0:
-            mi = np.full(m.d_ffn, np.nan)
-            frp = np.zeros((m.d_ffn, T))
-        else:
-            mi, frp = positional_mi(ff, n_full)
-        tables.append(pa.table({
-            "layer": np.full(m.d_ffn, layer, np.int16), "neuron": np.arange(m.d_ffn, dtype=np.int32),
-            "mi": pa.array(mi, mask=np.isnan(mi)), "fr_min": frp.min(axis=1), "fr_max": frp.max(axis=1),
-            "switches_exact": switches(frp, 0.0), "switches_weak": switches(frp, WEAK_EPS)}))
-    _write_parquet(pa.concat_tables(tables), root / "positional.parquet")
-
-
-def _q(s: str) -> str:
-    return s.replace("'", "''")

@@ -122,6 +122,11 @@ class Ref:
         fired = np.flatnonzero(self.masks[l][:, nn])
         return Counter(self.grams[k][r] for r in fired if self.grams[k][r] is not None)
 
+    def top(self, l, nn, k, K, st):
+        """The neuron's K n-grams by fires desc, then id: [(id, fires)]."""
+        c = [(g[0] if k == 1 else gram_ids(st, g), n) for g, n in self.counts(l, nn, k).items()]
+        return sorted(c, key=lambda x: (-x[1], x[0]))[:K]
+
     def coverage(self, l, nn, k, p=None):
         p = self.p if p is None else p
         c = sorted(self.counts(l, nn, k).values(), reverse=True)
@@ -253,21 +258,24 @@ def test_known_answers(known_store):
 
 @pytest.mark.parametrize("which", ["known", "real"])
 def test_neuron_tokens_and_ngrams(which, request):
+    """The n-gram tables hold each neuron's top_k n-grams (fires desc, then id) with exact totals."""
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
+    K = st.sql("SELECT top_k FROM index_info").item()
+    assert K == read_index_info(st.path)["config"]["top_k"] == 64
     for k, view, col in ((1, "neuron_tokens", "token_id"), (2, "neuron_bigrams", "ngram"), (3, "neuron_trigrams", "ngram")):
-        df = st.sql(f"SELECT layer, neuron, {col}, fires, rank, cum, total FROM {view}")
-        got = {(r[0], r[1], r[2]): r[3] for r in df.rows()}
+        df = st.sql(f"SELECT layer, neuron, {col}, fires, rank, cum, total FROM {view} ORDER BY layer, neuron, rank")
+        got = {}
+        for r in df.rows():
+            got.setdefault((r[0], r[1]), []).append(r[2:])
         want = {}
         for l in (ref.layers if k == 1 else ref.ngram_layers):
             for nn in range(ref.d):
-                for g, c in ref.counts(l, nn, k).items():
-                    want[(l, nn, g[0] if k == 1 else gram_ids(st, g))] = c
+                top = ref.top(l, nn, k, K, st)
+                if top:
+                    total = sum(ref.counts(l, nn, k).values())
+                    cum = np.cumsum([c for _, c in top]).tolist()
+                    want[(l, nn)] = [(g, c, i + 1, cu, total) for i, ((g, c), cu) in enumerate(zip(top, cum))]
         assert got == want, view
-        # rank/cum/total are consistent with the counts
-        for (l, nn), grp in df.group_by(["layer", "neuron"]):
-            g = grp.sort("rank")
-            assert g["cum"].to_list() == np.cumsum(g["fires"].to_numpy()).tolist()
-            assert g["fires"].to_list() == sorted(g["fires"].to_list(), reverse=True)
     cnt = dict(st.sql("SELECT token_id, count FROM token_counts").rows())
     assert cnt == {g[0]: c for g, c in ref.gram_count[1].items()}
     cnt3 = dict(st.sql("SELECT ngram, count FROM trigram_counts").rows())
@@ -285,8 +293,8 @@ def test_coverage(which, p, request):
         for l in (ref.layers if k == 1 else ref.ngram_layers):
             for nn in range(ref.d):
                 c = ref.coverage(l, nn, k, p)
-                if c is not None:
-                    want[(l, nn, k)] = c
+                if c is not None:   # beyond top_k only p = 0.95 is exact; other p say NULL ("more than K")
+                    want[(l, nn, k)] = c if p == 0.95 or c <= 64 else None
     assert got == want
 
 
@@ -345,45 +353,123 @@ def test_tokens_view(known_store):
     assert df["token"].to_list() == [f"w{i}" for i in t["token_id"].to_list()]
 
 
+def same_index(a: Path, b: Path) -> None:
+    """Every table equal, and index.json's file digests equal (byte-identical files)."""
+    import pyarrow.parquet as pq
+
+    names = sorted(f.name for f in (a / "index").glob("*.parquet"))
+    assert names == sorted(f.name for f in (b / "index").glob("*.parquet"))
+    for n in names:
+        assert pq.read_table(a / "index" / n).equals(pq.read_table(b / "index" / n)), n
+    assert read_index_info(a)["files"] == read_index_info(b)["files"]
+
+
+def test_index_json_lists_every_file(known_store):
+    """index.json records every file of the index with its byte size and sha256."""
+    import hashlib
+
+    root = known_store.path / "index"
+    files = read_index_info(known_store.path)["files"]
+    on_disk = {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file() and f.name != "index.json"}
+    assert set(files) == on_disk and "vocab_projection.parquet" in files and "coverage.parquet" in files
+    assert any(k.startswith("capture/") for k in files)
+    for name, d in files.items():
+        data = (root / name).read_bytes()
+        assert d == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+
+
 def test_index_resume_equals_fresh(tmp_path, monkeypatch):
-    """A build killed after some blocks resumes, skips the finished blocks, and gives the same tables."""
+    """A build killed after some units resumes, counts only the missing units, and gives the same index."""
+    import actdb.index as ix
+
+    a = make_known(tmp_path / "a")
+    b = make_known(tmp_path / "b")
+    build_index(a, progress=False, neuron_chunk=4)
+    real_count = ix._count_unit
+    calls = []
+
+    def dying(arr, tok, n0, n1, ngram, block):
+        calls.append(n0)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_count(arr, tok, n0, n1, ngram, block)
+
+    monkeypatch.setattr(ix, "_count_unit", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(b, progress=False, neuron_chunk=4)
+    assert read_index_info(b) is None
+    state = json.loads((b / "index" / "_state.json").read_text())
+    assert len(state["done"]) == 3 and state["chunks"] == {"False": 4, "True": 4}
+    calls.clear()
+    monkeypatch.setattr(ix, "_count_unit", lambda *args: calls.append(args[2]) or real_count(*args))
+    # a different chunk bound on resume keeps the recorded units
+    build_index(b, progress=False, neuron_chunk=D)
+    assert len(calls) == len(LAYERS) * D // 4 - 3
+    assert not (b / "index" / "_state.json").exists() and not (b / "index" / "_parts").exists()
+    same_index(a, b)
+
+
+def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
+    """A tiny memory budget counts one neuron per unit and gives the same index."""
     import actdb.index as ix
 
     a = make_known(tmp_path / "a")
     b = make_known(tmp_path / "b")
     build_index(a, progress=False)
-    calls = {"n": 0}
-    real_write = ix._write_parquet
+    real_count = ix._count_unit
+    widths = []
+    monkeypatch.setattr(ix, "_count_unit", lambda *args: widths.append(args[3] - args[2]) or real_count(*args))
+    build_index(b, progress=False, memory_mb=0.001)
+    assert widths == [1] * (len(LAYERS) * D)
+    same_index(a, b)
+    assert ix._chunk_size(1000, 3072, 512, 512, None) == 3072 - 3072 % 512   # whole Zarr chunks when they fit
+    assert ix._chunk_size(10**6, 3072, 512, 512, None) == int(512 * 2**20 / 3 // 8e6)
 
-    def dying(table, path):
-        if path.name == "neuron_fires.parquet" and "_parts" in str(path):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise KeyboardInterrupt
-        return real_write(table, path)
 
-    monkeypatch.setattr(ix, "_write_parquet", dying)
-    with pytest.raises(KeyboardInterrupt):
-        build_index(b, progress=False)
-    assert read_index_info(b) is None
-    done = json.loads((b / "index" / "_state.json").read_text())["done"]
-    assert done == [0, 1, 2]
-    counted = []
-
-    class Spy(ix._BlockCounter):
-        def count(self, layer, n0, m, out):
-            counted.append(layer)
-            return super().count(layer, n0, m, out)
-
-    monkeypatch.setattr(ix, "_write_parquet", real_write)
-    monkeypatch.setattr(ix, "_BlockCounter", Spy)
-    build_index(b, progress=False, neuron_chunk=D)
-    n_blocks = len(list((b / "tokens").glob("part-*.parquet")))
-    assert len(counted) == (n_blocks - 3) * len(LAYERS)
-    import pyarrow.parquet as pq
-
-    for f in sorted((a / "index").glob("*.parquet")):
-        assert pq.read_table(f).equals(pq.read_table(b / "index" / f.name)), f.name
+def test_index_top_k_truncation(tmp_path):
+    """top_k = 3 on a store whose neurons fire on many more n-grams: the n-gram tables keep
+    exactly 3 rows per such neuron, coverage and detectors at the paper's thresholds stay
+    exact, and coverage_at(p) at other p is exact up to K and NULL beyond."""
+    K = 3
+    p = make_known(tmp_path / "s")
+    build_index(p, progress=False, top_k=K)
+    st = actdb.open(p)
+    ref = Ref(st)
+    assert st.sql("SELECT top_k FROM index_info").item() == K
+    n_trunc = 0
+    for k, view in ((1, "neuron_tokens"), (3, "neuron_trigrams")):
+        rows = dict(((r[0], r[1]), r[2]) for r in st.sql(f"SELECT layer, neuron, count(*) FROM {view} GROUP BY ALL").rows())
+        for l in (ref.layers if k == 1 else ref.ngram_layers):
+            for nn in range(ref.d):
+                nd = len(ref.counts(l, nn, k))
+                assert rows.get((l, nn), 0) == min(nd, K)
+                n_trunc += nd > K
+    assert n_trunc > 10
+    exact = {(r[0], r[1], r[2]): r[3:] for r in st.sql("SELECT layer, neuron, n, n_covering, n_distinct FROM coverage").rows()}
+    for q in (0.5, 0.95, 0.99):
+        got = {(r[0], r[1], r[2]): r[3] for r in st.sql("SELECT layer, neuron, n, n_covering FROM coverage_at(p := $p)",
+                                                        {"p": q}).rows()}
+        n_null = 0
+        for k in (1, 2, 3):
+            for l in (ref.layers if k == 1 else ref.ngram_layers):
+                for nn in range(ref.d):
+                    c = ref.coverage(l, nn, k, q)
+                    if c is None:
+                        assert (l, nn, k) not in got
+                        continue
+                    want = c if q == 0.95 or c <= K else None
+                    n_null += want is None
+                    assert got[(l, nn, k)] == want, (q, l, nn, k)
+                    assert exact[(l, nn, k)] == (ref.coverage(l, nn, k), len(ref.counts(l, nn, k)))
+        assert n_null > 0 if q != 0.95 else n_null == 0
+    det = {(r[0], r[1]): set(r[2]) for r in st.sql("SELECT layer, neuron, token_ids FROM token_detectors").rows()}
+    want = {(l, nn): {g[0] for g in d} for l in ref.layers for nn in range(ref.d)
+            if (d := ref.detector(l, nn, 1, 5)) is not None}
+    assert det == want and len(want) >= 4
+    tri = {(r[0], r[1]): set(r[2]) for r in st.sql("SELECT layer, neuron, ngrams FROM trigram_detectors").rows()}
+    want = {(l, nn): {gram_ids(st, g) for g in d} for l in ref.ngram_layers for nn in range(ref.d)
+            if (d := ref.detector(l, nn, 3, 50)) is not None}
+    assert tri == want and len(want) >= 1
 
 
 def test_index_layers_option_and_errors(tmp_path):
