@@ -158,5 +158,53 @@ def check(store: str) -> None:
     if report.problems:
         raise StoreError(f"{store}: {len(report.problems)} problem(s) found")
 
+
+@main.command()
+@click.argument("store", required=False)
+@click.argument("figure", required=False)
+@click.option("-o", "--out", default=None, help="PNG file (a folder for 'all'; default FIGURE.png / figures/).")
+@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
+              help="Override a parameter of the figure's saved query (repeatable).")
+@click.option("--list", "list_", is_flag=True, help="List the figures and the paper figures they reproduce.")
+@_one_line_errors
+def plot(store: str | None, figure: str | None, out: str | None, params, list_: bool) -> None:
+    """Draw paper FIGURE (or 'all') from STORE as PNG."""
+    from .errors import InputError
+    from .plot import list_lines, plot as draw, plot_all
+    from .store import open as open_store
+
+    if list_:
+        for line in list_lines():
+            click.echo(line)
+        return
+    if not store or not figure:
+        raise InputError("plot: expected STORE and FIGURE (or 'all', or --list)")
+    st = open_store(store)
+    if figure == "all":
+        if params:
+            raise InputError("plot all: -p applies to one figure, got it with 'all'")
+        files, skipped = plot_all(st, out or "figures")
+        for f in files:
+            click.echo(f"wrote {f}")
+        for name, why in skipped.items():
+            click.echo(f"skipped {name}: {why}")
+        return
+    click.echo(f"wrote {draw(st, figure, out or f'{figure}.png', dict(params))}")
+
+
+@main.command()
+@click.argument("stores", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, help="Output folder (report.md, figures/, queries/).")
+@click.option("--title", default="actdb report", show_default=True, help="Title of the report.")
+@click.option("--note", "notes", multiple=True, help="A paragraph under the title (repeatable).")
+@_one_line_errors
+def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]) -> None:
+    """Markdown report over STORES: headline numbers, every figure, every saved query's answer."""
+    from .report import write_report
+    from .store import open as open_store
+
+    click.echo(f"wrote {write_report([open_store(s) for s in stores], out, title, list(notes))}")
+
+
 if __name__ == "__main__":
     main()
