@@ -37,17 +37,15 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-ACTDB = str(ROOT / ".venv" / "bin" / "actdb")
-MB = 1 << 20
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import ACTDB, MB, _status, run_peak  # noqa: E402
 
 
 def make_big_llama(path: Path, layers: int, seed: int = 0) -> dict:
@@ -75,47 +73,10 @@ def make_big_llama(path: Path, layers: int, seed: int = 0) -> dict:
     return per
 
 
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):  # kB
-                    out[k] = int(v.split()[0]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return out
-
-
 def run_ingest(model: Path, corpus: Path, out: Path, offload: str, batch: int, env: dict | None = None) -> dict:
     cmd = [ACTDB, "ingest", str(model), str(corpus), "-o", str(out), "--offload", offload,
-           "--batch-size", str(batch), "--no-progress", "--overwrite"]
-    if "--no-index" in subprocess.run([ACTDB, "ingest", "--help"], capture_output=True, text=True).stdout:
-        cmd.append("--no-index")  # measure ingest itself; the query index build (since 666d94e) is separate
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0, "VmHWM": 0}
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            s = _status(p.pid)
-            for k in peak:
-                peak[k] = max(peak[k], s.get(k, 0))
-            time.sleep(0.02)
-
-    th = threading.Thread(target=poll, daemon=True)
-    th.start()
-    output = p.stdout.read().decode(errors="replace")
-    done.set()
-    th.join()
-    _, status, _ = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{output}")
-    return dict(cmd=" ".join(cmd), maxrss=peak["VmHWM"], anon=peak["RssAnon"], file=peak["RssFile"],
-                sampled_rss=peak["VmRSS"], wall=time.perf_counter() - t, log=output)
+           "--batch-size", str(batch), "--no-progress", "--overwrite", "--no-index"]  # the index is measured apart
+    return run_peak(cmd, env)
 
 
 def probe(model: str, corpus: str, offload: str = "on", batch: int = 4) -> None:

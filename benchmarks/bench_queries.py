@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep an existing store (rebuild the index only)")
     ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--make-only", action="store_true", help="write the store and stop (no index, no queries)")
     args = ap.parse_args()
     import actdb
     from actdb.db import saved_queries
@@ -116,6 +117,8 @@ def main() -> None:
         t0 = time.perf_counter()
         make_store(store, args.tokens)
         res["make_store_s"] = round(time.perf_counter() - t0, 1)
+    if args.make_only:
+        return print(json.dumps(res, indent=1))
     shutil.rmtree(store / "index", ignore_errors=True)
     t0 = time.perf_counter()
     build_index(store, progress=False)
