@@ -162,7 +162,7 @@ def _positional(fig, df, ctx) -> None:
     import matplotlib as mpl
 
     ax = fig.subplots()
-    layers = [int(l) for l in ctx.query("dead_per_layer")[LAYER].to_list()]
+    layers = list(store_layers(ctx.store))
     colours = mpl.colormaps["tab10"]
     bottom = [0] * len(layers)
     for i, kind in enumerate(_KINDS):
@@ -229,12 +229,15 @@ def _massive_sites(fig, df, ctx) -> None:
     sites = ctx.query("massive_sites", **{k: v for k, v in ctx.params.items() if k in ("abs_min", "ratio")})
     top_dims = sites["dim"].head(6).to_list()
     info = {r["dim"]: r for r in sites.iter_rows(named=True)}
+    layers = list(store_layers(ctx.store))
     for dim in top_dims:
-        sub = df.filter(df["dim"] == dim).sort(LAYER)
+        sub = df.filter(df["dim"] == dim)
+        by_layer = dict(zip(sub[LAYER].to_list(), sub["max_abs"].to_list()))
         s = info[dim]
         label = (f"dim {dim}: {s['share_first_position'] * 100:.0f} % on position 0, "
                  f"tokens {_clip(s['top_tokens'], 3, 30)}")
-        ax.plot(sub[LAYER].to_list(), sub["max_abs"].to_list(), marker="o", ms=4, label=label)
+        # NaN where the dimension is not massive: the line breaks instead of bridging the gap
+        ax.plot(layers, [by_layer.get(l, float("nan")) for l in layers], marker="o", ms=4, label=label)
     import polars as pl
 
     med = df.group_by(LAYER).agg(pl.col("mean_seq_median_abs").mean()).sort(LAYER)
@@ -258,6 +261,10 @@ def _massive_top(fig, df, ctx) -> None:
     _layers_axis(ax, layers)
     ax.set_ylabel("|h| of the residual stream (log scale)")
     ax.legend(frameon=False)
+
+
+def store_layers(store) -> tuple[int, ...]:
+    return tuple(int(l) for l in store.manifest.layers)
 
 
 def _ngram_select(n: int):
