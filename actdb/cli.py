@@ -88,13 +88,19 @@ def info(store: str) -> None:
 @click.option("--layers", default=None, help="Layers that get bigram/trigram tables, comma-separated "
               "(default: the first half of the network).")
 @click.option("--force", is_flag=True, help="Rebuild even if a complete index exists.")
+@click.option("--top-k", default=64, show_default=True, type=int,
+              help="N-grams kept per neuron in neuron_tokens/bigrams/trigrams (coverage and detectors at the "
+                   "paper's thresholds are exact regardless).")
+@click.option("--memory-mb", default=512, show_default=True, type=float,
+              help="Memory for one unit's counts; sets how many neurons are counted at once.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar.")
 @_one_line_errors
-def index(store: str, layers: str | None, force: bool, progress: bool) -> None:
+def index(store: str, layers: str | None, force: bool, top_k: int, memory_mb: float, progress: bool) -> None:
     """Build (or resume) the query index of STORE: per-neuron counts as Parquet."""
     from .index import build_index, parse_layers
 
-    root = build_index(store, layers=parse_layers(layers), progress=progress, force=force)
+    root = build_index(store, layers=parse_layers(layers), progress=progress, force=force, top_k=top_k,
+                       memory_mb=memory_mb)
     click.echo(f"index        {root}")
 
 
@@ -204,6 +210,23 @@ def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]
     from .store import open as open_store
 
     click.echo(f"wrote {write_report([open_store(s) for s in stores], out, title, list(notes))}")
+
+
+
+@main.command()
+@click.argument("store")
+@click.argument("layer", type=int)
+@click.argument("neuron", type=int)
+@click.option("--top", default=10, show_default=True, help="Top tokens and projected tokens to show.")
+@click.option("--contexts", "n_contexts", default=5, show_default=True, help="Contexts where it fires to show.")
+@_one_line_errors
+def neuron(store: str, layer: int, neuron: int, top: int, n_contexts: int) -> None:
+    """A neuron's card: stats, coverage, detector status, top tokens, positions, projection, contexts."""
+    from .card import neuron_card
+    from .store import open as open_store
+
+    for line in neuron_card(open_store(store), layer, neuron, top, n_contexts):
+        click.echo(line)
 
 
 if __name__ == "__main__":

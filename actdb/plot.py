@@ -12,6 +12,7 @@ no oscillatory neurons, no massive activations) is still drawn, with a note sayi
 from __future__ import annotations
 
 import textwrap
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -374,7 +375,9 @@ def plot(store, name: str, out: str | Path, params: dict[str, Any] | None = None
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp.png")
-        fig.savefig(tmp)
+        with warnings.catch_warnings():  # tokens in scripts the font lacks draw as boxes; no need to warn
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            fig.savefig(tmp)
         tmp.replace(out)  # no half-written PNG under the real name
     finally:
         plt.close(fig)
