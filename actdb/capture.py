@@ -84,7 +84,7 @@ class CaptureWriter:
     def __init__(self, root: Path, kinds: tuple[str, ...], n_layers: int, n_tokens: int, k: int,
                  block_tokens: int, create: bool) -> None:
         import zarr
-        from zarr.codecs import ZstdCodec
+        from zarr.codecs import Crc32cCodec, ZstdCodec
 
         group = zarr.open_group(root / "capture", mode="a")
         self.arrays = {}
@@ -100,7 +100,7 @@ class CaptureWriter:
                 self.arrays[name] = group.create_array(
                     name, shape=(n_layers, n_tokens, *tail), dtype=dtype,
                     chunks=(1, block_tokens, *tail), fill_value=0, overwrite=True,
-                    compressors=ZstdCodec(level=3))
+                    compressors=[ZstdCodec(level=3), Crc32cCodec()])  # crc32c: a flipped bit raises on read
 
     def write_block(self, index: int, stats: dict[str, np.ndarray]) -> None:
         start = index * self.block_tokens

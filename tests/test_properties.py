@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actdb.corpus import SpecialTokens, read_documents, sequences
 from actdb.errors import InputError
-from actdb.packing import BlockAssembler, RowPacker, unpack
+from actdb.packing import unpack
+from test_units import pack_in_batches
 
 PROPS = settings(max_examples=60, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -109,21 +109,7 @@ def test_packing_round_trip_any_batches(data, d, block, sizes, n_layers):
     skip = data.draw(st.integers(0, total // block)) * block
     rng = np.random.default_rng(total * 7 + d)
     truth = rng.random((n_layers, total, d)) < rng.random(d)
-    packers = [RowPacker(skip) for _ in range(n_layers)]
-    asm = BlockAssembler(n_layers, d, block // 8, first_block=skip // block)
-    blocks: dict[int, np.ndarray] = {}
-    pos = 0
-    for n in sizes:
-        parts = [p.push(torch.from_numpy(truth[i, pos:pos + n])) for i, p in enumerate(packers)]
-        pos += n
-        if parts[0] is not None:
-            blocks.update(asm.push(torch.stack(parts).numpy()))
-    tail = [p.finish(d, torch.device("cpu")) for p in packers]
-    if tail[0] is not None:
-        blocks.update(asm.push(torch.stack(tail).numpy()))
-    last = asm.finish()
-    if last is not None:
-        blocks[last[0]] = last[1]
+    blocks = pack_in_batches(truth, sizes, skip, block)
     rows = total - skip
     if rows == 0:
         assert not blocks

@@ -14,16 +14,10 @@ from actdb.manifest import FORMAT_VERSION, CorpusFile, Manifest
 from actdb.packing import BlockAssembler, RowPacker, pack_rows, unpack
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_packing_stream_round_trip(seed):
-    """Random batch sizes, a row count not a multiple of 8, an odd block size, a resume skip."""
-    rng = np.random.default_rng(seed)
-    d, block = int(rng.integers(1, 40)), 8 * int(rng.integers(1, 9))
-    n_layers = 2
-    sizes = rng.integers(0, 30, size=int(rng.integers(1, 25)))
-    total = int(sizes.sum())
-    skip = int(rng.integers(0, max(total, 1))) // block * block if seed % 2 else 0
-    truth = rng.random((n_layers, total, d)) < rng.random(d)     # [layers, rows, d]
+def pack_in_batches(truth: np.ndarray, sizes, skip: int, block: int) -> dict[int, np.ndarray]:
+    """truth bool [layers, rows, d] fed as row batches of `sizes` through RowPacker and
+    BlockAssembler, as ingest does (skipping the first `skip` rows) -> {block: bytes}."""
+    n_layers, _, d = truth.shape
     packers = [RowPacker(skip) for _ in range(n_layers)]
     asm = BlockAssembler(n_layers, d, block // 8, first_block=skip // block)
     blocks = {}
@@ -39,6 +33,20 @@ def test_packing_stream_round_trip(seed):
     last = asm.finish()
     if last:
         blocks[last[0]] = last[1]
+    return blocks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_packing_stream_round_trip(seed):
+    """Random batch sizes, a row count not a multiple of 8, an odd block size, a resume skip."""
+    rng = np.random.default_rng(seed)
+    d, block = int(rng.integers(1, 40)), 8 * int(rng.integers(1, 9))
+    n_layers = 2
+    sizes = rng.integers(0, 30, size=int(rng.integers(1, 25)))
+    total = int(sizes.sum())
+    skip = int(rng.integers(0, max(total, 1))) // block * block if seed % 2 else 0
+    truth = rng.random((n_layers, total, d)) < rng.random(d)     # [layers, rows, d]
+    blocks = pack_in_batches(truth, sizes, skip, block)
     if total - skip <= 0:
         assert not blocks
         return
