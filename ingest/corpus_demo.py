@@ -42,6 +42,7 @@ def debian(package: str, cache: Path) -> Path | None:
         return dest
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
         return None
+    print(f"  fetching the Debian package {package} (apt-get download)", flush=True)
     work = cache / "debs" / f".{package}.tmp"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

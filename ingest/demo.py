@@ -36,6 +36,8 @@ def models(cache: Path, names: list[str]) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         if name == "smollm2":
+            if not (folder / "SmolLM2-135M-Instruct" / "model.safetensors").exists():
+                print("  dequantizing SmolLM2's GGUF file to safetensors, once (1-2 minutes)", flush=True)
             out[name] = smollm2_dir(folder / "SmolLM2-135M-Instruct")
         elif name == "minilm":
             link = folder / "all-MiniLM-L6-v2"
