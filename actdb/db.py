@@ -4,7 +4,7 @@ parameters, and the saved queries of `queries/`.
 Views (SPEC §3): tokens, vocab, neurons, neuron_domains, layer_stats, neuron_tokens,
 neuron_bigrams, neuron_trigrams, token_counts, bigram_counts, trigram_counts, coverage,
 token_detectors, trigram_detectors, neuron_positions, position_counts, positional_neurons,
-ngram_layers, oscillatory_ranges. Thresholds are table macros with the paper's defaults:
+ngram_layers, oscillatory_ranges, index_info. Thresholds are table macros with the paper's defaults:
 
     coverage_at(p := 0.95)
     token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95)
@@ -30,6 +30,10 @@ Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(
   oscillatory neurons.
 - coverage uses the neuron's n-gram fires as the 100 %; dead neurons (and neurons that only
   fire on BOS) have no coverage row.
+- neuron_tokens/bigrams/trigrams keep each neuron's top_k n-grams (index_info.top_k). Coverage
+  and detectors at the paper's thresholds are exact (precomputed from all counts). Other
+  thresholds use the top_k rows: coverage_at(p).n_covering is NULL when more than top_k
+  n-grams are needed; detectors count covered n-grams among the top_k only.
 """
 from __future__ import annotations
 

@@ -184,8 +184,9 @@ class _Tokens:
 # ---------------------------------------------------------------- counting (step 2)
 
 def _chunk_size(width: int, d_ffn: int, store_chunk: int, memory_mb: float, cap: int | None) -> int:
-    """Neurons per unit: the count matrix [chunk, width] int64 gets a third of the budget."""
-    ch = int(memory_mb * 2**20 / 3 // (8 * width))
+    """Neurons per unit: 20 bytes per (neuron, column) cell (int32 counts, int64 tally buffer and
+    bincount result) must fit the budget."""
+    ch = int(memory_mb * 2**20 // (20 * width))
     ch = max(1, min(d_ffn, ch, cap or d_ffn))
     if ch >= store_chunk:            # whole Zarr chunks: each is decompressed once per unit
         ch -= ch % store_chunk
@@ -197,7 +198,7 @@ def _count_unit(arr, tok: _Tokens, n0: int, n1: int, ngram: bool, block: int) ->
     ch, W = n1 - n0, tok.width(ngram)
     keys = tok.keys(ngram)
     cells = ch * W
-    counts = np.zeros(cells, np.int64)
+    counts = np.zeros(cells, np.int32 if tok.n < 2**31 else np.int64)  # a cell counts at most n tokens
     buf = np.empty(max(cells, 1 << 16), np.int64)   # flat (neuron, column) ids waiting for a bincount
     used = 0
     # rows per slice so that one slice's tallies always fit an empty buffer
@@ -236,16 +237,17 @@ def _unit_tables(layer: int, n0: int, c: np.ndarray, tok: _Tokens, ngram: bool, 
         return np.full(k, layer, np.int16)
 
     dom = c[:, :nd]
-    out = {"neuron_fires": pa.table({"layer": lay(ch), "neuron": neurons, "fires": dom.sum(axis=1)})}
+    out = {"neuron_fires": pa.table({"layer": lay(ch), "neuron": neurons, "fires": dom.sum(axis=1, dtype=np.int64)})}
     a, b = np.nonzero(dom)
     out["neuron_domains"] = pa.table({"layer": lay(len(a)), "neuron": neurons[a],
                                       "domain": pa.array(np.asarray(tok.domains, dtype=object)[b].tolist(), pa.string()),
-                                      "fires": dom[a, b]})
+                                      "fires": dom[a, b].astype(np.int64)})
     o = tok.offsets
     pos, posf = c[:, o["pos"]:o["pos"] + T], c[:, o["pos_full"]:o["pos_full"] + T]
     a, b = np.nonzero(pos)
     out["neuron_positions"] = pa.table({"layer": lay(len(a)), "neuron": neurons[a], "pos": b.astype(np.int32),
-                                        "fires": pos[a, b], "fires_full": posf[a, b]})
+                                        "fires": pos[a, b].astype(np.int64),
+                                        "fires_full": posf[a, b].astype(np.int64)})
     if tok.pos_full_n.sum() == 0:
         mi, frp = np.full(ch, np.nan), np.zeros((ch, T))
     else:
@@ -377,7 +379,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
         shutil.rmtree(tmpd, ignore_errors=True)
         tmpd.mkdir()
         for tname, t in tables.items():
-            pq.write_table(t, tmpd / f"{tname}.parquet", compression="zstd")
+            pq.write_table(t, tmpd / f"{tname}.parquet", compression="none")  # temporary: fast over small
         shutil.rmtree(d, ignore_errors=True)
         tmpd.rename(d)
         done.add(name)

@@ -11,9 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CAP = 256  # counts below CAP are histogrammed per neuron; the (few) larger ones are sorted
-
-
 @dataclass
 class SegmentStats:
     total: np.ndarray        # [ch] n-gram fires
@@ -32,77 +29,45 @@ def _rank_in_row(rows: np.ndarray) -> np.ndarray:
 
 
 def segment_stats(seg: np.ndarray, k: int, p: float) -> SegmentStats:
-    """seg: int64 [ch, W] exact fires of each neuron (row) on each n-gram (column)."""
-    ch = seg.shape[0]
-    r, c = np.nonzero(seg)                     # row-major: rows ascending, columns ascending within a row
-    v = seg[r, c]
+    """seg: [ch, W] exact fires of each neuron (row) on each n-gram (column)."""
+    ch, W = seg.shape
     total = seg.sum(axis=1, dtype=np.int64)
-    n_distinct = np.bincount(r, minlength=ch).astype(np.int64)
-    big = v >= CAP
-    # large counts: sorted per row by (fires desc, id asc)
-    bo = np.lexsort((c[big], -v[big], r[big]))
-    rb, cb, vb = r[big][bo], c[big][bo], v[big][bo]
-    nb = np.bincount(rb, minlength=ch)
-    cs = np.cumsum(vb)
-    rank_b = _rank_in_row(rb)
-    cum_b = cs
-    if len(rb):  # running sum within the row
-        first = rb.searchsorted(rb, side="left")
-        cum_b = cs - (cs[first] - vb[first])
-    big_sum = np.bincount(rb, weights=vb, minlength=ch).astype(np.int64) if len(rb) else np.zeros(ch, np.int64)
-    # small counts: histogram per row, values CAP-1 .. 1 (descending) as columns
-    small = ~big
-    H = np.bincount(r[small] * CAP + v[small], minlength=ch * CAP).reshape(ch, CAP)[:, :0:-1]
-    vals = np.arange(CAP - 1, 0, -1, dtype=np.int64)
-    cnt_cum = np.cumsum(H, axis=1)
-    mass_cum = np.cumsum(H * vals, axis=1)
-
-    # coverage
+    n_distinct = np.count_nonzero(seg, axis=1).astype(np.int64)
+    L = int(n_distinct.max()) if ch else 0
+    # each row's nonzero counts, descending (a row sort is SIMD-fast; only the nonzero tail is kept)
+    desc = np.sort(seg, axis=1)[:, W - L:][:, ::-1].astype(np.int64)
+    cum = np.cumsum(desc, axis=1)
     target = p * total.astype(np.float64)
-    n_cov = np.zeros(ch, np.int64)
-    in_big = (big_sum.astype(np.float64) >= target) & (total > 0)
-    if len(rb):
-        hit = (cum_b - vb).astype(np.float64) < target[rb]
-        n_cov += np.bincount(rb[hit & in_big[rb]], minlength=ch)
-    rest = ~in_big & (total > 0)
-    if rest.any():
-        rows = np.flatnonzero(rest)
-        reach = (big_sum[rows, None] + mass_cum[rows]).astype(np.float64) >= target[rows, None]
-        j = reach.argmax(axis=1)
-        before_mass = np.where(j > 0, mass_cum[rows, j - 1], 0) + big_sum[rows]
-        before_cnt = np.where(j > 0, cnt_cum[rows, j - 1], 0) + nb[rows]
-        w = vals[j]
-        need = np.maximum(1, np.ceil((target[rows] - before_mass) / w).astype(np.int64))
-        # float-safe: the smallest need with before + need * w >= target
-        need = np.where((before_mass + need * w).astype(np.float64) < target[rows], need + 1, need)
-        down = (need > 1) & ((before_mass + (need - 1) * w).astype(np.float64) >= target[rows])
-        need = np.where(down, need - 1, need)
-        n_cov[rows] = before_cnt + need
-
-    # top-k: large counts first, then small ones down to a threshold value t per row
-    want = np.maximum(k - nb, 0)
-    tj = (cnt_cum >= want[:, None]).argmax(axis=1)
-    tj[cnt_cum[:, -1] < want] = CAP - 2            # fewer than wanted: take every small count (down to 1)
-    t = np.where(want > 0, vals[tj], CAP)       # rows that need no small entries: threshold above all
-    before_t = np.where(tj > 0, cnt_cum[np.arange(ch), tj - 1], 0)
-    allowed_eq = np.where(want > 0, want - before_t, 0)
-    rs, cs_, vs = r[small], c[small], v[small]
-    gt = vs > t[rs]
-    eq = np.flatnonzero(vs == t[rs])
-    keep_eq = eq[_rank_in_row(rs[eq]) < allowed_eq[rs[eq]]]
-    keep_b = rank_b < k
-    tr = np.concatenate([rb[keep_b], rs[gt], rs[keep_eq]])
-    tc = np.concatenate([cb[keep_b], cs_[gt], cs_[keep_eq]])
-    tv = np.concatenate([vb[keep_b], vs[gt], vs[keep_eq]])
+    # coverage: entries whose running sum before them is still short of p * total (as in SQL)
+    n_cov = np.count_nonzero(((cum - desc) < target[:, None]) & (desc > 0), axis=1).astype(np.int64)
+    n_cov[total == 0] = 0
+    # top-k: every count above the k-th largest value t, then the first (by id) counts equal to t
+    kk = min(k, L)
+    t = desc[:, kk - 1] if kk else np.zeros(ch, np.int64)
+    t = np.where(t > 0, t, 1)                       # rows with fewer than k n-grams: all nonzero
+    gt_r, gt_c = np.nonzero(seg > t[:, None])
+    allowed = np.minimum(k, n_distinct) - np.bincount(gt_r, minlength=ch)
+    eq_r, eq_c = [], []
+    need = allowed > 0
+    step = max(1024, 4 * k)
+    for c0 in range(0, W, step):                    # ids ascending; usually the first window suffices
+        if not need.any():
+            break
+        rows = np.flatnonzero(need)
+        r, c = np.nonzero(seg[rows, c0:c0 + step] == t[rows, None])
+        r = rows[r]
+        keep = _rank_in_row(r) < allowed[r]
+        eq_r.append(r[keep])
+        eq_c.append(c[keep] + c0)
+        allowed -= np.bincount(r[keep], minlength=ch)
+        need = allowed > 0
+    tr = np.concatenate([gt_r] + eq_r)
+    tc = np.concatenate([gt_c] + eq_c)
+    tv = seg[tr, tc].astype(np.int64)
     o = np.lexsort((tc, -tv, tr))
     tr, tc, tv = tr[o], tc[o], tv[o]
     rank = _rank_in_row(tr) + 1
-    tcs = np.cumsum(tv)
-    if len(tr):
-        f = tr.searchsorted(tr, side="left")
-        tcum = tcs - (tcs[f] - tv[f])
-    else:
-        tcum = tcs
+    tcum = cum[tr, rank - 1] if len(tr) else np.zeros(0, np.int64)
     return SegmentStats(total, n_distinct, n_cov, tr, tc, tv, rank.astype(np.int64), tcum.astype(np.int64))
 
 

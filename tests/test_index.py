@@ -423,7 +423,7 @@ def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
     assert widths == [1] * (len(LAYERS) * D)
     same_index(a, b)
     assert ix._chunk_size(1000, 3072, 512, 512, None) == 3072 - 3072 % 512   # whole Zarr chunks when they fit
-    assert ix._chunk_size(10**6, 3072, 512, 512, None) == int(512 * 2**20 / 3 // 8e6)
+    assert ix._chunk_size(10**6, 3072, 512, 512, None) == 512 * 2**20 // (20 * 10**6)
 
 
 def test_index_top_k_truncation(tmp_path):
@@ -481,3 +481,14 @@ def test_index_layers_option_and_errors(tmp_path):
         build_index(p, layers=[3], progress=False)
     with pytest.raises(actdb.StoreError):
         build_index(tmp_path / "nothing", progress=False)
+    with pytest.raises(actdb.InputError):
+        build_index(p, top_k=0, progress=False)
+    from click.testing import CliRunner
+
+    from actdb.cli import main
+
+    r = CliRunner().invoke(main, ["index", str(p), "--top-k", "2", "--memory-mb", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    fresh = actdb.open(p)
+    assert fresh.sql("SELECT top_k FROM index_info").item() == 2
+    assert fresh.sql("SELECT max(rank) FROM neuron_tokens").item() == 2
