@@ -30,6 +30,11 @@ def _rank_in_row(rows: np.ndarray) -> np.ndarray:
 
 def segment_stats(seg: np.ndarray, k: int, p: float) -> SegmentStats:
     """seg: [ch, W] exact fires of each neuron (row) on each n-gram (column)."""
+    used = np.flatnonzero(seg.any(axis=0))
+    if len(used) < seg.shape[1] // 2:          # sparse chunk: sort only the columns some neuron fires on
+        st = segment_stats(np.ascontiguousarray(seg[:, used]), k, p)
+        st.top_col = used[st.top_col]
+        return st
     ch, W = seg.shape
     total = seg.sum(axis=1, dtype=np.int64)
     n_distinct = np.count_nonzero(seg, axis=1).astype(np.int64)
