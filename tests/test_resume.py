@@ -1,21 +1,25 @@
-"""An ingest killed with SIGKILL mid-run and resumed equals an uninterrupted run."""
+"""An ingest killed with SIGKILL mid-run and resumed equals an uninterrupted run; readers
+never see a torn store."""
 import json
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import actdb
+from actdb.cli import main
 from test_ingest_masks import run_ingest
 from tiny import make_corpus
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
-ARGS = ["--seq-len", "24", "--batch-size", "3", "--block-tokens", "256", "--no-progress"]
+ARGS = ["--seq-len", "24", "--batch-size", "8", "--block-tokens", "256", "--no-progress", "--no-index"]
 
 
 def blocks_done(store: Path) -> int:
@@ -25,37 +29,98 @@ def blocks_done(store: Path) -> int:
         return -1
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sigkill_then_resume_equals_uninterrupted(seed, model_dirs, tmp_path):
+@pytest.fixture(scope="module")
+def big(model_dirs, tmp_path_factory):
+    """A corpus of ~60 blocks and its uninterrupted store."""
+    d = tmp_path_factory.mktemp("resume")
+    corpus = make_corpus(d / "big.jsonl", n_docs=500, seed=0)
+    return corpus, run_ingest(model_dirs("opt"), corpus, d / "whole", batch_size=8)
+
+
+class Reader(threading.Thread):
+    """Opens the store over and over while an ingest runs: it must see 'not finished' (or no
+    store yet) until the manifest is written, then the complete store, never a torn one."""
+
+    def __init__(self, store: Path, ref) -> None:
+        super().__init__()
+        self.store, self.ref = store, ref
+        self.stop, self.opened, self.errors, self.attempts = threading.Event(), 0, [], 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.01):  # ~100 opens a second, without starving the ingest
+            self.attempts += 1
+            try:
+                st = actdb.open(self.store)
+            except actdb.StoreError as e:
+                if not any(s in str(e) for s in ("not finished", "no such store", "not an actdb store")):
+                    self.errors.append(str(e))
+                continue
+            except Exception as e:  # noqa: BLE001 - anything else is a torn read
+                self.errors.append(f"{type(e).__name__}: {e}")
+                continue
+            if not self.opened:  # the first complete view is checked in full
+                try:
+                    assert st.tokens().equals(self.ref.tokens())
+                    for layer in self.ref.manifest.layers:
+                        assert np.array_equal(st.masks(layer), self.ref.masks(layer))
+                except Exception as e:  # noqa: BLE001
+                    self.errors.append(f"complete store differs: {type(e).__name__}: {e}")
+            self.opened += 1
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join()
+        assert not self.errors, self.errors[:3]
+
+
+@pytest.mark.parametrize("seed,phase", [(0, "tokenize"), (1, "forward"), (2, "forward")])
+def test_sigkill_then_resume_equals_uninterrupted(seed, phase, model_dirs, big, tmp_path):
+    """Killed at a seeded point (while tokenizing, or at a seeded block plus a seeded delay so
+    the kill lands mid-block), resumed, the store equals an uninterrupted run; a reader
+    watching throughout never sees a torn store."""
+    corpus, ref = big
     mdir = model_dirs("opt")
-    corpus = make_corpus(tmp_path / "big.jsonl", n_docs=2500, seed=seed)
     store = tmp_path / "killed"
-    target = random.Random(seed).randint(2, 12)  # seeded kill point, in committed blocks
+    rng = random.Random(seed)
+    reader = Reader(store, ref)
+    reader.start()
     proc = subprocess.Popen([ACTDB, "ingest", str(mdir), str(corpus), "-o", str(store), *ARGS],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
+    target = 0 if phase == "tokenize" else rng.randint(2, 12)  # in committed blocks
     while blocks_done(store) < target:
         assert proc.poll() is None, f"ingest ended before the kill: {proc.stdout.read().decode()[-500:]}"
         assert time.time() < deadline
-        time.sleep(0.005)
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0, 0.3 if phase == "tokenize" else 0.05))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = blocks_done(store)
     assert not (store / "manifest.json").exists(), "a killed ingest must not look complete"
+    assert reader.opened == 0
     with pytest.raises(actdb.StoreError, match="not finished"):
         actdb.open(store)
+    killed = CliRunner().invoke(main, ["check", str(store)])
+    assert killed.exit_code != 0 and "ingest not finished" in killed.output
 
     resumed = subprocess.run([ACTDB, "ingest", str(mdir), str(corpus), "-o", str(store), *ARGS, "--resume"],
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed at token {done * 256:,}" in resumed.stdout
+    time.sleep(0.2)
+    reader.finish()
+    assert reader.opened > 0 and reader.attempts > reader.opened
+    if done > 0:
+        assert f"resumed at token {done * 256:,}" in resumed.stdout
     got = actdb.open(store)
-    ref = run_ingest(mdir, corpus, tmp_path / "whole")
     assert got.manifest.n_tokens == ref.manifest.n_tokens > done * 256
     assert got.tokens().equals(ref.tokens())
     for layer in ref.manifest.layers:
         assert np.array_equal(got.masks(layer), ref.masks(layer)), f"layer {layer}"
     assert not list(store.rglob("*.partial")) and not (store / "_staging").exists()
+    # the checksums recorded across the kill and the resume are those of the final files
+    check = CliRunner().invoke(main, ["check", str(store)])
+    probs = [l for l in check.output.splitlines() if l.startswith("problem")]
+    assert len(probs) == 1 and "no query index" in probs[0], check.output
 
 
 def test_failed_write_leaves_resumable_store(model_dirs, corpus_file, tmp_path, monkeypatch):
