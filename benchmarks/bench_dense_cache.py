@@ -16,7 +16,7 @@ whose peak RSS (VmHWM) is sampled from /proc:
                  included), the same base-model forward with a pre-hook on each fc2 (the ReLU
                  output), copied as fp16 into one preallocated [tokens, 3072] tensor per layer
                  (a best case: no torch.cat copy), then safetensors.save_file
-  questions      dead neurons per layer; unigram coverage histogram (95 %, BOS excluded,
+  questions      dead neurons per layer; unigram coverage histogram (95 %, BOS excluded where there is one,
                  the paper's bins); positional neurons (I(act; pos) > 0.05, full-length
                  sequences). Dense: one layer at a time read from the safetensors file, torch
                  on 2 threads. actdb: the saved queries dead_per_layer, unigram_coverage_hist,
@@ -86,7 +86,7 @@ def dense_ingest(model_dir: str, store: str, out: str) -> dict:
     t2 = time.perf_counter()
     Path(out).mkdir(parents=True, exist_ok=True)
     save_file({f"layer_{i:02d}": c for i, c in enumerate(cache)}, str(Path(out) / "ffn.safetensors"))
-    np.savez(Path(out) / "tokens.npz", ids=ids, seq=seq, pos=pos)
+    np.savez(Path(out) / "tokens.npz", ids=ids, seq=seq, pos=pos, prefix=bool(actdb.open(store).manifest.prefix_tokens))
     return dict(forward_s=t2 - t1, total_s=time.perf_counter() - t0, save_s=time.perf_counter() - t2)
 
 
@@ -106,8 +106,10 @@ def dense_coverage(path: Path, p: float = 0.95) -> dict:
     import torch
 
     t = np.load(path / "tokens.npz")
-    keep = torch.from_numpy(t["pos"] > 0)  # BOS position excluded from n-gram statistics (SPEC 1.3)
-    uniq, inv = np.unique(t["ids"][t["pos"] > 0], return_inverse=True)
+    # position 0 is excluded from n-gram statistics when the tokenizer puts a BOS there (SPEC 1.3)
+    keep_np = t["pos"] > 0 if bool(t["prefix"]) else np.ones(len(t["pos"]), bool)
+    keep = torch.from_numpy(keep_np)
+    uniq, inv = np.unique(t["ids"][keep_np], return_inverse=True)
     inv = torch.from_numpy(inv)
     out = {}
     for l, x in _layers(path):
