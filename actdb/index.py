@@ -395,7 +395,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
     build_capture_index(st.path, m)
     files.update({f"capture/{p.name}": file_digest(p) for p in sorted((root / "capture").glob("*.parquet"))})
     if (st.path / PROJECTION_FILE).exists():
-        build_projection_index(st.path, m.layers)
+        build_projection_index(st.path, m.layers, progress=progress)
         files["vocab_projection.parquet"] = file_digest(root / "vocab_projection.parquet")
     atomic_write_text(root / INDEX_FILE, json.dumps({"config": config, "files": files}, indent=1, sort_keys=True))
     shutil.rmtree(root / "_parts", ignore_errors=True)

@@ -74,14 +74,16 @@ class Projection:
         return out
 
 
-def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 256) -> None:
+def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 256, progress: bool = False) -> None:
     """index/vocab_projection.parquet: layer, neuron, token_id, score, rank (1..k top, -1..-k bottom)."""
+    from tqdm import tqdm
+
     proj = Projection(root)
     w_u = proj.w_u[proj.valid]                                   # [real vocab, d_model]
     ids = np.flatnonzero(proj.valid).astype(np.int32)
     k = min(k_max, len(ids))
     tables = []
-    for layer in layers:
+    for layer in tqdm(layers, desc="projection", unit="layer", disable=not progress, dynamic_ncols=True):
         w = proj.w_out(layer)
         for lo in range(0, len(w), chunk):
             s = w[lo:lo + chunk] @ w_u.T                         # [chunk, real vocab]
