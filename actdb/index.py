@@ -36,7 +36,6 @@ bigram = a*V + b, trigram = (a*V + b)*V + c.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -50,6 +49,7 @@ from .errors import InputError, StoreError
 from .manifest import atomic_write_text
 from .neuron_stats import detectors, segment_stats
 from .packing import unpack
+from .store import file_digest
 
 INDEX_DIR = "index"
 INDEX_FILE = "index.json"
@@ -93,15 +93,6 @@ def read_index_info(store_path: str | Path) -> dict[str, Any] | None:
     if not p.exists():
         return None
     return json.loads(p.read_text(encoding="utf-8"))
-
-
-def file_digest(path: Path) -> dict[str, Any]:
-    """{"bytes", "sha256"} of a file (what index.json records and `actdb check` verifies)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:

@@ -23,7 +23,6 @@ verifies on every read, so a flipped bit or a cut file raises instead of reading
 """
 from __future__ import annotations
 
-import builtins
 import hashlib
 import itertools
 import json
@@ -33,6 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .corpus import sha256_file
 from .errors import StoreError
 from .manifest import MANIFEST_FILE, Manifest, atomic_write_text
 from .packing import unpack
@@ -53,13 +53,7 @@ def codec_name(level: int) -> str:
 
 def file_digest(path: Path) -> dict[str, Any]:
     """{"bytes", "sha256"} of a file (the same record the index keeps for its files)."""
-    h = hashlib.sha256()
-    n = 0
-    with builtins.open(path, "rb") as f:  # this module's `open` is actdb.open
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            n += len(block)
-    return {"bytes": n, "sha256": h.hexdigest()}
+    return {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
 
 
 def record_checksums(root: Path, step: str, paths: Iterable[Path]) -> None:
