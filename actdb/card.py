@@ -24,10 +24,6 @@ def sparkline(values: list[float], width: int = 64) -> str:
     return "".join(SPARK[int(round(float(b.mean()) * (len(SPARK) - 1)))] for b in buckets)
 
 
-def _views(store) -> set[str]:
-    return set(store.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal")["view_name"].to_list())
-
-
 def contexts(store, layer: int, neuron: int, n: int = 5, before: int = 8) -> list[str]:
     """Up to n contexts where the neuron fires, spread evenly over the store (deterministic)."""
     rows = np.flatnonzero(store.neuron(layer, neuron))
@@ -90,7 +86,7 @@ def neuron_card(store, layer: int, neuron: int, top: int = 10, n_contexts: int =
     if pn.height:
         r = pn.row(0, named=True)
         lines.append(f"positional   I(act; pos) = {r['mi']:.3f}: {'strong' if r['strong'] else 'weak'} {r['pattern']}")
-    if "vocab_projection" in _views(store):
+    if "vocab_projection" in store.views():
         vp = q("""SELECT token, rank FROM vocab_projection_at(k := $k)
                    WHERE layer = $l AND neuron = $n ORDER BY rank DESC""", k=top)
         up = [t for t, r in zip(vp["token"].to_list(), vp["rank"].to_list()) if r > 0][::-1]

@@ -332,8 +332,7 @@ def available(store, fig: Figure) -> str | None:
     """None if the store can draw the figure, else why not."""
     if "capture" in fig.needs and "resid" not in store.manifest.capture:
         return "the store has no residual-stream capture (ingested with --capture none)"
-    views = set(store.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal")["view_name"].to_list())
-    missing = [v for v in fig.needs if v != "capture" and v not in views]
+    missing = [v for v in fig.needs if v != "capture" and v not in store.views()]
     if missing:
         return f"the store has no {', '.join(missing)} view (ingested before it existed?)"
     return None

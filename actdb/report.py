@@ -39,7 +39,7 @@ def headline(store) -> list[tuple[str, str]]:
     tri = q("SELECT count(*) FROM trigram_detectors").item()
     rows.append(("trigram detectors", f"{tri:,} neurons (n-gram layers "
                                       f"{', '.join(map(str, q('SELECT layer FROM ngram_layers')['layer'].to_list()))})"))
-    views = set(q("SELECT view_name FROM duckdb_views() WHERE NOT internal")["view_name"].to_list())
+    views = store.views()
     if "detector_suppression" in views:
         s = q("SELECT count(*) AS n, avg(suppresses::INT) AS share FROM detector_suppression").row(0, named=True)
         if s["n"]:

@@ -334,6 +334,15 @@ class Store:
             con = self._con = connect(self)
         return con
 
+    def views(self) -> set[str]:
+        """Names of the SQL views this store offers (capture and projection views only where
+        the store has them); read once per handle."""
+        names = getattr(self, "_views", None)
+        if names is None:
+            names = self._views = set(self.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal")
+                                      ["view_name"].to_list())
+        return names
+
     def sql(self, query: str, params: dict[str, Any] | None = None, arrow: bool = False):
         """Run one read-only SQL statement over the views (see actdb.db); `$name` parameters
         are bound from params. Returns a Polars DataFrame (pyarrow Table with arrow=True)."""
