@@ -100,3 +100,27 @@ def test_planted_massive_activation_found_and_absent_without(model_dirs, corpus_
         assert np.array_equal(np.unique(rows), bos_rows)
     clean = run_ingest(model_dirs("llama"), corpus_file, tmp_path / "clean")
     assert all(len(massive(clean, i)[0]) == 0 for i in range(len(clean.manifest.layers)))
+
+
+@pytest.mark.parametrize("lengths", [[64, 64, 64], [64, 7, 1], [5, 64, 30]])
+def test_medians_equal_sorting_with_padding_and_nan(lengths):
+    """The in-place numpy selection against a sort, on ragged batches (padding rows must not
+    enter a sequence's median) and with a NaN (torch.median's answer: NaN)."""
+    from actdb.capture import magnitude_stats
+
+    g = torch.Generator().manual_seed(len(lengths) + sum(lengths))
+    h = torch.randn(len(lengths), 64, 96, generator=g) * 3
+    h[0, 3, 5] = float("nan")
+    valid = torch.zeros(len(lengths), 64, dtype=torch.bool)
+    for j, n in enumerate(lengths):
+        valid[j, :n] = True
+    h0 = h.clone()
+    st = magnitude_stats(h, valid.reshape(-1), lengths, k=4)
+    torch.testing.assert_close(h, h0, rtol=0, atol=0, equal_nan=True)  # the hooked tensor is not reordered
+    x = h.numpy()
+    want_tok = [np.nan if np.isnan(x[j, t]).any() else lower_median(x[j, t])
+                for j, n in enumerate(lengths) for t in range(n)]
+    want_seq = [np.nan if np.isnan(x[j, :n]).any() else lower_median(x[j, :n])
+                for j, n in enumerate(lengths) for _ in range(n)]
+    np.testing.assert_array_equal(st["median"].numpy(), np.array(want_tok, dtype=np.float32))
+    np.testing.assert_array_equal(st["seq_median"].numpy(), np.array(want_seq, dtype=np.float32))
