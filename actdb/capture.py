@@ -11,6 +11,7 @@ Medians are lower medians (torch.median / kthvalue): element ceil(n/2) of the so
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k:
     """h: [batch, seq, d] (or [batch*seq, d]); valid: [batch*seq] bool -> per valid row stats."""
     b = len(lengths)
     sign = h.detach().reshape(b, -1, h.shape[-1]).float()                      # [batch, seq, d]
-    a = sign.abs()                                                             # a copy: ours to reorder
+    a = torch.abs(sign, out=_scratch(sign))                                    # a copy: ours to reorder
     vals, dims = a.topk(min(k, a.shape[-1]), dim=-1)                          # [batch, seq, k]
     signed = sign.gather(-1, dims)
     width = a.shape[1]
@@ -39,6 +40,22 @@ def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k:
             "median": rows(med), "seq_median": rows(seq_med.contiguous())}
 
 
+_SCRATCH = threading.local()   # per thread: (shape, device, dtype) -> reused buffer
+
+
+def _scratch(like: torch.Tensor) -> torch.Tensor:
+    """A reused buffer shaped like `like` (a fresh 25 MB tensor per hook call costs more in page
+    faults than the abs itself). Stats are computed one hook call at a time and nothing they
+    return aliases it; a few shapes are kept (FFN and residual widths, a shorter last batch)."""
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (tuple(like.shape), like.device, like.dtype)
+    if key not in cache:
+        if len(cache) >= 4:
+            cache.pop(next(iter(cache)))
+        cache[key] = torch.empty_like(like)
+    return cache[key]
+
+
 def _medians(a: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower medians of a [batch, seq, d] (>= 0) per row and per sequence (its first
     lengths[j] rows). Reorders a in place on CPU."""
@@ -47,18 +64,46 @@ def _medians(a: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.T
         med = a.median(dim=-1).values
         seq = [a[j, :n].reshape(-1).median() for j, n in enumerate(lengths)]
         return med, torch.stack(seq)
-    # numpy's introselect in place: ~6x less CPU than torch.median on CPU, which made the
-    # default capture cost 60 % of the forward pass (benchmarks/RESULTS.md, issue 6 §1)
+    # numpy's introselect in place, split over torch's intra-op threads (it releases the GIL):
+    # torch.median made the default capture cost 60 % of the forward on CPU (benchmarks/RESULTS.md)
     x = a.numpy()
-    med = _select(x, axis_len=x.shape[-1])                                     # [batch, seq]
-    # the per-row pass moved values only within rows, so each sequence's values are intact
+    d = x.shape[2]
+    rows = x.reshape(b * width, d)
+    med = np.empty(b * width, dtype=x.dtype)
     seq = np.empty(b, dtype=x.dtype)
-    if all(n == width for n in lengths):
-        seq[:] = _select(x.reshape(b, -1), axis_len=x.shape[1] * x.shape[2])
-    else:
-        for j, n in enumerate(lengths):
-            seq[j] = _select(x[j, :n].reshape(-1), axis_len=n * x.shape[2])
-    return torch.from_numpy(np.ascontiguousarray(med)), torch.from_numpy(seq)
+    cuts = np.linspace(0, b * width, _threads() + 1).astype(int)
+
+    def row_part(i: int) -> None:
+        med[cuts[i]:cuts[i + 1]] = _select(rows[cuts[i]:cuts[i + 1]], d)
+    _map(row_part, range(len(cuts) - 1))
+    # the per-row pass moved values only within rows, so each sequence's values are intact
+
+    def seq_part(j: int) -> None:
+        seq[j] = _select(x[j, :lengths[j]].reshape(-1), lengths[j] * d)
+    _map(seq_part, range(b))
+    return torch.from_numpy(med.reshape(b, width)), torch.from_numpy(seq)
+
+
+_POOLS: dict = {}   # thread count -> executor, made once
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _map(fn, items) -> None:
+    items = list(items)
+    if _threads() == 1 or len(items) == 1:
+        for i in items:
+            fn(i)
+        return
+    n = _threads()
+    if n not in _POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="actdb-median")
+    for f in [_POOLS[n].submit(fn, i) for i in items]:
+        f.result()
 
 
 def _select(x: np.ndarray, axis_len: int) -> np.ndarray:

@@ -92,15 +92,19 @@ def info(store: str) -> None:
               help="N-grams kept per neuron in neuron_tokens/bigrams/trigrams (coverage and detectors at the "
                    "paper's thresholds are exact regardless).")
 @click.option("--memory-mb", default=512, show_default=True, type=float,
-              help="Memory for one unit's counts; sets how many neurons are counted at once.")
+              help="Memory for the counts of the units counted at once (split between the workers); "
+                   "sets how many neurons a unit counts.")
+@click.option("--workers", default=0, show_default=True, type=int,
+              help="Units counted at once, in threads (0: one per available core).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar.")
 @_one_line_errors
-def index(store: str, layers: str | None, force: bool, top_k: int, memory_mb: float, progress: bool) -> None:
+def index(store: str, layers: str | None, force: bool, top_k: int, memory_mb: float, workers: int,
+          progress: bool) -> None:
     """Build (or resume) the query index of STORE: per-neuron counts as Parquet."""
     from .index import build_index, parse_layers
 
     root = build_index(store, layers=parse_layers(layers), progress=progress, force=force, top_k=top_k,
-                       memory_mb=memory_mb)
+                       memory_mb=memory_mb, workers=workers)
     click.echo(f"index        {root}")
 
 

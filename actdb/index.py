@@ -37,6 +37,7 @@ bigram = a*V + b, trigram = (a*V + b)*V + c.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -303,14 +304,15 @@ _EMPTY["neuron_trigrams"] = _EMPTY["neuron_bigrams"]
 
 def build_index(store_path: str | Path, layers: Iterable[int] | None = None, progress: bool = True,
                 force: bool = False, top_k: int = TOP_K, memory_mb: float = MEMORY_MB,
-                neuron_chunk: int | None = None) -> Path:
+                neuron_chunk: int | None = None, workers: int = 0) -> Path:
     """Build (or resume, or leave as is when complete) the index of a store.
 
     layers: the layers that get bigram/trigram tables (default: the first half of the
     network); every recorded layer gets fires, domains, positions and tokens.
     top_k: n-grams kept per neuron in the n-gram tables (coverage and detectors at the
-    paper's thresholds are exact regardless). memory_mb: budget of one unit's counts;
-    neuron_chunk: an upper bound on the neurons per unit (tests).
+    paper's thresholds are exact regardless). memory_mb: budget of the units' counts, shared by
+    the workers; neuron_chunk: an upper bound on the neurons per unit (tests). workers: units
+    counted at once, in threads (0: one per available core); the files do not depend on it.
     """
     from tqdm import tqdm
 
@@ -320,6 +322,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
         raise InputError(f"top_k: expected a positive number of n-grams per neuron, got {top_k}")
     if not memory_mb > 0:
         raise InputError(f"memory_mb: expected a positive budget, got {memory_mb}")
+    n_workers = resolve_workers(workers)
     st = Store(store_path)
     m = st.manifest
     ngram_layers = tuple(sorted(set(int(l) for l in layers))) if layers is not None else default_ngram_layers(m)
@@ -346,7 +349,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
     if state is None or state.get("config") != config:
         shutil.rmtree(root / "_parts", ignore_errors=True)
         # chunk sizes are fixed for the whole build, so a resumed build cuts the same units
-        chunks = {str(ng): _chunk_size(tok.width(ng), m.d_ffn, m.neuron_chunk, memory_mb, neuron_chunk)
+        chunks = {str(ng): _chunk_size(tok.width(ng), m.d_ffn, m.neuron_chunk, memory_mb / n_workers, neuron_chunk)
                   for ng in (False, True)}
         state = {"config": config, "chunks": chunks, "done": []}
         atomic_write_text(state_p, json.dumps(state))
@@ -358,14 +361,14 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
     vocab[vocab_t.column("token_id").to_numpy()] = vocab_t.column("token").to_pylist()
     bar = tqdm(total=len(units), initial=sum(_unit_name(*u[:2]) in done for u in units), unit="chunk",
                desc="index", disable=not progress, dynamic_ncols=True)
-    for layer, n0, n1 in units:
-        name = _unit_name(layer, n0)
-        if name in done:
-            continue
+
+    def run(unit: tuple[int, int, int]) -> str:
+        layer, n0, n1 = unit
         ngram = layer in ngram_layers
         counts = _count_unit(st.packed(layer), tok, n0, n1, ngram, m.block_tokens)
         tables = _unit_tables(layer, n0, counts, tok, ngram, int(top_k), vocab)
         del counts
+        name = _unit_name(layer, n0)
         d, tmpd = root / "_parts" / name, root / "_parts" / f".{name}.tmp"
         shutil.rmtree(tmpd, ignore_errors=True)
         tmpd.mkdir()
@@ -373,11 +376,19 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
             pq.write_table(t, tmpd / f"{tname}.parquet", compression="none")  # temporary: fast over small
         shutil.rmtree(d, ignore_errors=True)
         tmpd.rename(d)
+        return name
+
+    def finished(name: str) -> None:   # main thread only: the state file has one writer
         done.add(name)
         state["done"] = sorted(done)
         atomic_write_text(state_p, json.dumps(state))
         bar.update(1)
-    bar.close()
+
+    pending = [u for u in units if _unit_name(*u[:2]) not in done]
+    try:
+        _run_units(run, pending, n_workers, finished)
+    finally:
+        bar.close()
     files = _assemble(root, [_unit_name(l, n0) for l, n0, _ in units], tok)
     # massive activations and vocabulary projection (SPEC §1.5, §1.7), before index.json marks it complete
     from .massive import build_capture_index
@@ -393,6 +404,52 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
     shutil.rmtree(root / "_tmp", ignore_errors=True)
     state_p.unlink(missing_ok=True)
     return root
+
+
+def resolve_workers(workers: int) -> int:
+    """0 -> the cores this process may use; otherwise the number given (at least 1)."""
+    if workers < 0:
+        raise InputError(f"workers: expected 0 (one per core) or a positive number, got {workers}")
+    if workers:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_units(run, units: list, n_workers: int, finished) -> None:
+    """run(unit) -> name for every unit, n_workers at a time (numpy releases the GIL in the
+    counting and sorting); finished(name) in this thread as each completes. On the first error
+    the units not yet started are cancelled, the running ones end and are recorded, and the
+    error is raised: a resumed build redoes only what did not finish."""
+    if n_workers == 1 or len(units) <= 1:
+        for u in units:
+            finished(run(u))
+        return
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    error: BaseException | None = None
+    with ThreadPoolExecutor(n_workers, thread_name_prefix="actdb-index") as ex:
+        todo = {ex.submit(run, u) for u in units}
+        try:
+            while todo:
+                ready, todo = wait(todo, return_when=FIRST_EXCEPTION)
+                for f in ready:
+                    if f.cancelled():
+                        continue
+                    if f.exception() is None:
+                        finished(f.result())
+                    elif error is None:
+                        error = f.exception()
+                        for g in todo:
+                            g.cancel()
+        except BaseException:   # Ctrl-C in the main thread: let the running units end, start no more
+            for g in todo:
+                g.cancel()
+            raise
+    if error is not None:
+        raise error
 
 
 def _unit_name(layer: int, n0: int) -> str:

@@ -33,7 +33,7 @@ def pack_rows(fired: torch.Tensor) -> torch.Tensor:
 def unpack(packed: np.ndarray, n_rows: int, start_bit: int = 0) -> np.ndarray:
     """[d, nbytes] uint8 -> [d, n_rows] bool, starting at bit start_bit of the first byte."""
     bits = np.unpackbits(packed, axis=-1, bitorder="little", count=start_bit + n_rows)
-    return bits[..., start_bit:].astype(bool)
+    return bits[..., start_bit:].view(bool)   # unpackbits gives 0/1 bytes: a bool view, no copy
 
 
 class RowPacker:

@@ -109,6 +109,7 @@ def run_peak(cmd: list[str], env: dict | None = None) -> dict:
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0, "VmHWM": 0}
+    trace: list[tuple[float, int]] = []   # (s since start, RssAnon): does memory plateau within a run?
     done = threading.Event()
 
     def poll() -> None:
@@ -116,6 +117,8 @@ def run_peak(cmd: list[str], env: dict | None = None) -> dict:
             s = _status(p.pid)
             for k in peak:
                 peak[k] = max(peak[k], s.get(k, 0))
+            if s.get("RssAnon"):
+                trace.append((time.perf_counter() - t, s["RssAnon"]))
             time.sleep(0.02)
 
     th = threading.Thread(target=poll, daemon=True)
@@ -128,7 +131,16 @@ def run_peak(cmd: list[str], env: dict | None = None) -> dict:
     if rc:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}):\n{output}")
     return dict(cmd=" ".join(cmd), maxrss=peak["VmHWM"], anon=peak["RssAnon"], file=peak["RssFile"],
-                sampled_rss=peak["VmRSS"], wall=time.perf_counter() - t, cpu=ru.ru_utime + ru.ru_stime, log=output)
+                sampled_rss=peak["VmRSS"], wall=time.perf_counter() - t, cpu=ru.ru_utime + ru.ru_stime, log=output,
+                trace=trace)
+
+
+def anon_by_quarter(trace: list[tuple[float, int]]) -> list[int]:
+    """Peak RssAnon in each quarter of a run's wall time (flat memory: the last three equal)."""
+    if not trace:
+        return [0, 0, 0, 0]
+    end = trace[-1][0]
+    return [max([a for s, a in trace if q * end / 4 <= s <= (q + 1) * end / 4] or [0]) for q in range(4)]
 
 
 def dir_bytes(path: Path, pattern: str = "**/*") -> int:

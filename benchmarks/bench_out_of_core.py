@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import ACTDB, MB, opt125m_random, run_peak, stamp, table, text_corpus  # noqa: E402
+from _common import ACTDB, MB, anon_by_quarter, opt125m_random, run_peak, stamp, table, text_corpus  # noqa: E402
 
 
 def one_layer(path: Path) -> Path:
@@ -86,13 +86,15 @@ def main() -> None:
                       "--max-tokens", str(n), "--seq-len", "256", "--batch-size", "8", "--offload", off,
                       "--block-tokens", str(args.block_tokens), "--no-index", "--no-progress"])
         base = base or r["maxrss"]
-        res[name] = {k: v for k, v in r.items() if k != "log"}
+        res[name] = {k: v for k, v in r.items() if k not in ("log", "trace")}
         above = r["maxrss"] - base
-        rows.append([name, f"{n:,}", f"{r['maxrss'] / MB:.0f}", f"{r['anon'] / MB:.0f}", f"{r['file'] / MB:.0f}",
+        quarters = " / ".join(f"{a / MB:.0f}" for a in anon_by_quarter(r["trace"]))
+        rows.append([name, f"{n:,}", f"{r['maxrss'] / MB:.0f}", f"{r['anon'] / MB:.0f}", quarters, f"{r['file'] / MB:.0f}",
                      f"{above / MB:.0f}", f"{above / w['total']:.2f}", f"{above / max(w['layer0'], 1):.1f}",
                      f"{r['wall']:.0f}"])
         print(f"# {r['cmd']}", flush=True)
-    print(table(["run", "tokens", "peak RSS MiB", "peak RssAnon MiB", "peak RssFile MiB", "above baseline MiB",
+    print(table(["run", "tokens", "peak RSS MiB", "peak RssAnon MiB", "RssAnon peak by quarter of the run MiB",
+                 "peak RssFile MiB", "above baseline MiB",
                  "÷ model weights", "÷ one layer", "wall s"], rows))
     (work / "results.json").write_text(json.dumps(res, indent=1))
 

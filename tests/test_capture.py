@@ -6,26 +6,34 @@ import pytest
 import torch
 import zarr
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.activations import ACT2FN
 
 from reference import REF, _get
 from test_ingest_masks import run_ingest
 
 
 def block_outputs(model_dir, family, store):
-    """layer -> [rows, d_model] residual stream, from a plain forward with hooks on the blocks."""
+    """(layer -> per sequence [len, d_model] residual stream, layer -> per sequence [len, d_ffn]
+    FFN hidden values act(fc(x))), from a plain forward with hooks, one sequence at a time."""
     cls = AutoModel if family == "bert" else AutoModelForCausalLM
     model = cls.from_pretrained(model_dir).eval()
+    config = AutoConfig.from_pretrained(model_dir)
+    act = ACT2FN[getattr(config, REF[family][2])]
     toks = store.tokens().sort("row")
     seqs = np.split(toks["token_id"].to_numpy(), np.flatnonzero(np.diff(toks["seq"].to_numpy())) + 1)
     out = {l: [] for l in store.manifest.layers}
+    ffn = {l: [] for l in store.manifest.layers}
     blocks = _get(model, REF[family][0])
     for l in out:
         blocks[l].register_forward_hook(lambda m, a, o, l=l: out[l].append((o[0] if isinstance(o, tuple) else o)[0]))
+        _get(blocks[l], REF[family][1]).register_forward_hook(  # OPT flattens to [seq, d_ffn]
+            lambda m, a, o, l=l: ffn[l].append(act(o).reshape(-1, o.shape[-1])))
     for s in seqs:  # one sequence at a time: no padding in the reference
         with torch.no_grad():
             model(input_ids=torch.from_numpy(s.astype(np.int64))[None])
-    return {l: [x.numpy() for x in v] for l, v in out.items()}
+    return ({l: [x.numpy() for x in v] for l, v in out.items()},
+            {l: [x.numpy() for x in v] for l, v in ffn.items()})
 
 
 def lower_median(x):
@@ -34,21 +42,31 @@ def lower_median(x):
 
 
 @pytest.mark.parametrize("family", ["llama", "opt", "bert"])
-def test_residual_capture_equals_direct_computation(family, model_dirs, corpus_file, tmp_path):
-    store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", mode="document", capture_topk=3)
+def test_capture_equals_direct_computation(family, model_dirs, corpus_file, tmp_path):
+    store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", mode="document", capture_topk=3,
+                       capture="resid+ffn")
     assert store.manifest.capture == ("resid", "ffn") and store.manifest.capture_topk == 3
     cap = zarr.open_group(store.path / "capture", mode="r")
-    ref = block_outputs(model_dirs(family), family, store)
-    for i, layer in enumerate(store.manifest.layers):
-        h = np.concatenate(ref[layer])                                       # [rows, d_model]
-        a = np.abs(h)
-        order = np.argsort(-a, axis=1, kind="stable")[:, :3]
-        dims = cap["resid_topk_dim"][i]
-        np.testing.assert_allclose(np.abs(cap["resid_topk_value"][i]), np.take_along_axis(a, order, 1), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(cap["resid_topk_value"][i], np.take_along_axis(h, dims, 1), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(cap["resid_median"][i], [lower_median(r) for r in h], rtol=1e-5, atol=1e-6)
-        seq_med = np.concatenate([np.full(len(s), lower_median(s)) for s in ref[layer]])
-        np.testing.assert_allclose(cap["resid_seq_median"][i], seq_med, rtol=1e-5, atol=1e-6)
+    resid, ffn = block_outputs(model_dirs(family), family, store)
+    for kind, ref in (("resid", resid), ("ffn", ffn)):
+        for i, layer in enumerate(store.manifest.layers):
+            h = np.concatenate(ref[layer])                                   # [rows, d]
+            a = np.abs(h)
+            order = np.argsort(-a, axis=1, kind="stable")[:, :3]
+            dims = cap[f"{kind}_topk_dim"][i]
+            np.testing.assert_allclose(np.abs(cap[f"{kind}_topk_value"][i]), np.take_along_axis(a, order, 1),
+                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(cap[f"{kind}_topk_value"][i], np.take_along_axis(h, dims, 1), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(cap[f"{kind}_median"][i], [lower_median(r) for r in h], rtol=1e-5, atol=1e-6)
+            seq_med = np.concatenate([np.full(len(s), lower_median(s)) for s in ref[layer]])
+            np.testing.assert_allclose(cap[f"{kind}_seq_median"][i], seq_med, rtol=1e-5, atol=1e-6)
+
+
+def test_default_capture_is_the_residual_stream(model_dirs, corpus_file, tmp_path):
+    store = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "s")
+    assert store.manifest.capture == ("resid",)
+    assert sorted(zarr.open_group(store.path / "capture", mode="r").array_keys()) == \
+        sorted(f"resid_{f}" for f in ("topk_value", "topk_dim", "median", "seq_median"))
 
 
 @pytest.mark.parametrize("offload", ["off", "on"])

@@ -396,7 +396,7 @@ def test_index_resume_equals_fresh(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ix, "_count_unit", dying)
     with pytest.raises(KeyboardInterrupt):
-        build_index(b, progress=False, neuron_chunk=4)
+        build_index(b, progress=False, neuron_chunk=4, workers=1)
     assert read_index_info(b) is None
     state = json.loads((b / "index" / "_state.json").read_text())
     assert len(state["done"]) == 3 and state["chunks"] == {"False": 4, "True": 4}
@@ -407,6 +407,33 @@ def test_index_resume_equals_fresh(tmp_path, monkeypatch):
     assert len(calls) == len(LAYERS) * D // 4 - 3
     assert not (b / "index" / "_state.json").exists() and not (b / "index" / "_parts").exists()
     same_index(a, b)
+
+
+def test_index_threads_equal_one_thread_and_resume(tmp_path, monkeypatch):
+    """Units counted in 3 threads give the same files as one thread; an error in one unit stops
+    the build with the finished units recorded, and the resumed build gives the same index."""
+    import actdb.index as ix
+
+    a, b, c = (make_known(tmp_path / n) for n in "abc")
+    build_index(a, progress=False, neuron_chunk=4, workers=1)
+    build_index(b, progress=False, neuron_chunk=4, workers=3)
+    same_index(a, b)
+    real_count = ix._count_unit
+
+    def failing(arr, tok, n0, n1, ngram, block):
+        if n0 == 8:
+            raise OSError("disk gone")
+        return real_count(arr, tok, n0, n1, ngram, block)
+
+    monkeypatch.setattr(ix, "_count_unit", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        build_index(c, progress=False, neuron_chunk=4, workers=3)
+    state = json.loads((c / "index" / "_state.json").read_text())
+    assert read_index_info(c) is None and all(not n.endswith("n0000008") for n in state["done"])
+    assert sorted(p.name for p in (c / "index" / "_parts").iterdir()) == state["done"]   # no half-written unit
+    monkeypatch.setattr(ix, "_count_unit", real_count)
+    build_index(c, progress=False, workers=2)
+    same_index(a, c)
 
 
 def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
