@@ -5,7 +5,7 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
 
   1. token arrays, once: per row its domain, position, position if its sequence is full length,
      and the local ids of its unigram / bigram / trigram among the distinct ones (index/_tmp/*.npy,
-     memory-mapped). Each statistic is a column range of one count matrix; rows an n-gram
+     memory-mapped; two passes over the token parts, so memory follows the distinct n-grams). Each statistic is a column range of one count matrix; rows an n-gram
      statistic excludes (BOS, SPEC §1.3) point at a dump column.
   2. per unit (layer, neuron chunk), resumable (index/_state.json lists the finished units):
      stream that chunk's mask blocks over all tokens, tally exact counts [chunk, columns] with
@@ -108,63 +108,93 @@ class _Tokens:
     """Per-row column ids of the count matrix, memory-mapped from index/_tmp.
 
     Column layout: domains | positions | full-length positions (+ dump) | tokens (+ dump)
-    [| bigrams (+ dump) | trigrams (+ dump) on n-gram layers]."""
+    [| bigrams (+ dump) | trigrams (+ dump) on n-gram layers].
+
+    Built in two passes over the token parts, one part in memory at a time: memory follows
+    the number of distinct n-grams (their ids and counts), not the number of tokens."""
 
     KEYS = ("domain", "pos", "pos_full", "token", "bigram", "trigram")
 
     def __init__(self, st, m, base: int, tmp: Path) -> None:
-        parts = sorted((st.path / "tokens").glob("part-*.parquet"))
+        import pyarrow.compute as pc
+
+        self.parts = sorted((st.path / "tokens").glob("part-*.parquet"))
         bb = m.block_tokens
-        if len(parts) != (m.n_tokens + bb - 1) // bb:
+        if len(self.parts) != (m.n_tokens + bb - 1) // bb:
             raise StoreError(f"{st.path / 'tokens'}: expected {(m.n_tokens + bb - 1) // bb} token parts, "
-                             f"got {len(parts)}")
-        seqs, poss, ids, doms = [], [], [], []
-        for p in parts:
-            t = pq.read_table(p, columns=["seq", "pos", "token_id", "domain"])
-            seqs.append(t.column("seq").to_numpy())
-            poss.append(t.column("pos").to_numpy().astype(np.int64))
-            ids.append(t.column("token_id").to_numpy().astype(np.int64))
-            doms.append(np.asarray(t.column("domain").cast(pa.string()).to_pylist(), dtype=object))
-        seq, pos, tid = np.concatenate(seqs), np.concatenate(poss), np.concatenate(ids)
-        self.domains, dom = np.unique(np.concatenate(doms), return_inverse=True)
-        self.domains = [str(d) for d in self.domains]   # sorted: the tables' domain order
+                             f"got {len(self.parts)}")
         T = m.seq_len
-        full = np.isin(seq, seq[pos == T - 1])            # sequences of full length (SPEC §1.6)
-        self.n, self.T = len(tid), T
-        self.pos_n = np.bincount(pos, minlength=T)
-        self.pos_full_n = np.bincount(pos[full], minlength=T)
-        first = 1 if m.prefix_tokens else 0
-        # previous tokens in the same sequence (validity comes from pos below)
-        p1 = np.r_[-1, tid[:-1]]
-        p2 = np.r_[-1, -1, tid[:-2]]
-        grams = {"token": (tid, pos >= first), "bigram": (p1 * base + tid, pos >= first + 1),
-                 "trigram": ((p2 * base + p1) * base + tid, pos >= first + 2)}
-        self.uniq: dict[str, np.ndarray] = {}
-        self.counts: dict[str, np.ndarray] = {}
-        cols: dict[str, np.ndarray] = {}
-        off = 0
+        self.T, self.base, self.first = T, base, 1 if m.prefix_tokens else 0
+        # pass 1: domains, full-length sequences (SPEC §1.6), distinct n-grams with their counts
+        domains: set[str] = set()
+        full_seqs = []
+        uniq = {name: _DistinctCounter() for name in ("token", "bigram", "trigram")}
+        self.n = 0
+        for t, grams in self._parts():
+            domains.update(pc.unique(t.column("domain").cast(pa.string())).to_pylist())
+            pos = t.column("pos").to_numpy()
+            full_seqs.append(t.column("seq").to_numpy()[pos == T - 1])
+            for name, (key, valid) in grams.items():
+                uniq[name].add(key[valid])
+            self.n += t.num_rows
+        self.domains = sorted(domains)   # sorted: the tables' domain order
+        self._full = np.unique(np.concatenate(full_seqs)) if full_seqs else np.zeros(0, np.int64)
+        self.uniq, self.counts = {}, {}
+        for name, u in uniq.items():
+            self.uniq[name], self.counts[name] = u.result()
         nd = len(self.domains)
-        cols["domain"], off = dom.astype(np.int64), nd
-        cols["pos"], off = pos + off, off + T
-        cols["pos_full"], off = np.where(full, pos, T) + off, off + T + 1
         self.offsets = {"domain": 0, "pos": nd, "pos_full": nd + T}
-        for name, (key, valid) in grams.items():
-            uniq, inv = np.unique(key[valid], return_inverse=True)
-            local = np.full(self.n, len(uniq), np.int64)   # dump column for excluded rows
-            local[valid] = inv
-            self.uniq[name] = uniq
-            self.counts[name] = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+        off = nd + T + T + 1
+        for name in ("token", "bigram", "trigram"):
             self.offsets[name] = off
-            cols[name], off = local + off, off + len(uniq) + 1
+            off += len(self.uniq[name]) + 1   # + the dump column of excluded rows
             if name == "token":
                 self.width_plain = off
         self.width_ngram = off
+        # pass 2: each row's column ids, written straight into the memory-mapped files
         tmp.mkdir(parents=True, exist_ok=True)
         dt = np.int32 if off < 2**31 else np.int64
-        self.cols = {}
-        for name, col in cols.items():   # memory-mapped: the chunk loop reads one block of rows at a time
-            np.save(tmp / f"col_{name}.npy", col.astype(dt))
-            self.cols[name] = np.load(tmp / f"col_{name}.npy", mmap_mode="r")
+        out = {k: np.lib.format.open_memmap(tmp / f"col_{k}.npy", mode="w+", dtype=dt, shape=(self.n,))
+               for k in self.KEYS}
+        self.pos_n = np.zeros(T, np.int64)
+        self.pos_full_n = np.zeros(T, np.int64)
+        dom_set = pa.array(self.domains, pa.string())
+        r0 = 0
+        for t, grams in self._parts():
+            r1 = r0 + t.num_rows
+            pos = t.column("pos").to_numpy().astype(np.int64)
+            full = np.isin(t.column("seq").to_numpy(), self._full)
+            self.pos_n += np.bincount(pos, minlength=T)
+            self.pos_full_n += np.bincount(pos[full], minlength=T)
+            out["domain"][r0:r1] = pc.index_in(t.column("domain").cast(pa.string()), value_set=dom_set).to_numpy()
+            out["pos"][r0:r1] = pos + nd
+            out["pos_full"][r0:r1] = np.where(full, pos, T) + nd + T
+            for name, (key, valid) in grams.items():
+                u = self.uniq[name]
+                local = np.full(len(key), len(u), np.int64)   # dump column for excluded rows
+                local[valid] = np.searchsorted(u, key[valid])
+                out[name][r0:r1] = local + self.offsets[name]
+            r0 = r1
+        for a in out.values():
+            a.flush()
+        del out
+        self.cols = {k: np.load(tmp / f"col_{k}.npy", mmap_mode="r") for k in self.KEYS}
+
+    def _parts(self):
+        """(table, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens
+        carry over part boundaries (validity comes from pos, so they never cross a sequence)."""
+        prev = np.array([-1, -1], np.int64)
+        base, first = self.base, self.first
+        for p in self.parts:
+            t = pq.read_table(p, columns=["seq", "pos", "token_id", "domain"])
+            pos = t.column("pos").to_numpy().astype(np.int64)
+            tid = t.column("token_id").to_numpy().astype(np.int64)
+            ext = np.r_[prev, tid]
+            p1, p2 = ext[1:-1], ext[:-2]
+            prev = ext[-2:]
+            yield t, {"token": (tid, pos >= first), "bigram": (p1 * base + tid, pos >= first + 1),
+                      "trigram": ((p2 * base + p1) * base + tid, pos >= first + 2)}
+
 
     def keys(self, ngram: bool) -> tuple[str, ...]:
         return self.KEYS if ngram else self.KEYS[:4]
@@ -172,6 +202,37 @@ class _Tokens:
     def width(self, ngram: bool) -> int:
         return self.width_ngram if ngram else self.width_plain
 
+
+class _DistinctCounter:
+    """Distinct int64 keys with their counts, fed a part at a time: parts are reduced on arrival
+    and merged when the pending ones outgrow the merged set, so memory follows the distinct keys."""
+
+    MERGE_AT = 1 << 20   # pending keys that always wait for a merge
+
+    def __init__(self) -> None:
+        self.keys, self.counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.n_pending = 0
+
+    def add(self, keys: np.ndarray) -> None:
+        u, c = np.unique(keys, return_counts=True)
+        self.pending.append((u, c.astype(np.int64)))
+        self.n_pending += len(u)
+        if self.n_pending > max(len(self.keys), self.MERGE_AT):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self.pending:
+            return
+        k = np.concatenate([self.keys] + [u for u, _ in self.pending])
+        c = np.concatenate([self.counts] + [c for _, c in self.pending])
+        self.keys, inv = np.unique(k, return_inverse=True)
+        self.counts = np.bincount(inv, weights=c, minlength=len(self.keys)).astype(np.int64)
+        self.pending, self.n_pending = [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        return self.keys, self.counts
 
 # ---------------------------------------------------------------- counting (step 2)
 

@@ -519,3 +519,22 @@ def test_index_layers_option_and_errors(tmp_path):
     fresh = actdb.open(p)
     assert fresh.sql("SELECT top_k FROM index_info").item() == 2
     assert fresh.sql("SELECT max(rank) FROM neuron_tokens").item() == 2
+
+
+@pytest.mark.parametrize("merge_at", [1, 50, 1 << 20])
+def test_distinct_counter_equals_unique_of_everything(merge_at, monkeypatch):
+    """Distinct n-gram ids and counts, fed part by part and merged at any point, equal np.unique
+    of all keys at once."""
+    import actdb.index as ix
+
+    monkeypatch.setattr(ix._DistinctCounter, "MERGE_AT", merge_at)
+    rng = np.random.default_rng(merge_at)
+    parts = [rng.integers(0, 300, size=rng.integers(0, 120)) * 10**9 for _ in range(25)]
+    c = ix._DistinctCounter()
+    for p in parts:
+        c.add(p)
+    keys, counts = c.result()
+    want_k, want_c = np.unique(np.concatenate(parts), return_counts=True)
+    np.testing.assert_array_equal(keys, want_k)
+    np.testing.assert_array_equal(counts, want_c)
+    assert keys.dtype == np.int64 and counts.dtype == np.int64
