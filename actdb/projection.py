@@ -88,9 +88,9 @@ def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 
         for lo in range(0, len(w), chunk):
             s = w[lo:lo + chunk] @ w_u.T                         # [chunk, real vocab]
             V = s.shape[1]
-            # one selection for both ends: the k smallest land before k, the k largest from V-k
-            part = np.argpartition(s, sorted({k - 1, V - k}), axis=1)
-            top, bot = part[:, V - k:], part[:, :k]
+            # two single-kth selections: numpy's multi-kth argpartition is ~3x slower than both together
+            top = np.argpartition(s, V - k, axis=1)[:, V - k:]
+            bot = np.argpartition(s, k - 1, axis=1)[:, :k]
             rows = np.arange(len(s))[:, None]
             top = np.take_along_axis(top, np.argsort(-s[rows, top], axis=1, kind="stable"), 1)
             bot = np.take_along_axis(bot, np.argsort(s[rows, bot], axis=1, kind="stable"), 1)

@@ -32,8 +32,8 @@ class IngestSettings:
     offload: str = _opt("auto", "Layer-by-layer weight streaming: 'auto' (when the model does not fit), 'on', 'off'.",
                         choices=("auto", "on", "off"))
     capture: str = _opt("resid", "Magnitude capture for massive activations: top-k |h| and medians of the "
-                        "residual stream ('resid'), also of the FFN hidden values ('resid+ffn'; on CPU it adds "
-                        "~30 % to the forward pass), or 'none'.",
+                        "residual stream ('resid'), also of the FFN hidden values ('resid+ffn'; more CPU time, "
+                        "see benchmarks/RESULTS.md), or 'none'.",
                         choices=("resid+ffn", "resid", "none"))
     capture_topk: int = _opt(4, "How many of the largest |h| per token and layer to keep.")
     block_tokens: int = _opt(32768, "Tokens per commit and per Zarr chunk along tokens (multiple of 8). The host buffer is "
