@@ -4,7 +4,9 @@ the same tokens and batches, in one run (SPEC §4 target ≤ 1.15).
     .venv/bin/python benchmarks/bench_ingest_overhead.py --model opt125m --tokens 16384
     .venv/bin/python benchmarks/bench_ingest_overhead.py --model smollm2 --tokens 8192
 
-One untimed ingest of one batch runs first (see main).
+An untimed ingest runs first (warm-up, and the token rows for the bare forwards); then, per round
+and capture, a bare base-model forward and right after it the ingest: the host's speed drifts
+within a run, so each ratio is taken within a pair, and the medians over rounds are printed.
 
 The bare forward is timed twice: the full model with its LM head (what a user would call a
 forward pass), and the base model alone (what ingest actually needs). `actdb ingest` runs
@@ -53,6 +55,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--captures", default="none,resid,resid+ffn")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of (bare forward, ingest) pairs per capture")
     ap.add_argument("--work", default=str(WORK))
     args = ap.parse_args()
     work = Path(args.work)
@@ -61,59 +64,59 @@ def main() -> None:
     mdir = opt125m_random() if args.model == "opt125m" else smollm2()
     corpus = text_corpus()
     captures = args.captures.split(",")
-    res: dict[str, float] = {}
-    storage = {}
+
+    def settings(out: Path, capture: str) -> "actdb.IngestSettings":
+        return actdb.IngestSettings(model=str(mdir), corpus=(str(corpus),), out=str(out), seq_len=args.seq_len,
+                                    batch_size=args.batch_size, max_tokens=args.tokens, capture=capture,
+                                    progress=False, offload="off", index=False)
+
+    pairs: dict[str, list[dict[str, float]]] = {c: [] for c in captures}
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        stores = {}
-        # untimed: the first ingest in a process pays one-time costs (model file into the page cache,
-        # kernel set-up) that would otherwise land on whichever capture runs first
-        actdb.ingest(actdb.IngestSettings(model=str(mdir), corpus=(str(corpus),), out=str(Path(tmp) / "warmup"),
-                                          seq_len=args.seq_len, batch_size=args.batch_size,
-                                          max_tokens=args.seq_len * args.batch_size, capture="none",
-                                          progress=False, offload="off", index=False))
-        for capture in captures:
-            out = Path(tmp) / capture
-            s = actdb.IngestSettings(model=str(mdir), corpus=(str(corpus),), out=str(out), seq_len=args.seq_len,
-                                     batch_size=args.batch_size, max_tokens=args.tokens, capture=capture,
-                                     progress=False, offload="off", index=False)
-            t0, c0 = time.perf_counter(), time.process_time()
-            summary = actdb.ingest(s)
-            res[capture] = time.perf_counter() - t0
-            res[capture + " cpu"] = time.process_time() - c0
-            res[capture + " loop"] = summary.forward_seconds
-            stores[capture] = out
-        storage = store_storage(stores[captures[0]])
-        # the same sequences ingest ran, rebuilt from the store's token table
-        store = actdb.open(stores[captures[0]])
+        # untimed: pays the one-time costs (model file into the page cache, kernel set-up) and gives
+        # the token rows the bare forwards run over
+        ref = Path(tmp) / "reference"
+        actdb.ingest(settings(ref, "none"))
+        store = actdb.open(ref)
+        storage = store_storage(ref)
         toks = store.tokens().sort("row")
         ids = toks["token_id"].to_numpy()
         seq = toks["seq"].to_numpy()
         offsets = np.concatenate([[0], np.flatnonzero(np.diff(seq)) + 1, [len(seq)]])
         lengths = np.diff(offsets)
         keep = int((lengths == lengths[0]).sum())  # bare forward stacks full-length sequences only
-        res["full"], res["full cpu"] = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=False)
-        res["base"], res["base cpu"] = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)
-        ntok = int(store.n_tokens)
-        nfwd = int(offsets[keep])
+        ntok, nfwd = int(store.n_tokens), int(offsets[keep])
+        k = ntok / nfwd   # the bare forward may skip a last short sequence: scale it to ingest's tokens
+        # the host's speed drifts within a run (RESULTS.md): each ingest is paired with a bare base
+        # forward just before it, and the ratios of the pairs are compared, not times across the run
+        for _ in range(args.repeats):
+            for c in captures:
+                b, bc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)
+                out = Path(tmp) / c
+                t0, c0 = time.perf_counter(), time.process_time()
+                summary = actdb.ingest(settings(out, c).replace(overwrite=True))
+                pairs[c].append({"base": b * k, "base cpu": bc * k, "ingest": time.perf_counter() - t0,
+                                 "ingest cpu": time.process_time() - c0, "loop": summary.forward_seconds})
+        b, bc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)
+        f, fc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=False)
+    full_over_base, full_over_base_cpu = f / b, fc / bc
     print(f"# {args.model} ({mdir}), {ntok:,} tokens ingested, bare forwards over the {nfwd:,} tokens of its "
-          f"full-length sequences; seq_len {args.seq_len}, batch {args.batch_size}")
-    # the bare forward may skip a last short sequence: scale it to ingest's token count
-    k = ntok / nfwd
-    full, base, fullc, basec = res["full"] * k, res["base"] * k, res["full cpu"] * k, res["base cpu"] * k
-    rows = [["bare forward, full model (with LM head)", f"{full:.1f}", "1.00", f"{full / base:.2f}",
-             f"{fullc:.1f}", "1.00", f"{fullc / basec:.2f}"],
-            ["bare forward, base model (what ingest runs)", f"{base:.1f}", f"{base / full:.2f}", "1.00",
-             f"{basec:.1f}", f"{basec / fullc:.2f}", "1.00"]]
+          f"full-length sequences; seq_len {args.seq_len}, batch {args.batch_size}; {args.repeats} rounds of "
+          f"(bare base forward, ingest) per capture; medians of the pairs' ratios")
+    print(f"# full model (LM head included) ÷ base model, a final pair: wall {full_over_base:.2f}, CPU {full_over_base_cpu:.2f}")
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    rows = []
     for c in captures:
-        cc = res[c + " cpu"]
-        rows.append([f"`actdb ingest --capture {c} --no-index`, end to end", f"{res[c]:.1f}",
-                     f"**{res[c] / full:.2f}**", f"{res[c] / base:.2f}", f"{cc:.1f}", f"**{cc / fullc:.2f}**",
-                     f"{cc / basec:.2f}"])
-        rows.append(["  its forward loop (hooks, packing, queueing)", f"{res[c + ' loop']:.1f}",
-                     f"{res[c + ' loop'] / full:.2f}", f"**{res[c + ' loop'] / base:.3f}**", "", "", ""])
-    print(table(["what", "wall s", "÷ bare full", "÷ bare base", "CPU s", "CPU ÷ bare full", "CPU ÷ bare base"], rows))
+        ps = pairs[c]
+        e2e = med([p["ingest"] / p["base"] for p in ps])
+        e2e_cpu = med([p["ingest cpu"] / p["base cpu"] for p in ps])
+        loop = med([p["loop"] / p["base"] for p in ps])
+        rows.append([f"`--capture {c}`", " / ".join(f"{p['base']:.1f}" for p in ps),
+                     " / ".join(f"{p['ingest']:.1f}" for p in ps), f"**{loop:.3f}**", f"**{e2e:.2f}**",
+                     f"{e2e_cpu:.2f}", f"**{e2e / full_over_base:.2f}**", f"{e2e_cpu / full_over_base_cpu:.2f}"])
+    print(table(["ingest", "bare base forward s (per round)", "actdb ingest s (per round)", "loop ÷ base",
+                 "end to end ÷ base", "CPU ÷ base", "end to end ÷ full model", "CPU ÷ full model"], rows))
     print()
-    print(table(STORAGE_HEADER, [storage_row(f"{args.model}, capture {captures[0]}", storage)]))
+    print(table(STORAGE_HEADER, [storage_row(f"{args.model}, capture none", storage)]))
 
 
 if __name__ == "__main__":
