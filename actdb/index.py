@@ -11,7 +11,8 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
   2. per unit (layer, neuron chunk), resumable (index/_state.json lists the finished units):
      stream that chunk's mask blocks over all tokens, tally exact counts [chunk, columns] with
      np.bincount, and reduce them in memory to the rows the tables keep (index/_parts/UNIT/).
-     The chunk is the largest one whose count matrix fits a third of `memory_mb`.
+     The chunk is the largest whose counts, tally buffer and bincount result (20 B per cell)
+     fit `memory_mb` / workers; units run in worker threads.
   3. concatenate the parts into
 
     neuron_fires.parquet      layer, neuron, fires                      (every neuron, dead too)
