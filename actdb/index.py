@@ -132,9 +132,8 @@ class _Tokens:
         full_seqs = []
         uniq = {name: _DistinctCounter() for name in ("token", "bigram", "trigram")}
         self.n = 0
-        for t, grams in self._parts():
+        for t, pos, grams in self._parts():
             domains.update(pc.unique(t.column("domain").cast(pa.string())).to_pylist())
-            pos = t.column("pos").to_numpy()
             full_seqs.append(t.column("seq").to_numpy()[pos == T - 1])
             for name, (key, valid) in grams.items():
                 uniq[name].add(key[valid])
@@ -162,9 +161,8 @@ class _Tokens:
         self.pos_full_n = np.zeros(T, np.int64)
         dom_set = pa.array(self.domains, pa.string())
         r0 = 0
-        for t, grams in self._parts():
+        for t, pos, grams in self._parts():
             r1 = r0 + t.num_rows
-            pos = t.column("pos").to_numpy().astype(np.int64)
             full = np.isin(t.column("seq").to_numpy(), self._full)
             self.pos_n += np.bincount(pos, minlength=T)
             self.pos_full_n += np.bincount(pos[full], minlength=T)
@@ -183,7 +181,7 @@ class _Tokens:
         self.cols = {k: np.load(tmp / f"col_{k}.npy", mmap_mode="r") for k in self.KEYS}
 
     def _parts(self):
-        """(table, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens
+        """(table, pos, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens
         carry over part boundaries (validity comes from pos, so they never cross a sequence)."""
         prev = np.array([-1, -1], np.int64)
         base, first = self.base, self.first
@@ -194,9 +192,8 @@ class _Tokens:
             ext = np.r_[prev, tid]
             p1, p2 = ext[1:-1], ext[:-2]
             prev = ext[-2:]
-            yield t, {"token": (tid, pos >= first), "bigram": (p1 * base + tid, pos >= first + 1),
+            yield t, pos, {"token": (tid, pos >= first), "bigram": (p1 * base + tid, pos >= first + 1),
                       "trigram": ((p2 * base + p1) * base + tid, pos >= first + 2)}
-
 
     def keys(self, ngram: bool) -> tuple[str, ...]:
         return self.KEYS if ngram else self.KEYS[:4]
@@ -235,6 +232,7 @@ class _DistinctCounter:
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         self._merge()
         return self.keys, self.counts
+
 
 # ---------------------------------------------------------------- counting (step 2)
 
