@@ -161,6 +161,7 @@ def _arrays(root: Path, m: Manifest, r: Report) -> list[tuple[Path, Any]]:
     import zarr
     from zarr.storage import LocalStore
 
+    from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
     from .capture import FIELDS
 
     names = [("masks", layer_name(l)) for l in m.layers]

@@ -129,12 +129,14 @@ def _identity(s: IngestSettings, corpus: list[CorpusFile], weights: str, layers:
     return {"model": s.model, "weights_sha256": weights, "corpus": [dataclasses.asdict(c) for c in corpus],
             "layers": list(layers), "seq_len": s.seq_len, "mode": s.mode, "batch_size": s.batch_size,
             "max_tokens": s.max_tokens, "dtype": str(dtype).removeprefix("torch."),
-            "block_tokens": s.block_tokens, "neuron_chunk": s.neuron_chunk, "zstd_level": s.zstd_level,
+            "block_tokens": s.block_tokens, "neuron_chunk": s.neuron_chunk, "codec": s.codec,
+            "zstd_level": s.zstd_level,
             "domain": s.domain, "skip_empty": s.skip_empty, "capture": s.capture,
             "capture_topk": s.capture_topk}
 
 
 def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
+    old = {"codec": "zstd", **old}  # ingests interrupted before the codec setting existed wrote zstd
     for k, v in new.items():
         if old.get(k) != v:
             raise InputError(f"--resume: {k}: expected {old.get(k)!r} (as in the interrupted ingest), got {v!r}")
@@ -210,12 +212,13 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
         prefix_tokens=special.prefix, suffix_tokens=special.suffix, separator_token=special.separator,
         corpus=tuple(corpus), max_tokens=s.max_tokens, n_tokens=n_tokens, n_sequences=n_seqs,
         n_docs=tok["n_docs"], block_tokens=s.block_tokens, neuron_chunk=s.neuron_chunk,
-        codec=codec_name(s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk)
+        codec=codec_name(s.codec, s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk)
     manifest.validate()
 
     start_row = state["blocks_done"] * s.block_tokens
     create = state["blocks_done"] == 0
-    writer = MaskWriter(root, layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.zstd_level, create)
+    writer = MaskWriter(root, layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.codec, s.zstd_level,
+                        create)
     captures = CaptureWriter(root, KINDS[s.capture], len(layers), n_tokens, s.capture_topk, s.block_tokens, create)
     record_checksums(root, "arrays", [*root.glob("masks/**/zarr.json"), *root.glob("capture/**/zarr.json")])
     if not (root / "projection.safetensors").exists():

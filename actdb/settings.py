@@ -41,7 +41,11 @@ class IngestSettings:
     block_memory_mb: float = _opt(1024.0, "Host memory for one block of masks of all recorded layers; "
                                   "lowers --block-tokens for large models.")
     neuron_chunk: int = _opt(512, "Neurons per Zarr chunk.")
-    zstd_level: int = _opt(1, "Zstandard level of the mask chunks (1: smallest and fastest here, see benchmarks/RESULTS.md).")
+    codec: str = _opt("bitrows", "Mask chunk codec: 'bitrows' (per neuron row, Rice-coded gaps between fires where that is "
+                      "smaller, else zstd: near the entropy bound for sparse neurons) or 'zstd' (plain zstd chunks); "
+                      "see benchmarks/RESULTS.md.", choices=("bitrows", "zstd"))
+    zstd_level: int = _opt(1, "Zstandard level of the mask chunks, both codecs (1: smallest and fastest here, see "
+                           "benchmarks/RESULTS.md).")
     index: bool = _opt(True, "Build the query index (`actdb index`) at the end of ingest.")
     domain: str | None = _opt(None, "Domain for records that carry none (default: the file's stem).")
     skip_empty: bool = _opt(False, "Skip empty documents instead of stopping with an error.")

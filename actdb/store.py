@@ -47,8 +47,24 @@ def layer_name(layer: int) -> str:
     return f"layer_{layer:02d}"
 
 
-def codec_name(level: int) -> str:
-    return f"zstd(level={level})+crc32c"
+CODECS = ("bitrows", "zstd")
+
+
+def codec_name(codec: str, level: int) -> str:
+    """The manifest's record of the mask codec."""
+    return f"{codec}(level={level})+crc32c"
+
+
+def mask_compressors(codec: str, level: int) -> list[Any]:
+    """Zarr compressors of the mask arrays: the codec, then a crc32c that zarr checks on
+    every read (a flipped bit raises, see CheckedArray)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from .zarr_codec import BitRowsCodec
+
+    if codec not in CODECS:
+        raise ValueError(f"mask codec: expected one of {', '.join(CODECS)}, got {codec!r}")
+    return [BitRowsCodec(level=level) if codec == "bitrows" else ZstdCodec(level=level), Crc32cCodec()]
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -123,9 +139,8 @@ class MaskWriter:
     """Zarr arrays of one store, opened for writing whole blocks."""
 
     def __init__(self, root: Path, layers: tuple[int, ...], d_ffn: int, n_tokens: int,
-                 block_tokens: int, neuron_chunk: int, zstd_level: int, create: bool) -> None:
+                 block_tokens: int, neuron_chunk: int, codec: str, zstd_level: int, create: bool) -> None:
         import zarr
-        from zarr.codecs import Crc32cCodec, ZstdCodec
 
         self.block_bytes = block_tokens // 8
         self.dir = root / "masks"
@@ -136,8 +151,7 @@ class MaskWriter:
                 self.arrays[layer] = group.create_array(
                     layer_name(layer), shape=(d_ffn, (n_tokens + 7) // 8), dtype="uint8",
                     chunks=(min(neuron_chunk, d_ffn), self.block_bytes), fill_value=0,
-                    # crc32c: zarr checks every chunk on read (a flipped bit raises, see CheckedArray)
-                    compressors=[ZstdCodec(level=zstd_level), Crc32cCodec()], overwrite=True,
+                    compressors=mask_compressors(codec, zstd_level), overwrite=True,
                     # all-zero chunks (dead neurons, silent stretches) are not stored at all
                     config={"write_empty_chunks": False})
             else:
@@ -295,6 +309,8 @@ class Store:
         if arr is None:
             import zarr
             from zarr.storage import LocalStore
+
+            from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
 
             try:
                 arr = zarr.open_array(LocalStore(self.path / "masks", read_only=True), path=layer_name(layer), mode="r")

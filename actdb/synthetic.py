@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from .manifest import Manifest
-from .store import MaskWriter
+from .store import MaskWriter, codec_name
 from .tables import DOC_SCHEMA, TOKEN_SCHEMA, part_name, write_parquet_atomic
 
 
@@ -17,7 +17,7 @@ def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[i
                 mask_fn: Callable[[int, int, int], np.ndarray], *, layers: Sequence[int], n_layers: int,
                 d_ffn: int, seq_len: int, vocab: Sequence[str], prefix_tokens: tuple[int, ...] = (),
                 domains: Sequence[str] | None = None, block_tokens: int = 512, neuron_chunk: int = 256,
-                mode: str = "packed", model: str = "synthetic") -> Path:
+                mode: str = "packed", model: str = "synthetic", codec: str = "bitrows", level: int = 1) -> Path:
     """token_ids [n_tokens]; sequences are consecutive runs of seq_lengths (each <= seq_len);
     mask_fn(layer, start, stop) -> bool [d_ffn, stop-start] fire mask of those rows;
     domains: one per sequence (default "synthetic")."""
@@ -48,7 +48,7 @@ def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[i
     write_parquet_atomic(pa.table({"token_id": pa.array(np.arange(len(vocab)), pa.int32()),
                                    "token": pa.array(list(vocab), pa.string()),
                                    "piece": pa.array(list(vocab), pa.string())}), root / "vocab.parquet")
-    writer = MaskWriter(root, tuple(layers), d_ffn, n, block_tokens, neuron_chunk, 3, create=True)
+    writer = MaskWriter(root, tuple(layers), d_ffn, n, block_tokens, neuron_chunk, codec, level, create=True)
     for b, s0 in enumerate(range(0, n, block_tokens)):
         s1 = min(n, s0 + block_tokens)
         packed = np.stack([np.packbits(np.asarray(mask_fn(l, s0, s1), dtype=bool), axis=1, bitorder="little")
@@ -60,5 +60,5 @@ def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[i
              vocab_size=len(vocab), dtype="float32", seq_len=seq_len, mode=mode,
              prefix_tokens=tuple(prefix_tokens), suffix_tokens=(), separator_token=None, corpus=(),
              max_tokens=None, n_tokens=n, n_sequences=len(lens), n_docs=len(lens), block_tokens=block_tokens,
-             neuron_chunk=neuron_chunk, codec="zstd(level=3)").write(root)
+             neuron_chunk=neuron_chunk, codec=codec_name(codec, level)).write(root)
     return root

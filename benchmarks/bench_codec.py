@@ -1,6 +1,6 @@
 """Mask codec and chunk shape, chosen by measurement.
 
-    .venv/bin/python benchmarks/bench_codec.py [--tokens 1048576] [--quick]
+    .venv/bin/python benchmarks/bench_codec.py [--tokens 1048576] [--quick] [--sparse-tokens 262144]
 
 Writes one OPT-125m-shaped layer (3072 FFN neurons x T tokens, default T = 2**20) of
 synthetic fire masks, packed exactly as actdb stores them (uint8 [d_ffn, T/8], bit r%8
@@ -9,6 +9,10 @@ candidate codec and chunk shape, the way actdb.store.MaskWriter writes them (one
 write per token block, fill_value 0, write_empty_chunks False), and prints a table:
 bytes on disk, ratio to the order-0 entropy bound, to a dense fp16 cache and to a
 sparse coordinate list, write throughput, and read time of one neuron and one layer.
+Codecs: actdb's own `actdb.bitrows` (actdb/codec.py: per row, Rice-coded gaps or zstd),
+zstd at several levels, Blosc. First, the same codecs on two layers of the sparse
+OPT-125m-shaped store that bench_queries.py builds (neurons firing independently at
+0.4-2 %, where plain zstd is furthest from the bound).
 
 Synthetic generator (seeded, numpy PCG64, seed 0). Token rows form packed sequences of
 256 tokens (actdb's default seq_len); token ids are i.i.d. Zipf(1.1) over OPT's 50272
@@ -45,9 +49,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from actdb.zarr_codec import BitRowsCodec  # noqa: E402
 
 D_FFN = 3072
 SEQ_LEN = 256
@@ -179,12 +189,40 @@ def measure(packed, root: Path, name: str, compressor, neurons: int, block_token
     return dict(chunk=chunk, meta=meta, alloc=alloc, files=files, write_s=w, read_neuron_s=r1, read_layer_s=rl)
 
 
+def sparse_layers(root: Path, T: int, codecs: list, shape: tuple[int, int]) -> None:
+    """The codecs on two layers of the OPT-125m-shaped store of bench_queries.py (SPEC §4's
+    query store): layer 2 (median rate 0.4 %, 25 % token detectors, 5 % dead) and layer 9
+    (median 2 %), where neurons fire mostly independently: the case zstd handles worst."""
+    from bench_queries import layer_mask, layer_spec, token_ids
+
+    ids, _, pos, perm = token_ids(T)
+    print("\n| query-store layer | tokens | fire rate | entropy MB | " + " | ".join(
+        f"{label}: MB, x entropy, write MB/s, read layer s" for label, _ in codecs) + " |")
+    print("|---|---|---|---|" + "---|" * len(codecs))
+    for layer in (2, 9):
+        spec = layer_spec(layer, perm)
+        packed = np.concatenate([np.packbits(layer_mask(spec, ids, pos, layer, a, min(T, a + 65536)), axis=1,
+                                             bitorder="little") for a in range(0, T, 65536)], axis=1)
+        ent, counts = entropy_bytes(packed, T)
+        alive = np.flatnonzero(counts > 0)
+        cells = []
+        for _, comp in codecs:
+            m = measure(packed, root, "s", comp, *shape, alive)
+            cells.append(f"{m['chunk'] / 1e6:.2f}, **{m['chunk'] / ent:.3f}**, {packed.nbytes / 1e6 / m['write_s']:.0f}, "
+                         f"{m['read_layer_s']:.2f}")
+        print(f"| {layer} | {T:,} | {counts.sum() / (T * D_FFN):.4f} | {ent / 1e6:.2f} | " + " | ".join(cells) + " |",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=1 << 20)
     ap.add_argument("--slow-tokens", type=int, default=1 << 17,
                     help="tokens for the slow codecs (zstd 19); a prefix of the same data")
     ap.add_argument("--quick", action="store_true", help="fewer configurations")
+    ap.add_argument("--sparse-tokens", type=int, default=1 << 18,
+                    help="tokens of the two layers of the query benchmark's sparse store (bench_queries.py)")
+    ap.add_argument("--skip-sparse", action="store_true", help="leave out the sparse-store layers")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir)")
     args = ap.parse_args()
     T = args.tokens // 131072 * 131072 or args.tokens // 8 * 8
@@ -209,10 +247,14 @@ def main() -> None:
               f"mean rate {counts[idx].mean() / T:.4f}")
 
     Z = lambda lv: ZstdCodec(level=lv)  # noqa: E731
+    BR = lambda lv: BitRowsCodec(level=lv)  # noqa: E731
     B = lambda cname, lv, sh: BloscCodec(cname=cname, clevel=lv, shuffle=sh, typesize=1)  # noqa: E731
     default = (512, 32768)
+    if not args.skip_sparse:
+        sparse_layers(root, args.sparse_tokens, [("bitrows-1", BR(1)), ("bitrows-3", BR(3)), ("zstd-1", Z(1)),
+                                                 ("zstd-3", Z(3)), ("zstd-9", Z(9))], default)
     configs = []  # (label, compressor, neurons, block_tokens, tokens used)
-    for label, comp in [("zstd-1", Z(1)), ("zstd-3", Z(3)), ("zstd-9", Z(9)),
+    for label, comp in [("bitrows-1", BR(1)), ("bitrows-3", BR(3)), ("zstd-1", Z(1)), ("zstd-3", Z(3)), ("zstd-9", Z(9)),
                         ("blosc-zstd5-noshuffle", B("zstd", 5, "noshuffle")),
                         ("blosc-zstd5-bitshuffle", B("zstd", 5, "bitshuffle")),
                         ("blosc-lz4-5-noshuffle", B("lz4", 5, "noshuffle")),
@@ -226,6 +268,7 @@ def main() -> None:
         shapes = [(64, 32768), (512, 8192), (512, 131072), (3072, 32768)]
     for n, b in shapes:
         if (n, b) != default:
+            configs.append(("bitrows-1", BR(1), n, b, T))
             configs.append(("zstd-3", Z(3), n, b, T))
             if not args.quick:
                 configs.append(("zstd-1", Z(1), n, b, T))
@@ -247,7 +290,7 @@ def main() -> None:
               f"{m['read_neuron_s'] * 1e3:.1f} | {m['read_layer_s']:.2f} |", flush=True)
 
     # per class and dead-neuron cost
-    per_class = [("zstd-1", Z(1), 512, 32768), ("zstd-3", Z(3), 512, 32768), ("zstd-9", Z(9), 512, 32768),
+    per_class = [("bitrows-1", BR(1), 512, 32768), ("zstd-1", Z(1), 512, 32768), ("zstd-3", Z(3), 512, 32768), ("zstd-9", Z(9), 512, 32768),
                  ("zstd-1", Z(1), 512, 131072), ("zstd-3", Z(3), 512, 131072)]
     print("\n| class | neurons | entropy MB | " + " | ".join(f"{l} {n}x{b}: MB, x entropy" for l, _, n, b in per_class) + " |")
     print("|---|---|---|" + "---|" * len(per_class))
@@ -261,11 +304,11 @@ def main() -> None:
             m = measure(sub, root, "c", comp, n, b, al)
             cells.append(f"{m['chunk'] / 1e6:.3f}, " + (f"{m['chunk'] / e_c:.3f}" if e_c else "-"))
         print(f"| {c} | {len(idx)} | {e_c / 1e6:.2f} | " + " | ".join(cells) + " |", flush=True)
-    full = measure(packed, root, "d", Z(3), *default, alive)["chunk"]
-    only_alive = measure(np.ascontiguousarray(packed[alive]), root, "d", Z(3), *default,
+    full = measure(packed, root, "d", BR(1), *default, alive)["chunk"]
+    only_alive = measure(np.ascontiguousarray(packed[alive]), root, "d", BR(1), *default,
                          np.arange(len(alive)))["chunk"]
     n_dead = D_FFN - len(alive)
-    print(f"\n# dead-neuron cost (zstd-3, 512 x 32768): layer {full:,} B, alive rows only {only_alive:,} B "
+    print(f"\n# dead-neuron cost (bitrows-1, 512 x 32768): layer {full:,} B, alive rows only {only_alive:,} B "
           f"-> {full - only_alive:,} B for {n_dead} dead neurons ({(full - only_alive) / max(n_dead, 1):.1f} B each, "
           f"vs {T // 8:,} B packed each)")
     shutil.rmtree(root, ignore_errors=True)

@@ -43,9 +43,9 @@ D = 3072
 T = 512
 
 
-def make_store(path: Path, n_tokens: int, seed: int = 0) -> None:
-    from actdb.synthetic import write_store
-
+def token_ids(n_tokens: int, seed: int = 0) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
+    """Zipf token ids in packed sequences of T, BOS (id 2) first: (ids, lengths, positions, the
+    permutation from Zipf rank to id, which the detectors' token sets are drawn from)."""
     rng = np.random.default_rng(seed)
     ranks = rng.zipf(1.2, size=n_tokens * 2)
     ranks = ranks[ranks < V - 10][:n_tokens]
@@ -55,39 +55,51 @@ def make_store(path: Path, n_tokens: int, seed: int = 0) -> None:
     starts = np.r_[0, np.cumsum(lens)[:-1]]
     pos = np.arange(n_tokens) - np.repeat(starts, lens)
     ids[pos == 0] = 2  # BOS
-    layer_spec = {}
-    for l in range(L):
-        early = l < L // 2
-        r = np.random.default_rng(seed + 100 + l)
-        rate = np.exp(r.normal(np.log(0.004 if early else 0.02), 1.0, D)).clip(0, 0.5)
-        kind = np.zeros(D, np.int8)                      # 0 random, 1 dead, 2 token detector, 3 positional
-        u = r.random(D)
-        if early:
-            kind[u < 0.05] = 1
-            kind[(u >= 0.05) & (u < 0.30)] = 2
-        kind[(u >= 0.30) & (u < 0.303)] = 3
-        # detector token sets among frequent-ish tokens
-        det = {int(n): perm[r.integers(0, 2000, size=r.integers(1, 21))] for n in np.flatnonzero(kind == 2)}
-        ranges = {int(n): (int(a), int(a) + int(w)) for n, a, w in
-                  zip(np.flatnonzero(kind == 3), r.integers(0, T, D), r.integers(8, 128, D))}
-        layer_spec[l] = (rate, kind, det, ranges)
+    return ids, lens, pos, perm
 
-    def mask_fn(layer: int, a: int, b: int) -> np.ndarray:
-        rate, kind, det, ranges = layer_spec[layer]
-        r = np.random.default_rng((seed, layer, a))
-        n = b - a
-        m = r.random((D, n), dtype=np.float32) < rate[:, None].astype(np.float32)
-        m[kind == 1] = False
-        tk, ps = ids[a:b], pos[a:b]
-        for nn, toks in det.items():
-            m[nn] = np.isin(tk, toks) & (r.random(n) < 0.97)
-        for nn, (lo, hi) in ranges.items():
-            m[nn] = (ps >= lo) & (ps < hi)
-        return m
 
-    write_store(path, ids, lens, mask_fn, layers=tuple(range(L)), n_layers=L, d_ffn=D, seq_len=T,
+def layer_spec(layer: int, perm: np.ndarray, seed: int = 0) -> tuple:
+    """One layer's neurons: (rate, kind, detector token sets, positional ranges)."""
+    early = layer < L // 2
+    r = np.random.default_rng(seed + 100 + layer)
+    rate = np.exp(r.normal(np.log(0.004 if early else 0.02), 1.0, D)).clip(0, 0.5)
+    kind = np.zeros(D, np.int8)                      # 0 random, 1 dead, 2 token detector, 3 positional
+    u = r.random(D)
+    if early:
+        kind[u < 0.05] = 1
+        kind[(u >= 0.05) & (u < 0.30)] = 2
+    kind[(u >= 0.30) & (u < 0.303)] = 3
+    # detector token sets among frequent-ish tokens
+    det = {int(n): perm[r.integers(0, 2000, size=r.integers(1, 21))] for n in np.flatnonzero(kind == 2)}
+    ranges = {int(n): (int(a), int(a) + int(w)) for n, a, w in
+              zip(np.flatnonzero(kind == 3), r.integers(0, T, D), r.integers(8, 128, D))}
+    return rate, kind, det, ranges
+
+
+def layer_mask(spec: tuple, ids: np.ndarray, pos: np.ndarray, layer: int, a: int, b: int, seed: int = 0) -> np.ndarray:
+    """bool [D, b - a]: the layer's fire mask on token rows a..b."""
+    rate, kind, det, ranges = spec
+    r = np.random.default_rng((seed, layer, a))
+    n = b - a
+    m = r.random((D, n), dtype=np.float32) < rate[:, None].astype(np.float32)
+    m[kind == 1] = False
+    tk, ps = ids[a:b], pos[a:b]
+    for nn, toks in det.items():
+        m[nn] = np.isin(tk, toks) & (r.random(n) < 0.97)
+    for nn, (lo, hi) in ranges.items():
+        m[nn] = (ps >= lo) & (ps < hi)
+    return m
+
+
+def make_store(path: Path, n_tokens: int, seed: int = 0, codec: str = "bitrows") -> None:
+    from actdb.synthetic import write_store
+
+    ids, lens, pos, perm = token_ids(n_tokens, seed)
+    specs = {l: layer_spec(l, perm, seed) for l in range(L)}
+    write_store(path, ids, lens, lambda l, a, b: layer_mask(specs[l], ids, pos, l, a, b, seed),
+                layers=tuple(range(L)), n_layers=L, d_ffn=D, seq_len=T,
                 vocab=[f"tok{i}" for i in range(V)], prefix_tokens=(2,), block_tokens=65536, neuron_chunk=512,
-                model="synthetic-opt-125m")
+                model="synthetic-opt-125m", codec=codec)
 
 
 def forward_time(n_tokens: int, measure_tokens: int = 16384, batch: int = 8) -> tuple[float, float, float]:
@@ -125,6 +137,7 @@ def main() -> None:
     ap.add_argument("--forward-tokens", type=int, default=16384, help="tokens the forward pass is timed on")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--make-only", action="store_true", help="write the store and stop (no index, no queries)")
+    ap.add_argument("--codec", default="bitrows", choices=("bitrows", "zstd"), help="mask codec of the store")
     args = ap.parse_args()
     import actdb
     from actdb.db import saved_queries
@@ -135,7 +148,7 @@ def main() -> None:
     if not (args.reuse and (store / "manifest.json").exists()):
         shutil.rmtree(store, ignore_errors=True)
         t0 = time.perf_counter()
-        make_store(store, args.tokens)
+        make_store(store, args.tokens, codec=args.codec)
         res["make_store_s"] = round(time.perf_counter() - t0, 1)
     if args.make_only:
         return print(json.dumps(res, indent=1))

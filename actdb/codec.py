@@ -1,0 +1,240 @@
+"""Mask chunk codec `actdb.bitrows`: each neuron row coded the cheaper of two ways.
+
+Why: zstd on bit-packed masks sits at 1.2-1.8 x the order-0 entropy bound when a neuron
+fires sparsely and without structure (i.i.d. at 0.1-5 %): its Huffman stage cannot spend
+under one bit on a byte, and LZ matches of zero runs cost more than the run's entropy
+(benchmarks/RESULTS.md). For such rows the gaps between fires are geometric, and a Rice
+code of the gaps comes within ~1 % of the bound. Rows with sequential structure (runs,
+positional windows) stay with zstd, which beats the order-0 bound on them, and so do
+dense rows, whose bytes Huffman codes well. Where a sparse row shows structure, both
+codings are measured and the smaller kept, so neither kind of row pays for the other.
+
+Chunk layout (little-endian); the input is a C-order uint8 chunk of R rows x B bytes,
+a row being one neuron's bits over the chunk's tokens (packing.py):
+
+    b"ABR1"  u32 R  u32 B  u32 header_bytes  u32 unary_bytes  u32 rem_bytes
+    header   zstd(mode u8[R] | k u8[R] | count u32[R])
+    unary    per Rice-coded bit, rows in order: q = gap >> k zero bits, then a one bit
+    rem      the low k bits of each gap (bit 0 first), grouped by k ascending, rows in order
+    raw      zstd of the RAW rows concatenated in row order (the rest of the chunk)
+
+Modes: ZERO (all-zero row), ONES (Rice over the set bits), ZEROS (Rice over the clear
+bits, for rows that fire almost always), RAW (zstd). count: bits the Rice code lists;
+gap: bits skipped since the previous listed bit of the row (the first: since bit 0).
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from numcodecs import zstd as _zstd
+
+MAGIC = b"ABR1"
+_HEAD = struct.Struct("<4sIIIII")
+ZERO, ONES, ZEROS, RAW = 0, 1, 2, 3
+# Denser rows go to zstd untried: zstd-1 on i.i.d. bits is 1.10 x the bound at 10 %, 1.02 x
+# at 16 % and 1.01 x at 25 % (Huffman works once bytes are varied), while the Rice code's
+# time grows with the fires.
+RICE_MAX_DENSITY = 0.15
+# A sparse row is also compressed by zstd alone (and the smaller kept) when it shows
+# structure: its first-order (Markov) entropy, or the order-0 bound, clearly below the
+# Rice cost. Rice on i.i.d. rows is within ~2 % of both, so those rows skip the trial.
+STRUCTURE_MARGIN = 0.9
+
+
+def set_bit_positions(flat: np.ndarray) -> np.ndarray:
+    """uint8 [n] (bit i of byte j is bit 8j+i) -> int64 indices of the set bits, ascending."""
+    nz = np.flatnonzero(flat != 0)                  # set bytes first: masks are mostly zero
+    bits = np.unpackbits(flat[nz][:, None], axis=1, bitorder="little").reshape(-1)
+    f = np.flatnonzero(bits != 0)
+    out = nz[f >> 3]
+    out <<= 3
+    out += f & 7
+    return out
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits, 0 log 0 = 0."""
+    p = np.clip(p, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    return np.nan_to_num(h, nan=0.0)
+
+
+_LOG_PHI_1 = float(np.log((np.sqrt(5) - 1) / 2))
+
+
+def rice_k(counts: np.ndarray, n_bits: int) -> np.ndarray:
+    """The optimal Rice parameter for geometric gaps at rate counts / n_bits (Kiely 2004:
+    k = max(0, 1 + floor(log2(log(phi - 1) / log(1 - p))))); exact on i.i.d. rows."""
+    p = np.clip(counts / n_bits, 1e-12, 1 - 1e-12)
+    k = 1 + np.floor(np.log2(_LOG_PHI_1 / np.log1p(-p)))
+    return np.clip(k, 0, 30).astype(np.int64)
+
+
+def _k_order(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fires regrouped by their row's k (rows stable within a k): (fire permutation,
+    distinct k ascending, fires per distinct k). The remainder stream is in this order."""
+    order = np.argsort(k, kind="stable")
+    lens = n[order]
+    starts = np.cumsum(n) - n
+    perm = np.repeat(starts[order] - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+    kv, first = np.unique(k[order], return_index=True)
+    sizes = np.diff(np.r_[np.cumsum(np.r_[0, lens])[first], lens.sum()])
+    return perm, kv, sizes
+
+
+def _pack_low_bits(values: np.ndarray, k: int) -> np.ndarray:
+    """[m] non-negative ints < 2^k -> uint8 0/1 [m * k], bit 0 of each value first."""
+    width = 1 if k <= 8 else 2 if k <= 16 else 4
+    b = values.astype(f"<u{width}").view(np.uint8).reshape(-1, width)
+    return np.unpackbits(b, axis=1, count=k, bitorder="little").reshape(-1)
+
+
+def _unpack_low_bits(bits: np.ndarray, m: int, k: int) -> np.ndarray:
+    """Inverse of _pack_low_bits: uint8 0/1 [m * k] -> int64 [m]."""
+    packed = np.packbits(bits.reshape(m, k), axis=1, bitorder="little")   # high bits padded with 0
+    width = 1 if k <= 8 else 2 if k <= 16 else 4
+    if packed.shape[1] != width:
+        packed = np.pad(packed, ((0, 0), (0, width - packed.shape[1])))
+    return packed.view(f"<u{width}").reshape(-1).astype(np.int64)
+
+
+def encode(chunk: np.ndarray, level: int = 1) -> bytes:
+    """uint8 [R, B] -> the chunk layout above."""
+    chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
+    R, B = chunk.shape
+    n_bits = B * 8
+    counts = np.bitwise_count(chunk).sum(axis=1, dtype=np.int64)          # [R] set bits
+    mode = np.full(R, RAW, dtype=np.uint8)
+    mode[counts <= RICE_MAX_DENSITY * n_bits] = ONES
+    mode[counts >= (1 - RICE_MAX_DENSITY) * n_bits] = ZEROS
+    mode[counts == 0] = ZERO
+    coded = np.where(mode == ZEROS, n_bits - counts, counts)              # bits the Rice code lists
+    coded[(mode == ZERO) | (mode == RAW)] = 0
+    k = np.zeros(R, dtype=np.int64)
+
+    rice = np.flatnonzero(coded > 0)                                      # all-ones rows: ZEROS, no bits
+    if rice.size:
+        sub = chunk[rice]                                                 # [r, B] a copy
+        inv = mode[rice] == ZEROS
+        sub[inv] = ~sub[inv]
+        flat = set_bit_positions(sub.reshape(-1))                         # [fires] ascending
+        n = coded[rice]
+        starts = np.cumsum(n) - n
+        gaps = np.empty_like(flat)
+        gaps[1:] = flat[1:] - flat[:-1] - 1
+        gaps[starts] = flat[starts] - np.arange(rice.size) * n_bits        # first fire of a row
+        kr = rice_k(n, n_bits)
+        kf = np.repeat(kr, n)
+        cost = np.add.reduceat(gaps >> kf, starts) + n * (kr + 1)          # exact Rice bits per row
+        # structure test: first-order entropy from adjacent pairs (a zero gap after a fire)
+        adj = gaps == 0
+        adj[starts] = False
+        n11 = np.add.reduceat(adj, starts)
+        h1 = n * _entropy(n11 / n) + (n_bits - n) * _entropy((n - n11) / np.maximum(n_bits - n, 1))
+        h0 = n_bits * _entropy(n / n_bits)
+        for j in np.flatnonzero(STRUCTURE_MARGIN * cost > np.minimum(h0, h1)):
+            if cost[j] / 8 >= len(_zstd.compress(chunk[rice[j]], level)):
+                mode[rice[j]] = RAW
+        keep = mode[rice] != RAW
+        if not keep.all():
+            fire_keep = np.repeat(keep, n)
+            gaps, kr, n, rice = gaps[fire_keep], kr[keep], n[keep], rice[keep]
+            coded[(mode == RAW)] = 0
+        k[rice] = kr
+        kf = np.repeat(kr, n)
+        q = gaps >> kf
+        unary = np.zeros(int(q.sum()) + q.size, dtype=bool)
+        unary[np.cumsum(q + 1) - 1] = True
+        perm, kvals, sizes = _k_order(kr, n)
+        g_sorted = gaps[perm]
+        rem, at = [], 0
+        for kv, m in zip(kvals.tolist(), sizes.tolist()):
+            if kv:
+                rem.append(_pack_low_bits(g_sorted[at:at + m], kv))
+            at += m
+    else:
+        unary, rem = np.zeros(0, dtype=bool), []
+    unary_b = np.packbits(unary, bitorder="little").tobytes()
+    rem_b = np.packbits(np.concatenate(rem) if rem else np.zeros(0, np.uint8), bitorder="little").tobytes()
+    header = _zstd.compress(np.concatenate([mode, k.astype(np.uint8), coded.astype("<u4").view(np.uint8)]), level)
+    raw_rows = chunk[mode == RAW]
+    raw_b = _zstd.compress(raw_rows, level) if raw_rows.size else b""
+    return b"".join([_HEAD.pack(MAGIC, R, B, len(header), len(unary_b), len(rem_b)),
+                     header, unary_b, rem_b, raw_b])
+
+
+def _bad(what: str) -> ValueError:
+    return ValueError(f"bitrows chunk: {what}")
+
+
+def decode(data: bytes | memoryview | np.ndarray) -> np.ndarray:
+    """The chunk layout above -> uint8 [R, B]. Raises ValueError on a malformed chunk."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size < _HEAD.size:
+        raise _bad(f"expected at least {_HEAD.size} bytes, got {buf.size}")
+    magic, R, B, hn, un, rn = _HEAD.unpack_from(buf)
+    if magic != MAGIC:
+        raise _bad(f"expected magic {MAGIC!r}, got {bytes(magic)!r}")
+    o = _HEAD.size
+    if o + hn + un + rn > buf.size:
+        raise _bad(f"expected at least {o + hn + un + rn} bytes, got {buf.size}")
+    try:
+        header = np.frombuffer(_zstd.decompress(buf[o:o + hn]), dtype=np.uint8)
+    except RuntimeError as e:
+        raise _bad(f"header: {e}") from None
+    if header.size != 6 * R:
+        raise _bad(f"expected a header of {6 * R} bytes, got {header.size}")
+    mode, k = header[:R], header[R:2 * R].astype(np.int64)
+    if (mode > RAW).any() or (k > 30).any():
+        raise _bad(f"expected modes <= {RAW} and k <= 30, got {int(mode.max())} and {int(k.max())}")
+    coded = header[2 * R:].view("<u4").astype(np.int64)
+    n_bits = B * 8
+    out = np.zeros((R, B), dtype=np.uint8)
+
+    raw = mode == RAW
+    if raw.any():
+        try:
+            raw_b = np.frombuffer(_zstd.decompress(buf[o + hn + un + rn:]), dtype=np.uint8)
+        except RuntimeError as e:
+            raise _bad(f"raw rows: {e}") from None
+        if raw_b.size != int(raw.sum()) * B:
+            raise _bad(f"expected {int(raw.sum()) * B} raw bytes, got {raw_b.size}")
+        out[raw] = raw_b.reshape(-1, B)
+
+    rice = np.flatnonzero((mode == ONES) | (mode == ZEROS))
+    n = coded[rice]
+    total = int(n.sum())
+    if total:
+        ends = set_bit_positions(buf[o + hn:o + hn + un])
+        if ends.size != total:
+            raise _bad(f"expected {total} Rice codes, got {ends.size}")
+        q = np.diff(ends, prepend=-1) - 1
+        kr = k[rice]
+        gaps = q << np.repeat(kr, n)
+        bits = np.unpackbits(buf[o + hn + un:o + hn + un + rn], bitorder="little")
+        perm, kvals, sizes = _k_order(kr, n)
+        at, fire = 0, 0
+        for kv, m in zip(kvals.tolist(), sizes.tolist()):
+            if kv:
+                if at + m * kv > bits.size:
+                    raise _bad("remainder stream cut short")
+                gaps[perm[fire:fire + m]] += _unpack_low_bits(bits[at:at + m * kv], m, kv)
+                at += m * kv
+            fire += m
+        c = np.cumsum(gaps + 1)
+        starts = np.cumsum(n) - n
+        base = np.where(starts > 0, c[np.maximum(starts - 1, 0)], 0)
+        pos = c - np.repeat(base, n) - 1                                # bit index within its row
+        if pos.max() >= n_bits:
+            raise _bad("a Rice-coded bit falls outside its row")
+        bitmap = np.zeros((rice.size, n_bits), dtype=bool)
+        pos += np.repeat(np.arange(rice.size) * n_bits, n)                # bit index in the bitmap
+        bitmap.reshape(-1)[pos] = True
+        sub = np.packbits(bitmap, axis=1, bitorder="little")
+        inv = mode[rice] == ZEROS
+        sub[inv] = ~sub[inv]
+        out[rice] = sub
+    out[rice[(n == 0) & (mode[rice] == ZEROS)]] = 0xFF                   # rows that always fire
+    return out
