@@ -91,13 +91,14 @@ def _pack_low_bits(values: np.ndarray, k: int) -> np.ndarray:
     return np.unpackbits(b, axis=1, count=k, bitorder="little").reshape(-1)
 
 
-def _unpack_low_bits(bits: np.ndarray, m: int, k: int) -> np.ndarray:
-    """Inverse of _pack_low_bits: uint8 0/1 [m * k] -> int64 [m]."""
-    packed = np.packbits(bits.reshape(m, k), axis=1, bitorder="little")   # high bits padded with 0
-    width = 1 if k <= 8 else 2 if k <= 16 else 4
-    if packed.shape[1] != width:
-        packed = np.pad(packed, ((0, 0), (0, width - packed.shape[1])))
-    return packed.view(f"<u{width}").reshape(-1).astype(np.int64)
+def _read_fields(stream: np.ndarray, off: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """The k[i]-bit little-endian fields at bit offsets off[i] of a byte stream (k <= 56)."""
+    padded = np.zeros(stream.size + 8, dtype=np.uint8)
+    padded[:stream.size] = stream
+    # every byte offset's 8-byte window, unaligned: one gather reads each field
+    win = np.ndarray((stream.size + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    return ((win[off >> 3] >> (off & 7).astype(np.uint64)) & ((np.uint64(1) << k.astype(np.uint64)) - np.uint64(1))
+            ).astype(np.int64)
 
 
 def encode(chunk: np.ndarray, level: int = 1) -> bytes:
@@ -212,19 +213,19 @@ def decode(data: bytes | memoryview | np.ndarray) -> np.ndarray:
             raise _bad(f"expected {total} Rice codes, got {ends.size}")
         q = np.diff(ends, prepend=-1) - 1
         kr = k[rice]
-        gaps = q << np.repeat(kr, n)
-        bits = np.unpackbits(buf[o + hn + un:o + hn + un + rn], bitorder="little")
-        perm, kvals, sizes = _k_order(kr, n)
-        at, fire = 0, 0
-        for kv, m in zip(kvals.tolist(), sizes.tolist()):
-            if kv:
-                if at + m * kv > bits.size:
-                    raise _bad("remainder stream cut short")
-                gaps[perm[fire:fire + m]] += _unpack_low_bits(bits[at:at + m * kv], m, kv)
-                at += m * kv
-            fire += m
-        c = np.cumsum(gaps + 1)
+        kf = np.repeat(kr, n)
+        gaps = q << kf
+        # where each row's fields start in the remainder stream (rows grouped by k there)
+        order = np.argsort(kr, kind="stable")
+        row_bits = (n * kr)[order]
+        bit_start = np.empty_like(kr)
+        bit_start[order] = np.cumsum(row_bits) - row_bits
+        if row_bits.sum() > 8 * rn:
+            raise _bad(f"expected {int(row_bits.sum())} remainder bits, got {8 * rn}")
         starts = np.cumsum(n) - n
+        off = np.repeat(bit_start - starts * kr, n) + np.arange(total) * kf
+        gaps += _read_fields(buf[o + hn + un:o + hn + un + rn], off, kf)
+        c = np.cumsum(gaps + 1)
         base = np.where(starts > 0, c[np.maximum(starts - 1, 0)], 0)
         pos = c - np.repeat(base, n) - 1                                # bit index within its row
         if pos.max() >= n_bits:

@@ -166,10 +166,10 @@ def measure(packed, root: Path, name: str, compressor, neurons: int, block_token
     arr = zarr.create_array(zarr.storage.LocalStore(path), shape=(d, nbytes), dtype="uint8",
                             chunks=(min(neurons, d), bb), fill_value=0, compressors=compressor,
                             config={"write_empty_chunks": False})
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for start in range(0, nbytes, bb):  # one write per token block, as MaskWriter does
         arr[:, start:start + bb] = packed[:, start:start + bb]
-    w = time.perf_counter() - t
+    w, wc = time.perf_counter() - t, time.process_time() - c
     chunk, meta, alloc, files = disk_bytes(path)
     ro = zarr.open_array(zarr.storage.LocalStore(path, read_only=True), mode="r")
     picks = alive[np.linspace(0, len(alive) - 1, 8).astype(int)]
@@ -186,18 +186,24 @@ def measure(packed, root: Path, name: str, compressor, neurons: int, block_token
         assert np.array_equal(full, packed)
         del full
     shutil.rmtree(path, ignore_errors=True)
-    return dict(chunk=chunk, meta=meta, alloc=alloc, files=files, write_s=w, read_neuron_s=r1, read_layer_s=rl)
+    return dict(chunk=chunk, meta=meta, alloc=alloc, files=files, write_s=w, write_cpu_s=wc, read_neuron_s=r1,
+                read_layer_s=rl)
 
 
-def sparse_layers(root: Path, T: int, codecs: list, shape: tuple[int, int]) -> None:
+def sparse_layers(root: Path, T: int, codecs: list, shape: tuple[int, int], forward_tokens: int) -> None:
     """The codecs on two layers of the OPT-125m-shaped store of bench_queries.py (SPEC §4's
     query store): layer 2 (median rate 0.4 %, 25 % token detectors, 5 % dead) and layer 9
-    (median 2 %), where neurons fire mostly independently: the case zstd handles worst."""
-    from bench_queries import layer_mask, layer_spec, token_ids
+    (median 2 %), where neurons fire mostly independently: the case zstd handles worst.
+    "enc/fwd": CPU time to write the layer's chunks ÷ CPU time of a random OPT-125m forward
+    pass over the same tokens divided by its 12 layers (one layer's share), in this run."""
+    from bench_queries import forward_time, layer_mask, layer_spec, token_ids
 
+    fwd_cpu = forward_time(T, forward_tokens)[1] / 12 if forward_tokens else float("nan")
+    print(f"\n# forward CPU s per layer over {T:,} tokens (random OPT-125m, {forward_tokens:,} tokens timed): "
+          f"{fwd_cpu:.1f}")
     ids, _, pos, perm = token_ids(T)
     print("\n| query-store layer | tokens | fire rate | entropy MB | " + " | ".join(
-        f"{label}: MB, x entropy, write MB/s, read layer s" for label, _ in codecs) + " |")
+        f"{label}: MB, x entropy, write MB/s, enc/fwd CPU, read layer s" for label, _ in codecs) + " |")
     print("|---|---|---|---|" + "---|" * len(codecs))
     for layer in (2, 9):
         spec = layer_spec(layer, perm)
@@ -209,7 +215,7 @@ def sparse_layers(root: Path, T: int, codecs: list, shape: tuple[int, int]) -> N
         for _, comp in codecs:
             m = measure(packed, root, "s", comp, *shape, alive)
             cells.append(f"{m['chunk'] / 1e6:.2f}, **{m['chunk'] / ent:.3f}**, {packed.nbytes / 1e6 / m['write_s']:.0f}, "
-                         f"{m['read_layer_s']:.2f}")
+                         f"{m['write_cpu_s'] / fwd_cpu:.3f}, {m['read_layer_s']:.2f}")
         print(f"| {layer} | {T:,} | {counts.sum() / (T * D_FFN):.4f} | {ent / 1e6:.2f} | " + " | ".join(cells) + " |",
               flush=True)
 
@@ -223,6 +229,8 @@ def main() -> None:
     ap.add_argument("--sparse-tokens", type=int, default=1 << 18,
                     help="tokens of the two layers of the query benchmark's sparse store (bench_queries.py)")
     ap.add_argument("--skip-sparse", action="store_true", help="leave out the sparse-store layers")
+    ap.add_argument("--forward-tokens", type=int, default=8192,
+                    help="tokens of the OPT-125m forward pass timed for enc/fwd (0: not timed)")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir)")
     args = ap.parse_args()
     T = args.tokens // 131072 * 131072 or args.tokens // 8 * 8
@@ -252,7 +260,7 @@ def main() -> None:
     default = (512, 32768)
     if not args.skip_sparse:
         sparse_layers(root, args.sparse_tokens, [("bitrows-1", BR(1)), ("bitrows-3", BR(3)), ("zstd-1", Z(1)),
-                                                 ("zstd-3", Z(3)), ("zstd-9", Z(9))], default)
+                                                 ("zstd-3", Z(3)), ("zstd-9", Z(9))], default, args.forward_tokens)
     configs = []  # (label, compressor, neurons, block_tokens, tokens used)
     for label, comp in [("bitrows-1", BR(1)), ("bitrows-3", BR(3)), ("zstd-1", Z(1)), ("zstd-3", Z(3)), ("zstd-9", Z(9)),
                         ("blosc-zstd5-noshuffle", B("zstd", 5, "noshuffle")),
