@@ -15,7 +15,10 @@ from typing import Any
 
 from .errors import StoreError
 
-FORMAT_VERSION = 1
+# 2: mask chunks may use the actdb.bitrows codec (`codec` says which); 1: zstd only.
+# An older actdb refuses a version-2 store with "upgrade actdb" instead of a zarr error.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 
 
@@ -81,9 +84,10 @@ class Manifest:
         if not isinstance(raw, dict):
             raise StoreError(f"{source}: expected a JSON object, got {type(raw).__name__}")
         version = raw.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             hint = " (written by a newer actdb: upgrade actdb)" if isinstance(version, int) and version > FORMAT_VERSION else ""
-            raise StoreError(f"{source}: format_version: expected {FORMAT_VERSION}, got {version!r}{hint}")
+            expected = " or ".join(map(str, READABLE_VERSIONS))
+            raise StoreError(f"{source}: format_version: expected {expected}, got {version!r}{hint}")
         hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):

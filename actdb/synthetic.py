@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .manifest import Manifest
+from .manifest import FORMAT_VERSION, Manifest
 from .store import MaskWriter, codec_name
 from .tables import DOC_SCHEMA, TOKEN_SCHEMA, part_name, write_parquet_atomic
 
@@ -54,7 +54,7 @@ def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[i
         packed = np.stack([np.packbits(np.asarray(mask_fn(l, s0, s1), dtype=bool), axis=1, bitorder="little")
                            for l in layers])
         writer.write_block(b, packed)
-    Manifest(format_version=1, actdb_version="synthetic", model=model, model_revision=None,
+    Manifest(format_version=FORMAT_VERSION, actdb_version="synthetic", model=model, model_revision=None,
              weights_sha256="0" * 64, architecture="synthetic", model_class="Synthetic", family="opt",
              fire_rule="synthetic masks", n_layers=n_layers, layers=tuple(layers), d_ffn=d_ffn, d_model=d_ffn // 4 or 1,
              vocab_size=len(vocab), dtype="float32", seq_len=seq_len, mode=mode,

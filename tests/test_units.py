@@ -118,8 +118,10 @@ def test_manifest_round_trip_and_validation():
     again = Manifest.from_json(m.to_json())
     assert again == m and isinstance(again.corpus[0], CorpusFile) and again.layers == (0, 1)
     raw = json.loads(m.to_json())
-    with pytest.raises(StoreError, match="format_version: expected 1, got 2 .*newer actdb"):
-        Manifest.from_dict({**raw, "format_version": 2})
+    with pytest.raises(StoreError, match="format_version: expected 1 or 2, got 3 .*newer actdb"):
+        Manifest.from_dict({**raw, "format_version": 3})
+    # version 1 (zstd-only masks, before the bitrows codec) still reads
+    assert Manifest.from_dict({**raw, "format_version": 1}).format_version == 1
     with pytest.raises(StoreError, match="d_ffn: expected an integer, got 'x'"):
         Manifest.from_dict({**raw, "d_ffn": "x"})
     with pytest.raises(StoreError, match="layers: expected within 0..1"):
