@@ -12,11 +12,16 @@ codings are measured and the smaller kept, so neither kind of row pays for the o
 Chunk layout (little-endian); the input is a C-order uint8 chunk of R rows x B bytes,
 a row being one neuron's bits over the chunk's tokens (packing.py):
 
-    b"ABR1"  u32 R  u32 B  u32 header_bytes  u32 unary_bytes  u32 rem_bytes
-    header   zstd(mode u8[R] | k u8[R] | count u32[R])
-    unary    per Rice-coded bit, rows in order: q = gap >> k zero bits, then a one bit
-    rem      the low k bits of each gap (bit 0 first), grouped by k ascending, rows in order
+    b"ABR1"  u32 R  u32 B  u32 header_bytes  u32 G
+    header   zstd(mode u8[R] | k u8[R] | count u32[R] | end_row u32[G] | unary_bytes u32[G] | rem_bytes u32[G])
+    G groups, each: unary, then rem (byte-aligned)
     raw      zstd of the RAW rows concatenated in row order (the rest of the chunk)
+
+Group g holds the Rice-coded rows among chunk rows end_row[g-1]..end_row[g] (a few
+hundred thousand coded bits at most, so encoding and decoding hold a few MB at a time
+whatever the chunk's density). In a group, `unary` has per coded bit, rows in order,
+q = gap >> k zero bits and then a one bit; `rem` the low k bits of each gap (bit 0
+first), rows grouped by k ascending and in order within a k.
 
 Modes: ZERO (all-zero row), ONES (Rice over the set bits), ZEROS (Rice over the clear
 bits, for rows that fire almost always), RAW (zstd). count: bits the Rice code lists;
@@ -30,7 +35,11 @@ import numpy as np
 from numcodecs import zstd as _zstd
 
 MAGIC = b"ABR1"
-_HEAD = struct.Struct("<4sIIIII")
+_HEAD = struct.Struct("<4sIIII")
+# A group holds at most GROUP_BITS coded bits (temporaries ~50 bytes per coded bit) and
+# GROUP_ROW_BITS row bits (the decoder's bool bitmap): ~30 MB a chunk whatever its density.
+GROUP_BITS = 1 << 18
+GROUP_ROW_BITS = 1 << 24
 ZERO, ONES, ZEROS, RAW = 0, 1, 2, 3
 # Denser rows go to zstd untried: zstd-1 on i.i.d. bits is 1.10 x the bound at 10 %, 1.02 x
 # at 16 % and 1.01 x at 25 % (Huffman works once bytes are varied), while the Rice code's
@@ -101,6 +110,52 @@ def _read_fields(stream: np.ndarray, off: np.ndarray, k: np.ndarray) -> np.ndarr
             ).astype(np.int64)
 
 
+def _encode_group(chunk: np.ndarray, rows: np.ndarray, mode: np.ndarray, coded: np.ndarray,
+                  k: np.ndarray, level: int) -> tuple[bytes, bytes]:
+    """Rice-code `rows` (ONES or ZEROS, coded > 0) of the chunk: (unary, rem) bytes. Rows
+    that show structure and are smaller under zstd are moved to RAW (mode, coded updated)."""
+    n_bits = chunk.shape[1] * 8
+    sub = chunk[rows]                                                     # [r, B] a copy
+    inv = mode[rows] == ZEROS
+    sub[inv] = ~sub[inv]
+    flat = set_bit_positions(sub.reshape(-1))                             # [fires] ascending
+    n = coded[rows]
+    starts = np.cumsum(n) - n
+    gaps = np.empty_like(flat)
+    gaps[1:] = flat[1:] - flat[:-1] - 1
+    gaps[starts] = flat[starts] - np.arange(rows.size) * n_bits           # first fire of a row
+    kr = rice_k(n, n_bits)
+    kf = np.repeat(kr, n)
+    cost = np.add.reduceat(gaps >> kf, starts) + n * (kr + 1)              # exact Rice bits per row
+    # structure test: first-order entropy from adjacent pairs (a zero gap after a fire)
+    adj = gaps == 0
+    adj[starts] = False
+    n11 = np.add.reduceat(adj, starts)
+    h1 = n * _entropy(n11 / n) + (n_bits - n) * _entropy((n - n11) / np.maximum(n_bits - n, 1))
+    h0 = n_bits * _entropy(n / n_bits)
+    for j in np.flatnonzero(STRUCTURE_MARGIN * cost > np.minimum(h0, h1)):
+        if cost[j] / 8 >= len(_zstd.compress(chunk[rows[j]], level)):
+            mode[rows[j]], coded[rows[j]] = RAW, 0
+    keep = mode[rows] != RAW
+    if not keep.all():
+        fire_keep = np.repeat(keep, n)
+        gaps, kr, n, rows = gaps[fire_keep], kr[keep], n[keep], rows[keep]
+        kf = np.repeat(kr, n)
+    k[rows] = kr
+    q = gaps >> kf
+    unary = np.zeros(int(q.sum()) + q.size, dtype=bool)
+    unary[np.cumsum(q + 1) - 1] = True
+    perm, kvals, sizes = _k_order(kr, n)
+    g_sorted = gaps[perm]
+    rem, at = [], 0
+    for kv, m in zip(kvals.tolist(), sizes.tolist()):
+        if kv:
+            rem.append(_pack_low_bits(g_sorted[at:at + m], kv))
+        at += m
+    rem_bits = np.concatenate(rem) if rem else np.zeros(0, np.uint8)
+    return (np.packbits(unary, bitorder="little").tobytes(), np.packbits(rem_bits, bitorder="little").tobytes())
+
+
 def encode(chunk: np.ndarray, level: int = 1) -> bytes:
     """uint8 [R, B] -> the chunk layout above."""
     chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
@@ -115,59 +170,56 @@ def encode(chunk: np.ndarray, level: int = 1) -> bytes:
     coded[(mode == ZERO) | (mode == RAW)] = 0
     k = np.zeros(R, dtype=np.int64)
 
-    rice = np.flatnonzero(coded > 0)                                      # all-ones rows: ZEROS, no bits
-    if rice.size:
-        sub = chunk[rice]                                                 # [r, B] a copy
-        inv = mode[rice] == ZEROS
-        sub[inv] = ~sub[inv]
-        flat = set_bit_positions(sub.reshape(-1))                         # [fires] ascending
-        n = coded[rice]
-        starts = np.cumsum(n) - n
-        gaps = np.empty_like(flat)
-        gaps[1:] = flat[1:] - flat[:-1] - 1
-        gaps[starts] = flat[starts] - np.arange(rice.size) * n_bits        # first fire of a row
-        kr = rice_k(n, n_bits)
-        kf = np.repeat(kr, n)
-        cost = np.add.reduceat(gaps >> kf, starts) + n * (kr + 1)          # exact Rice bits per row
-        # structure test: first-order entropy from adjacent pairs (a zero gap after a fire)
-        adj = gaps == 0
-        adj[starts] = False
-        n11 = np.add.reduceat(adj, starts)
-        h1 = n * _entropy(n11 / n) + (n_bits - n) * _entropy((n - n11) / np.maximum(n_bits - n, 1))
-        h0 = n_bits * _entropy(n / n_bits)
-        for j in np.flatnonzero(STRUCTURE_MARGIN * cost > np.minimum(h0, h1)):
-            if cost[j] / 8 >= len(_zstd.compress(chunk[rice[j]], level)):
-                mode[rice[j]] = RAW
-        keep = mode[rice] != RAW
-        if not keep.all():
-            fire_keep = np.repeat(keep, n)
-            gaps, kr, n, rice = gaps[fire_keep], kr[keep], n[keep], rice[keep]
-            coded[(mode == RAW)] = 0
-        k[rice] = kr
-        kf = np.repeat(kr, n)
-        q = gaps >> kf
-        unary = np.zeros(int(q.sum()) + q.size, dtype=bool)
-        unary[np.cumsum(q + 1) - 1] = True
-        perm, kvals, sizes = _k_order(kr, n)
-        g_sorted = gaps[perm]
-        rem, at = [], 0
-        for kv, m in zip(kvals.tolist(), sizes.tolist()):
-            if kv:
-                rem.append(_pack_low_bits(g_sorted[at:at + m], kv))
-            at += m
-    else:
-        unary, rem = np.zeros(0, dtype=bool), []
-    unary_b = np.packbits(unary, bitorder="little").tobytes()
-    rem_b = np.packbits(np.concatenate(rem) if rem else np.zeros(0, np.uint8), bitorder="little").tobytes()
-    header = _zstd.compress(np.concatenate([mode, k.astype(np.uint8), coded.astype("<u4").view(np.uint8)]), level)
+    cand = np.flatnonzero(coded > 0)                                      # all-ones rows: ZEROS, no bits
+    by_bits = (np.cumsum(coded[cand]) - coded[cand]) // GROUP_BITS        # consecutive rows in each group
+    by_rows = np.arange(cand.size) // max(1, GROUP_ROW_BITS // n_bits)
+    new = np.r_[True, (by_bits[1:] != by_bits[:-1]) | (by_rows[1:] != by_rows[:-1]), True]
+    bounds = np.flatnonzero(new) if cand.size else np.zeros(1, np.int64)
+    end_row, streams = [], []
+    for g0, g1 in zip(bounds[:-1], bounds[1:]):
+        streams += _encode_group(chunk, cand[g0:g1], mode, coded, k, level)
+        end_row.append(int(cand[g1 - 1]) + 1)
+    G = len(end_row)
+    sizes = np.array([len(b) for b in streams], dtype="<u4").reshape(G, 2)
+    header = _zstd.compress(np.concatenate([
+        mode, k.astype(np.uint8), coded.astype("<u4").view(np.uint8), np.array(end_row, dtype="<u4").view(np.uint8),
+        np.ascontiguousarray(sizes[:, 0]).view(np.uint8), np.ascontiguousarray(sizes[:, 1]).view(np.uint8)]), level)
     raw_rows = chunk[mode == RAW]
     raw_b = _zstd.compress(raw_rows, level) if raw_rows.size else b""
-    return b"".join([_HEAD.pack(MAGIC, R, B, len(header), len(unary_b), len(rem_b)),
-                     header, unary_b, rem_b, raw_b])
+    return b"".join([_HEAD.pack(MAGIC, R, B, len(header), G), header, *streams, raw_b])
 
 
 def _bad(what: str) -> ValueError:
     return ValueError(f"bitrows chunk: {what}")
+
+
+def _decode_group(unary: np.ndarray, rem: np.ndarray, n: np.ndarray, kr: np.ndarray, n_bits: int) -> np.ndarray:
+    """One group's streams -> bool [rows, n_bits] of the listed bits (before ZEROS rows are inverted)."""
+    total = int(n.sum())
+    ends = set_bit_positions(unary)
+    if ends.size != total:
+        raise _bad(f"expected {total} Rice codes, got {ends.size}")
+    kf = np.repeat(kr, n)
+    gaps = (np.diff(ends, prepend=-1) - 1) << kf
+    # where each row's fields start in the remainder stream (rows grouped by k there)
+    order = np.argsort(kr, kind="stable")
+    row_bits = (n * kr)[order]
+    bit_start = np.empty_like(kr)
+    bit_start[order] = np.cumsum(row_bits) - row_bits
+    if row_bits.sum() > 8 * rem.size:
+        raise _bad(f"expected {int(row_bits.sum())} remainder bits, got {8 * rem.size}")
+    starts = np.cumsum(n) - n
+    off = np.repeat(bit_start - starts * kr, n) + np.arange(total) * kf
+    gaps += _read_fields(rem, off, kf)
+    c = np.cumsum(gaps + 1)
+    base = np.where(starts > 0, c[np.maximum(starts - 1, 0)], 0)
+    pos = c - np.repeat(base, n) - 1                                      # bit index within its row
+    if pos.size and pos.max() >= n_bits:
+        raise _bad("a Rice-coded bit falls outside its row")
+    bitmap = np.zeros((n.size, n_bits), dtype=bool)
+    pos += np.repeat(np.arange(n.size) * n_bits, n)                       # bit index in the bitmap
+    bitmap.reshape(-1)[pos] = True
+    return bitmap
 
 
 def decode(data: bytes | memoryview | np.ndarray) -> np.ndarray:
@@ -175,67 +227,53 @@ def decode(data: bytes | memoryview | np.ndarray) -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size < _HEAD.size:
         raise _bad(f"expected at least {_HEAD.size} bytes, got {buf.size}")
-    magic, R, B, hn, un, rn = _HEAD.unpack_from(buf)
+    magic, R, B, hn, G = _HEAD.unpack_from(buf)
     if magic != MAGIC:
         raise _bad(f"expected magic {MAGIC!r}, got {bytes(magic)!r}")
     o = _HEAD.size
-    if o + hn + un + rn > buf.size:
-        raise _bad(f"expected at least {o + hn + un + rn} bytes, got {buf.size}")
     try:
         header = np.frombuffer(_zstd.decompress(buf[o:o + hn]), dtype=np.uint8)
     except RuntimeError as e:
         raise _bad(f"header: {e}") from None
-    if header.size != 6 * R:
-        raise _bad(f"expected a header of {6 * R} bytes, got {header.size}")
+    if header.size != 6 * R + 12 * G:
+        raise _bad(f"expected a header of {6 * R + 12 * G} bytes, got {header.size}")
     mode, k = header[:R], header[R:2 * R].astype(np.int64)
+    coded = header[2 * R:6 * R].view("<u4").astype(np.int64)
+    end_row, ub, rb = (header[6 * R + 4 * G * i:6 * R + 4 * G * (i + 1)].view("<u4").astype(np.int64) for i in range(3))
     if (mode > RAW).any() or (k > 30).any():
         raise _bad(f"expected modes <= {RAW} and k <= 30, got {int(mode.max())} and {int(k.max())}")
-    coded = header[2 * R:].view("<u4").astype(np.int64)
+    if G and ((np.diff(end_row) <= 0).any() or end_row[-1] > R or end_row[0] < 1):
+        raise _bad(f"expected group rows ascending within 1..{R}, got {end_row.tolist()}")
+    o += hn
+    raw_at = o + int(ub.sum() + rb.sum())
+    if raw_at > buf.size:
+        raise _bad(f"expected at least {raw_at} bytes, got {buf.size}")
     n_bits = B * 8
     out = np.zeros((R, B), dtype=np.uint8)
 
     raw = mode == RAW
     if raw.any():
         try:
-            raw_b = np.frombuffer(_zstd.decompress(buf[o + hn + un + rn:]), dtype=np.uint8)
+            raw_b = np.frombuffer(_zstd.decompress(buf[raw_at:]), dtype=np.uint8)
         except RuntimeError as e:
             raise _bad(f"raw rows: {e}") from None
         if raw_b.size != int(raw.sum()) * B:
             raise _bad(f"expected {int(raw.sum()) * B} raw bytes, got {raw_b.size}")
         out[raw] = raw_b.reshape(-1, B)
 
-    rice = np.flatnonzero((mode == ONES) | (mode == ZEROS))
-    n = coded[rice]
-    total = int(n.sum())
-    if total:
-        ends = set_bit_positions(buf[o + hn:o + hn + un])
-        if ends.size != total:
-            raise _bad(f"expected {total} Rice codes, got {ends.size}")
-        q = np.diff(ends, prepend=-1) - 1
-        kr = k[rice]
-        kf = np.repeat(kr, n)
-        gaps = q << kf
-        # where each row's fields start in the remainder stream (rows grouped by k there)
-        order = np.argsort(kr, kind="stable")
-        row_bits = (n * kr)[order]
-        bit_start = np.empty_like(kr)
-        bit_start[order] = np.cumsum(row_bits) - row_bits
-        if row_bits.sum() > 8 * rn:
-            raise _bad(f"expected {int(row_bits.sum())} remainder bits, got {8 * rn}")
-        starts = np.cumsum(n) - n
-        off = np.repeat(bit_start - starts * kr, n) + np.arange(total) * kf
-        gaps += _read_fields(buf[o + hn + un:o + hn + un + rn], off, kf)
-        c = np.cumsum(gaps + 1)
-        base = np.where(starts > 0, c[np.maximum(starts - 1, 0)], 0)
-        pos = c - np.repeat(base, n) - 1                                # bit index within its row
-        if pos.max() >= n_bits:
-            raise _bad("a Rice-coded bit falls outside its row")
-        bitmap = np.zeros((rice.size, n_bits), dtype=bool)
-        pos += np.repeat(np.arange(rice.size) * n_bits, n)                # bit index in the bitmap
-        bitmap.reshape(-1)[pos] = True
-        sub = np.packbits(bitmap, axis=1, bitorder="little")
-        inv = mode[rice] == ZEROS
-        sub[inv] = ~sub[inv]
-        out[rice] = sub
-    out[rice[(n == 0) & (mode[rice] == ZEROS)]] = 0xFF                   # rows that always fire
+    coded_rows = ((mode == ONES) | (mode == ZEROS)) & (coded > 0)
+    if coded_rows[end_row[-1] if G else 0:].any():
+        raise _bad("a Rice-coded row lies outside every group")
+    first = 0
+    for g in range(G):
+        rows = first + np.flatnonzero(coded_rows[first:end_row[g]])
+        unary, o = buf[o:o + ub[g]], o + ub[g]
+        rem, o = buf[o:o + rb[g]], o + rb[g]
+        if rows.size:
+            sub = np.packbits(_decode_group(unary, rem, coded[rows], k[rows], n_bits), axis=1, bitorder="little")
+            inv = mode[rows] == ZEROS
+            sub[inv] = ~sub[inv]
+            out[rows] = sub
+        first = int(end_row[g])
+    out[(mode == ZEROS) & (coded == 0)] = 0xFF                            # rows that always fire
     return out

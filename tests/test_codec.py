@@ -119,29 +119,66 @@ def test_rice_k_is_the_exhaustive_optimum_on_iid_rows():
         assert costs[k] == min(costs), (rate, k, int(np.argmin(costs)))
 
 
-@pytest.mark.parametrize("damage", ["truncate header", "truncate body", "bad magic", "bad mode", "short remainder"])
+def _sections(data: bytes) -> tuple[tuple, np.ndarray, bytes]:
+    """(head fields, header array, everything after the header) of an encoded chunk."""
+    head = codec._HEAD.unpack_from(data)
+    o = codec._HEAD.size
+    return head, np.frombuffer(zstd.decompress(data[o:o + head[3]]), np.uint8).copy(), data[o + head[3]:]
+
+
+def _assemble(head: tuple, header: np.ndarray, rest: bytes) -> bytes:
+    h = zstd.compress(header, 1)
+    return codec._HEAD.pack(head[0], head[1], head[2], len(h), head[4]) + h + rest
+
+
+@pytest.mark.parametrize("damage", ["truncate header", "truncate body", "bad magic", "bad mode",
+                                    "short remainder", "rows outside groups", "wrong row count"])
 def test_malformed_chunks_raise_one_line_value_errors(damage):
     chunk = pack(np.random.default_rng(5).random((16, 4096)) < 0.01)
-    data = bytearray(codec.encode(chunk))
-    head = codec._HEAD.size
+    data = codec.encode(chunk)
+    head, header, rest = _sections(data)
+    R, G = head[1], head[4]
+    assert G >= 1
     if damage == "truncate header":
         data = data[:10]
     elif damage == "truncate body":
-        data = data[:head + 20]
+        data = data[:len(data) - len(rest) + 20]
     elif damage == "bad magic":
-        data[:4] = b"XXXX"
+        data = b"XXXX" + data[4:]
     elif damage == "bad mode":
-        _, R, B, hn, un, rn = codec._HEAD.unpack_from(data)
-        hdr = np.frombuffer(zstd.decompress(bytes(data[head:head + hn])), np.uint8).copy()
-        hdr[0] = 9
-        new = zstd.compress(hdr, 1)
-        data = bytearray(codec._HEAD.pack(codec.MAGIC, R, B, len(new), un, rn)) + new + data[head + hn:]
+        header[0] = 9
+        data = _assemble(head, header, rest)
+    elif damage == "short remainder":   # the last group's remainder said to be 1 byte
+        rb = header[6 * R + 8 * G:].view("<u4")
+        cut = int(rb[-1]) - 1
+        rb[-1] = 1
+        data = _assemble(head, header, rest[:len(rest) - cut])
+    elif damage == "rows outside groups":
+        header[6 * R:6 * R + 4 * G].view("<u4")[-1] = 1
+        data = _assemble(head, header, rest)
     else:
-        _, R, B, hn, un, rn = codec._HEAD.unpack_from(data)
-        data = bytearray(codec._HEAD.pack(codec.MAGIC, R, B, hn, un, 1)) + data[head:head + hn + un + 1]
+        data = _assemble((head[0], R - 1, *head[2:]), header, rest)
     with pytest.raises(ValueError, match=r"^bitrows chunk: ") as e:
-        codec.decode(bytes(data))
+        codec.decode(data)
     assert "\n" not in str(e.value)
+
+
+def test_dense_chunk_is_split_into_bounded_groups():
+    """A chunk with many coded bits is coded in groups of ~GROUP_BITS (bounded memory)."""
+    bits = np.random.default_rng(9).random((512, 32768)) < 0.1
+    data = codec.encode(pack(bits))
+    head, _, _ = _sections(data)
+    assert head[4] == pytest.approx(bits.sum() / codec.GROUP_BITS, abs=2)
+    assert np.array_equal(codec.decode(data), pack(bits))
+
+
+def test_wide_sparse_rows_are_split_by_row_bits(monkeypatch):
+    """Long rows (large --block-tokens) are grouped by row bits too: the decoder's bitmap stays bounded."""
+    monkeypatch.setattr(codec, "GROUP_ROW_BITS", 4 * 8192)
+    bits = np.random.default_rng(10).random((20, 8192)) < 0.001
+    data = codec.encode(pack(bits))
+    assert _sections(data)[0][4] == 5
+    assert np.array_equal(codec.decode(data), pack(bits))
 
 
 @pytest.mark.parametrize("which", ["bitrows", "zstd"])
