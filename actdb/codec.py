@@ -193,14 +193,19 @@ def _bad(what: str) -> ValueError:
     return ValueError(f"bitrows chunk: {what}")
 
 
-def _decode_group(unary: np.ndarray, rem: np.ndarray, n: np.ndarray, kr: np.ndarray, n_bits: int) -> np.ndarray:
-    """One group's streams -> bool [rows, n_bits] of the listed bits (before ZEROS rows are inverted)."""
-    total = int(n.sum())
-    ends = set_bit_positions(unary)
-    if ends.size != total:
-        raise _bad(f"expected {total} Rice codes, got {ends.size}")
-    kf = np.repeat(kr, n)
-    gaps = (np.diff(ends, prepend=-1) - 1) << kf
+def _nth_set_bit(stream: np.ndarray, cum: np.ndarray, t: int) -> int:
+    """Bit index of the t-th (0-based) set bit of a byte stream; cum = cumsum of its popcounts."""
+    byte = int(np.searchsorted(cum, t + 1))
+    before = int(cum[byte - 1]) if byte else 0
+    return 8 * byte + int(set_bit_positions(stream[byte:byte + 1])[t - before])
+
+
+def _decode_group(unary: np.ndarray, rem: np.ndarray, n: np.ndarray, kr: np.ndarray, n_bits: int,
+                  j0: int = 0, j1: int | None = None) -> np.ndarray:
+    """One group's streams -> bool [j1 - j0, n_bits]: the listed bits of the group's coded rows
+    j0..j1 (before ZEROS rows are inverted). Only those rows' codes are decoded."""
+    j1 = n.size if j1 is None else j1
+    starts = np.cumsum(n) - n
     # where each row's fields start in the remainder stream (rows grouped by k there)
     order = np.argsort(kr, kind="stable")
     row_bits = (n * kr)[order]
@@ -208,7 +213,24 @@ def _decode_group(unary: np.ndarray, rem: np.ndarray, n: np.ndarray, kr: np.ndar
     bit_start[order] = np.cumsum(row_bits) - row_bits
     if row_bits.sum() > 8 * rem.size:
         raise _bad(f"expected {int(row_bits.sum())} remainder bits, got {8 * rem.size}")
-    starts = np.cumsum(n) - n
+    t0, t1 = int(starts[j0]), int(starts[j1 - 1] + n[j1 - 1])        # codes of rows j0..j1
+    if j0 == 0 and j1 == n.size:
+        ends, prev = set_bit_positions(unary), -1
+    else:  # the unary slice of those rows only: found by popcounts, decoded alone
+        cum = np.cumsum(np.bitwise_count(unary), dtype=np.int64)
+        if cum.size == 0 or int(cum[-1]) < t1:
+            raise _bad(f"expected {t1} Rice codes, got {int(cum[-1]) if cum.size else 0}")
+        prev = _nth_set_bit(unary, cum, t0 - 1) if t0 else -1
+        last = _nth_set_bit(unary, cum, t1 - 1) if t1 > t0 else prev
+        lo = max(prev, 0) // 8
+        ends = set_bit_positions(unary[lo:last // 8 + 1]) + 8 * lo
+        ends = ends[(ends > prev) & (ends <= last)]
+    n, kr, bit_start, starts = n[j0:j1], kr[j0:j1], bit_start[j0:j1], starts[j0:j1] - t0
+    total = int(n.sum())
+    if ends.size != total:
+        raise _bad(f"expected {total} Rice codes, got {ends.size}")
+    kf = np.repeat(kr, n)
+    gaps = (np.diff(ends, prepend=prev) - 1) << kf
     off = np.repeat(bit_start - starts * kr, n) + np.arange(total) * kf
     gaps += _read_fields(rem, off, kf)
     c = np.cumsum(gaps + 1)
@@ -222,8 +244,9 @@ def _decode_group(unary: np.ndarray, rem: np.ndarray, n: np.ndarray, kr: np.ndar
     return bitmap
 
 
-def decode(data: bytes | memoryview | np.ndarray) -> np.ndarray:
-    """The chunk layout above -> uint8 [R, B]. Raises ValueError on a malformed chunk."""
+def decode(data: bytes | memoryview | np.ndarray, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """The chunk layout above -> uint8 [R, B], or only rows r0..r1 of it (rows=(r0, r1)), which
+    decodes only those rows' Rice codes. Raises ValueError on a malformed chunk."""
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size < _HEAD.size:
         raise _bad(f"expected at least {_HEAD.size} bytes, got {buf.size}")
@@ -249,7 +272,10 @@ def decode(data: bytes | memoryview | np.ndarray) -> np.ndarray:
     if raw_at > buf.size:
         raise _bad(f"expected at least {raw_at} bytes, got {buf.size}")
     n_bits = B * 8
-    out = np.zeros((R, B), dtype=np.uint8)
+    r0, r1 = (0, R) if rows is None else rows
+    if not 0 <= r0 <= r1 <= R:
+        raise ValueError(f"bitrows chunk: rows: expected 0 <= r0 <= r1 <= {R}, got {r0}..{r1}")
+    out = np.zeros((r1 - r0, B), dtype=np.uint8)
 
     raw = mode == RAW
     if raw.any():
@@ -259,21 +285,26 @@ def decode(data: bytes | memoryview | np.ndarray) -> np.ndarray:
             raise _bad(f"raw rows: {e}") from None
         if raw_b.size != int(raw.sum()) * B:
             raise _bad(f"expected {int(raw.sum()) * B} raw bytes, got {raw_b.size}")
-        out[raw] = raw_b.reshape(-1, B)
+        first_raw = int(raw[:r0].sum())
+        out[raw[r0:r1]] = raw_b.reshape(-1, B)[first_raw:first_raw + int(raw[r0:r1].sum())]
 
     coded_rows = ((mode == ONES) | (mode == ZEROS)) & (coded > 0)
     if coded_rows[end_row[-1] if G else 0:].any():
         raise _bad("a Rice-coded row lies outside every group")
     first = 0
     for g in range(G):
-        rows = first + np.flatnonzero(coded_rows[first:end_row[g]])
         unary, o = buf[o:o + ub[g]], o + ub[g]
         rem, o = buf[o:o + rb[g]], o + rb[g]
-        if rows.size:
-            sub = np.packbits(_decode_group(unary, rem, coded[rows], k[rows], n_bits), axis=1, bitorder="little")
-            inv = mode[rows] == ZEROS
-            sub[inv] = ~sub[inv]
-            out[rows] = sub
+        grp = first + np.flatnonzero(coded_rows[first:end_row[g]])         # the group's coded rows
         first = int(end_row[g])
-    out[(mode == ZEROS) & (coded == 0)] = 0xFF                            # rows that always fire
+        j0, j1 = np.searchsorted(grp, r0), np.searchsorted(grp, r1)        # those asked for
+        if j1 > j0:
+            sel = grp[j0:j1]
+            sub = np.packbits(_decode_group(unary, rem, coded[grp], k[grp], n_bits, int(j0), int(j1)),
+                              axis=1, bitorder="little")
+            inv = mode[sel] == ZEROS
+            sub[inv] = ~sub[inv]
+            out[sel - r0] = sub
+    ones = (mode[r0:r1] == ZEROS) & (coded[r0:r1] == 0)
+    out[ones] = 0xFF                                                     # rows that always fire
     return out
