@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--captures", default="none,resid,resid+ffn")
+    ap.add_argument("--codecs", default="bitrows", help="mask codecs, each paired with every capture (bitrows,zstd)")
     ap.add_argument("--repeats", type=int, default=2, help="rounds of (bare forward, ingest) pairs per capture")
     ap.add_argument("--work", default=str(WORK))
     args = ap.parse_args()
@@ -63,14 +64,14 @@ def main() -> None:
     print(stamp(), f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     mdir = opt125m_random() if args.model == "opt125m" else smollm2()
     corpus = text_corpus()
-    captures = args.captures.split(",")
+    variants = [(c, codec) for codec in args.codecs.split(",") for c in args.captures.split(",")]
 
-    def settings(out: Path, capture: str) -> "actdb.IngestSettings":
+    def settings(out: Path, capture: str, codec: str = "bitrows") -> "actdb.IngestSettings":
         return actdb.IngestSettings(model=str(mdir), corpus=(str(corpus),), out=str(out), seq_len=args.seq_len,
                                     batch_size=args.batch_size, max_tokens=args.tokens, capture=capture,
-                                    progress=False, offload="off", index=False)
+                                    codec=codec, progress=False, offload="off", index=False)
 
-    pairs: dict[str, list[dict[str, float]]] = {c: [] for c in captures}
+    pairs: dict[tuple[str, str], list[dict[str, float]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         # untimed: pays the one-time costs (model file into the page cache, kernel set-up) and gives
         # the token rows the bare forwards run over
@@ -89,28 +90,28 @@ def main() -> None:
         # the host's speed drifts within a run (RESULTS.md): each ingest is paired with a bare base
         # forward just before it, and the ratios of the pairs are compared, not times across the run
         for _ in range(args.repeats):
-            for c in captures:
+            for c, codec in variants:
                 b, bc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)
-                out = Path(tmp) / c
+                out = Path(tmp) / f"{c}-{codec}"
                 t0, c0 = time.perf_counter(), time.process_time()
-                summary = actdb.ingest(settings(out, c).replace(overwrite=True))
-                pairs[c].append({"base": b * k, "base cpu": bc * k, "ingest": time.perf_counter() - t0,
+                summary = actdb.ingest(settings(out, c, codec).replace(overwrite=True))
+                pairs[(c, codec)].append({"base": b * k, "base cpu": bc * k, "ingest": time.perf_counter() - t0,
                                  "ingest cpu": time.process_time() - c0, "loop": summary.forward_seconds})
         b, bc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)
         f, fc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=False)
     full_over_base, full_over_base_cpu = f / b, fc / bc
     print(f"# {args.model} ({mdir}), {ntok:,} tokens ingested, bare forwards over the {nfwd:,} tokens of its "
           f"full-length sequences; seq_len {args.seq_len}, batch {args.batch_size}; {args.repeats} rounds of "
-          f"(bare base forward, ingest) per capture; medians of the pairs' ratios")
+          f"(bare base forward, ingest) per capture and codec; medians of the pairs' ratios")
     print(f"# full model (LM head included) ÷ base model, a final pair: wall {full_over_base:.2f}, CPU {full_over_base_cpu:.2f}")
     med = lambda xs: float(np.median(xs))  # noqa: E731
     rows = []
-    for c in captures:
-        ps = pairs[c]
+    for c, codec in variants:
+        ps = pairs[(c, codec)]
         e2e = med([p["ingest"] / p["base"] for p in ps])
         e2e_cpu = med([p["ingest cpu"] / p["base cpu"] for p in ps])
         loop = med([p["loop"] / p["base"] for p in ps])
-        rows.append([f"`--capture {c}`", " / ".join(f"{p['base']:.1f}" for p in ps),
+        rows.append([f"`--capture {c} --codec {codec}`", " / ".join(f"{p['base']:.1f}" for p in ps),
                      " / ".join(f"{p['ingest']:.1f}" for p in ps), f"**{loop:.3f}**", f"**{e2e:.2f}**",
                      f"{e2e_cpu:.2f}", f"**{e2e / full_over_base:.2f}**", f"{e2e_cpu / full_over_base_cpu:.2f}"])
     print(table(["ingest", "bare base forward s (per round)", "actdb ingest s (per round)", "loop ÷ base",
