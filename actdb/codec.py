@@ -166,8 +166,8 @@ def encode(chunk: np.ndarray, level: int = 1) -> bytes:
     mode[counts <= RICE_MAX_DENSITY * n_bits] = ONES
     mode[counts >= (1 - RICE_MAX_DENSITY) * n_bits] = ZEROS
     mode[counts == 0] = ZERO
-    coded = np.where(mode == ZEROS, n_bits - counts, counts)              # bits the Rice code lists
-    coded[(mode == ZERO) | (mode == RAW)] = 0
+    # bits the Rice code lists: the set ones, or the clear ones of rows that nearly always fire
+    coded = np.select([mode == ONES, mode == ZEROS], [counts, n_bits - counts], 0)
     k = np.zeros(R, dtype=np.int64)
 
     cand = np.flatnonzero(coded > 0)                                      # all-ones rows: ZEROS, no bits

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+MASK_CODECS = ("bitrows", "zstd")   # store.mask_compressors builds each
+
+
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -43,7 +46,7 @@ class IngestSettings:
     neuron_chunk: int = _opt(512, "Neurons per Zarr chunk.")
     codec: str = _opt("bitrows", "Mask chunk codec: 'bitrows' (per neuron row, Rice-coded gaps between fires where that is "
                       "smaller, else zstd: near the entropy bound for sparse neurons) or 'zstd' (plain zstd chunks); "
-                      "see benchmarks/RESULTS.md.", choices=("bitrows", "zstd"))
+                      "see benchmarks/RESULTS.md.", choices=MASK_CODECS)
     zstd_level: int = _opt(1, "Zstandard level of the mask chunks, both codecs (1: smallest and fastest here, see "
                            "benchmarks/RESULTS.md).")
     index: bool = _opt(True, "Build the query index (`actdb index`) at the end of ingest.")

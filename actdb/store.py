@@ -36,6 +36,7 @@ from .corpus import sha256_file
 from .errors import StoreError
 from .manifest import MANIFEST_FILE, Manifest, atomic_write_text
 from .packing import unpack
+from .settings import MASK_CODECS
 
 STATE_FILE = "ingest-state.json"
 STAGING = "_staging"
@@ -45,9 +46,6 @@ PENDING_CHECKSUMS = "_checksums"
 
 def layer_name(layer: int) -> str:
     return f"layer_{layer:02d}"
-
-
-CODECS = ("bitrows", "zstd")
 
 
 def codec_name(codec: str, level: int) -> str:
@@ -62,8 +60,8 @@ def mask_compressors(codec: str, level: int) -> list[Any]:
 
     from .zarr_codec import BitRowsCodec
 
-    if codec not in CODECS:
-        raise ValueError(f"mask codec: expected one of {', '.join(CODECS)}, got {codec!r}")
+    if codec not in MASK_CODECS:
+        raise ValueError(f"mask codec: expected one of {', '.join(MASK_CODECS)}, got {codec!r}")
     return [BitRowsCodec(level=level) if codec == "bitrows" else ZstdCodec(level=level), Crc32cCodec()]
 
 
@@ -202,6 +200,12 @@ class CheckedArray:
     def _path(self, key: tuple[int, ...]) -> Path:
         return self.dir / self.arr.metadata.encode_chunk_key(key)
 
+    def _corrupt(self, path: Path, e: Exception) -> StoreError:
+        return StoreError(f"{path}: corrupt mask chunk ({e}); run `actdb check` on the store")
+
+    def _missing(self, rel: str) -> StoreError:
+        return StoreError(f"{self.dir / rel}: mask chunk missing (recorded at write time); run `actdb check` on the store")
+
     def _read_rows(self, rows: slice, cols: slice) -> np.ndarray:
         """arr[rows, cols] of a bitrows array, chunk by chunk: each chunk file's crc32c checked,
         only the rows asked for decoded."""
@@ -220,8 +224,7 @@ class CheckedArray:
                     data = (self.dir / rel).read_bytes()
                 except FileNotFoundError:
                     if self.recorded is not None and rel in self.recorded:
-                        raise StoreError(f"{self.dir / rel}: mask chunk missing (recorded at write time); "
-                                         f"run `actdb check` on the store") from None
+                        raise self._missing(rel) from None
                     continue                                          # never written: all zero
                 except OSError as e:
                     raise StoreError(f"{self.dir / rel}: unreadable mask chunk ({e.strerror or e})") from None
@@ -234,8 +237,7 @@ class CheckedArray:
                     if part.shape[1] != cc:
                         raise ValueError(f"expected rows of {cc} bytes, got {part.shape[1]}")
                 except ValueError as e:
-                    raise StoreError(f"{self.dir / rel}: corrupt mask chunk ({e}); "
-                                     f"run `actdb check` on the store") from None
+                    raise self._corrupt(self.dir / rel, e) from None
                 out[ci * rc + lo - r0:ci * rc + hi - r0, cj * cc + b0 - c0:cj * cc + b1 - c0] = part[:, b0:b1]
         return out
 
@@ -251,15 +253,13 @@ class CheckedArray:
                 try:
                     self.arr[region]
                 except Exception as e_chunk:
-                    raise StoreError(f"{self._path(key)}: corrupt mask chunk ({e_chunk}); "
-                                     f"run `actdb check` on the store") from None
+                    raise self._corrupt(self._path(key), e_chunk) from None
             raise StoreError(f"{self.dir}: reading the mask array failed ({e})") from None
         if self.recorded is not None:
             for key in self._chunks(sel):
                 rel = self.arr.metadata.encode_chunk_key(key)
                 if rel in self.recorded and not (self.dir / rel).exists():
-                    raise StoreError(f"{self.dir / rel}: mask chunk missing (recorded at write time); "
-                                     f"run `actdb check` on the store") from None
+                    raise self._missing(rel) from None
         return np.asarray(data)
 
 

@@ -66,6 +66,8 @@ class BitRowsCodec(BytesBytesCodec):
         return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
 
     def compute_encoded_size(self, _input_byte_length: int, _chunk_spec: ArraySpec) -> int:
+        # variable-size output (is_fixed_size False): zarr asks this only of the fixed-size codecs of a
+        # sharding index, as for its own ZstdCodec, which raises the same
         raise NotImplementedError
 
 
