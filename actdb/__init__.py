@@ -3,19 +3,14 @@
     import actdb
     store = actdb.open("runs/opt125m")        # read-only
     store.manifest, store.tokens(), store.masks(layer=3), store.neuron(3, 1024)
+    actdb.ingest.run(actdb.IngestSettings(model=..., corpus=(...), out=...))
+
+Importing actdb loads no torch: ingest imports it when it runs.
 """
-__version__ = "0.1.0"
-
-from .errors import ActdbError, InputError, StoreError  # noqa: E402
-from .settings import IngestSettings  # noqa: E402
-from .store import Store, open  # noqa: E402,A004
-
-
-def ingest(settings: IngestSettings):
-    """Run `actdb ingest` from Python; see IngestSettings for the options."""
-    from .pipeline import ingest as _ingest
-
-    return _ingest(settings)
-
+from . import ingest  # noqa: F401  (light: the pipeline and torch load in ingest.run)
+from ._version import __version__
+from .errors import ActdbError, InputError, StoreError
+from .query.handle import Store, open  # noqa: A004
+from .settings import IngestSettings
 
 __all__ = ["ActdbError", "InputError", "StoreError", "IngestSettings", "Store", "open", "ingest", "__version__"]

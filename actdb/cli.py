@@ -8,7 +8,7 @@ import typing
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import ActdbError
 from .settings import IngestSettings
 
@@ -63,7 +63,7 @@ def main() -> None:
 @_one_line_errors
 def ingest(model: str, corpus: tuple[str, ...], out: str, **options) -> None:
     """Run MODEL over CORPUS files and record every FFN neuron's firing per token."""
-    from .pipeline import ingest as run
+    from .ingest.pipeline import ingest as run
 
     settings = IngestSettings(model=model, corpus=tuple(corpus), out=out, **options)
     summary = run(settings)
@@ -76,7 +76,7 @@ def ingest(model: str, corpus: tuple[str, ...], out: str, **options) -> None:
 @_one_line_errors
 def info(store: str) -> None:
     """Describe a store: model, layers, tokens, corpus."""
-    from .store import open as open_store
+    from .query.handle import open as open_store
 
     st = open_store(store)
     for line in st.describe():
@@ -101,7 +101,7 @@ def info(store: str) -> None:
 def index(store: str, layers: str | None, force: bool, top_k: int, memory_mb: float, workers: int,
           progress: bool) -> None:
     """Build (or resume) the query index of STORE: per-neuron counts as Parquet."""
-    from .index import build_index, parse_layers
+    from .index.build import build_index, parse_layers
 
     root = build_index(store, layers=parse_layers(layers), progress=progress, force=force, top_k=top_k,
                        memory_mb=memory_mb, workers=workers)
@@ -121,8 +121,8 @@ _FORMATS = click.Choice(["table", "csv", "json", "parquet"])
 @_one_line_errors
 def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, output: str | None) -> None:
     """Run one read-only SQL statement over STORE's views."""
-    from .db import emit
-    from .store import open as open_store
+    from .query.output import emit
+    from .query.handle import open as open_store
 
     st = open_store(store)
     emit(st.sql(query, dict(params), arrow=True), fmt, output, click.echo)
@@ -139,9 +139,10 @@ def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, o
 @_one_line_errors
 def query(store: str | None, name: str | None, params, fmt: str, output: str | None, list_: bool) -> None:
     """Run a saved query NAME (from queries/) or a .sql FILE on STORE."""
-    from .db import emit, list_lines
+    from .query.catalogue import list_lines
+    from .query.output import emit
     from .errors import InputError
-    from .store import open as open_store
+    from .query.handle import open as open_store
 
     if list_:
         for line in list_lines():
@@ -159,7 +160,7 @@ def query(store: str | None, name: str | None, params, fmt: str, output: str | N
 def check(store: str) -> None:
     """Verify STORE: manifest, checksums of every file, row counts, index freshness.
     Prints each problem with its path; exits non-zero if there is any."""
-    from .check import check_store
+    from .store.check import check_store
     from .errors import StoreError
 
     report = check_store(store)
@@ -180,8 +181,8 @@ def check(store: str) -> None:
 def plot(store: str | None, figure: str | None, out: str | None, params, list_: bool) -> None:
     """Draw paper FIGURE (or 'all') from STORE as PNG."""
     from .errors import InputError
-    from .plot import list_lines, plot as draw, plot_all
-    from .store import open as open_store
+    from .presentation.plot import list_lines, plot as draw, plot_all
+    from .query.handle import open as open_store
 
     if list_:
         for line in list_lines():
@@ -210,8 +211,8 @@ def plot(store: str | None, figure: str | None, out: str | None, params, list_: 
 @_one_line_errors
 def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]) -> None:
     """Markdown report over STORES: headline numbers, every figure, every saved query's answer."""
-    from .report import write_report
-    from .store import open as open_store
+    from .presentation.report import write_report
+    from .query.handle import open as open_store
 
     click.echo(f"wrote {write_report([open_store(s) for s in stores], out, title, list(notes))}")
 
@@ -226,8 +227,8 @@ def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]
 @_one_line_errors
 def neuron(store: str, layer: int, neuron: int, top: int, n_contexts: int) -> None:
     """A neuron's card: stats, coverage, detector status, top tokens, positions, projection, contexts."""
-    from .card import neuron_card
-    from .store import open as open_store
+    from .presentation.card import neuron_card
+    from .query.handle import open as open_store
 
     for line in neuron_card(open_store(store), layer, neuron, top, n_contexts):
         click.echo(line)

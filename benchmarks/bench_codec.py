@@ -57,7 +57,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from actdb.zarr_codec import BitRowsCodec  # noqa: E402
+from actdb.store.zarr_codec import BitRowsCodec  # noqa: E402
 
 D_FFN = 3072
 SEQ_LEN = 256

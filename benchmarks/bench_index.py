@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def make_dense(out: Path, n: int, seed: int = 0) -> None:
-    from actdb.synthetic import write_store
+    from actdb.store.synthetic import write_store
 
     L, D, T, V = 30, 1536, 512, 49152
     rng = np.random.default_rng(seed)
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=64)
     ap.add_argument("--memory-mb", type=float, default=512)
     args = ap.parse_args()
-    from actdb.index import build_index
+    from actdb.index.build import build_index
 
     store = Path(args.store)
     if not (args.reuse and (store / "manifest.json").exists()):

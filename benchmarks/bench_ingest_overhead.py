@@ -76,7 +76,7 @@ def main() -> None:
         # untimed: pays the one-time costs (model file into the page cache, kernel set-up) and gives
         # the token rows the bare forwards run over
         ref = Path(tmp) / "reference"
-        actdb.ingest(settings(ref, "none"))
+        actdb.ingest.run(settings(ref, "none"))
         store = actdb.open(ref)
         storage = store_storage(ref)
         toks = store.tokens().sort("row")
@@ -94,7 +94,7 @@ def main() -> None:
                 b, bc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)
                 out = Path(tmp) / f"{c}-{codec}"
                 t0, c0 = time.perf_counter(), time.process_time()
-                summary = actdb.ingest(settings(out, c, codec).replace(overwrite=True))
+                summary = actdb.ingest.run(settings(out, c, codec).replace(overwrite=True))
                 pairs[(c, codec)].append({"base": b * k, "base cpu": bc * k, "ingest": time.perf_counter() - t0,
                                  "ingest cpu": time.process_time() - c0, "loop": summary.forward_seconds})
         b, bc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)

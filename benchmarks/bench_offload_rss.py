@@ -81,8 +81,8 @@ def run_ingest(model: Path, corpus: Path, out: Path, offload: str, batch: int, e
 
 def probe(model: str, corpus: str, offload: str = "on", batch: int = 4) -> None:
     """In-process trace of RssAnon/RssFile around the model load and each block's load/drop."""
-    import actdb.offload as off
-    import actdb.pipeline as pl
+    import actdb.ingest.offload as off
+    import actdb.ingest.pipeline as pl
     from actdb.settings import IngestSettings
 
     seen = {"batch": 0}
@@ -134,7 +134,7 @@ def patch_streamer(model_dir: str) -> None:
 
     from safetensors import safe_open
 
-    import actdb.offload as off
+    import actdb.ingest.offload as off
 
     libc = ctypes.CDLL("libc.so.6")
 

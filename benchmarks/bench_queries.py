@@ -92,7 +92,7 @@ def layer_mask(spec: tuple, ids: np.ndarray, pos: np.ndarray, layer: int, a: int
 
 
 def make_store(path: Path, n_tokens: int, seed: int = 0, codec: str = "bitrows") -> None:
-    from actdb.synthetic import write_store
+    from actdb.store.synthetic import write_store
 
     ids, lens, pos, perm = token_ids(n_tokens, seed)
     specs = {l: layer_spec(l, perm, seed) for l in range(L)}
@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--codec", default="bitrows", choices=("bitrows", "zstd"), help="mask codec of the store")
     args = ap.parse_args()
     import actdb
-    from actdb.db import saved_queries
+    from actdb.query.catalogue import saved_queries
 
     store = Path(args.store)
     print(stamp())

@@ -9,8 +9,8 @@ import torch
 import zarr
 from safetensors.torch import load_file, save_file
 
-from actdb.capture import CaptureWriter
-from actdb.manifest import Manifest
+from actdb.ingest.capture import CaptureWriter
+from actdb.store.manifest import Manifest
 
 MASSIVE_DIM, DECOY_DIM, K = 3, 9, 2
 NAMES = ("detector_projection_examples", "detector_suppression_share", "massive_top_magnitudes",

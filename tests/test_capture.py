@@ -124,7 +124,7 @@ def test_planted_massive_activation_found_and_absent_without(model_dirs, corpus_
 def test_medians_equal_sorting_with_padding_and_nan(lengths):
     """The in-place numpy selection against a sort, on ragged batches (padding rows must not
     enter a sequence's median) and with a NaN (torch.median's answer: NaN)."""
-    from actdb.capture import magnitude_stats
+    from actdb.ingest.capture import magnitude_stats
 
     g = torch.Generator().manual_seed(len(lengths) + sum(lengths))
     h = torch.randn(len(lengths), 64, 96, generator=g) * 3

@@ -1,7 +1,7 @@
 """`actdb neuron`: a neuron's card agrees with the masks and the planted behaviour."""
 from click.testing import CliRunner
 
-from actdb.card import sparkline
+from actdb.presentation.card import sparkline
 from actdb.cli import main
 from test_index import known_store  # noqa: F401 (fixture)
 

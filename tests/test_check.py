@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import actdb
 from actdb.cli import main
-from actdb.store import file_digest
+from actdb.io import file_digest
 from test_ingest_masks import run_ingest
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
@@ -203,7 +203,7 @@ def test_unfinished_and_missing_store(tmp_path, model_dirs, corpus_file):
 def test_store_without_checksums_is_verified_by_decoding(tmp_path):
     """Stores written without a checksum record (older actdb, hand-built ones) are still
     checked: every chunk decoded, every Parquet file read."""
-    from actdb.synthetic import write_store
+    from actdb.store.synthetic import write_store
 
     rng = np.random.default_rng(0)
     n = 200

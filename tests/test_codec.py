@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numcodecs import zstd
 
-from actdb import codec
-from actdb.synthetic import write_store
+from actdb.store import codec
+from actdb.store.synthetic import write_store
 
 PROPS = settings(max_examples=80, deadline=None, derandomize=True)
 
@@ -225,7 +225,7 @@ def test_plain_zarr_finds_the_codec_through_the_entry_point(tmp_path):
     zarr.codecs entry point): the store's masks are readable with zarr alone."""
     import zarr
 
-    from actdb.store import mask_compressors
+    from actdb.store.writer import mask_compressors
 
     x = pack(np.random.default_rng(8).random((20, 800)) < 0.02)
     a = zarr.create_array(tmp_path / "a", shape=x.shape, chunks=(8, 48), dtype="uint8", fill_value=0,

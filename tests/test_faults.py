@@ -96,7 +96,7 @@ def test_sigkill_during_index_build_then_rerun_equals_uninterrupted(reference, t
 
 WRITER = r"""
 import sys, json
-from actdb.manifest import Manifest
+from actdb.store.manifest import Manifest
 raw = json.loads(sys.argv[2])
 versions = [Manifest.from_dict({**raw, "n_tokens": n, "extra": {"pad": "x" * 1_000_000}}) for n in (111, 222)]
 versions[0].write(sys.argv[1])
@@ -111,7 +111,7 @@ while True:
 def test_sigkill_during_manifest_writes_readers_see_old_or_new(tmp_path):
     """A process rewriting a 1 MB manifest in a loop is killed at seeded random moments;
     meanwhile and after, every read gives one whole version, never a torn one."""
-    from actdb.manifest import Manifest
+    from actdb.store.manifest import Manifest
     from test_units import manifest
 
     raw = manifest().to_json()
@@ -172,10 +172,10 @@ def only_index_missing(store: Path) -> None:
 
 # phase -> (module, function, fails when (call number, args), error)
 PHASES = {
-    "token tables": ("actdb.tables", "write_parquet_atomic", lambda n, a: n == 3, ENOSPC),
-    "checksum record": ("actdb.pipeline", "record_checksums", lambda n, a: a[1] == "block-000004", EACCES),
-    "checksums seal": ("actdb.store", "atomic_write_text", lambda n, a: Path(a[0]).name == "checksums.json", ENOSPC),
-    "manifest": ("actdb.manifest", "atomic_write_text", lambda n, a: Path(a[0]).name == "manifest.json", EACCES),
+    "token tables": ("actdb.ingest.tables", "write_parquet", lambda n, a: n == 3, ENOSPC),
+    "checksum record": ("actdb.ingest.pipeline", "record_checksums", lambda n, a: a[1] == "block-000004", EACCES),
+    "checksums seal": ("actdb.store.writer", "atomic_write_text", lambda n, a: Path(a[0]).name == "checksums.json", ENOSPC),
+    "manifest": ("actdb.store.manifest", "atomic_write_text", lambda n, a: Path(a[0]).name == "manifest.json", EACCES),
 }
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import actdb
-from actdb.index import build_index, read_index_info
-from actdb.synthetic import write_store
+from actdb.index.build import build_index, read_index_info
+from actdb.store.synthetic import write_store
 
 T = 16
 BOS = 2
@@ -78,7 +78,7 @@ def known_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_store(tmp_path_factory, model_dirs, corpus_file):
     out = tmp_path_factory.mktemp("real") / "store"
-    actdb.ingest(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
+    actdb.ingest.run(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
                                       seq_len=32, batch_size=4, block_tokens=512, progress=False))
     build_index(out, layers=[0, 1], progress=False)  # idempotent if ingest already built it
     return actdb.open(out)
@@ -380,12 +380,12 @@ def test_index_json_lists_every_file(known_store):
 
 def test_index_resume_equals_fresh(tmp_path, monkeypatch):
     """A build killed after some units resumes, counts only the missing units, and gives the same index."""
-    import actdb.index as ix
+    import actdb.index.build as ix
 
     a = make_known(tmp_path / "a")
     b = make_known(tmp_path / "b")
     build_index(a, progress=False, neuron_chunk=4)
-    real_count = ix._count_unit
+    real_count = ix.count_unit
     calls = []
 
     def dying(arr, tok, n0, n1, ngram, block):
@@ -394,14 +394,14 @@ def test_index_resume_equals_fresh(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_count(arr, tok, n0, n1, ngram, block)
 
-    monkeypatch.setattr(ix, "_count_unit", dying)
+    monkeypatch.setattr(ix, "count_unit", dying)
     with pytest.raises(KeyboardInterrupt):
         build_index(b, progress=False, neuron_chunk=4, workers=1)
     assert read_index_info(b) is None
     state = json.loads((b / "index" / "_state.json").read_text())
     assert len(state["done"]) == 3 and state["chunks"] == {"False": 4, "True": 4}
     calls.clear()
-    monkeypatch.setattr(ix, "_count_unit", lambda *args: calls.append(args[2]) or real_count(*args))
+    monkeypatch.setattr(ix, "count_unit", lambda *args: calls.append(args[2]) or real_count(*args))
     # a different chunk bound on resume keeps the recorded units
     build_index(b, progress=False, neuron_chunk=D)
     assert len(calls) == len(LAYERS) * D // 4 - 3
@@ -412,45 +412,45 @@ def test_index_resume_equals_fresh(tmp_path, monkeypatch):
 def test_index_threads_equal_one_thread_and_resume(tmp_path, monkeypatch):
     """Units counted in 3 threads give the same files as one thread; an error in one unit stops
     the build with the finished units recorded, and the resumed build gives the same index."""
-    import actdb.index as ix
+    import actdb.index.build as ix
 
     a, b, c = (make_known(tmp_path / n) for n in "abc")
     build_index(a, progress=False, neuron_chunk=4, workers=1)
     build_index(b, progress=False, neuron_chunk=4, workers=3)
     same_index(a, b)
-    real_count = ix._count_unit
+    real_count = ix.count_unit
 
     def failing(arr, tok, n0, n1, ngram, block):
         if n0 == 8:
             raise OSError("disk gone")
         return real_count(arr, tok, n0, n1, ngram, block)
 
-    monkeypatch.setattr(ix, "_count_unit", failing)
+    monkeypatch.setattr(ix, "count_unit", failing)
     with pytest.raises(OSError, match="disk gone"):
         build_index(c, progress=False, neuron_chunk=4, workers=3)
     state = json.loads((c / "index" / "_state.json").read_text())
     assert read_index_info(c) is None and all(not n.endswith("n0000008") for n in state["done"])
     assert sorted(p.name for p in (c / "index" / "_parts").iterdir()) == state["done"]   # no half-written unit
-    monkeypatch.setattr(ix, "_count_unit", real_count)
+    monkeypatch.setattr(ix, "count_unit", real_count)
     build_index(c, progress=False, workers=2)
     same_index(a, c)
 
 
 def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
     """A tiny memory budget counts one neuron per unit and gives the same index."""
-    import actdb.index as ix
+    import actdb.index.build as ix
 
     a = make_known(tmp_path / "a")
     b = make_known(tmp_path / "b")
     build_index(a, progress=False)
-    real_count = ix._count_unit
+    real_count = ix.count_unit
     widths = []
-    monkeypatch.setattr(ix, "_count_unit", lambda *args: widths.append(args[3] - args[2]) or real_count(*args))
+    monkeypatch.setattr(ix, "count_unit", lambda *args: widths.append(args[3] - args[2]) or real_count(*args))
     build_index(b, progress=False, memory_mb=0.001)
     assert widths == [1] * (len(LAYERS) * D)
     same_index(a, b)
-    assert ix._chunk_size(1000, 3072, 512, 512, None) == 3072 - 3072 % 512   # whole Zarr chunks when they fit
-    assert ix._chunk_size(10**6, 3072, 512, 512, None) == 512 * 2**20 // (20 * 10**6)
+    assert ix.chunk_size(1000, 3072, 512, 512, None) == 3072 - 3072 % 512   # whole Zarr chunks when they fit
+    assert ix.chunk_size(10**6, 3072, 512, 512, None) == 512 * 2**20 // (20 * 10**6)
 
 
 def test_index_top_k_truncation(tmp_path):
@@ -525,12 +525,12 @@ def test_index_layers_option_and_errors(tmp_path):
 def test_distinct_counter_equals_unique_of_everything(merge_at, monkeypatch):
     """Distinct n-gram ids and counts, fed part by part and merged at any point, equal np.unique
     of all keys at once."""
-    import actdb.index as ix
+    import actdb.index.tokens as ix
 
-    monkeypatch.setattr(ix._DistinctCounter, "MERGE_AT", merge_at)
+    monkeypatch.setattr(ix.DistinctCounter, "MERGE_AT", merge_at)
     rng = np.random.default_rng(merge_at)
     parts = [rng.integers(0, 300, size=rng.integers(0, 120)) * 10**9 for _ in range(25)]
-    c = ix._DistinctCounter()
+    c = ix.DistinctCounter()
     for p in parts:
         c.add(p)
     keys, counts = c.result()

@@ -12,7 +12,7 @@ FAMILIES = ["opt", "gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "be
 def run_ingest(model_dir, corpus, out, **kw):
     settings = actdb.IngestSettings(model=str(model_dir), corpus=(str(corpus),), out=str(out),
                                     progress=False, **{"seq_len": 24, "batch_size": 3, "block_tokens": 256, "index": False, **kw})
-    actdb.ingest(settings)
+    actdb.ingest.run(settings)
     return actdb.open(out)
 
 
@@ -73,9 +73,9 @@ def test_neuron_and_row_ranges_match_layer(model_dirs, corpus_file, tmp_path):
 def test_adapter_d_ffn_from_config_matches_the_module(family, model_dirs):
     from transformers import AutoConfig
 
-    from actdb.adapters import adapter_for
-    from actdb.adapters import get_module
-    from actdb.models import choose_device, load_model
+    from actdb.ingest.adapters import adapter_for
+    from actdb.ingest.adapters import get_module
+    from actdb.ingest.models import choose_device, load_model
 
     config = AutoConfig.from_pretrained(model_dirs(family))
     lm = load_model(model_dirs(family), config, choose_device("cpu"), torch.float32, offload=False)

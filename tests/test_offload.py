@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import actdb
-from actdb.models import choose_device, load_config, load_model
-from actdb.offload import LayerStreamer
+from actdb.ingest.models import choose_device, load_config, load_model
+from actdb.ingest.offload import LayerStreamer
 from test_ingest_masks import run_ingest
 
 

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from actdb.cli import main
-from actdb.plot import FIGURES, render
-from actdb.report import write_report
+from actdb.presentation.plot import FIGURES, render
+from actdb.presentation.report import write_report
 from test_index import known_store  # noqa: F401 (fixture: detectors, positional, projection, capture)
 from test_ingest_masks import run_ingest
 
@@ -111,7 +111,7 @@ def test_report_numbers_figures_and_answers(known_store, tmp_path):
     sub = next(p for p in (tmp_path / "rep").iterdir() if p.is_dir())
     for name in FIGURES:
         assert f"({sub.name}/figures/{name}.png)" in text
-    from actdb.db import saved_queries
+    from actdb.query.catalogue import saved_queries
 
     for q in saved_queries():
         csv = sub / "queries" / f"{q.name}.csv"

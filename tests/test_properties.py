@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actdb.corpus import SpecialTokens, read_documents, sequences
+from actdb.ingest.corpus import SpecialTokens, read_documents, sequences
 from actdb.errors import InputError
-from actdb.packing import unpack
+from actdb.store.bits import unpack
 from test_units import pack_in_batches
 
 PROPS = settings(max_examples=60, deadline=None, derandomize=True,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import issue4_refs
-from actdb.db import saved_queries
+from actdb.query.catalogue import saved_queries
 from test_index import gram_ids, known_ref, known_store, real_ref, real_store  # noqa: F401 (fixtures)
 
 ANSWERS = Path(__file__).parent / "answers"

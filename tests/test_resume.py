@@ -126,7 +126,7 @@ def test_sigkill_then_resume_equals_uninterrupted(seed, phase, model_dirs, big, 
 def test_failed_write_leaves_resumable_store(model_dirs, corpus_file, tmp_path, monkeypatch):
     """A write that fails mid-ingest (disk full, say) stops with the store resumable, and a
     resume with different settings is refused, naming the setting."""
-    from actdb.store import MaskWriter
+    from actdb.store.writer import MaskWriter
 
     real = MaskWriter.write_block
 

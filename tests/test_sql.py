@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import actdb
 from actdb.cli import main
-from actdb.index import build_index
+from actdb.index.build import build_index
 from test_index import make_known
 
 

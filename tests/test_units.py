@@ -8,10 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actdb.corpus import SpecialTokens, read_documents, sequences
+from actdb.ingest.corpus import SpecialTokens, read_documents, sequences
 from actdb.errors import InputError, StoreError
-from actdb.manifest import FORMAT_VERSION, CorpusFile, Manifest
-from actdb.packing import BlockAssembler, RowPacker, pack_rows, unpack
+from actdb.store.manifest import FORMAT_VERSION, CorpusFile, Manifest
+from actdb.ingest.packing import BlockAssembler, RowPacker, pack_rows
+from actdb.store.bits import unpack
 
 
 def pack_in_batches(truth: np.ndarray, sizes, skip: int, block: int) -> dict[int, np.ndarray]:

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import actdb
-from actdb.index import build_index
-from actdb.synthetic import write_store
+from actdb.index.build import build_index
+from actdb.store.synthetic import write_store
 from test_capture import planted_model
 from test_ingest_masks import run_ingest
 

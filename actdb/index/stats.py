@@ -91,3 +91,28 @@ def detectors(seg: np.ndarray, st: SegmentStats, counts: np.ndarray, max_cov: in
             o = np.lexsort((nz[ok], -f[ok]))
             out.append((int(i), nz[ok][o], covered / float(st.total[i])))
     return out
+
+
+def switches(fr: np.ndarray, eps: float) -> np.ndarray:
+    """Per row of fr [neurons, T]: how many times the frequency goes from <= eps to >= 1-eps
+    or back, along positions (positions in between are skipped)."""
+    state = np.where(fr >= 1 - eps, 1, np.where(fr <= eps, 0, -1))
+    out = np.zeros(fr.shape[0], np.int64)
+    for i in range(fr.shape[0]):
+        s = state[i][state[i] >= 0]
+        out[i] = int(np.count_nonzero(s[1:] != s[:-1])) if len(s) > 1 else 0
+    return out
+
+
+def positional_mi(fires_full: np.ndarray, n_full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """fires_full [neurons, T], n_full [T] -> (mi [neurons], fr_pos [neurons, T]) per SPEC §1.6."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frp = fires_full / n_full[None, :]
+        fr = fires_full.sum(axis=1) / n_full.sum()
+        fr = fr[:, None]
+
+        def term(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return np.where(a > 0, a * np.log(np.where(a > 0, a, 1) / np.where(b > 0, b, 1)), 0.0)
+
+        mi = (term(frp, fr) + term(1 - frp, 1 - fr)).sum(axis=1) / n_full.shape[0]
+    return mi, frp

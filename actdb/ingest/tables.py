@@ -13,26 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .corpus import Document, SpecialTokens, sequences
-from .errors import InputError
-from .settings import IngestSettings
-from .store import STAGING
-
-TOKEN_SCHEMA = pa.schema([("row", pa.int64()), ("seq", pa.int64()), ("pos", pa.int32()),
-                          ("token_id", pa.int32()), ("doc", pa.int64()),
-                          ("domain", pa.dictionary(pa.int16(), pa.string()))])
-DOC_SCHEMA = pa.schema([("doc", pa.int64()), ("doc_id", pa.string()), ("domain", pa.string()),
-                        ("source", pa.string())])
-
-
-def part_name(block: int) -> str:
-    return f"part-{block:06d}.parquet"
-
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
-
+from ..errors import InputError
+from ..settings import IngestSettings
+from ..io import write_parquet
+from ..store.layout import DOCS_FILE, STAGING, TOKENS_DIR, VOCAB_FILE, doc_schema, part_name, token_schema
 
 def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document, list[int]]],
                        special: SpecialTokens, s: IngestSettings) -> dict[str, Any]:
@@ -45,7 +29,7 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
     domains: dict[str, int] = {}
     doc_domain = array("h")
     doc_meta: list[tuple[int, str, str, str]] = []
-    docs_writer = pq.ParquetWriter(root / "docs.tmp.parquet", DOC_SCHEMA, compression="zstd")
+    docs_writer = pq.ParquetWriter(root / "docs.tmp.parquet", doc_schema(), compression="zstd")
     bar = tqdm(unit="doc", desc="tokenize", disable=not s.progress, dynamic_ncols=True)
 
     def numbered() -> Iterator[tuple[int, list[int]]]:
@@ -70,7 +54,7 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
         keep = [m for m in doc_meta if m[0] <= upto]
         if keep:
             docs_writer.write_table(pa.Table.from_pylist(
-                [dict(doc=d, doc_id=i, domain=dom, source=src) for d, i, dom, src in keep], DOC_SCHEMA))
+                [dict(doc=d, doc_id=i, domain=dom, source=src) for d, i, dom, src in keep], doc_schema()))
             docs_written += len(keep)
         del doc_meta[:len(keep)]
 
@@ -82,8 +66,8 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
         table = pa.table([pa.array(part[0]), pa.array(part[1]), pa.array(part[2].astype(np.int32)),
                           pa.array(part[3].astype(np.int32)), pa.array(part[4]),
                           pa.DictionaryArray.from_arrays(pa.array(dom_codes), pa.array(list(domains)))],
-                         schema=TOKEN_SCHEMA)
-        write_parquet_atomic(table, root / "tokens" / part_name(block))
+                         schema=token_schema())
+        write_parquet(table, root / "tokens" / part_name(block))
         block += 1
         pending = [rest] if rest.shape[1] else []
         n_pending = rest.shape[1]
@@ -111,7 +95,7 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
     flush_docs(max_doc)
     docs_writer.close()
     bar.close()
-    (root / "docs.tmp.parquet").replace(root / "docs.parquet")
+    (root / "docs.tmp.parquet").replace(root / DOCS_FILE)
     write_vocab(root, tokenizer)
     return {"n_tokens": rows, "n_sequences": n_seqs, "n_docs": max_doc + 1, "n_parts": block}
 
@@ -124,4 +108,4 @@ def write_vocab(root: Path, tokenizer) -> None:
     table = pa.table({"token_id": pa.array(ids, pa.int32()),
                       "token": pa.array(texts, pa.string()),
                       "piece": pa.array([p if p is not None else "" for p in pieces], pa.string())})
-    write_parquet_atomic(table, root / "vocab.parquet")
+    write_parquet(table, root / "vocab.parquet")

@@ -23,18 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from .._version import __version__
 from .adapters import adapter_for, get_module
-from .capture import KINDS, CaptureWriter, RowAccumulator, magnitude_stats, save_projection
+from .capture import CaptureWriter, RowAccumulator, magnitude_stats, save_projection
 from .corpus import (check_corpus_files, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
-from .errors import ActdbError, InputError, StoreError
-from .manifest import FORMAT_VERSION, MANIFEST_FILE, CorpusFile, Manifest
+from ..errors import ActdbError, InputError, StoreError
+from ..store.manifest import FORMAT_VERSION, CorpusFile, Manifest
 from .models import (choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
-from .settings import IngestSettings
-from .store import (PENDING_CHECKSUMS, STAGING, STATE_FILE, MaskWriter, block_chunk_files, codec_name,
+from ..settings import IngestSettings
+from ..store.layout import CAPTURE_KINDS as KINDS, MANIFEST_FILE, PENDING_CHECKSUMS, PROJECTION_FILE, STAGING, STATE_FILE
+from ..store.writer import (MaskWriter, block_chunk_files, codec_name,
                     read_state, record_checksums, remove_store, seal_checksums, write_state)
 from .tables import write_token_tables
 
@@ -221,9 +222,9 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
                         create)
     captures = CaptureWriter(root, KINDS[s.capture], len(layers), n_tokens, s.capture_topk, s.block_tokens, create)
     record_checksums(root, "arrays", [*root.glob("masks/**/zarr.json"), *root.glob("capture/**/zarr.json")])
-    if not (root / "projection.safetensors").exists():
+    if not (root / PROJECTION_FILE).exists():
         save_projection(root, lm.model, lm, layers, lm.streamer)
-    record_checksums(root, "projection", [root / "projection.safetensors"])
+    record_checksums(root, "projection", [root / PROJECTION_FILE])
     fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
                                n_tokens)
 
@@ -236,7 +237,7 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
     seconds = time.perf_counter() - t0
     index_seconds = 0.0
     if s.index:
-        from .index import build_index
+        from ..index.build import build_index
 
         t_index = time.perf_counter()
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .adapters import Adapter, adapter_for, get_module
-from .errors import InputError
+from ..errors import InputError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 

@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 
 from .manifest import FORMAT_VERSION, Manifest
-from .store import MaskWriter, codec_name
-from .tables import DOC_SCHEMA, TOKEN_SCHEMA, part_name, write_parquet_atomic
+from .writer import MaskWriter, codec_name
+from ..io import write_parquet
+from .layout import doc_schema, part_name, token_schema
 
 
 def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[int],
@@ -37,15 +38,15 @@ def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[i
     for b, s0 in enumerate(range(0, n, block_tokens)):
         s1 = min(n, s0 + block_tokens)
         codes = dom_code_seq[seq[s0:s1]]
-        write_parquet_atomic(pa.table([
+        write_parquet(pa.table([
             pa.array(np.arange(s0, s1)), pa.array(seq[s0:s1]), pa.array(pos[s0:s1].astype(np.int32)),
             pa.array(token_ids[s0:s1].astype(np.int32)), pa.array(seq[s0:s1]),
-            pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names))], schema=TOKEN_SCHEMA),
+            pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names))], schema=token_schema()),
             root / "tokens" / part_name(b))
-    write_parquet_atomic(pa.table({"doc": np.arange(len(lens)), "doc_id": [f"s{i}" for i in range(len(lens))],
-                                   "domain": doms, "source": ["synthetic"] * len(lens)}, schema=DOC_SCHEMA),
+    write_parquet(pa.table({"doc": np.arange(len(lens)), "doc_id": [f"s{i}" for i in range(len(lens))],
+                                   "domain": doms, "source": ["synthetic"] * len(lens)}, schema=doc_schema()),
                          root / "docs.parquet")
-    write_parquet_atomic(pa.table({"token_id": pa.array(np.arange(len(vocab)), pa.int32()),
+    write_parquet(pa.table({"token_id": pa.array(np.arange(len(vocab)), pa.int32()),
                                    "token": pa.array(list(vocab), pa.string()),
                                    "piece": pa.array(list(vocab), pa.string())}), root / "vocab.parquet")
     writer = MaskWriter(root, tuple(layers), d_ffn, n, block_tokens, neuron_chunk, codec, level, create=True)

@@ -14,7 +14,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
+from ..io import sha256_file  # noqa: F401  (corpus files are hashed for the manifest)
 
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "text", ".text": "text",
             ".md": "text", ".parquet": "parquet", ".py": "text"}
@@ -31,14 +32,6 @@ class Document:
 def corpus_format(path: Path) -> str:
     fmt = SUFFIXES.get(path.suffix.lower())
     return fmt or "text"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_corpus_files(paths: Iterable[str]) -> list[Path]:

@@ -37,15 +37,12 @@ Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from .errors import InputError, StoreError
+import pyarrow as pa
 
-QUERIES_DIR = Path(__file__).resolve().parent.parent / "queries"
-
+from ..store.projection import Projection
 
 def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
@@ -194,182 +191,50 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
     return v
 
 
-def connect(store, pre: bool = True):
-    """An in-memory DuckDB connection with the views of `store` (an actdb.Store)."""
+def massive_views(root: Path) -> list[str]:
+    glob = str(root / "index" / "capture" / "part-*.parquet").replace("'", "''")
+    return [
+        f"CREATE VIEW capture_topk AS SELECT kind::VARCHAR AS kind, row, layer::INT AS layer, rank::INT AS rank, "
+        f"dim, value, token_median_abs, median_abs FROM read_parquet('{glob}')",
+        """CREATE MACRO massive_activations_at(abs_min := 100, ratio := 1000, source := 'resid') AS TABLE
+           SELECT c.row, c.layer, c.dim, c.value, c.median_abs, c.token_median_abs, c.rank,
+                  t.seq, t.pos, t.token_id, t.token
+           FROM capture_topk c JOIN tokens t USING (row)
+           WHERE c.kind = source AND abs(c.value) > abs_min AND abs(c.value) >= ratio * c.median_abs""",
+        "CREATE VIEW massive_activations AS SELECT * FROM massive_activations_at()",
+    ]
+
+
+def register_proj_score(con, root: Path) -> None:
+    """proj_score(layer, neuron, token_id) -> DOUBLE on a DuckDB connection."""
     import duckdb
 
-    from .index import read_index_info
+    proj = Projection(root)
 
-    info = read_index_info(store.path)
-    if info is None:
-        raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
-    con = duckdb.connect(":memory:")
-    con.execute("SET enable_progress_bar = false")
-    for stmt in _views(store.path, store.manifest, info, pre=pre):
-        con.execute(stmt)
-    from . import massive, projection
+    def fn(layer, neuron, token_id):
+        return pa.array(proj.scores(layer.to_numpy(zero_copy_only=False), neuron.to_numpy(zero_copy_only=False),
+                                    token_id.to_numpy(zero_copy_only=False)), pa.float64())
 
-    extra = []
-    if (store.path / "index" / "capture").exists():
-        extra += massive.views(store.path)
-    if (store.path / "index" / "vocab_projection.parquet").exists():
-        projection.register(con, store.path)
-        extra += projection.views(store.path)
-    for stmt in extra:
-        con.execute(stmt)
-    # user SQL may read the store, never write files or change settings
-    con.execute("SET lock_configuration = true")
-    return con
+    t = duckdb.sqltypes  # duckdb.typing before 2.0
+    con.create_function("proj_score", fn, [t.INTEGER, t.INTEGER, t.INTEGER], t.DOUBLE, type="arrow",
+                        null_handling="special")
 
 
-def _check_read_only(con, sql: str):
-    import duckdb
-
-    try:
-        stmts = con.extract_statements(sql)
-    except duckdb.Error as e:
-        raise InputError(_one_line(e)) from None
-    if len(stmts) != 1:
-        raise InputError(f"expected one SQL statement, got {len(stmts)}")
-    st = stmts[0]
-    # only queries: EXPLAIN is refused too, since EXPLAIN ANALYZE runs the statement it explains
-    if st.type != duckdb.StatementType.SELECT:
-        raise InputError(f"read-only: expected a query (SELECT, WITH, FROM …, DESCRIBE, SUMMARIZE), got a "
-                         f"{st.type.name} statement; the store is never written")
-    return st
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
-
-
-def coerce_param(value: Any) -> Any:
-    """CLI parameter text -> int, float, bool or str."""
-    if not isinstance(value, str):
-        return value
-    for conv in (int, float):
-        try:
-            return conv(value)
-        except ValueError:
-            pass
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return value
-
-
-def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None):
-    """Run one read-only statement with named parameters ($name) bound; returns a pyarrow Table."""
-    import duckdb
-
-    con = con or connect(store)
-    st = _check_read_only(con, sql)
-    params = {k: coerce_param(v) for k, v in (params or {}).items()}
-    needed = set(st.named_parameters)
-    missing = sorted(needed - set(params))
-    if missing:
-        raise InputError(f"parameters: expected values for {', '.join('$' + m for m in missing)}, got none "
-                         "(pass -p NAME VALUE)")
-    extra = sorted(set(params) - needed)
-    if extra:
-        raise InputError(f"parameters: {', '.join(extra)} not used by the query (it uses "
-                         f"{', '.join('$' + n for n in sorted(needed)) or 'none'})")
-    try:
-        return con.sql(sql, params=params or None).to_arrow_table()
-    except duckdb.Error as e:
-        raise InputError(_one_line(e)) from None
-
-
-@dataclass(frozen=True)
-class SavedQuery:
-    name: str
-    path: Path
-    title: str
-    reproduces: str
-    params: dict[str, Any] = field(default_factory=dict)
-    sql: str = ""
-
-
-_PARAM = re.compile(r"^--\s*param:\s*(\w+)\s*=\s*(\S+)")
-
-
-def parse_query_file(path: Path) -> SavedQuery:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read query file ({e.strerror})") from None
-    title = reproduces = ""
-    params: dict[str, Any] = {}
-    for line in text.splitlines():
-        if not line.startswith("--"):
-            continue
-        mp = _PARAM.match(line)
-        if mp:
-            params[mp.group(1)] = coerce_param(mp.group(2))
-        elif line.lower().startswith("-- title:"):
-            title = line.split(":", 1)[1].strip()
-        elif line.lower().startswith("-- reproduces:"):
-            reproduces = line.split(":", 1)[1].strip()
-    return SavedQuery(Path(path).stem, Path(path), title, reproduces, params, text)
-
-
-def saved_queries(folder: Path | None = None) -> list[SavedQuery]:
-    folder = Path(folder) if folder else QUERIES_DIR
-    return [parse_query_file(p) for p in sorted(folder.glob("*.sql"))]
-
-
-def find_query(name_or_file: str) -> SavedQuery:
-    p = Path(name_or_file)
-    if p.suffix == ".sql" and p.exists():
-        return parse_query_file(p)
-    cand = QUERIES_DIR / f"{name_or_file}.sql"
-    if cand.exists():
-        return parse_query_file(cand)
-    names = ", ".join(q.name for q in saved_queries())
-    raise InputError(f"query: expected a file or one of {names}, got {name_or_file!r}")
-
-
-def run_saved(store, name_or_file: str, params: Mapping[str, Any] | None = None, con=None):
-    q = find_query(name_or_file)
-    given = dict(params or {})
-    unknown = sorted(set(given) - set(q.params))
-    if unknown:
-        raise InputError(f"parameters: {', '.join(unknown)} unknown to query {q.name} "
-                         f"(it takes {', '.join(q.params) or 'none'})")
-    return run_sql(store, q.sql, {**q.params, **given}, con=con)
-
-
-def list_lines() -> list[str]:
-    out = []
-    for q in saved_queries():
-        ps = " ".join(f"${k}={v}" for k, v in q.params.items())
-        out.append(f"{q.name:28s} {q.reproduces}")
-        out.append(f"{'':28s}   {q.title}" + (f"  [{ps}]" if ps else ""))
-    return out
-
-
-def emit(table, fmt: str, output: str | None, echo) -> None:
-    """Write a result as table, CSV, JSON (records) or Parquet, to a file or through echo."""
-    import polars as pl
-
-    if fmt == "parquet":
-        if not output:
-            raise InputError("--format parquet: expected an output file (-o FILE), got none")
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, output)
-        return
-    df = pl.from_arrow(table)
-    if fmt == "csv":
-        nested = [c for c, t in df.schema.items() if t.is_nested()]
-        text = df.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join(" ") for c in nested).write_csv()
-    elif fmt == "json":
-        import json
-
-        text = json.dumps(df.to_dicts(), default=str, ensure_ascii=False)
-    else:
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
-            text = str(df)
-    if output:
-        Path(output).write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
-    else:
-        echo(text.rstrip("\n"))
+def projection_views(root: Path) -> list[str]:
+    path = str(root / "index" / "vocab_projection.parquet").replace("'", "''")
+    return [
+        f"CREATE VIEW vocab_projection_all AS SELECT * FROM read_parquet('{path}')",
+        """CREATE MACRO vocab_projection_at(k := 10) AS TABLE
+           SELECT p.layer, p.neuron, p.token_id, v.token, p.score, p.rank,
+                  CASE WHEN p.rank > 0 THEN 'promoted' ELSE 'suppressed' END AS direction
+           FROM vocab_projection_all p LEFT JOIN vocab v USING (token_id) WHERE abs(p.rank) <= k""",
+        "CREATE VIEW vocab_projection AS SELECT * FROM vocab_projection_at()",
+        """CREATE MACRO detector_suppression_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
+           WITH d AS (SELECT layer, neuron, tokens, unnest(token_ids) AS token_id
+                      FROM token_detectors_at(max_cov := max_cov, p_cov := p_cov, p_token := p_token, p_share := p_share))
+           SELECT layer, neuron, any_value(tokens) AS tokens, count(*) AS n_covered,
+                  avg(proj_score(layer, neuron, token_id)) AS mean_score,
+                  avg(proj_score(layer, neuron, token_id)) < 0 AS suppresses
+           FROM d GROUP BY layer, neuron""",
+        "CREATE VIEW detector_suppression AS SELECT * FROM detector_suppression_at()",
+    ]

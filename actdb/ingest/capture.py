@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_path
+from ..store.layout import CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, CAPTURE_KINDS as KINDS, PROJECTION_FILE
 from .adapters import get_module
 
-KINDS = {"resid+ffn": ("resid", "ffn"), "resid": ("resid",), "none": ()}
-FIELDS = ("topk_value", "topk_dim", "median", "seq_median")
 
 
 def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor]:
@@ -162,7 +162,7 @@ class CaptureWriter:
         import zarr
         from zarr.codecs import Crc32cCodec, ZstdCodec
 
-        group = zarr.open_group(root / "capture", mode="a")
+        group = zarr.open_group(root / CAPTURE_DIR, mode="a")
         self.arrays = {}
         self.block_tokens = block_tokens
         for kind in kinds:
@@ -202,9 +202,8 @@ def save_projection(root: Path, model: torch.nn.Module, lm, layers: tuple[int, .
                         streamer.tensor(f"{_path_of(model, head)}.weight") is None):
         head = model.get_input_embeddings()  # tied, or an encoder without an LM head
     tensors["w_u"] = _weight(head, f"{_path_of(model, head)}.weight", streamer).contiguous()
-    tmp = root / ".projection.safetensors.tmp"
-    save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(root / "projection.safetensors")
+    with atomic_path(root / PROJECTION_FILE) as tmp:
+        save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp))
 
 
 def _path_of(model: torch.nn.Module, module: torch.nn.Module) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+
+
 _WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -28,12 +30,6 @@ def pack_rows(fired: torch.Tensor) -> torch.Tensor:
     x = fired.view(n // 8, 8, f).to(torch.uint8)                            # [n/8, 8, d_ffn]
     packed = (x * _bit_weights(fired.device)).sum(dim=1, dtype=torch.uint8)  # [n/8, d_ffn]
     return packed.t().contiguous()                                           # [d_ffn, n/8]
-
-
-def unpack(packed: np.ndarray, n_rows: int, start_bit: int = 0) -> np.ndarray:
-    """[d, nbytes] uint8 -> [d, n_rows] bool, starting at bit start_bit of the first byte."""
-    bits = np.unpackbits(packed, axis=-1, bitorder="little", count=start_bit + n_rows)
-    return bits[..., start_bit:].view(bool)   # unpackbits gives 0/1 bytes: a bool view, no copy
 
 
 class RowPacker:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InputError
+from ..errors import InputError
 
 LAYER = "layer"
 PAPER = "Voita et al. 2023"

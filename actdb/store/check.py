@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ActdbError
-from .manifest import MANIFEST_FILE, Manifest
-from .store import CHECKSUMS_FILE, STATE_FILE, file_digest, layer_name
+from ..errors import ActdbError
+from .manifest import Manifest
+from ..io import file_digest
+from .layout import CAPTURE_FIELDS as FIELDS, CHECKSUMS_FILE, MANIFEST_FILE, PROJECTION_FILE as FILE, STATE_FILE, layer_name
 
 # where an unrecorded file would change answers: the token glob and zarr's chunk lookups
 WATCHED = ("tokens", "masks", "capture")
@@ -162,7 +163,6 @@ def _arrays(root: Path, m: Manifest, r: Report) -> list[tuple[Path, Any]]:
     from zarr.storage import LocalStore
 
     from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
-    from .capture import FIELDS
 
     names = [("masks", layer_name(l)) for l in m.layers]
     names += [("capture", f"{kind}_{f}") for kind in m.capture for f in FIELDS]
@@ -262,7 +262,6 @@ def _check_arrays(root: Path, m: Manifest, r: Report) -> None:
 
 
 def _check_projection(root: Path, m: Manifest, r: Report) -> None:
-    from .projection import FILE
 
     p = root / FILE
     if not p.exists():

@@ -53,17 +53,3 @@ def _empty() -> pa.Table:
                      "layer": pa.array([], pa.int32()), "rank": pa.array([], pa.int8()),
                      "dim": pa.array([], pa.int32()), "value": pa.array([], pa.float32()),
                      "token_median_abs": pa.array([], pa.float32()), "median_abs": pa.array([], pa.float32())})
-
-
-def views(root: Path) -> list[str]:
-    glob = str(root / "index" / "capture" / "part-*.parquet").replace("'", "''")
-    return [
-        f"CREATE VIEW capture_topk AS SELECT kind::VARCHAR AS kind, row, layer::INT AS layer, rank::INT AS rank, "
-        f"dim, value, token_median_abs, median_abs FROM read_parquet('{glob}')",
-        """CREATE MACRO massive_activations_at(abs_min := 100, ratio := 1000, source := 'resid') AS TABLE
-           SELECT c.row, c.layer, c.dim, c.value, c.median_abs, c.token_median_abs, c.rank,
-                  t.seq, t.pos, t.token_id, t.token
-           FROM capture_topk c JOIN tokens t USING (row)
-           WHERE c.kind = source AND abs(c.value) > abs_min AND abs(c.value) >= ratio * c.median_abs""",
-        "CREATE VIEW massive_activations AS SELECT * FROM massive_activations_at()",
-    ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from .errors import ActdbError
+from ..errors import ActdbError
 
 
 def _slug(text: str) -> str:
@@ -64,7 +64,8 @@ def headline(store) -> list[tuple[str, str]]:
 
 def run_all_queries(store, out_dir: Path) -> dict[str, str]:
     """Every saved query's answer as CSV; returns name -> file name, or name -> 'skipped: why'."""
-    from .db import emit, saved_queries
+    from ..query.catalogue import saved_queries
+    from ..query.output import emit
 
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
@@ -82,7 +83,7 @@ def run_all_queries(store, out_dir: Path) -> dict[str, str]:
 def write_report(stores: list, out: str | Path, title: str = "actdb report", notes: list[str] | None = None,
                  progress: bool = True) -> Path:
     """Figures, query answers and headline numbers of each store, in OUT/report.md."""
-    from .db import saved_queries
+    from ..query.catalogue import saved_queries
     from .plot import FIGURES, describe, plot_all
 
     out = Path(out)

@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
+from ..errors import StoreError
+from ..io import atomic_write_text
+from .layout import MANIFEST_FILE
 
 # 2: mask chunks may use the actdb.bitrows codec (`codec` says which); 1: zstd only.
 # An older actdb refuses a version-2 store with "upgrade actdb" instead of a zarr error.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -170,19 +170,3 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise StoreError(f"{where}: expected a string, got {value!r}")
         return value
     return value
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

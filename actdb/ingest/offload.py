@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def empty_model(cls, config, dtype: torch.dtype) -> torch.nn.Module:

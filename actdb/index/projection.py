@@ -1,0 +1,46 @@
+"""The vocabulary projection table of the index (Voita et al. §4.4, SPEC §1.5): the top and
+bottom K_MAX tokens of every neuron; any other (neuron, token) score comes from the
+`proj_score` SQL function (actdb.query), computed on demand."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ..io import write_parquet
+from ..store.layout import INDEX_DIR, INDEX_PROJECTION_FILE
+from ..store.projection import Projection
+
+K_MAX = 50
+
+
+def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 256, progress: bool = False) -> None:
+    """index/vocab_projection.parquet: layer, neuron, token_id, score, rank (1..k top, -1..-k bottom)."""
+    from tqdm import tqdm
+
+    proj = Projection(root)
+    w_u = proj.w_u[proj.valid]                                   # [real vocab, d_model]
+    ids = np.flatnonzero(proj.valid).astype(np.int32)
+    k = min(k_max, len(ids))
+    tables = []
+    for layer in tqdm(layers, desc="projection", unit="layer", disable=not progress, dynamic_ncols=True):
+        w = proj.w_out(layer)
+        for lo in range(0, len(w), chunk):
+            s = w[lo:lo + chunk] @ w_u.T                         # [chunk, real vocab]
+            V = s.shape[1]
+            # two single-kth selections: numpy's multi-kth argpartition is ~3x slower than both together
+            top = np.argpartition(s, V - k, axis=1)[:, V - k:]
+            bot = np.argpartition(s, k - 1, axis=1)[:, :k]
+            rows = np.arange(len(s))[:, None]
+            top = np.take_along_axis(top, np.argsort(-s[rows, top], axis=1, kind="stable"), 1)
+            bot = np.take_along_axis(bot, np.argsort(s[rows, bot], axis=1, kind="stable"), 1)
+            for sel, sign in ((top, 1), (bot, -1)):
+                n = len(s)
+                tables.append(pa.table({
+                    "layer": np.full(n * k, layer, dtype=np.int32),
+                    "neuron": np.repeat(np.arange(lo, lo + n, dtype=np.int32), k),
+                    "token_id": ids[sel].ravel(),
+                    "score": s[rows, sel].ravel().astype(np.float32),
+                    "rank": np.tile(np.arange(1, k + 1, dtype=np.int32) * sign, n)}))
+    write_parquet(pa.concat_tables(tables), root / INDEX_DIR / INDEX_PROJECTION_FILE)

@@ -1,0 +1,138 @@
+"""Step 1 of the index: token arrays, n-gram ids and their distinct counts (SPEC §1.3)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import StoreError
+
+
+class TokenArrays:
+    """Per-row column ids of the count matrix, memory-mapped from index/_tmp.
+
+    Column layout: domains | positions | full-length positions (+ dump) | tokens (+ dump)
+    [| bigrams (+ dump) | trigrams (+ dump) on n-gram layers].
+
+    Built in two passes over the token parts, one part in memory at a time: memory follows
+    the number of distinct n-grams (their ids and counts), not the number of tokens."""
+
+    KEYS = ("domain", "pos", "pos_full", "token", "bigram", "trigram")
+
+    def __init__(self, st, m, base: int, tmp: Path) -> None:
+        import pyarrow.compute as pc
+
+        self.parts = sorted((st.path / "tokens").glob("part-*.parquet"))
+        bb = m.block_tokens
+        if len(self.parts) != (m.n_tokens + bb - 1) // bb:
+            raise StoreError(f"{st.path / 'tokens'}: expected {(m.n_tokens + bb - 1) // bb} token parts, "
+                             f"got {len(self.parts)}")
+        T = m.seq_len
+        self.T, self.base, self.first = T, base, 1 if m.prefix_tokens else 0
+        # pass 1: domains, full-length sequences (SPEC §1.6), distinct n-grams with their counts
+        domains: set[str] = set()
+        full_seqs = []
+        uniq = {name: DistinctCounter() for name in ("token", "bigram", "trigram")}
+        self.n = 0
+        for t, pos, grams in self._parts():
+            domains.update(pc.unique(t.column("domain").cast(pa.string())).to_pylist())
+            full_seqs.append(t.column("seq").to_numpy()[pos == T - 1])
+            for name, (key, valid) in grams.items():
+                uniq[name].add(key[valid])
+            self.n += t.num_rows
+        self.domains = sorted(domains)   # sorted: the tables' domain order
+        self._full = np.unique(np.concatenate(full_seqs)) if full_seqs else np.zeros(0, np.int64)
+        self.uniq, self.counts = {}, {}
+        for name, u in uniq.items():
+            self.uniq[name], self.counts[name] = u.result()
+        nd = len(self.domains)
+        self.offsets = {"domain": 0, "pos": nd, "pos_full": nd + T}
+        off = nd + T + T + 1
+        for name in ("token", "bigram", "trigram"):
+            self.offsets[name] = off
+            off += len(self.uniq[name]) + 1   # + the dump column of excluded rows
+            if name == "token":
+                self.width_plain = off
+        self.width_ngram = off
+        # pass 2: each row's column ids, written straight into the memory-mapped files
+        tmp.mkdir(parents=True, exist_ok=True)
+        dt = np.int32 if off < 2**31 else np.int64
+        out = {k: np.lib.format.open_memmap(tmp / f"col_{k}.npy", mode="w+", dtype=dt, shape=(self.n,))
+               for k in self.KEYS}
+        self.pos_n = np.zeros(T, np.int64)
+        self.pos_full_n = np.zeros(T, np.int64)
+        dom_set = pa.array(self.domains, pa.string())
+        r0 = 0
+        for t, pos, grams in self._parts():
+            r1 = r0 + t.num_rows
+            full = np.isin(t.column("seq").to_numpy(), self._full)
+            self.pos_n += np.bincount(pos, minlength=T)
+            self.pos_full_n += np.bincount(pos[full], minlength=T)
+            out["domain"][r0:r1] = pc.index_in(t.column("domain").cast(pa.string()), value_set=dom_set).to_numpy()
+            out["pos"][r0:r1] = pos + nd
+            out["pos_full"][r0:r1] = np.where(full, pos, T) + nd + T
+            for name, (key, valid) in grams.items():
+                u = self.uniq[name]
+                local = np.full(len(key), len(u), np.int64)   # dump column for excluded rows
+                local[valid] = np.searchsorted(u, key[valid])
+                out[name][r0:r1] = local + self.offsets[name]
+            r0 = r1
+        for a in out.values():
+            a.flush()
+        del out
+        self.cols = {k: np.load(tmp / f"col_{k}.npy", mmap_mode="r") for k in self.KEYS}
+
+    def _parts(self):
+        """(table, pos, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens
+        carry over part boundaries (validity comes from pos, so they never cross a sequence)."""
+        prev = np.array([-1, -1], np.int64)
+        base, first = self.base, self.first
+        for p in self.parts:
+            t = pq.read_table(p, columns=["seq", "pos", "token_id", "domain"])
+            pos = t.column("pos").to_numpy().astype(np.int64)
+            tid = t.column("token_id").to_numpy().astype(np.int64)
+            ext = np.r_[prev, tid]
+            p1, p2 = ext[1:-1], ext[:-2]
+            prev = ext[-2:]
+            yield t, pos, {"token": (tid, pos >= first), "bigram": (p1 * base + tid, pos >= first + 1),
+                      "trigram": ((p2 * base + p1) * base + tid, pos >= first + 2)}
+
+    def keys(self, ngram: bool) -> tuple[str, ...]:
+        return self.KEYS if ngram else self.KEYS[:4]
+
+    def width(self, ngram: bool) -> int:
+        return self.width_ngram if ngram else self.width_plain
+
+
+class DistinctCounter:
+    """Distinct int64 keys with their counts, fed a part at a time: parts are reduced on arrival
+    and merged when the pending ones outgrow the merged set, so memory follows the distinct keys."""
+
+    MERGE_AT = 1 << 20   # pending keys that always wait for a merge
+
+    def __init__(self) -> None:
+        self.keys, self.counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.n_pending = 0
+
+    def add(self, keys: np.ndarray) -> None:
+        u, c = np.unique(keys, return_counts=True)
+        self.pending.append((u, c.astype(np.int64)))
+        self.n_pending += len(u)
+        if self.n_pending > max(len(self.keys), self.MERGE_AT):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self.pending:
+            return
+        k = np.concatenate([self.keys] + [u for u, _ in self.pending])
+        c = np.concatenate([self.counts] + [c for _, c in self.pending])
+        self.keys, inv = np.unique(k, return_inverse=True)
+        self.counts = np.bincount(inv, weights=c, minlength=len(self.keys)).astype(np.int64)
+        self.pending, self.n_pending = [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        return self.keys, self.counts

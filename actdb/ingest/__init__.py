@@ -1,0 +1,16 @@
+"""Ingest: corpus readers, model loading, adapters, offload, hooks and packing, magnitude capture,
+the forward loop and the pipeline that orders the steps (pipeline.py). torch is imported only
+when an ingest runs."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..settings import IngestSettings
+
+
+def run(settings: "IngestSettings"):
+    """Run `actdb ingest` from Python; see actdb.IngestSettings for the options."""
+    from .pipeline import ingest
+
+    return ingest(settings)

@@ -1,0 +1,1 @@
+"""Presentation: paper figures, the report, the neuron card."""

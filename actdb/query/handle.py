@@ -1,0 +1,56 @@
+"""`actdb.open`: the read-only store handle with its SQL views."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..store.reader import StoreReader
+
+
+class Store(StoreReader):
+    """Read-only handle on a complete store: its files (StoreReader) and its SQL views."""
+
+    def _db(self):
+        con = getattr(self, "_con", None)
+        if con is None:
+            from .connection import connect
+
+            con = self._con = connect(self)
+        return con
+
+    def views(self) -> set[str]:
+        """Names of the SQL views this store offers (capture and projection views only where
+        the store has them); read once per handle."""
+        names = getattr(self, "_views", None)
+        if names is None:
+            names = self._views = set(self.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal")
+                                      ["view_name"].to_list())
+        return names
+
+    def sql(self, query: str, params: dict[str, Any] | None = None, arrow: bool = False):
+        """Run one read-only SQL statement over the views (see actdb.query); `$name` parameters
+        are bound from params. Returns a Polars DataFrame (pyarrow Table with arrow=True)."""
+        from .connection import run_sql
+
+        table = run_sql(self, query, params, con=self._db())
+        if arrow:
+            return table
+        import polars as pl
+
+        return pl.from_arrow(table)
+
+    def query(self, name_or_file: str, params: dict[str, Any] | None = None, arrow: bool = False):
+        """Run a saved query (a name from queries/ or a .sql file) with its header's defaults."""
+        from .catalogue import run_saved
+
+        table = run_saved(self, name_or_file, params, con=self._db())
+        if arrow:
+            return table
+        import polars as pl
+
+        return pl.from_arrow(table)
+
+
+def open(path: str | Path) -> Store:  # noqa: A001 - the public name is actdb.open
+    """Open a complete store read-only."""
+    return Store(path)

@@ -1,0 +1,90 @@
+"""The store's layout: the name of every file and folder actdb writes, in one place.
+
+    STORE/
+      manifest.json              present only once the store is complete (written last)
+      ingest-state.json          while ingesting: settings identity + committed progress
+      .actdb.lock                the writer's lock (ingest, index, --overwrite); readers never take it
+      masks/layer_LL             Zarr v3 uint8 [d_ffn, ceil(n_tokens/8)], see bits.py
+      capture/KIND_FIELD         Zarr v3 magnitude capture (massive activations)
+      tokens/part-BBBBBB.parquet one part per block: row, seq, pos, token_id, doc, domain
+      docs.parquet               doc, doc_id, domain, source
+      vocab.parquet              token_id, token (decoded text), piece (vocabulary entry)
+      projection.safetensors     FFN output rows and unembedding (vocabulary projection)
+      checksums.json             bytes and sha256 of every file above, recorded as it was written
+      index/                     the query index (actdb.index), index/index.json written last
+      _staging/                  token ids and sequence offsets for the forward passes
+      _checksums/                while ingesting: the checksum records of each committed step
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+MANIFEST_FILE = "manifest.json"
+STATE_FILE = "ingest-state.json"
+LOCK_FILE = ".actdb.lock"
+CHECKSUMS_FILE = "checksums.json"
+PENDING_CHECKSUMS = "_checksums"
+STAGING = "_staging"
+MASKS_DIR = "masks"
+CAPTURE_DIR = "capture"
+TOKENS_DIR = "tokens"
+DOCS_FILE = "docs.parquet"
+VOCAB_FILE = "vocab.parquet"
+PROJECTION_FILE = "projection.safetensors"
+INDEX_DIR = "index"
+
+# everything directly under STORE/ that actdb writes; --overwrite removes these and nothing else
+STORE_ENTRIES = (MANIFEST_FILE, STATE_FILE, LOCK_FILE, CHECKSUMS_FILE, PENDING_CHECKSUMS, STAGING, MASKS_DIR,
+                 CAPTURE_DIR, TOKENS_DIR, DOCS_FILE, VOCAB_FILE, PROJECTION_FILE, INDEX_DIR)
+
+# magnitude capture (ingest/capture.py): arrays CAPTURE_DIR/{kind}_{field}
+CAPTURE_KINDS = {"resid+ffn": ("resid", "ffn"), "resid": ("resid",), "none": ()}
+CAPTURE_FIELDS = ("topk_value", "topk_dim", "median", "seq_median")
+
+# the query index (actdb.index), files under INDEX_DIR
+INDEX_FILE = "index.json"
+INDEX_STATE = "_state.json"
+INDEX_PARTS = "_parts"
+INDEX_TMP = "_tmp"
+INDEX_CAPTURE_DIR = "capture"
+INDEX_PROJECTION_FILE = "vocab_projection.parquet"
+
+
+def layer_name(layer: int) -> str:
+    return f"layer_{layer:02d}"
+
+
+def part_name(block: int) -> str:
+    """Token part of mask block `block`."""
+    return f"part-{block:06d}.parquet"
+
+
+PART_GLOB = "part-*.parquet"
+
+
+def token_parts(root: Path) -> list[Path]:
+    return sorted((Path(root) / TOKENS_DIR).glob(PART_GLOB))
+
+
+def index_table(root: Path, name: str) -> Path:
+    """STORE/index/NAME.parquet."""
+    return Path(root) / INDEX_DIR / f"{name}.parquet"
+
+
+def index_capture_parts(root: Path) -> Path:
+    return Path(root) / INDEX_DIR / INDEX_CAPTURE_DIR
+
+
+def token_schema():
+    import pyarrow as pa
+
+    return pa.schema([("row", pa.int64()), ("seq", pa.int64()), ("pos", pa.int32()),
+                      ("token_id", pa.int32()), ("doc", pa.int64()),
+                      ("domain", pa.dictionary(pa.int16(), pa.string()))])
+
+
+def doc_schema():
+    import pyarrow as pa
+
+    return pa.schema([("doc", pa.int64()), ("doc_id", pa.string()), ("domain", pa.string()),
+                      ("source", pa.string())])

@@ -1,0 +1,143 @@
+"""The read-only handle on a complete store (`actdb.open` adds the SQL views, see actdb.query)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError
+from .bits import unpack
+from .chunks import CheckedArray
+from .layout import CHECKSUMS_FILE, MANIFEST_FILE, MASKS_DIR, STATE_FILE, TOKENS_DIR, layer_name, part_name, token_parts
+from .manifest import Manifest
+
+
+class StoreReader:
+    """Read-only handle on a complete store's files: manifest, tokens, masks (`actdb.open` adds SQL)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such store")
+        if not (self.path / MANIFEST_FILE).exists():
+            if (self.path / STATE_FILE).exists():
+                raise StoreError(f"{self.path}: ingest not finished (run `actdb ingest ... --resume` to complete it)")
+            raise StoreError(f"{self.path}: not an actdb store (no {MANIFEST_FILE})")
+        self.manifest = Manifest.read(self.path)
+        self._arrays: dict[int, Any] = {}
+        self._check_parts()
+
+    def _check_parts(self) -> None:
+        """A missing or extra token part would silently change every count over tokens."""
+        m = self.manifest
+        want = {f"part-{b:06d}.parquet" for b in range(-(-m.n_tokens // m.block_tokens))}
+        have = {p.name for p in (self.path / "tokens").glob("part-*.parquet")}
+        if have != want:
+            bad = sorted(want - have)
+            what = f"missing {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") if bad \
+                else f"unexpected {sorted(have - want)[0]}"
+            raise StoreError(f"{self.path / 'tokens'}: expected {len(want)} token parts, {what} "
+                             f"(run `actdb check {self.path}`)")
+
+    def _recorded(self, layer: int) -> set[str] | None:
+        """Chunk keys of a layer's mask array recorded in checksums.json (None: none recorded)."""
+        if not self.manifest.checksums_sha256:
+            return None
+        files = getattr(self, "_checksum_files", None)
+        if files is None:
+            p = self.path / CHECKSUMS_FILE
+            try:
+                raw = p.read_bytes()
+            except OSError as e:
+                raise StoreError(f"{p}: unreadable ({e.strerror or e}); run `actdb check {self.path}`") from None
+            if hashlib.sha256(raw).hexdigest() != self.manifest.checksums_sha256:
+                raise StoreError(f"{p}: does not match the manifest; run `actdb check {self.path}`")
+            files = self._checksum_files = json.loads(raw)["files"]
+        prefix = f"masks/{layer_name(layer)}/"
+        return {k[len(prefix):] for k in files if k.startswith(prefix)}
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"<actdb.Store {self.path} model={m.model} layers={len(m.layers)}x{m.d_ffn} "
+                f"tokens={m.n_tokens}>")
+
+    def describe(self) -> list[str]:
+        m = self.manifest
+        return [
+            f"store        {self.path}",
+            f"model        {m.model} ({m.model_class}, {m.architecture}, weights sha256 {m.weights_sha256[:12]})",
+            f"fired        {m.fire_rule}",
+            f"layers       {len(m.layers)} of {m.n_layers} recorded, {m.d_ffn} neurons each, d_model {m.d_model}",
+            f"tokens       {m.n_tokens:,} in {m.n_sequences:,} sequences ({m.mode}, seq_len {m.seq_len}) "
+            f"from {m.n_docs:,} documents",
+            f"dtype        {m.dtype}",
+            *[f"corpus       {c.path} ({c.bytes:,} bytes, sha256 {c.sha256[:12]})" for c in m.corpus],
+            f"format       {m.format_version} (actdb {m.actdb_version}), masks {m.codec}",
+        ]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.manifest.n_tokens
+
+    def tokens(self):
+        """Token table as a Polars DataFrame: row, seq, pos, token_id, doc, domain."""
+        import polars as pl
+
+        parts = sorted((self.path / "tokens").glob("part-*.parquet"))
+        if not parts:
+            raise StoreError(f"{self.path / 'tokens'}: no token parts")
+        return pl.read_parquet(parts)
+
+    def docs(self):
+        import polars as pl
+
+        return pl.read_parquet(self.path / "docs.parquet")
+
+    def vocab(self):
+        import polars as pl
+
+        return pl.read_parquet(self.path / "vocab.parquet")
+
+    def packed(self, layer: int):
+        """The mask array of a layer, uint8 [d_ffn, ceil(n_tokens/8)], read through CheckedArray."""
+        if layer not in self.manifest.layers:
+            raise StoreError(f"layer {layer}: expected one of the recorded layers {list(self.manifest.layers)}, got {layer}")
+        arr = self._arrays.get(layer)
+        if arr is None:
+            import zarr
+            from zarr.storage import LocalStore
+
+            from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
+
+            try:
+                arr = zarr.open_array(LocalStore(self.path / "masks", read_only=True), path=layer_name(layer), mode="r")
+            except Exception as e:  # zarr raises several types for a missing or bad array
+                raise StoreError(f"{self.path / 'masks' / layer_name(layer)}: cannot open mask array ({e})") from None
+            expected = (self.manifest.d_ffn, (self.n_tokens + 7) // 8)
+            if tuple(arr.shape) != expected:
+                raise StoreError(f"{self.path / 'masks' / layer_name(layer)}: shape: expected {expected}, got {tuple(arr.shape)}")
+            arr = self._arrays[layer] = CheckedArray(arr, self.path / "masks" / layer_name(layer),
+                                                     self._recorded(layer))
+        return arr
+
+    def masks(self, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Fire mask of a layer as bool [rows, d_ffn] for token rows start..stop."""
+        return self.neuron_masks(layer, slice(None), start, stop).T
+
+    def neuron(self, layer: int, neuron: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Fire mask of one neuron as bool [rows]."""
+        if not 0 <= neuron < self.manifest.d_ffn:
+            raise StoreError(f"neuron: expected 0..{self.manifest.d_ffn - 1}, got {neuron}")
+        return self.neuron_masks(layer, slice(neuron, neuron + 1), start, stop)[0]
+
+    def neuron_masks(self, layer: int, neurons: slice, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """bool [neurons, rows] for token rows start..stop (neuron-major, as stored)."""
+        stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
+        if not 0 <= start <= stop:
+            raise StoreError(f"rows: expected 0 <= start <= stop <= {self.n_tokens}, got {start}..{stop}")
+        arr = self.packed(layer)
+        raw = arr[neurons, start // 8:(stop + 7) // 8]
+        return unpack(raw, stop - start, start % 8)

@@ -1,0 +1,140 @@
+"""The ingest-time writer: mask arrays, checksum records, ingest state and the commit protocol.
+
+Commit protocol: a block's mask chunks are written (each chunk file atomically by zarr)
+before `ingest-state.json` records the block as done, so a kill leaves at most
+uncommitted chunks, which resume rewrites. Nothing is read from an incomplete store
+unless asked for explicitly.
+
+Integrity: each step hashes the files it just wrote into `_checksums/STEP.json` before it
+commits; at the end they are merged into `checksums.json`, whose sha256 the manifest
+records (`actdb check` verifies the chain). Mask chunks also carry a crc32c that zarr
+verifies on every read, so a flipped bit or a cut file raises instead of reading garbage.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import StoreError
+from ..io import atomic_write_text, file_digest
+from ..settings import MASK_CODECS
+from .layout import CHECKSUMS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS, STATE_FILE, layer_name
+
+
+def codec_name(codec: str, level: int) -> str:
+    """The manifest's record of the mask codec."""
+    return f"{codec}(level={level})+crc32c"
+
+
+def mask_compressors(codec: str, level: int) -> list[Any]:
+    """Zarr compressors of the mask arrays: the codec, then a crc32c that zarr checks on
+    every read (a flipped bit raises, see CheckedArray)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from .zarr_codec import BitRowsCodec
+
+    if codec not in MASK_CODECS:
+        raise ValueError(f"mask codec: expected one of {', '.join(MASK_CODECS)}, got {codec!r}")
+    return [BitRowsCodec(level=level) if codec == "bitrows" else ZstdCodec(level=level), Crc32cCodec()]
+
+
+def record_checksums(root: Path, step: str, paths: Iterable[Path]) -> None:
+    """Hash the files a step just wrote (still in the page cache) into _checksums/STEP.json,
+    before the step is committed; files that do not exist (empty chunks) are not recorded."""
+    root = Path(root)
+    files = {}
+    for p in paths:
+        try:
+            files[Path(p).relative_to(root).as_posix()] = file_digest(p)
+        except FileNotFoundError:
+            continue
+    (root / PENDING_CHECKSUMS).mkdir(exist_ok=True)
+    atomic_write_text(root / PENDING_CHECKSUMS / f"{step}.json", json.dumps(files, sort_keys=True))
+
+
+def seal_checksums(root: Path) -> str:
+    """Merge the steps' records into checksums.json; returns its sha256 (for the manifest)."""
+    files: dict[str, Any] = {}
+    for p in sorted((root / PENDING_CHECKSUMS).glob("*.json")):
+        files.update(json.loads(p.read_text(encoding="utf-8")))
+    text = json.dumps({"algorithm": "sha256", "files": files}, indent=0, sort_keys=True)
+    atomic_write_text(root / CHECKSUMS_FILE, text)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def block_chunk_files(group_dir: Path, arrays: dict[str, Any], block: int) -> list[Path]:
+    """Chunk files of `block` (chunk index along axis 1, the token axis) of zarr arrays."""
+    out = []
+    for name, arr in arrays.items():
+        grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)]
+        grid[1] = range(block, block + 1)
+        out += [Path(group_dir) / name / arr.metadata.encode_chunk_key(k) for k in itertools.product(*grid)]
+    return out
+
+
+def is_store(path: Path) -> bool:
+    return (path / MANIFEST_FILE).exists() or (path / STATE_FILE).exists()
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    p = root / STATE_FILE
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{p}: unreadable ingest state ({e})") from None
+
+
+def write_state(root: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(root / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
+
+
+def remove_store(root: Path) -> None:
+    """Delete a store (only something that is one, or an empty folder)."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise StoreError(f"{root}: exists and is not a folder")
+    if any(root.iterdir()) and not is_store(root):
+        raise StoreError(f"{root}: folder is not empty and is not an actdb store; refusing to overwrite it")
+    shutil.rmtree(root)
+
+
+class MaskWriter:
+    """Zarr arrays of one store, opened for writing whole blocks."""
+
+    def __init__(self, root: Path, layers: tuple[int, ...], d_ffn: int, n_tokens: int,
+                 block_tokens: int, neuron_chunk: int, codec: str, zstd_level: int, create: bool) -> None:
+        import zarr
+
+        self.block_bytes = block_tokens // 8
+        self.dir = root / MASKS_DIR
+        group = zarr.open_group(self.dir, mode="a")
+        self.arrays = {}
+        for layer in layers:
+            if create:
+                self.arrays[layer] = group.create_array(
+                    layer_name(layer), shape=(d_ffn, (n_tokens + 7) // 8), dtype="uint8",
+                    chunks=(min(neuron_chunk, d_ffn), self.block_bytes), fill_value=0,
+                    compressors=mask_compressors(codec, zstd_level), overwrite=True,
+                    # all-zero chunks (dead neurons, silent stretches) are not stored at all
+                    config={"write_empty_chunks": False})
+            else:
+                self.arrays[layer] = group[layer_name(layer)]
+
+    def write_block(self, index: int, data: np.ndarray) -> None:
+        """data: [n_layers, d_ffn, nbytes] for block `index`, in the order of `layers`."""
+        start = index * self.block_bytes
+        for i, arr in enumerate(self.arrays.values()):
+            arr[:, start:start + data.shape[-1]] = data[i]
+
+    def block_files(self, index: int) -> list[Path]:
+        """The chunk files block `index` may have written (all-zero chunks are not)."""
+        return block_chunk_files(self.dir, {layer_name(l): a for l, a in self.arrays.items()}, index)
