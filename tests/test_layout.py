@@ -1,0 +1,125 @@
+"""The stages import one way (cli -> presentation/query/index/ingest -> store -> shared modules)
+and there is no import circle, imports inside functions counted."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "actdb"
+SHARED = {"actdb.errors", "actdb.settings", "actdb.io", "actdb._version"}
+# stage -> the stages it may import (besides itself and the shared modules)
+ALLOWED = {
+    "shared": set(),
+    "store": set(),
+    "index": {"store"},
+    "query": {"store"},
+    "ingest": {"index", "store"},         # an ingest builds the index at its end
+    "presentation": {"query", "store"},   # figures, report and card draw query results
+    "top": {"ingest", "index", "query", "presentation", "store"},   # actdb/__init__.py and cli.py
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def stage(mod: str) -> str:
+    if mod in SHARED:
+        return "shared"
+    parts = mod.split(".")
+    if len(parts) == 1 or mod == "actdb.cli":
+        return "top"
+    return parts[1]
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """Every actdb module `path` imports, anywhere in the file (relative imports resolved;
+    `from pkg import name` counts `pkg.name` when that is a module)."""
+    mod = module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                src = ".".join(base + ([node.module] if node.module else []))
+            else:
+                src = node.module or ""
+            names = [src] + [f"{src}.{a.name}" for a in node.names]
+        else:
+            continue
+        for n in names:
+            # the deepest actdb module named (a package import runs its __init__ too)
+            while n and n not in modules:
+                n = n.rpartition(".")[0]
+            if n and n != mod:
+                out.add(n)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    files = sorted(ROOT.rglob("*.py"))
+    modules = {module_name(p) for p in files}
+    return {module_name(p): imports(p, modules) for p in files}
+
+
+def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(g):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_circle():
+    cycle = find_cycle(graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_stages_import_one_way():
+    bad = []
+    for mod, deps in graph().items():
+        s = stage(mod)
+        for d in deps:
+            t = stage(d)
+            if t not in ("shared", s) and t not in ALLOWED[s] and d != "actdb":
+                bad.append(f"{mod} ({s}) imports {d} ({t})")
+            if d == "actdb" and s != "top":
+                bad.append(f"{mod} imports the package root (name the module instead)")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_finds_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_stage_is_a_subpackage():
+    for s in ("ingest", "store", "index", "query", "presentation"):
+        assert (ROOT / s / "__init__.py").exists()
+    flat = sorted(p.name for p in ROOT.glob("*.py"))
+    assert flat == ["__init__.py", "_version.py", "cli.py", "errors.py", "io.py", "settings.py"], flat
