@@ -23,6 +23,7 @@ T = 16
 BOS = 2
 D = 16
 LAYERS = (0, 1, 2)
+PAD = None   # a slot before the start of the sequence in a reference n-gram
 
 
 def known_masks(ids: np.ndarray, pos: np.ndarray, seq: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
@@ -105,11 +106,10 @@ class Ref:
         self.ngram_layers = tuple(info["ngram_layers"])
         self.layers = m.layers
         n = self.n
-        # n-grams ending at each row that do not contain a prefix position
-        self.grams = {1: [(int(self.ids[r]),) if self.pos[r] >= first else None for r in range(n)]}
-        for k in (2, 3):
-            self.grams[k] = [tuple(int(x) for x in self.ids[r - k + 1:r + 1]) if self.pos[r] >= first + k - 1 else None
-                             for r in range(n)]
+        # the n-gram ending at each row (SPEC §1.3): a slot before the sequence start is PAD; every n
+        # ends on every row but the BOS position, where the tokenizer adds one (None: not counted)
+        self.grams = {k: [tuple(int(self.ids[r - j]) if self.pos[r] >= j else PAD for j in range(k - 1, -1, -1))
+                          if self.pos[r] >= first else None for r in range(n)] for k in (1, 2, 3)}
         self.gram_count = {k: Counter(g for g in self.grams[k] if g is not None) for k in (1, 2, 3)}
         self.masks = {l: st.masks(l) for l in m.layers}  # [rows, d]
         self.d = m.d_ffn
@@ -198,10 +198,11 @@ def real_ref(real_store):
 
 
 def gram_ids(st, g):
-    V = read_index_info(st.path)["config"]["vocab_base"]
+    """The index's id of an n-gram tuple (PAD slots included)."""
+    cfg = read_index_info(st.path)["config"]
     x = 0
     for t in g:
-        x = x * V + t
+        x = x * cfg["vocab_base"] + (cfg["ngram_pad"] if t is PAD else t)
     return x
 
 
