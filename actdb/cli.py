@@ -222,7 +222,7 @@ def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]
 @click.argument("store")
 @click.argument("layer", type=int)
 @click.argument("neuron", type=int)
-@click.option("--top", default=10, show_default=True, help="Top tokens and projected tokens to show.")
+@click.option("--top", default=10, show_default=True, help="Top tokens, projected tokens and detected trigrams to show.")
 @click.option("--contexts", "n_contexts", default=5, show_default=True, help="Contexts where it fires to show.")
 @_one_line_errors
 def neuron(store: str, layer: int, neuron: int, top: int, n_contexts: int) -> None:

@@ -25,6 +25,22 @@ def test_card_of_a_planted_token_detector(known_store):
     assert "promotes" in r.output and "suppresses" in r.output
 
 
+def test_card_shows_trigrams_with_pad_marked(known_store):
+    """A trigram detector's trigrams as text; a slot before the sequence start is ∅, never a token."""
+    from actdb.presentation.card import trigram_texts
+
+    r = card(known_store, "0", "6")          # detects the planted trigram 3 4 5
+    assert r.exit_code == 0, r.output
+    assert "trigram detector of 1 trigram(s): ('w3', 'w4', 'w5')" in r.output
+    # neuron 0:1 fires on every w5, so (PAD, BOS, w5) at position 1 is among its covered trigrams
+    grams = known_store.sql("SELECT ngrams FROM trigram_detectors WHERE layer = 0 AND neuron = 1")["ngrams"].to_list()[0]
+    texts = trigram_texts(known_store, grams)
+    assert "(∅, 'w2', 'w5')" in texts and all(t.endswith("'w5')") for t in texts)
+    assert sum("∅" in t for t in texts) == 1
+    r = card(known_store, "0", "1", "--top", "3")
+    assert f"trigram detector of {len(grams)} trigram(s): " in r.output and f"… {len(grams) - 3} more" in r.output
+
+
 def test_card_of_dead_and_positional_neurons(known_store):
     r = card(known_store, "0", "0")
     assert r.exit_code == 0 and "DEAD: never fires" in r.output

@@ -23,6 +23,7 @@ T = 16
 BOS = 2
 D = 16
 LAYERS = (0, 1, 2)
+PAD = None   # a slot before the start of the sequence in a reference n-gram
 
 
 def known_masks(ids: np.ndarray, pos: np.ndarray, seq: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
@@ -48,20 +49,22 @@ def known_masks(ids: np.ndarray, pos: np.ndarray, seq: np.ndarray, seed: int = 0
     return out
 
 
-def make_known(path: Path) -> Path:
+def make_known(path: Path, prefix: bool = True) -> Path:
+    """prefix=False: the same store from a tokenizer that adds no BOS (position 0 is a content token)."""
     rng = np.random.default_rng(7)
     lens = [T] * 40 + [7]
     n = sum(lens)
     ids = rng.integers(3, 12, size=n)
     starts = np.r_[0, np.cumsum(lens)[:-1]]
     pos = np.arange(n) - np.repeat(starts, lens)
-    ids[pos == 0] = BOS
+    if prefix:
+        ids[pos == 0] = BOS
     for s in starts[::3]:                                   # plant the trigram 3 4 5
         ids[s + 4:s + 7] = (3, 4, 5)
     masks = known_masks(ids, pos, np.repeat(np.arange(len(lens)), lens))
     doms = ["code" if i % 2 else "prose" for i in range(len(lens))]
     return write_store(path, ids, lens, lambda l, a, b: masks[l][:, a:b], layers=LAYERS, n_layers=4, d_ffn=D,
-                       seq_len=T, vocab=[f"w{i}" for i in range(12)], prefix_tokens=(BOS,), domains=doms,
+                       seq_len=T, vocab=[f"w{i}" for i in range(12)], prefix_tokens=(BOS,) if prefix else (), domains=doms,
                        block_tokens=64, neuron_chunk=8)
 
 
@@ -71,6 +74,13 @@ def known_store(tmp_path_factory):
     from issue4_refs import plant
 
     plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())  # projection weights + capture
+    build_index(p, progress=False, neuron_chunk=5)
+    return actdb.open(p)
+
+
+@pytest.fixture(scope="session")
+def noprefix_store(tmp_path_factory):
+    p = make_known(tmp_path_factory.mktemp("noprefix") / "store", prefix=False)
     build_index(p, progress=False, neuron_chunk=5)
     return actdb.open(p)
 
@@ -105,11 +115,10 @@ class Ref:
         self.ngram_layers = tuple(info["ngram_layers"])
         self.layers = m.layers
         n = self.n
-        # n-grams ending at each row that do not contain a prefix position
-        self.grams = {1: [(int(self.ids[r]),) if self.pos[r] >= first else None for r in range(n)]}
-        for k in (2, 3):
-            self.grams[k] = [tuple(int(x) for x in self.ids[r - k + 1:r + 1]) if self.pos[r] >= first + k - 1 else None
-                             for r in range(n)]
+        # the n-gram ending at each row (SPEC §1.3): a slot before the sequence start is PAD; every n
+        # ends on every row but the BOS position, where the tokenizer adds one (None: not counted)
+        self.grams = {k: [tuple(int(self.ids[r - j]) if self.pos[r] >= j else PAD for j in range(k - 1, -1, -1))
+                          if self.pos[r] >= first else None for r in range(n)] for k in (1, 2, 3)}
         self.gram_count = {k: Counter(g for g in self.grams[k] if g is not None) for k in (1, 2, 3)}
         self.masks = {l: st.masks(l) for l in m.layers}  # [rows, d]
         self.d = m.d_ffn
@@ -197,11 +206,17 @@ def real_ref(real_store):
     return Ref(real_store)
 
 
+@pytest.fixture(scope="session")
+def noprefix_ref(noprefix_store):
+    return Ref(noprefix_store)
+
+
 def gram_ids(st, g):
-    V = read_index_info(st.path)["config"]["vocab_base"]
+    """The index's id of an n-gram tuple (PAD slots included)."""
+    cfg = read_index_info(st.path)["config"]
     x = 0
     for t in g:
-        x = x * V + t
+        x = x * cfg["vocab_base"] + (cfg["ngram_pad"] if t is PAD else t)
     return x
 
 
@@ -256,7 +271,7 @@ def test_known_answers(known_store):
     assert (0, 0, 1) not in cov                        # dead: no coverage row
 
 
-@pytest.mark.parametrize("which", ["known", "real"])
+@pytest.mark.parametrize("which", ["known", "real", "noprefix"])
 def test_neuron_tokens_and_ngrams(which, request):
     """The n-gram tables hold each neuron's top_k n-grams (fires desc, then id) with exact totals."""
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
@@ -282,7 +297,7 @@ def test_neuron_tokens_and_ngrams(which, request):
     assert cnt3 == {gram_ids(st, g): c for g, c in ref.gram_count[3].items()}
 
 
-@pytest.mark.parametrize("which", ["known", "real"])
+@pytest.mark.parametrize("which", ["known", "real", "noprefix"])
 @pytest.mark.parametrize("p", [0.95, 0.5])
 def test_coverage(which, p, request):
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
@@ -298,7 +313,7 @@ def test_coverage(which, p, request):
     assert got == want
 
 
-@pytest.mark.parametrize("which", ["known", "real"])
+@pytest.mark.parametrize("which", ["known", "real", "noprefix"])
 def test_detectors(which, request):
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
     for max_cov in (5, 12):
@@ -319,6 +334,75 @@ def test_detectors(which, request):
             if d is not None:
                 want[(l, nn)] = {gram_ids(st, g) for g in d}
     assert got == want
+
+
+@pytest.mark.parametrize("which", ["known", "real", "noprefix"])
+def test_ngram_fires_same_for_every_n(which, request):
+    """SPEC §1.3: coverage for n = 1, 2, 3 has one denominator, the neuron's fires on every row
+    but the BOS position (all rows without a prefix token), and the n-gram counts sum to those rows."""
+    st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
+    counted = ref.pos >= (1 if st.manifest.prefix_tokens else 0)
+    fires = {}
+    for l, nn, n, f in st.sql("SELECT layer, neuron, n, fires FROM coverage").rows():
+        fires.setdefault((l, nn), {})[n] = f
+    assert fires
+    for l in ref.ngram_layers:
+        want = ref.masks[l][counted].sum(axis=0)
+        for nn in range(ref.d):
+            assert fires.get((l, nn), {}) == ({k: int(want[nn]) for k in (1, 2, 3)} if want[nn] else {}), (l, nn)
+    for view in ("token_counts", "bigram_counts", "trigram_counts"):
+        assert st.sql(f"SELECT sum(count) FROM {view}").item() == int(counted.sum()), view
+
+
+def test_pad_slots(known_store, noprefix_store):
+    """A slot before the sequence start decodes to NULL, and only there: with BOS the bigram ending
+    at position 1 is (BOS, x_1) and the trigram (PAD, BOS, x_1); without, position 0 gives
+    (PAD, x_0) and (PAD, PAD, x_0), position 1 (PAD, x_0, x_1)."""
+    def at(st, n, pad_slots):
+        nulls = " AND ".join(f"token_ids[{i + 1}] IS {'' if i < pad_slots else 'NOT '}NULL" for i in range(n))
+        view = "bigram_counts" if n == 2 else "trigram_counts"
+        return st.sql(f"SELECT token_ids, count FROM {view} WHERE {nulls}").rows()
+
+    def tokens(st, q):
+        return st.sql(f"SELECT seq, pos, token_id FROM tokens WHERE {q} ORDER BY row").rows()
+
+    st = known_store
+    n1 = len(tokens(st, "pos = 1"))
+    assert at(st, 2, 1) == [] and at(st, 3, 2) == []            # position 0 (BOS) ends no n-gram
+    tri = at(st, 3, 1)
+    assert sum(c for _, c in tri) == n1 and {g[1] for g, _ in tri} == {BOS}
+    bos_first = st.sql(f"SELECT sum(count) FROM bigram_counts WHERE token_ids[1] = {BOS}").item()
+    assert bos_first == n1                                    # (BOS, x_1), not (PAD, x_1)
+    st = noprefix_store
+    x0 = Counter(t for _, _, t in tokens(st, "pos = 0"))
+    assert Counter({g[1]: c for g, c in at(st, 2, 1)}) == x0
+    assert Counter({g[2]: c for g, c in at(st, 3, 2)}) == x0
+    assert sum(c for _, c in at(st, 3, 1)) == len(tokens(st, "pos = 1"))
+    assert st.sql("SELECT count(*) FROM neuron_trigrams WHERE token_ids[1] IS NULL").item() > 0
+    cfg = read_index_info(st.path)["config"]
+    assert cfg["ngram_pad"] == cfg["vocab_base"] - 1 == 12   # one past the 12 token ids
+
+
+def test_old_index_version_is_stale(tmp_path):
+    """An index of version 2 (n-grams without PAD) is refused by the views and reported by
+    check with the rebuild command; `actdb index` rebuilds it."""
+    from actdb.store.check import check_store
+
+    p = make_known(tmp_path / "s", prefix=False)
+    build_index(p, progress=False)
+    info_p = p / "index" / "index.json"
+    info = json.loads(info_p.read_text())
+    info["config"]["version"] = 2
+    del info["config"]["ngram_pad"]
+    info_p.write_text(json.dumps(info))
+    with pytest.raises(actdb.StoreError, match=r"index version 2.*--force"):
+        actdb.open(p).sql("SELECT count(*) FROM coverage")
+    problems = check_store(p).problems
+    assert any("stale index: version" in x and "--force" in x for x in problems), problems
+    build_index(p, progress=False)
+    assert read_index_info(p)["config"]["version"] == 3
+    assert actdb.open(p).sql("SELECT count(*) FROM coverage").item() > 0
+    assert not any("stale" in x for x in check_store(p).problems)
 
 
 @pytest.mark.parametrize("which", ["known", "real"])

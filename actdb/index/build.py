@@ -6,8 +6,8 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
   1. token arrays, once: per row its domain, position, position if its sequence is full length,
      and the local ids of its unigram / bigram / trigram among the distinct ones (index/_tmp/*.npy,
      memory-mapped; two passes over the token parts, so memory follows the distinct n-grams).
-     Each statistic is a column range of one count matrix; rows an n-gram
-     statistic excludes (BOS, SPEC §1.3) point at a dump column.
+     Each statistic is a column range of one count matrix; rows the n-gram
+     statistics exclude (the BOS position, SPEC §1.3) point at a dump column.
   2. per unit (layer, neuron chunk), resumable (index/_state.json lists the finished units):
      stream that chunk's mask blocks over all tokens, tally exact counts [chunk, columns] with
      np.bincount, and reduce them in memory to the rows the tables keep (index/_parts/UNIT/).
@@ -29,12 +29,17 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
     index.json                written last (the index is complete exactly when it exists):
                               config (top_k included) and every file's bytes and sha256
 
-N-gram statistics skip every n-gram that contains position 0 of a sequence when the tokenizer
-puts a prefix token (BOS) there (SPEC §1.3). The n-gram tables keep the `top_k` n-grams of each
+N-grams (SPEC §1.3): the n-gram ending at position k is (x_{k-n+1} … x_k) within its sequence,
+slots before position 0 are PAD (not a token): the bigram at 0 is (PAD, x_0), the trigram at 1 is
+(PAD, x_0, x_1). Every n is counted on the same rows: all but position 0 when the tokenizer puts a
+prefix token (BOS) there (as an *ending* position; BOS is a token, so the bigram ending at 1 is
+(BOS, x_1) and the trigram (PAD, BOS, x_1)), else all rows. So a neuron's n-gram fires (coverage
+`fires`) are the same for n = 1, 2, 3. The n-gram tables keep the `top_k` n-grams of each
 neuron by fires (descending, then id): `rank` is the 1-based rank, `cum` the running sum of fires
 in that order, `total` the neuron's n-gram fires (all of them, not only the top_k).
-An n-gram id is the base-V number of its token ids (V = `vocab_base` in index.json):
-bigram = a*V + b, trigram = (a*V + b)*V + c.
+An n-gram id is the base-V number of its slots (V = `vocab_base` in index.json = vocabulary + 1,
+since index version 3): bigram = a*V + b, trigram = (a*V + b)*V + c, with token ids as digits and
+`ngram_pad` = V - 1 for PAD; the views decode PAD to NULL.
 """
 from __future__ import annotations
 
@@ -50,13 +55,12 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..io import atomic_write_text, file_digest, write_parquet
-from ..store.index_info import index_path, read_index_info
+from ..store.index_info import INDEX_VERSION, index_path, read_index_info
 from ..store.layout import INDEX_FILE, INDEX_STATE as STATE
 from .count import chunk_size, count_unit
 from .reduce import EMPTY_SCHEMAS, NGRAMS, P_COV, P_SHARE, P_TOKEN, TABLES, TOK_MAX_COV, TRI_MAX_COV, WEAK_EPS, unit_tables
 from .tokens import TokenArrays
 
-INDEX_VERSION = 2
 TOP_K = 64          # n-grams kept per neuron in neuron_tokens / bigrams / trigrams
 MEMORY_MB = 512     # count matrix + tally buffer + bincount temporary of one unit
 ROW_GROUP = 1 << 20  # rows per Parquet row group of the assembled tables
@@ -114,9 +118,10 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
         raise InputError(f"layers: expected recorded layers {list(m.layers)}, got {bad}")
     root = index_path(st.path)
     vocab_t = pq.read_table(st.path / "vocab.parquet", columns=["token_id", "token"])
-    base = int(max(m.vocab_size, vocab_t.num_rows, 1))
+    pad = int(max(m.vocab_size, vocab_t.num_rows, 1))   # PAD digit of n-gram ids: past every token id
+    base = pad + 1
     config = {"version": INDEX_VERSION, "ngram_layers": list(ngram_layers), "layers": list(m.layers),
-              "vocab_base": base, "weak_eps": WEAK_EPS, "n_tokens": m.n_tokens, "seq_len": m.seq_len,
+              "vocab_base": base, "ngram_pad": pad, "weak_eps": WEAK_EPS, "n_tokens": m.n_tokens, "seq_len": m.seq_len,
               "weights_sha256": m.weights_sha256, "prefix": bool(m.prefix_tokens), "top_k": int(top_k),
               "p_cov": P_COV, "tok_max_cov": TOK_MAX_COV, "tri_max_cov": TRI_MAX_COV, "p_token": P_TOKEN,
               "p_share": P_SHARE}
@@ -140,7 +145,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
     done = set(state["done"])
     units = [(l, n0, min(m.d_ffn, n0 + state["chunks"][str(l in ngram_layers)])) for l in m.layers
              for n0 in range(0, m.d_ffn, state["chunks"][str(l in ngram_layers)])]
-    vocab = np.full(base, None, dtype=object)
+    vocab = np.full(pad, None, dtype=object)
     vocab[vocab_t.column("token_id").to_numpy()] = vocab_t.column("token").to_pylist()
     bar = tqdm(total=len(units), initial=sum(_unit_name(*u[:2]) in done for u in units), unit="chunk",
                desc="index", disable=not progress, dynamic_ncols=True)

@@ -1,4 +1,7 @@
-"""Step 1 of the index: token arrays, n-gram ids and their distinct counts (SPEC §1.3)."""
+"""Step 1 of the index: token arrays, n-gram ids and their distinct counts (SPEC §1.3).
+
+An n-gram id is the base-B number of its slots, first to last, B = `base` = vocabulary + 1:
+token ids are digits 0..B-2 and B-1 is PAD, the slot before the start of a sequence."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,6 +33,9 @@ class TokenArrays:
             raise StoreError(f"{st.path / 'tokens'}: expected {(m.n_tokens + bb - 1) // bb} token parts, "
                              f"got {len(self.parts)}")
         T = m.seq_len
+        if base**3 >= 2**63:   # trigram ids are int64 base-`base` numbers
+            raise StoreError(f"{st.path}: expected a vocabulary under {2**21 - 1:,} tokens for int64 trigram ids, "
+                             f"got {base - 1:,}")
         self.T, self.base, self.first = T, base, 1 if m.prefix_tokens else 0
         # pass 1: domains, full-length sequences (SPEC §1.6), distinct n-grams with their counts
         domains: set[str] = set()
@@ -86,18 +92,22 @@ class TokenArrays:
 
     def _parts(self):
         """(table, pos, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens
-        carry over part boundaries (validity comes from pos, so they never cross a sequence)."""
+        carry over part boundaries. A slot before the sequence start (pos - j < 0) is the PAD digit,
+        so every n counts the same rows: all but the BOS position (SPEC §1.3)."""
         prev = np.array([-1, -1], np.int64)
         base, first = self.base, self.first
+        pad = base - 1
         for p in self.parts:
             t = pq.read_table(p, columns=["seq", "pos", "token_id", "domain"])
             pos = t.column("pos").to_numpy().astype(np.int64)
             tid = t.column("token_id").to_numpy().astype(np.int64)
             ext = np.r_[prev, tid]
-            p1, p2 = ext[1:-1], ext[:-2]
+            p1 = np.where(pos >= 1, ext[1:-1], pad)   # from pos, so a slot never reaches the previous sequence
+            p2 = np.where(pos >= 2, ext[:-2], pad)
             prev = ext[-2:]
-            yield t, pos, {"token": (tid, pos >= first), "bigram": (p1 * base + tid, pos >= first + 1),
-                      "trigram": ((p2 * base + p1) * base + tid, pos >= first + 2)}
+            valid = pos >= first
+            yield t, pos, {"token": (tid, valid), "bigram": (p1 * base + tid, valid),
+                           "trigram": ((p2 * base + p1) * base + tid, valid)}
 
     def keys(self, ngram: bool) -> tuple[str, ...]:
         return self.KEYS if ngram else self.KEYS[:4]

@@ -1,6 +1,7 @@
 """`actdb neuron STORE LAYER NEURON`: one neuron's card, from the views and the masks.
 
-Stats (fires, frequency, per domain), coverage and detector status, its top tokens with
+Stats (fires, frequency, per domain), coverage and detector status (a trigram detector's
+trigrams as text, ∅ for a slot before the sequence start), its top tokens with
 P(fires | token), a position profile, its vocabulary projection, and contexts where it fires
 (the firing token in [brackets], with the tokens before it in the same sequence).
 """
@@ -13,6 +14,7 @@ import numpy as np
 from ..errors import StoreError
 
 SPARK = " ▁▂▃▄▅▆▇█"
+PAD_MARK = "∅"   # an n-gram slot before the sequence start (SPEC §1.3); unquoted, so no token reads the same
 
 
 def sparkline(values: list[float], width: int = 64) -> str:
@@ -39,6 +41,19 @@ def contexts(store, layer: int, neuron: int, n: int = 5, before: int = 8) -> lis
         toks[-1] = f"[{toks[-1]}]"
         out.append(f"row {r:>9,} ({t['domain'][-1]}): {''.join(toks)}")
     return out
+
+
+def trigram_texts(store, ngrams: list[int]) -> list[str]:
+    """Trigram ids -> text, e.g. (∅, '<s>', 'The'): tokens quoted, PAD slots as PAD_MARK."""
+    if not ngrams:
+        return []
+    ids = dict(store.sql("SELECT ngram, token_ids FROM trigram_counts WHERE list_contains($g, ngram)",
+                         {"g": [int(g) for g in ngrams]}).rows())
+    used = sorted({t for v in ids.values() for t in v if t is not None})
+    tok = dict(store.sql("SELECT token_id, token FROM vocab WHERE list_contains($t, token_id)", {"t": used}).rows()) \
+        if used else {}
+    return ["(" + ", ".join(PAD_MARK if t is None else repr(tok.get(t, f"#{t}")) for t in ids[g]) + ")"
+            for g in ngrams]
 
 
 def neuron_card(store, layer: int, neuron: int, top: int = 10, n_contexts: int = 5) -> list[str]:
@@ -70,7 +85,10 @@ def neuron_card(store, layer: int, neuron: int, top: int = 10, n_contexts: int =
         lines.append(f"detector     token detector of {det['tokens'].to_list()[0]} ({100 * det['share'][0]:.1f} % of fires)")
     tri = q("SELECT ngrams FROM trigram_detectors WHERE layer = $l AND neuron = $n")
     if tri.height:
-        lines.append(f"detector     trigram detector of {len(tri['ngrams'].to_list()[0])} trigram(s)")
+        grams = tri["ngrams"].to_list()[0]
+        more = f", … {len(grams) - top} more" if len(grams) > top else ""
+        lines.append(f"detector     trigram detector of {len(grams)} trigram(s): "
+                     + ", ".join(trigram_texts(store, grams[:top])) + more)
     toks = q("""SELECT v.token, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
                  FROM neuron_tokens nt JOIN token_counts tc USING (token_id) LEFT JOIN vocab v USING (token_id)
                  WHERE nt.layer = $l AND nt.neuron = $n ORDER BY nt.rank LIMIT $k""", k=top)

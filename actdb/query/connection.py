@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import InputError, StoreError
-from ..store.index_info import read_index_info
+from ..store.index_info import read_index_info, stale_version
 from .views import _views, massive_views, projection_views, register_proj_score
 
 
@@ -15,6 +15,9 @@ def connect(store, pre: bool = True):
     info = read_index_info(store.path)
     if info is None:
         raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
+    stale = stale_version(store.path, info)
+    if stale:
+        raise StoreError(f"{store.path}: {stale}")
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
     for stmt in _views(store.path, store.manifest, info, pre=pre):

@@ -15,8 +15,12 @@ ngram_layers, oscillatory_ranges, index_info. Thresholds are table macros with t
 and each view is its macro at the defaults.
 
 Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(pos) per position):
-- n-gram statistics skip every n-gram containing position 0 when the tokenizer adds a prefix
-  token (BOS); P(fires | token) and a neuron's n-gram fires are counted on the same rows.
+- n-grams (SPEC §1.3): slots before the sequence start are PAD, so the bigram at position 0 is
+  (PAD, x_0) and the trigram at 1 is (PAD, x_0, x_1); `token_ids` holds NULL for a PAD slot
+  (ngram ids: base `vocab_base` = vocabulary + 1, PAD digit vocab_base - 1). Every n is counted
+  on the same rows, all but the BOS position where the tokenizer adds a prefix token (BOS is a
+  token, so the bigram ending at position 1 is (BOS, x_1)): a neuron's coverage `fires` is the
+  same for n = 1, 2, 3, and P(fires | n-gram) is counted on those rows too.
 - a position is *high* when fr(pos) >= 1 - eps, *low* when fr(pos) <= eps (eps = 0.05, fixed at
   index time, index.json `weak_eps`); `switches_weak` counts high<->low changes along positions,
   skipping positions in between; `switches_exact` the same with eps = 0 (exactly 0 / 1).
@@ -68,8 +72,9 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
         return f"read_parquet({_lit(ix / (name + '.parquet'))})"
 
     def decode(col: str, n: int) -> str:
-        """token ids of an n-gram id, first to last."""
-        return "[" + ", ".join(f"(({col} // {V ** (n - 1 - i)}) % {V})::INT" for i in range(n)) + "]"
+        """token ids of an n-gram id, first to last; NULL for PAD, the slot before the sequence start."""
+        pad = int(info["config"]["ngram_pad"])
+        return "[" + ", ".join(f"nullif(({col} // {V ** (n - 1 - i)}) % {V}, {pad})::INT" for i in range(n)) + "]"
 
     nl = ", ".join(str(int(l)) for l in info["config"]["ngram_layers"]) or "NULL"
     top_k = info["config"].get("top_k")

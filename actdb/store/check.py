@@ -10,8 +10,9 @@ What is checked, in order (a problem in one part does not stop the others):
                 rows/seq/doc/pos ranges from the Parquet statistics, docs.parquet = n_docs,
                 token ids within the vocabulary, mask and capture array shapes, the
                 projection's tensors
-  index         present and complete, built for this store (index.json "config" against
-                the manifest), and its files' recorded sizes and sha256 when it lists them
+  index         present and complete, of this actdb's index version, built for this store
+                (index.json "config" against the manifest), and its files' recorded sizes and
+                sha256 when it lists them
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Any, Callable
 from ..errors import ActdbError
 from .manifest import Manifest
 from ..io import file_digest
+from .index_info import stale_version
 from .layout import CAPTURE_FIELDS as FIELDS, CHECKSUMS_FILE, MANIFEST_FILE, PROJECTION_FILE as FILE, STATE_FILE, layer_name
 
 # where an unrecorded file would change answers: the token glob and zarr's chunk lookups
@@ -301,6 +303,9 @@ def _check_index(root: Path, m: Manifest, r: Report) -> None:
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
         r.problem(p, f"unreadable ({e})")
         return
+    stale = stale_version(root, info)
+    if stale:   # another format: its files are read with other semantics
+        r.problem(d, stale)
     # built for this store? (the same identity the index build records in its config)
     expected = {"n_tokens": m.n_tokens, "weights_sha256": m.weights_sha256, "layers": list(m.layers),
                 "seq_len": m.seq_len}
