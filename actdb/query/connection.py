@@ -1,16 +1,20 @@
 """Connections: a DuckDB database with a store's views, and read-only user SQL with bound parameters."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 from ..errors import InputError, StoreError
 from ..store.index_info import read_index_info
-from .views import _views, massive_views, projection_views, register_proj_score
 
 
 def connect(store, pre: bool = True):
-    """An in-memory DuckDB connection with the views of `store` (an actdb.Store)."""
+    """An in-memory DuckDB connection with the views of `store` (an actdb.Store), confined to
+    the store's own files and with its configuration locked."""
     import duckdb
+
+    from .views import _views, massive_views, projection_views, register_proj_score
 
     info = read_index_info(store.path)
     if info is None:
@@ -27,9 +31,19 @@ def connect(store, pre: bool = True):
         extra += projection_views(store.path)
     for stmt in extra:
         con.execute(stmt)
-    # user SQL may read the store, never write files or change settings
-    con.execute("SET lock_configuration = true")
+    confine(con, store.path)
     return con
+
+
+def confine(con, root: Path) -> None:
+    """Let SQL on `con` read only files under `root` (the views read the store's files when a
+    query runs, so the store stays allowed): no other path, no URL, no extension, no writes,
+    and no SET that would undo it."""
+    dirs = sorted({str(Path(root).absolute()).rstrip("/") + "/", str(Path(root).resolve()).rstrip("/") + "/"})
+    con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
 
 
 def _check_read_only(con, sql: str):
@@ -67,12 +81,7 @@ def coerce_param(value: Any) -> Any:
     return value
 
 
-def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None):
-    """Run one read-only statement with named parameters ($name) bound; returns a pyarrow Table."""
-    import duckdb
-
-    con = con or connect(store)
-    st = _check_read_only(con, sql)
+def _bind(st, params: Mapping[str, Any] | None) -> dict[str, Any]:
     params = {k: coerce_param(v) for k, v in (params or {}).items()}
     needed = set(st.named_parameters)
     missing = sorted(needed - set(params))
@@ -83,7 +92,119 @@ def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None):
     if extra:
         raise InputError(f"parameters: {', '.join(extra)} not used by the query (it uses "
                          f"{', '.join('$' + n for n in sorted(needed)) or 'none'})")
-    try:
-        return con.sql(sql, params=params or None).to_arrow_table()
-    except duckdb.Error as e:
-        raise InputError(_one_line(e)) from None
+    return params
+
+
+class QueryTimeout(InputError):
+    """A statement ran past its time limit and was interrupted."""
+
+
+class _Watchdog:
+    """Interrupts the statement running on `con` once `seconds` have passed. It keeps
+    interrupting until the statement ends, since DuckDB drops an interrupt that arrives
+    before the executor starts."""
+
+    def __init__(self, con, seconds: float | None) -> None:
+        self.con, self.seconds, self.fired = con, seconds, False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        self.fired = True
+        while not self._done.wait(0.05):
+            self.con.interrupt()
+        return
+
+    def __enter__(self) -> "_Watchdog":
+        if self.seconds:
+            self.con.interrupt  # noqa: B018  (fail here, not in the thread, on a connection without it)
+            self._thread = threading.Thread(target=self._run, name="actdb-sql-timeout", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _interrupted(e: BaseException) -> bool:
+    """DuckDB reports an interrupt as InterruptException, as RuntimeError('Query interrupted')
+    from a materialising fetch, or as an OSError through Arrow's stream reader."""
+    return isinstance(e, KeyboardInterrupt) or "interrupt" in type(e).__name__.lower() \
+        or "INTERRUPT" in str(e) or str(e) == "Query interrupted"
+
+
+class Result:
+    """A running statement's answer as a stream of Arrow record batches (`schema`, iterate
+    for batches, or `read_all()`). Past its time limit, or on Ctrl-C, the statement is
+    interrupted: QueryTimeout or KeyboardInterrupt. Close it (or use `with`) to stop early."""
+
+    def __init__(self, con, sql: str, params: dict[str, Any], timeout: float | None, timeout_hint: str,
+                 batch_rows: int) -> None:
+        import duckdb
+
+        self._hint, self._timeout = timeout_hint, timeout
+        self._dog = _Watchdog(con, timeout).__enter__()
+        try:
+            self._reader = con.sql(sql, params=params or None).to_arrow_reader(batch_rows)
+        except BaseException as e:
+            self._dog.__exit__()
+            raise self._translate(e, duckdb) from None
+        self.schema = self._reader.schema
+
+    def _translate(self, e: BaseException, duckdb) -> BaseException:
+        if self._dog.fired and _interrupted(e):
+            return QueryTimeout(f"query interrupted after {self._timeout:g} s ({self._hint})")
+        if _interrupted(e):
+            return KeyboardInterrupt()
+        if isinstance(e, (duckdb.Error, OSError)):
+            msg = _one_line(e)
+            if "Permission Error" in msg:  # enable_external_access = false, see confine()
+                msg += " (SQL over a store reads only the store's own files)"
+            return InputError(msg)
+        return e
+
+    def __iter__(self) -> Iterator:
+        import duckdb
+
+        try:
+            yield from self._reader
+        except BaseException as e:
+            raise self._translate(e, duckdb) from None
+        finally:
+            self.close()
+
+    def read_all(self):
+        """The whole answer as one pyarrow Table."""
+        import pyarrow as pa
+
+        return pa.Table.from_batches(list(self), schema=self.schema)
+
+    def close(self) -> None:
+        self._dog.__exit__()
+        self._reader.close()
+
+    def __enter__(self) -> "Result":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,
+               timeout_hint: str = "timeout", batch_rows: int = 65536) -> Result:
+    """Start one read-only statement with named parameters ($name) bound; its answer streams
+    as Arrow record batches. timeout: seconds (None or 0: no limit); timeout_hint names the
+    knob in the message (the CLI says --timeout)."""
+    con = con or connect(store)
+    st = _check_read_only(con, sql)
+    return Result(con, sql, _bind(st, params), timeout, timeout_hint, batch_rows)
+
+
+def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,
+            timeout_hint: str = "timeout"):
+    """Run one read-only statement with named parameters ($name) bound; returns a pyarrow Table."""
+    return stream_sql(store, sql, params, con, timeout, timeout_hint).read_all()
