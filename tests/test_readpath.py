@@ -171,3 +171,81 @@ def test_query_output_folder_and_missing_parent(store, tmp_path):
     r = run("sql", store, "SELECT 1 AS x", "-f", "parquet", "-o", tmp_path / "p" / "x.parquet")
     assert r.exit_code == 0 and pl.read_parquet(tmp_path / "p" / "x.parquet")["x"].to_list() == [1]
     assert list(tmp_path.rglob(".*.tmp")) == []
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "actdb.cli", *map(str, args)]
+
+
+@pytest.mark.parametrize("sql", [SLOW, "SELECT i FROM range(100000000000) t(i)"], ids=["blocking", "streaming"])
+def test_ctrl_c_prints_interrupted(store, tmp_path, sql):
+    out = tmp_path / "x.csv"
+    # a shell started in the background ignores SIGINT, and a child inherits that: restore it
+    p = subprocess.Popen(_cli("sql", store, sql, "-f", "csv", "-o", out), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4)   # imports, views, and the statement under way
+    assert p.poll() is None, p.communicate()[0]
+    t0 = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    text, _ = p.communicate(timeout=50)
+    assert text == "Error: interrupted\n" and p.returncode == 1
+    assert time.perf_counter() - t0 < 45      # the statement was stopped, not left to its 60 s limit
+    assert list(tmp_path.iterdir()) == []      # no partial output file
+
+
+def _peak_rss_kb(store: Path, sql: str, out: Path, fmt: str) -> int:
+    code = ("import resource, sys\nfrom actdb.cli import main\n"
+            "try:\n    main(sys.argv[1:], standalone_mode=False)\n"
+            "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code, "sql", str(store), sql, "-f", fmt, "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return int(r.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
+def test_large_answers_stream_in_bounded_memory(store, tmp_path, fmt):
+    n = 10_000_000
+    base = _peak_rss_kb(store, "SELECT 1 AS i, 2 AS j", tmp_path / "one", fmt)
+    peak = _peak_rss_kb(store, f"SELECT i, i * 2 AS j FROM range({n}) t(i)", tmp_path / "big", fmt)
+    materialised_kb = n * 16 / 1024                  # the two BIGINT columns alone, as Arrow
+    assert peak - base < materialised_kb / 2, (base, peak)
+    if fmt == "csv":
+        with open(tmp_path / "big") as f:
+            assert f.readline() == "i,j\n" and f.readline() == "0,0\n"
+        assert (tmp_path / "big").stat().st_size > n * 8
+    elif fmt == "parquet":
+        assert pl.scan_parquet(tmp_path / "big").select(pl.len()).collect().item() == n
+
+
+def test_table_output_stops_at_max_rows(store):
+    r = run("sql", store, "SELECT i FROM range(5000) t(i)", "--max-rows", "10")
+    assert r.exit_code == 0, r.output
+    assert "4,990 more rows left out" in r.output and "│ 9 " in r.output and "│ 10 " not in r.output
+    r = run("sql", store, "SELECT i FROM range(5000) t(i)")
+    assert "4,000 more rows left out" in r.output
+    r = run("sql", store, "SELECT i FROM range(5) t(i)")
+    assert r.exit_code == 0 and "left out" not in r.output and "│ 4 " in r.output
+    r = run("sql", store, "SELECT i FROM range(0) t(i)")
+    assert r.exit_code == 0 and "i" in r.output
+
+
+def test_streamed_formats_match_the_whole_answer(store, tmp_path):
+    st = actdb.open(store)
+    q = "SELECT layer, neuron, token_ids, fires FROM neuron_bigrams ORDER BY layer, neuron, fires DESC, ngram"
+    want = st.sql(q)
+    assert want.height > 10
+    # several record batches: the stream is cut at batch boundaries, the answer is the same
+    with st.stream(q) as answer:
+        assert sum(b.num_rows for b in answer) == want.height
+    r = run("sql", store, q, "-f", "json")
+    assert r.exit_code == 0 and json.loads(r.output) == want.to_dicts()
+    r = run("sql", store, q, "-f", "csv")
+    lines = r.output.splitlines()
+    assert lines[0] == "layer,neuron,token_ids,fires" and len(lines) == want.height + 1
+    assert lines[1].split(",")[2] == " ".join(map(str, want["token_ids"][0]))
+    r = run("sql", store, "SELECT 1 AS x WHERE false", "-f", "json")
+    assert r.exit_code == 0 and json.loads(r.output) == []
+    r = run("sql", store, "SELECT 1 AS x WHERE false", "-f", "csv")
+    assert r.exit_code == 0 and r.output == "x\n"

@@ -1,6 +1,7 @@
 """Connections: a DuckDB database with a store's views, and read-only user SQL with bound parameters."""
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -99,35 +100,81 @@ class QueryTimeout(InputError):
     """A statement ran past its time limit and was interrupted."""
 
 
+_WAKE = b"\xff"  # not a signal number
+
+
 class _Watchdog:
-    """Interrupts the statement running on `con` once `seconds` have passed. It keeps
-    interrupting until the statement ends, since DuckDB drops an interrupt that arrives
-    before the executor starts."""
+    """Interrupts the statement running on `con` once `seconds` have passed, or on Ctrl-C.
+
+    DuckDB runs a statement in C with the main thread blocked, where a Python SIGINT handler
+    cannot run until the statement ends; so, in the main thread, SIGINT is caught at C level
+    (signal.set_wakeup_fd) and a helper thread interrupts the statement. Our handler only
+    records the signal: the interrupt then surfaces once, as DuckDB's error, never as a stray
+    KeyboardInterrupt in the middle of writing output. The helper keeps interrupting until the
+    statement ends, since DuckDB drops an interrupt that arrives before its executor starts."""
 
     def __init__(self, con, seconds: float | None) -> None:
-        self.con, self.seconds, self.fired = con, seconds, False
+        self.con, self.seconds = con, seconds or None
+        self.fired = self.user_interrupted = False
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._old: tuple[Any, int] | None = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.user_interrupted = True
+        self.con.interrupt()
 
     def _run(self) -> None:
-        if self._done.wait(self.seconds):
-            return
-        self.fired = True
-        while not self._done.wait(0.05):
-            self.con.interrupt()
-        return
+        import select
+        import time
+
+        deadline = None if self.seconds is None else time.monotonic() + self.seconds
+        while not self._done.is_set():
+            if self._pipe is not None:
+                ready, _, _ = select.select([self._pipe[0]], [], [], 0.05)
+                # signal numbers, or _WAKE from __exit__
+                if ready and os.read(self._pipe[0], 64).strip(_WAKE):
+                    self.user_interrupted = True
+            else:
+                self._done.wait(0.05)
+            if deadline is not None and time.monotonic() >= deadline and not self.user_interrupted:
+                self.fired = True
+            if self.fired or self.user_interrupted:
+                self.con.interrupt()
 
     def __enter__(self) -> "_Watchdog":
-        if self.seconds:
-            self.con.interrupt  # noqa: B018  (fail here, not in the thread, on a connection without it)
-            self._thread = threading.Thread(target=self._run, name="actdb-sql-timeout", daemon=True)
+        import signal
+
+        catch = threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if catch:
+            r, w = self._pipe = os.pipe()
+            os.set_blocking(w, False)
+            self._old = (signal.signal(signal.SIGINT, self._on_sigint),
+                         signal.set_wakeup_fd(w, warn_on_full_buffer=False))
+        if catch or self.seconds:
+            self._thread = threading.Thread(target=self._run, name="actdb-sql-watchdog", daemon=True)
             self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        import signal
+
         self._done.set()
+        if self._pipe is not None:
+            os.write(self._pipe[1], _WAKE)
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+        if self._old is not None:
+            signal.set_wakeup_fd(self._old[1])
+            signal.signal(signal.SIGINT, self._old[0])
+            self._old = None
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
 
 def _interrupted(e: BaseException) -> bool:
@@ -150,12 +197,14 @@ class Result:
         self._dog = _Watchdog(con, timeout).__enter__()
         try:
             self._reader = con.sql(sql, params=params or None).to_arrow_reader(batch_rows)
-        except BaseException as e:
+        except (Exception, KeyboardInterrupt) as e:
             self._dog.__exit__()
             raise self._translate(e, duckdb) from None
         self.schema = self._reader.schema
 
     def _translate(self, e: BaseException, duckdb) -> BaseException:
+        if self._dog.user_interrupted:
+            return KeyboardInterrupt()
         if self._dog.fired and _interrupted(e):
             return QueryTimeout(f"query interrupted after {self._timeout:g} s ({self._hint})")
         if _interrupted(e):
@@ -171,9 +220,16 @@ class Result:
         import duckdb
 
         try:
-            yield from self._reader
-        except BaseException as e:
-            raise self._translate(e, duckdb) from None
+            while True:
+                try:
+                    batch = self._reader.read_next_batch()
+                except StopIteration:
+                    if self._dog.user_interrupted:  # Ctrl-C after the last batch was read
+                        raise KeyboardInterrupt from None
+                    return
+                except (Exception, KeyboardInterrupt) as e:  # not GeneratorExit: a consumer stopping early
+                    raise self._translate(e, duckdb) from None
+                yield batch
         finally:
             self.close()
 

@@ -7,7 +7,6 @@ an error or Ctrl-C).
 """
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,12 +70,14 @@ def _csv(answer, write: Callable[[str], None]) -> None:
 
 
 def _json(answer, write: Callable[[str], None]) -> None:
-    """One JSON array of records (the format before streaming), written a batch at a time."""
+    """One JSON array of records (the format before streaming), written a batch at a time:
+    each batch's array is written by Polars without its brackets."""
     write("[")
     sep = ""
     for df in _frames(answer):
-        write(sep + ", ".join(json.dumps(r, default=str, ensure_ascii=False) for r in df.iter_rows(named=True)))
-        sep = ", "
+        text = df.write_json()
+        write(sep + text[1:-1])
+        sep = ","
     write("]\n")
 
 
