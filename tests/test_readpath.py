@@ -249,3 +249,30 @@ def test_streamed_formats_match_the_whole_answer(store, tmp_path):
     assert r.exit_code == 0 and json.loads(r.output) == []
     r = run("sql", store, "SELECT 1 AS x WHERE false", "-f", "csv")
     assert r.exit_code == 0 and r.output == "x\n"
+
+
+_PROBE = """import sys
+from actdb.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+except SystemExit:
+    pass
+print(sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    [], ["sql", "{s}", "SELECT count(*) FROM neurons"], ["sql", "{s}", "SELECT * FROM layer_stats", "-f", "csv"],
+    ["query", "{s}", "dead_per_layer"], ["query", "--list"], ["info", "{s}"], ["check", "{s}"],
+    ["neuron", "{s}", "0", "1"]], ids=lambda a: " ".join(a[:1]) or "import")
+def test_read_path_imports_no_torch(store, args):
+    code = "import actdb, sys; print(sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)" \
+        if not args else _PROBE
+    r = subprocess.run([sys.executable, "-c", code, *[a.format(s=store) for a in args]], capture_output=True,
+                       text=True, timeout=300, cwd=store.parent)
+    loaded = eval(r.stderr.strip().splitlines()[-1])  # the probe's own last line: a list of names
+    assert "torch" not in loaded and "transformers" not in loaded, (args, r.stderr[-500:])
+    assert "actdb" in loaded
+    if args[:1] == ["sql"] and "-f" not in args:
+        # the table format of a one-line query needs DuckDB and nothing heavy (benchmarks/RESULTS.md)
+        assert not {"polars", "pyarrow", "numpy", "matplotlib", "zarr", "tqdm"} & set(loaded), loaded

@@ -185,24 +185,22 @@ def _interrupted(e: BaseException) -> bool:
 
 
 class Result:
-    """A running statement's answer as a stream of Arrow record batches (`schema`, iterate
-    for batches, or `read_all()`). Past its time limit, or on Ctrl-C, the statement is
-    interrupted: QueryTimeout or KeyboardInterrupt. Close it (or use `with`) to stop early."""
+    """A running statement's answer, read once: as Arrow record batches (iterate, `schema`,
+    `read_all()`), or as Python rows (`fetch(n)`, `columns`) without loading Arrow, which
+    the table format uses. Past its time limit, or on Ctrl-C, the statement is interrupted:
+    QueryTimeout or KeyboardInterrupt. Close it (or use `with`) to stop early."""
 
     def __init__(self, con, sql: str, params: dict[str, Any], timeout: float | None, timeout_hint: str,
                  batch_rows: int) -> None:
+        self._con, self._sql, self._params, self._batch_rows = con, sql, params or None, batch_rows
+        self._hint, self._timeout = timeout_hint, timeout
+        self._reader = None
+        self._executed = False
+        self._dog = _Watchdog(con, timeout).__enter__()
+
+    def _translate(self, e: BaseException) -> BaseException:
         import duckdb
 
-        self._hint, self._timeout = timeout_hint, timeout
-        self._dog = _Watchdog(con, timeout).__enter__()
-        try:
-            self._reader = con.sql(sql, params=params or None).to_arrow_reader(batch_rows)
-        except (Exception, KeyboardInterrupt) as e:
-            self._dog.__exit__()
-            raise self._translate(e, duckdb) from None
-        self.schema = self._reader.schema
-
-    def _translate(self, e: BaseException, duckdb) -> BaseException:
         if self._dog.user_interrupted:
             return KeyboardInterrupt()
         if self._dog.fired and _interrupted(e):
@@ -216,19 +214,37 @@ class Result:
             return InputError(msg)
         return e
 
-    def __iter__(self) -> Iterator:
-        import duckdb
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except (Exception, KeyboardInterrupt) as e:
+            self.close()
+            raise self._translate(e) from None
 
+    def _arrow(self):
+        if self._reader is None:
+            if self._executed:
+                raise RuntimeError("Result: rows already fetched as Python rows")
+            rel = self._call(lambda: self._con.sql(self._sql, params=self._params))
+            self._reader = self._call(rel.to_arrow_reader, self._batch_rows)
+        return self._reader
+
+    @property
+    def schema(self):
+        return self._arrow().schema
+
+    def __iter__(self) -> Iterator:
+        reader = self._arrow()
         try:
             while True:
                 try:
-                    batch = self._reader.read_next_batch()
+                    batch = reader.read_next_batch()
                 except StopIteration:
                     if self._dog.user_interrupted:  # Ctrl-C after the last batch was read
                         raise KeyboardInterrupt from None
                     return
                 except (Exception, KeyboardInterrupt) as e:  # not GeneratorExit: a consumer stopping early
-                    raise self._translate(e, duckdb) from None
+                    raise self._translate(e) from None
                 yield batch
         finally:
             self.close()
@@ -237,11 +253,34 @@ class Result:
         """The whole answer as one pyarrow Table."""
         import pyarrow as pa
 
-        return pa.Table.from_batches(list(self), schema=self.schema)
+        schema = self.schema
+        return pa.Table.from_batches(list(self), schema=schema)
+
+    def _execute(self) -> None:
+        if not self._executed:
+            if self._reader is not None:
+                raise RuntimeError("Result: rows already read as Arrow batches")
+            self._call(self._con.execute, self._sql, self._params)
+            self._executed = True
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """(name, DuckDB type) of each column."""
+        self._execute()
+        return [(d[0], str(d[1])) for d in self._con.description]
+
+    def fetch(self, n: int) -> list[tuple]:
+        """Up to n more rows as Python tuples ([] at the end)."""
+        self._execute()
+        rows = self._call(self._con.fetchmany, n)
+        if not rows and self._dog.user_interrupted:
+            raise KeyboardInterrupt
+        return rows
 
     def close(self) -> None:
         self._dog.__exit__()
-        self._reader.close()
+        if self._reader is not None:
+            self._reader.close()
 
     def __enter__(self) -> "Result":
         return self

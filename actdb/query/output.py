@@ -81,22 +81,46 @@ def _json(answer, write: Callable[[str], None]) -> None:
     write("]\n")
 
 
-def _table(answer, write: Callable[[str], None], max_rows: int) -> None:
-    import polars as pl
+def _cell(v) -> str:
+    text = "null" if v is None else str(v)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= _CELL else text[:_CELL - 1] + "…"
 
-    kept, n_kept, left = [], 0, 0
-    for df in _frames(answer):
-        take = min(df.height, max_rows - n_kept)
-        if take:
-            kept.append(df.head(take))
-            n_kept += take
-        left += df.height - take
-    df = pl.concat(kept) if kept else pl.from_arrow(answer.schema.empty_table())
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
-        text = str(df)
-    write(text.rstrip("\n") + "\n")
+
+_CELL = 60
+
+
+def _render(columns: list[tuple[str, str]], rows: list[tuple]) -> str:
+    """A box table (names, types, rows), drawn here rather than by Polars: importing Polars
+    costs more than a small query does (benchmarks/RESULTS.md)."""
+    head = [[n for n, _ in columns], ["---"] * len(columns), [t.lower() for _, t in columns]]
+    body = [[_cell(v) for v in r] for r in rows]
+    widths = [max(len(x[i]) for x in head + body) for i in range(len(columns))]
+
+    def line(cells: list[str]) -> str:
+        return "│ " + " ┆ ".join(c.ljust(w) for c, w in zip(cells, widths)) + " │"
+
+    def rule(left: str, mid: str, right: str, fill: str) -> str:
+        return left + mid.join(fill * (w + 2) for w in widths) + right
+
+    return "\n".join([rule("┌", "┬", "┐", "─"), *map(line, head), rule("╞", "╪", "╡", "═"),
+                      *map(line, body), rule("└", "┴", "┘", "─")])
+
+
+def _table(answer, write: Callable[[str], None], max_rows: int) -> None:
+    if hasattr(answer, "to_batches"):  # a whole pyarrow Table
+        columns = [(f.name, str(f.type)) for f in answer.schema]
+        all_rows = [tuple(r.values()) for r in answer.to_pylist()]
+        rows, left = all_rows[:max_rows], len(all_rows) - min(max_rows, len(all_rows))
+    else:
+        columns = answer.columns
+        rows = answer.fetch(max_rows) if max_rows else []
+        left = 0
+        while chunk := answer.fetch(100_000):   # counted, not kept
+            left += len(chunk)
+    write(_render(columns, rows) + "\n")
     if left:
-        write(f"… {left:,} more row{'s' if left != 1 else ''} left out ({n_kept:,} shown, --max-rows; "
+        write(f"… {left:,} more row{'s' if left != 1 else ''} left out ({len(rows):,} shown, --max-rows; "
               "-f csv/json/parquet write all)\n")
 
 
