@@ -10,10 +10,14 @@ import click
 
 from ._version import __version__
 from .errors import ActdbError
-from .settings import IngestSettings
+from .settings import IngestSettings, QuerySettings
 
 
 def _one_line_errors(fn):
+    # only an ingest (and the index it builds) has anything to resume
+    stopped = "interrupted (an ingest continues with --resume)" if fn.__name__ in ("ingest", "index") \
+        else "interrupted"
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -21,7 +25,7 @@ def _one_line_errors(fn):
         except ActdbError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted (an ingest continues with --resume)") from None
+            raise click.ClickException(stopped) from None
         except Exception as e:
             if os.environ.get("ACTDB_DEBUG"):
                 raise
@@ -47,6 +51,19 @@ def _settings_options(fn):
         fn = click.option(flag, f.name, type=ctype, default=f.default, show_default=True,
                           help=f.metadata["help"])(fn)
     return fn
+
+
+def _query_options(fn):
+    """Add one option per QuerySettings field (--timeout, --max-rows)."""
+    hints = typing.get_type_hints(QuerySettings)
+    for f in reversed(dataclasses.fields(QuerySettings)):
+        fn = click.option("--" + f.name.replace("_", "-"), f.name, type=hints[f.name], default=f.default,
+                          show_default=True, help=f.metadata["help"])(fn)
+    return fn
+
+
+def _echo(text: str) -> None:
+    click.echo(text, nl=False)
 
 
 @click.group()
@@ -118,14 +135,18 @@ _FORMATS = click.Choice(["table", "csv", "json", "parquet"])
               help="Bind $NAME to VALUE (repeatable).")
 @click.option("-f", "--format", "fmt", type=_FORMATS, default="table", show_default=True)
 @click.option("-o", "--output", default=None, help="Output file (required for parquet; default stdout).")
+@_query_options
 @_one_line_errors
-def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, output: str | None) -> None:
-    """Run one read-only SQL statement over STORE's views."""
-    from .query.output import emit
+def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, output: str | None,
+        **options) -> None:
+    """Run one read-only SQL statement over STORE's views (it reads only STORE's files)."""
     from .query.handle import open as open_store
+    from .query.output import check_output, emit
 
-    st = open_store(store)
-    emit(st.sql(query, dict(params), arrow=True), fmt, output, click.echo)
+    qs = QuerySettings(**options)
+    check_output(fmt, output)
+    with open_store(store).stream(query, dict(params), timeout=qs.timeout, timeout_hint="--timeout") as answer:
+        emit(answer, fmt, output, _echo, qs.max_rows)
 
 
 @main.command()
@@ -135,23 +156,36 @@ def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, o
               help="Override a parameter of the query (repeatable).")
 @click.option("-f", "--format", "fmt", type=_FORMATS, default="table", show_default=True)
 @click.option("-o", "--output", default=None, help="Output file (required for parquet; default stdout).")
-@click.option("--list", "list_", is_flag=True, help="List the saved queries and what they reproduce.")
+@click.option("--list", "list_", is_flag=True, help="List the saved queries, what they reproduce and their parameters.")
+@click.option("--describe", is_flag=True, help="Describe query NAME (title, what it reproduces, parameters "
+              "with default and help) instead of running it; STORE may be omitted.")
+@_query_options
 @_one_line_errors
-def query(store: str | None, name: str | None, params, fmt: str, output: str | None, list_: bool) -> None:
+def query(store: str | None, name: str | None, params, fmt: str, output: str | None, list_: bool, describe: bool,
+          **options) -> None:
     """Run a saved query NAME (from queries/) or a .sql FILE on STORE."""
-    from .query.catalogue import list_lines
-    from .query.output import emit
     from .errors import InputError
+    from .query.catalogue import describe_lines, find_query, list_lines
     from .query.handle import open as open_store
+    from .query.output import check_output, emit
 
     if list_:
         for line in list_lines():
             click.echo(line)
         return
+    if describe:
+        # `actdb query NAME --describe` needs no store
+        for line in describe_lines(name or store or ""):
+            click.echo(line)
+        return
     if not store or not name:
         raise InputError("query: expected STORE and NAME|FILE (or --list)")
-    st = open_store(store)
-    emit(st.query(name, dict(params), arrow=True), fmt, output, click.echo)
+    qs = QuerySettings(**options)
+    find_query(name)  # a missing query or file is named before the store is opened
+    check_output(fmt, output)
+    with open_store(store).stream(name, dict(params), timeout=qs.timeout, timeout_hint="--timeout",
+                                  saved=True) as answer:
+        emit(answer, fmt, output, _echo, qs.max_rows)
 
 
 @main.command()

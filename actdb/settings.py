@@ -92,3 +92,27 @@ def settings_table() -> str:
         default = f.default if f.default not in (None, ()) else "—"
         rows.append(f"| `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """`actdb sql` and `actdb query`: how long a statement may run and how much is printed."""
+    timeout: float = _opt(60.0, "Seconds a statement may run before it is interrupted (0: no limit).")
+    max_rows: int = _opt(1000, "Rows the table format prints; the rest are counted and left out "
+                         "(CSV, JSON and Parquet write every row).")
+
+    def __post_init__(self) -> None:
+        from .errors import InputError
+
+        if self.timeout < 0:
+            raise InputError(f"--timeout: expected 0 (no limit) or a positive number of seconds, got {self.timeout}")
+        if self.max_rows < 0:
+            raise InputError(f"--max-rows: expected 0 or more, got {self.max_rows}")
+
+
+def query_settings_table() -> str:
+    """Markdown table of the query settings, for the README."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(QuerySettings):
+        rows.append(f"| `--{f.name.replace('_', '-')}` | `{f.default}` | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,5 +1,5 @@
 """The saved-query catalogue: the .sql files of queries/, each with a header naming what it
-reproduces and its `-- param:`s."""
+reproduces and its `-- param: name = default  help` lines."""
 from __future__ import annotations
 
 import re
@@ -8,9 +8,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import InputError
-from .connection import coerce_param, run_sql
+from .connection import coerce_param, run_sql, stream_sql
 
-QUERIES_DIR = Path(__file__).resolve().parents[2] / "queries"
+
+def _queries_dir() -> Path:
+    """queries/ of a checkout (the source, so edits show at once), else the copy a wheel ships
+    in actdb/query/saved/ (setup.py copies queries/ there at build time)."""
+    here = Path(__file__).resolve().parent
+    source = here.parents[1] / "queries"
+    if (here.parents[1] / "pyproject.toml").is_file() and source.is_dir():
+        return source
+    return here / "saved"
+
+
+QUERIES_DIR = _queries_dir()
 
 
 @dataclass(frozen=True)
@@ -21,9 +32,10 @@ class SavedQuery:
     reproduces: str
     params: dict[str, Any] = field(default_factory=dict)
     sql: str = ""
+    param_help: dict[str, str] = field(default_factory=dict)
 
 
-_PARAM = re.compile(r"^--\s*param:\s*(\w+)\s*=\s*(\S+)")
+_PARAM = re.compile(r"^--\s*param:\s*(\w+)\s*=\s*(\S+)\s*(.*)$")
 
 
 def parse_query_file(path: Path) -> SavedQuery:
@@ -33,17 +45,19 @@ def parse_query_file(path: Path) -> SavedQuery:
         raise InputError(f"{path}: cannot read query file ({e.strerror})") from None
     title = reproduces = ""
     params: dict[str, Any] = {}
+    helps: dict[str, str] = {}
     for line in text.splitlines():
         if not line.startswith("--"):
             continue
         mp = _PARAM.match(line)
         if mp:
             params[mp.group(1)] = coerce_param(mp.group(2))
+            helps[mp.group(1)] = mp.group(3).strip()
         elif line.lower().startswith("-- title:"):
             title = line.split(":", 1)[1].strip()
         elif line.lower().startswith("-- reproduces:"):
             reproduces = line.split(":", 1)[1].strip()
-    return SavedQuery(Path(path).stem, Path(path), title, reproduces, params, text)
+    return SavedQuery(Path(path).stem, Path(path), title, reproduces, params, text, helps)
 
 
 def saved_queries(folder: Path | None = None) -> list[SavedQuery]:
@@ -52,30 +66,63 @@ def saved_queries(folder: Path | None = None) -> list[SavedQuery]:
 
 
 def find_query(name_or_file: str) -> SavedQuery:
+    """A saved query by name, or a .sql file (a name with a .sql suffix or a folder in it is a file)."""
     p = Path(name_or_file)
-    if p.suffix == ".sql" and p.exists():
-        return parse_query_file(p)
+    if p.suffix == ".sql" or len(p.parts) > 1:
+        if p.is_file():
+            return parse_query_file(p)
+        what = "is not a file" if p.exists() else "no such file"
+        raise InputError(f"query: {name_or_file}: {what}")
     cand = QUERIES_DIR / f"{name_or_file}.sql"
     if cand.exists():
         return parse_query_file(cand)
     names = ", ".join(q.name for q in saved_queries())
-    raise InputError(f"query: expected a file or one of {names}, got {name_or_file!r}")
+    raise InputError(f"query: expected a .sql file or one of {names}, got {name_or_file!r}")
 
 
-def run_saved(store, name_or_file: str, params: Mapping[str, Any] | None = None, con=None):
-    q = find_query(name_or_file)
+def _merged(q: SavedQuery, params: Mapping[str, Any] | None) -> dict[str, Any]:
     given = dict(params or {})
     unknown = sorted(set(given) - set(q.params))
     if unknown:
         raise InputError(f"parameters: {', '.join(unknown)} unknown to query {q.name} "
                          f"(it takes {', '.join(q.params) or 'none'})")
-    return run_sql(store, q.sql, {**q.params, **given}, con=con)
+    return {**q.params, **given}
+
+
+def run_saved(store, name_or_file: str, params: Mapping[str, Any] | None = None, con=None,
+              timeout: float | None = None):
+    """A saved query's whole answer as a pyarrow Table (header defaults, overridden by params)."""
+    q = find_query(name_or_file)
+    return run_sql(store, q.sql, _merged(q, params), con=con, timeout=timeout)
+
+
+def stream_saved(store, name_or_file: str, params: Mapping[str, Any] | None = None, con=None,
+                 timeout: float | None = None, timeout_hint: str = "timeout"):
+    """A saved query's answer as a stream of record batches (connection.Result)."""
+    q = find_query(name_or_file)
+    return stream_sql(store, q.sql, _merged(q, params), con=con, timeout=timeout, timeout_hint=timeout_hint)
+
+
+def _param_lines(q: SavedQuery, indent: str) -> list[str]:
+    width = max((len(f"${k} = {v}") for k, v in q.params.items()), default=0)
+    return [f"{indent}{f'${k} = {v}':{width}s}  {q.param_help.get(k, '')}".rstrip() for k, v in q.params.items()]
 
 
 def list_lines() -> list[str]:
+    """`actdb query --list`: each query, what it reproduces, its title and its parameters."""
     out = []
     for q in saved_queries():
-        ps = " ".join(f"${k}={v}" for k, v in q.params.items())
         out.append(f"{q.name:28s} {q.reproduces}")
-        out.append(f"{'':28s}   {q.title}" + (f"  [{ps}]" if ps else ""))
+        out.append(f"{'':28s}   {q.title}")
+        out += _param_lines(q, " " * 31)
     return out
+
+
+def describe_lines(name_or_file: str) -> list[str]:
+    """`actdb query NAME --describe`: title, what it reproduces, file, parameters with default and help."""
+    q = find_query(name_or_file)
+    out = [f"query        {q.name}", f"title        {q.title or '—'}", f"reproduces   {q.reproduces or '—'}",
+           f"file         {q.path}"]
+    if not q.params:
+        return out + ["parameters   none"]
+    return out + ["parameters   (override with -p NAME VALUE)"] + _param_lines(q, "  ")

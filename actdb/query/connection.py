@@ -1,16 +1,21 @@
 """Connections: a DuckDB database with a store's views, and read-only user SQL with bound parameters."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 from ..errors import InputError, StoreError
 from ..store.index_info import read_index_info, stale_version
-from .views import _views, massive_views, projection_views, register_proj_score
 
 
 def connect(store, pre: bool = True):
-    """An in-memory DuckDB connection with the views of `store` (an actdb.Store)."""
+    """An in-memory DuckDB connection with the views of `store` (an actdb.Store), confined to
+    the store's own files and with its configuration locked."""
     import duckdb
+
+    from .views import _views, massive_views, projection_views, register_proj_score
 
     info = read_index_info(store.path)
     if info is None:
@@ -30,9 +35,19 @@ def connect(store, pre: bool = True):
         extra += projection_views(store.path)
     for stmt in extra:
         con.execute(stmt)
-    # user SQL may read the store, never write files or change settings
-    con.execute("SET lock_configuration = true")
+    confine(con, store.path)
     return con
+
+
+def confine(con, root: Path) -> None:
+    """Let SQL on `con` read only files under `root` (the views read the store's files when a
+    query runs, so the store stays allowed): no other path, no URL, no extension, no writes,
+    and no SET that would undo it."""
+    dirs = sorted({str(Path(root).absolute()).rstrip("/") + "/", str(Path(root).resolve()).rstrip("/") + "/"})
+    con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
 
 
 def _check_read_only(con, sql: str):
@@ -70,12 +85,7 @@ def coerce_param(value: Any) -> Any:
     return value
 
 
-def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None):
-    """Run one read-only statement with named parameters ($name) bound; returns a pyarrow Table."""
-    import duckdb
-
-    con = con or connect(store)
-    st = _check_read_only(con, sql)
+def _bind(st, params: Mapping[str, Any] | None) -> dict[str, Any]:
     params = {k: coerce_param(v) for k, v in (params or {}).items()}
     needed = set(st.named_parameters)
     missing = sorted(needed - set(params))
@@ -86,7 +96,213 @@ def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None):
     if extra:
         raise InputError(f"parameters: {', '.join(extra)} not used by the query (it uses "
                          f"{', '.join('$' + n for n in sorted(needed)) or 'none'})")
-    try:
-        return con.sql(sql, params=params or None).to_arrow_table()
-    except duckdb.Error as e:
-        raise InputError(_one_line(e)) from None
+    return params
+
+
+class QueryTimeout(InputError):
+    """A statement ran past its time limit and was interrupted."""
+
+
+_WAKE = b"\xff"  # not a signal number
+
+
+class _Watchdog:
+    """Interrupts the statement running on `con` once `seconds` have passed, or on Ctrl-C.
+
+    DuckDB runs a statement in C with the main thread blocked, where a Python SIGINT handler
+    cannot run until the statement ends; so, in the main thread, SIGINT is caught at C level
+    (signal.set_wakeup_fd) and a helper thread interrupts the statement. Our handler only
+    records the signal: the interrupt then surfaces once, as DuckDB's error, never as a stray
+    KeyboardInterrupt in the middle of writing output. The helper keeps interrupting until the
+    statement ends, since DuckDB drops an interrupt that arrives before its executor starts."""
+
+    def __init__(self, con, seconds: float | None) -> None:
+        self.con, self.seconds = con, seconds or None
+        self.fired = self.user_interrupted = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._old: tuple[Any, int] | None = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.user_interrupted = True
+        self.con.interrupt()
+
+    def _run(self) -> None:
+        import select
+        import time
+
+        deadline = None if self.seconds is None else time.monotonic() + self.seconds
+        while not self._done.is_set():
+            if self._pipe is not None:
+                ready, _, _ = select.select([self._pipe[0]], [], [], 0.05)
+                # signal numbers, or _WAKE from __exit__
+                if ready and os.read(self._pipe[0], 64).strip(_WAKE):
+                    self.user_interrupted = True
+            else:
+                self._done.wait(0.05)
+            if deadline is not None and time.monotonic() >= deadline and not self.user_interrupted:
+                self.fired = True
+            if self.fired or self.user_interrupted:
+                self.con.interrupt()
+
+    def __enter__(self) -> "_Watchdog":
+        import signal
+
+        catch = threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if catch:
+            r, w = self._pipe = os.pipe()
+            os.set_blocking(w, False)
+            self._old = (signal.signal(signal.SIGINT, self._on_sigint),
+                         signal.set_wakeup_fd(w, warn_on_full_buffer=False))
+        if catch or self.seconds:
+            self._thread = threading.Thread(target=self._run, name="actdb-sql-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        self._done.set()
+        if self._pipe is not None:
+            os.write(self._pipe[1], _WAKE)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._old is not None:
+            signal.set_wakeup_fd(self._old[1])
+            signal.signal(signal.SIGINT, self._old[0])
+            self._old = None
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+
+def _interrupted(e: BaseException) -> bool:
+    """DuckDB reports an interrupt as InterruptException, as RuntimeError('Query interrupted')
+    from a materialising fetch, or as an OSError through Arrow's stream reader."""
+    return isinstance(e, KeyboardInterrupt) or "interrupt" in type(e).__name__.lower() \
+        or "INTERRUPT" in str(e) or str(e) == "Query interrupted"
+
+
+class Result:
+    """A running statement's answer, read once: as Arrow record batches (iterate, `schema`,
+    `read_all()`), or as Python rows (`fetch(n)`, `columns`) without loading Arrow, which
+    the table format uses. Past its time limit, or on Ctrl-C, the statement is interrupted:
+    QueryTimeout or KeyboardInterrupt. Close it (or use `with`) to stop early."""
+
+    def __init__(self, con, sql: str, params: dict[str, Any], timeout: float | None, timeout_hint: str,
+                 batch_rows: int) -> None:
+        self._con, self._sql, self._params, self._batch_rows = con, sql, params or None, batch_rows
+        self._hint, self._timeout = timeout_hint, timeout
+        self._reader = None
+        self._executed = False
+        self._dog = _Watchdog(con, timeout).__enter__()
+
+    def _translate(self, e: BaseException) -> BaseException:
+        import duckdb
+
+        if self._dog.user_interrupted:
+            return KeyboardInterrupt()
+        if self._dog.fired and _interrupted(e):
+            return QueryTimeout(f"query interrupted after {self._timeout:g} s ({self._hint})")
+        if _interrupted(e):
+            return KeyboardInterrupt()
+        if isinstance(e, (duckdb.Error, OSError)):
+            msg = _one_line(e)
+            if "Permission Error" in msg:  # enable_external_access = false, see confine()
+                msg += " (SQL over a store reads only the store's own files)"
+            return InputError(msg)
+        return e
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except (Exception, KeyboardInterrupt) as e:
+            self.close()
+            raise self._translate(e) from None
+
+    def _arrow(self):
+        if self._reader is None:
+            if self._executed:
+                raise RuntimeError("Result: rows already fetched as Python rows")
+            rel = self._call(lambda: self._con.sql(self._sql, params=self._params))
+            self._reader = self._call(rel.to_arrow_reader, self._batch_rows)
+        return self._reader
+
+    @property
+    def schema(self):
+        return self._arrow().schema
+
+    def __iter__(self) -> Iterator:
+        reader = self._arrow()
+        try:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    if self._dog.user_interrupted:  # Ctrl-C after the last batch was read
+                        raise KeyboardInterrupt from None
+                    return
+                except (Exception, KeyboardInterrupt) as e:  # not GeneratorExit: a consumer stopping early
+                    raise self._translate(e) from None
+                yield batch
+        finally:
+            self.close()
+
+    def read_all(self):
+        """The whole answer as one pyarrow Table."""
+        import pyarrow as pa
+
+        schema = self.schema
+        return pa.Table.from_batches(list(self), schema=schema)
+
+    def _execute(self) -> None:
+        if not self._executed:
+            if self._reader is not None:
+                raise RuntimeError("Result: rows already read as Arrow batches")
+            self._call(self._con.execute, self._sql, self._params)
+            self._executed = True
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """(name, DuckDB type) of each column."""
+        self._execute()
+        return [(d[0], str(d[1])) for d in self._con.description]
+
+    def fetch(self, n: int) -> list[tuple]:
+        """Up to n more rows as Python tuples ([] at the end)."""
+        self._execute()
+        rows = self._call(self._con.fetchmany, n)
+        if not rows and self._dog.user_interrupted:
+            raise KeyboardInterrupt
+        return rows
+
+    def close(self) -> None:
+        self._dog.__exit__()
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> "Result":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,
+               timeout_hint: str = "timeout", batch_rows: int = 65536) -> Result:
+    """Start one read-only statement with named parameters ($name) bound; its answer streams
+    as Arrow record batches. timeout: seconds (None or 0: no limit); timeout_hint names the
+    knob in the message (the CLI says --timeout)."""
+    con = con or connect(store)
+    st = _check_read_only(con, sql)
+    return Result(con, sql, _bind(st, params), timeout, timeout_hint, batch_rows)
+
+
+def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,
+            timeout_hint: str = "timeout"):
+    """Run one read-only statement with named parameters ($name) bound; returns a pyarrow Table."""
+    return stream_sql(store, sql, params, con, timeout, timeout_hint).read_all()

@@ -27,28 +27,42 @@ class Store(StoreReader):
                                       ["view_name"].to_list())
         return names
 
-    def sql(self, query: str, params: dict[str, Any] | None = None, arrow: bool = False):
+    def sql(self, query: str, params: dict[str, Any] | None = None, arrow: bool = False,
+            timeout: float | None = None):
         """Run one read-only SQL statement over the views (see actdb.query); `$name` parameters
-        are bound from params. Returns a Polars DataFrame (pyarrow Table with arrow=True)."""
+        are bound from params. The statement reads only this store's files. timeout: seconds
+        after which it is interrupted (QueryTimeout, an InputError); None: no limit.
+        Returns a Polars DataFrame (pyarrow Table with arrow=True)."""
         from .connection import run_sql
 
-        table = run_sql(self, query, params, con=self._db())
+        table = run_sql(self, query, params, con=self._db(), timeout=timeout)
         if arrow:
             return table
         import polars as pl
 
         return pl.from_arrow(table)
 
-    def query(self, name_or_file: str, params: dict[str, Any] | None = None, arrow: bool = False):
+    def query(self, name_or_file: str, params: dict[str, Any] | None = None, arrow: bool = False,
+              timeout: float | None = None):
         """Run a saved query (a name from queries/ or a .sql file) with its header's defaults."""
         from .catalogue import run_saved
 
-        table = run_saved(self, name_or_file, params, con=self._db())
+        table = run_saved(self, name_or_file, params, con=self._db(), timeout=timeout)
         if arrow:
             return table
         import polars as pl
 
         return pl.from_arrow(table)
+
+    def stream(self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None,
+               timeout_hint: str = "timeout", saved: bool = False):
+        """Start a statement (a saved query with saved=True) and stream its answer: a
+        connection.Result of Arrow record batches, for answers too large to hold."""
+        from .catalogue import stream_saved
+        from .connection import stream_sql
+
+        run = stream_saved if saved else stream_sql
+        return run(self, query, params, con=self._db(), timeout=timeout, timeout_hint=timeout_hint)
 
 
 def open(path: str | Path) -> Store:  # noqa: A001 - the public name is actdb.open

@@ -44,10 +44,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from ..store.projection import Projection
-
 def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
@@ -214,9 +210,16 @@ def register_proj_score(con, root: Path) -> None:
     """proj_score(layer, neuron, token_id) -> DOUBLE on a DuckDB connection."""
     import duckdb
 
-    proj = Projection(root)
+    proj = None
 
     def fn(layer, neuron, token_id):
+        # pyarrow, numpy and the weights load on the first call: opening the views stays cheap
+        import pyarrow as pa
+
+        from ..store.projection import Projection
+
+        nonlocal proj
+        proj = proj or Projection(root)
         return pa.array(proj.scores(layer.to_numpy(zero_copy_only=False), neuron.to_numpy(zero_copy_only=False),
                                     token_id.to_numpy(zero_copy_only=False)), pa.float64())
 

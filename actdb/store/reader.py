@@ -4,15 +4,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from .bits import unpack
-from .chunks import CheckedArray
 from .layout import CHECKSUMS_FILE, MANIFEST_FILE, MASKS_DIR, STATE_FILE, TOKENS_DIR, layer_name, part_name, token_parts
 from .manifest import Manifest
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy, the mask bits and the chunk reader load on the first mask read: SQL over the
+# views needs none of them, and a short `actdb sql` should not pay for their import
 
 
 class StoreReader:
@@ -111,6 +113,7 @@ class StoreReader:
             from zarr.storage import LocalStore
 
             from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
+            from .chunks import CheckedArray
 
             try:
                 arr = zarr.open_array(LocalStore(self.path / "masks", read_only=True), path=layer_name(layer), mode="r")
@@ -138,6 +141,8 @@ class StoreReader:
         stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
         if not 0 <= start <= stop:
             raise StoreError(f"rows: expected 0 <= start <= stop <= {self.n_tokens}, got {start}..{stop}")
+        from .bits import unpack
+
         arr = self.packed(layer)
         raw = arr[neurons, start // 8:(stop + 7) // 8]
         return unpack(raw, stop - start, start % 8)

@@ -1,0 +1,278 @@
+"""Issue 13 (3-5, 7) and 18 (6-8, the query part): user SQL confined to the store, statement
+time limits, streamed output with bounded memory, Ctrl-C, saved-query parameter help,
+query -o errors, and no torch on the read path."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import actdb
+from actdb.cli import main
+from actdb.index.build import build_index
+from actdb.query.catalogue import describe_lines, saved_queries
+from actdb.query.connection import QueryTimeout
+from actdb.settings import query_settings_table
+from test_index import make_known
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOW = "SELECT count(*) AS n FROM range(1000000000) a, range(1000000) b"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    p = make_known(tmp_path_factory.mktemp("readpath") / "store")
+    build_index(p, progress=False)
+    return p
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(r) -> str:
+    assert r.exit_code != 0, r.output
+    assert r.output.startswith("Error: ") and r.output.count("\n") == 1, r.output
+    return r.output
+
+
+def outside_reads(store: Path) -> list[str]:
+    sibling = store.parent / (store.name + "-sibling")   # shares the store's name as a prefix
+    sibling.mkdir(exist_ok=True)
+    (sibling / "x.csv").write_text("a\n1\n")
+    return ["SELECT * FROM read_text('/etc/passwd')",
+            "SELECT * FROM glob('/*')",
+            f"SELECT * FROM read_csv('{sibling / 'x.csv'}')",
+            f"SELECT * FROM read_csv('{store}/../{sibling.name}/x.csv')",
+            "SELECT * FROM read_csv('http://example.com/x.csv')",
+            "SELECT * FROM read_parquet('https://example.com/x.parquet')",
+            "SELECT * FROM read_parquet('s3://bucket/x.parquet')",
+            "SELECT * FROM read_json('/etc/hostname')"]
+
+
+def test_user_sql_reads_only_the_store(store):
+    st = actdb.open(store)
+    for sql in outside_reads(store):
+        out = one_line_error(run("sql", store, sql))
+        assert "Permission Error" in out and "store's own files" in out, (sql, out)
+        with pytest.raises(actdb.InputError, match="Permission Error"):
+            st.sql(sql)
+        out = one_line_error(run("query", store, _sql_file(store.parent, sql)))
+        assert "Permission Error" in out, (sql, out)
+    # the store's own files stay readable, and so do the views and generated rows
+    n = st.sql(f"SELECT count(*) AS n FROM read_parquet('{store}/tokens/*.parquet')")["n"][0]
+    assert n == st.n_tokens
+    assert st.sql("SELECT count(*) AS n FROM range(10)")["n"][0] == 10
+    assert st.sql("SELECT count(*) AS n FROM neurons")["n"][0] == 3 * 16
+
+
+def _sql_file(folder: Path, sql: str) -> Path:
+    f = folder / f"q{abs(hash(sql))}.sql"
+    f.write_text(f"-- title: outside\n{sql}\n")
+    return f
+
+
+def test_confinement_cannot_be_undone(store):
+    st = actdb.open(store)
+    for sql in ("SELECT set_config('enable_external_access', 'true')",
+                "SELECT * FROM duckdb_settings() WHERE name = 'enable_external_access' AND value = 'true'"):
+        try:
+            assert st.sql(sql).height == 0, sql
+        except actdb.InputError:
+            pass
+    with pytest.raises(actdb.InputError, match="Permission Error"):
+        st.sql("SELECT * FROM read_text('/etc/passwd')")
+
+
+def test_relative_store_path_is_confined_too(store, monkeypatch):
+    monkeypatch.chdir(store.parent)
+    st = actdb.open(store.name)
+    assert st.sql("SELECT count(*) AS n FROM neurons")["n"][0] == 3 * 16
+    with pytest.raises(actdb.InputError, match="Permission Error"):
+        st.sql("SELECT * FROM read_text('/etc/passwd')")
+
+
+def test_proj_score_udf_still_works(tmp_path):
+    import issue4_refs
+
+    p = make_known(tmp_path / "s")
+    issue4_refs.plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())
+    build_index(p, progress=False)
+    st = actdb.open(p)
+    s = st.sql("SELECT proj_score(0, 1, 3) AS s")["s"][0]
+    assert s is not None and s == s
+    assert st.query("detector_suppression_share").height > 0
+
+
+def test_statement_timeout(store):
+    st = actdb.open(store)
+    t0 = time.perf_counter()
+    with pytest.raises(QueryTimeout, match=r"query interrupted after 0.5 s \(timeout\)"):
+        st.sql(SLOW, timeout=0.5)
+    assert time.perf_counter() - t0 < 20
+    # the connection answers the next statement, and a quick one is not cut
+    assert st.sql("SELECT 1 AS x", timeout=5)["x"][0] == 1
+    out = one_line_error(run("sql", store, SLOW, "--timeout", "0.5"))
+    assert out == "Error: query interrupted after 0.5 s (--timeout)\n"
+    f = _sql_file(store.parent, SLOW)
+    assert one_line_error(run("query", store, f, "--timeout", "0.5")) == out
+    assert "--timeout" in one_line_error(run("sql", store, "SELECT 1", "--timeout", "-1"))
+
+
+def test_query_settings_table_in_readme():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- query-settings-table -->") + len("<!-- query-settings-table -->")
+    end = readme.index("<!-- /query-settings-table -->")
+    assert readme[start:end].strip() == query_settings_table(), "regenerate with actdb.settings.query_settings_table()"
+
+
+def test_param_help_kept_and_shown():
+    qs = {q.name: q for q in saved_queries()}
+    for q in qs.values():
+        for k in q.params:
+            assert q.param_help.get(k), f"{q.name}: ${k} has no help text"
+    q = qs["token_detectors_per_layer"]
+    assert q.params["max_cov"] == 5 and q.param_help["max_cov"] == "at most this many tokens cover the neuron"
+    r = run("query", "--list")
+    assert r.exit_code == 0 and "at most this many tokens cover the neuron" in r.output
+    r = run("query", "token_detectors_per_layer", "--describe")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == describe_lines("token_detectors_per_layer")
+    for want in (q.title, q.reproduces, "$max_cov = 5", "$p_share = 0.95", "share of fires the covered tokens"):
+        assert want in r.output, want
+    assert "no such query" not in r.output
+    assert "expected a .sql file or one of" in one_line_error(run("query", "nope", "--describe"))
+
+
+def test_missing_query_file_is_named(store, tmp_path):
+    out = one_line_error(run("query", store, tmp_path / "missing.sql"))
+    assert "missing.sql: no such file" in out and "expected one of" not in out
+    out = one_line_error(run("query", store, "missing.sql"))
+    assert "missing.sql: no such file" in out
+    assert "is not a file" in one_line_error(run("query", store, tmp_path))
+    assert "dead_per_layer" in one_line_error(run("query", store, "no_such_query"))
+
+
+def test_query_output_folder_and_missing_parent(store, tmp_path):
+    out = one_line_error(run("query", store, "dead_per_layer", "-f", "csv", "-o", tmp_path))
+    assert "is a folder" in out
+    f = tmp_path / "new" / "deeper" / "dead.csv"
+    r = run("query", store, "dead_per_layer", "-f", "csv", "-o", f)
+    assert r.exit_code == 0, r.output
+    assert f.read_text().splitlines()[0] == "layer,n_neurons,n_dead,dead_pct"
+    r = run("sql", store, "SELECT 1 AS x", "-f", "parquet", "-o", tmp_path / "p" / "x.parquet")
+    assert r.exit_code == 0 and pl.read_parquet(tmp_path / "p" / "x.parquet")["x"].to_list() == [1]
+    assert list(tmp_path.rglob(".*.tmp")) == []
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "actdb.cli", *map(str, args)]
+
+
+@pytest.mark.parametrize("sql", [SLOW, "SELECT i FROM range(100000000000) t(i)"], ids=["blocking", "streaming"])
+def test_ctrl_c_prints_interrupted(store, tmp_path, sql):
+    out = tmp_path / "x.csv"
+    # a shell started in the background ignores SIGINT, and a child inherits that: restore it
+    p = subprocess.Popen(_cli("sql", store, sql, "-f", "csv", "-o", out), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4)   # imports, views, and the statement under way
+    assert p.poll() is None, p.communicate()[0]
+    t0 = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    text, _ = p.communicate(timeout=50)
+    assert text == "Error: interrupted\n" and p.returncode == 1
+    assert time.perf_counter() - t0 < 45      # the statement was stopped, not left to its 60 s limit
+    assert list(tmp_path.iterdir()) == []      # no partial output file
+
+
+def _peak_rss_kb(store: Path, sql: str, out: Path, fmt: str) -> int:
+    code = ("import resource, sys\nfrom actdb.cli import main\n"
+            "try:\n    main(sys.argv[1:], standalone_mode=False)\n"
+            "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code, "sql", str(store), sql, "-f", fmt, "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return int(r.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
+def test_large_answers_stream_in_bounded_memory(store, tmp_path, fmt):
+    n = 10_000_000
+    base = _peak_rss_kb(store, "SELECT 1 AS i, 2 AS j", tmp_path / "one", fmt)
+    peak = _peak_rss_kb(store, f"SELECT i, i * 2 AS j FROM range({n}) t(i)", tmp_path / "big", fmt)
+    materialised_kb = n * 16 / 1024                  # the two BIGINT columns alone, as Arrow
+    assert peak - base < materialised_kb / 2, (base, peak)
+    if fmt == "csv":
+        with open(tmp_path / "big") as f:
+            assert f.readline() == "i,j\n" and f.readline() == "0,0\n"
+        assert (tmp_path / "big").stat().st_size > n * 8
+    elif fmt == "parquet":
+        assert pl.scan_parquet(tmp_path / "big").select(pl.len()).collect().item() == n
+
+
+def test_table_output_stops_at_max_rows(store):
+    r = run("sql", store, "SELECT i FROM range(5000) t(i)", "--max-rows", "10")
+    assert r.exit_code == 0, r.output
+    assert "4,990 more rows left out" in r.output and "│ 9 " in r.output and "│ 10 " not in r.output
+    r = run("sql", store, "SELECT i FROM range(5000) t(i)")
+    assert "4,000 more rows left out" in r.output
+    r = run("sql", store, "SELECT i FROM range(5) t(i)")
+    assert r.exit_code == 0 and "left out" not in r.output and "│ 4 " in r.output
+    r = run("sql", store, "SELECT i FROM range(0) t(i)")
+    assert r.exit_code == 0 and "i" in r.output
+
+
+def test_streamed_formats_match_the_whole_answer(store, tmp_path):
+    st = actdb.open(store)
+    q = "SELECT layer, neuron, token_ids, fires FROM neuron_bigrams ORDER BY layer, neuron, fires DESC, ngram"
+    want = st.sql(q)
+    assert want.height > 10
+    # several record batches: the stream is cut at batch boundaries, the answer is the same
+    with st.stream(q) as answer:
+        assert sum(b.num_rows for b in answer) == want.height
+    r = run("sql", store, q, "-f", "json")
+    assert r.exit_code == 0 and json.loads(r.output) == want.to_dicts()
+    r = run("sql", store, q, "-f", "csv")
+    lines = r.output.splitlines()
+    assert lines[0] == "layer,neuron,token_ids,fires" and len(lines) == want.height + 1
+    assert lines[1].split(",")[2] == " ".join(map(str, want["token_ids"][0]))
+    r = run("sql", store, "SELECT 1 AS x WHERE false", "-f", "json")
+    assert r.exit_code == 0 and json.loads(r.output) == []
+    r = run("sql", store, "SELECT 1 AS x WHERE false", "-f", "csv")
+    assert r.exit_code == 0 and r.output == "x\n"
+
+
+_PROBE = """import sys
+from actdb.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+except SystemExit:
+    pass
+print(sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    [], ["sql", "{s}", "SELECT count(*) FROM neurons"], ["sql", "{s}", "SELECT * FROM layer_stats", "-f", "csv"],
+    ["query", "{s}", "dead_per_layer"], ["query", "--list"], ["info", "{s}"], ["check", "{s}"],
+    ["neuron", "{s}", "0", "1"]], ids=lambda a: " ".join(a[:1]) or "import")
+def test_read_path_imports_no_torch(store, args):
+    code = "import actdb, sys; print(sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)" \
+        if not args else _PROBE
+    r = subprocess.run([sys.executable, "-c", code, *[a.format(s=store) for a in args]], capture_output=True,
+                       text=True, timeout=300, cwd=store.parent)
+    loaded = eval(r.stderr.strip().splitlines()[-1])  # the probe's own last line: a list of names
+    assert "torch" not in loaded and "transformers" not in loaded, (args, r.stderr[-500:])
+    assert "actdb" in loaded
+    if args[:1] == ["sql"] and "-f" not in args:
+        # the table format of a one-line query needs DuckDB and nothing heavy (benchmarks/RESULTS.md)
+        assert not {"polars", "pyarrow", "numpy", "matplotlib", "zarr", "tqdm"} & set(loaded), loaded
