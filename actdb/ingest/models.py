@@ -142,6 +142,10 @@ def load_model(model_dir: Path, config, device: torch.device, dtype: torch.dtype
             layers = get_module(model.base_model, adapter.layers)
             streamer = LayerStreamer(model, layers, model_dir, device, dtype)
         else:
+            from .offload import check_shapes, empty_model
+
+            # from_pretrained refuses a mismatch too, but in a multi-line report on stderr
+            check_shapes(empty_model(cls, config, dtype), model_dir, require_all=False)
             model = cls.from_pretrained(model_dir, dtype=dtype)
             model.to(device)
     except InputError:
