@@ -225,3 +225,67 @@ def test_ingest_prints_no_torch_dtype_deprecation(model_dirs, corpus_file, tmp_p
                           "--no-progress", "--no-index"], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert "torch_dtype" not in res.stderr + res.stdout, res.stderr
+
+
+# ------------------------------------------------------------------ 18.7 disk full: projection
+
+def _same_stores(a, b) -> None:
+    assert a.tokens().equals(b.tokens())
+    for layer in b.manifest.layers:
+        assert np.array_equal(a.masks(layer), b.masks(layer)), f"layer {layer}"
+    assert (a.path / "projection.safetensors").read_bytes() == (b.path / "projection.safetensors").read_bytes()
+
+
+def test_disk_full_while_writing_the_projection_is_one_line_and_resumes(model_dirs, corpus_file, tmp_path, monkeypatch):
+    """safetensors reports a failed write as SafetensorError("... (os error 28)"), which was an
+    "internal error"; now it is the disk-full line of any other write, and --resume finishes."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from test_ingest_masks import run_ingest
+
+    real = safetensors.torch.save_file
+
+    def disk_full(tensors, filename, *args, **kwargs):
+        if "projection" in str(filename):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    out = tmp_path / "s"
+    with pytest.raises(actdb.StoreError, match=r"No space left on device \(.*projection\.safetensors\); "
+                                               r"the store can be resumed with --resume") as e:
+        run_ingest(model_dirs("opt"), corpus_file, out, block_tokens=64)
+    assert "\n" not in str(e.value)
+    assert not (out / "projection.safetensors").exists() and not list(out.glob(".projection*"))
+    monkeypatch.undo()
+    run_ingest(model_dirs("opt"), corpus_file, out, block_tokens=64, resume=True)
+    _same_stores(actdb.open(out), run_ingest(model_dirs("opt"), corpus_file, tmp_path / "ref", block_tokens=64))
+
+
+def test_real_write_error_of_the_projection_in_a_real_process(model_dirs, corpus_file, tmp_path):
+    """A file size limit (EFBIG) that only the projection exceeds, in a real `actdb ingest`: the
+    real SafetensorError text, turned into one line on stderr."""
+    import resource
+    import signal
+
+    from test_ingest_masks import run_ingest
+
+    ref = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "ref", block_tokens=64)
+    limit = (ref.path / "projection.safetensors").stat().st_size // 2
+    later = ("projection.safetensors", "checksums.json", "manifest.json", "masks", "capture", "index")
+    earlier = [p for p in ref.path.rglob("*") if p.is_file() and p.relative_to(ref.path).parts[0] not in later]
+    assert max(p.stat().st_size for p in earlier) < limit and ref.manifest.n_tokens * 4 < limit  # + staging ids
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "s"
+    res = subprocess.run([ACTDB, "ingest", str(model_dirs("opt")), str(corpus_file), "-o", str(out), "--seq-len", "24",
+                          "--batch-size", "3", "--block-tokens", "64", "--no-progress", "--no-index"],
+                         capture_output=True, text=True, preexec_fn=small_files)
+    err = [l for l in res.stderr.splitlines() if l.startswith("Error:")]
+    assert res.returncode != 0 and len(err) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "internal error" not in err[0] and "File too large" in err[0], err[0]
+    assert "projection.safetensors" in err[0] and "--resume" in err[0], err[0]
