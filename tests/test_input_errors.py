@@ -289,3 +289,99 @@ def test_real_write_error_of_the_projection_in_a_real_process(model_dirs, corpus
     assert res.returncode != 0 and len(err) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "internal error" not in err[0] and "File too large" in err[0], err[0]
     assert "projection.safetensors" in err[0] and "--resume" in err[0], err[0]
+
+
+# ------------------------------------------------------------------ 18.7 / 18.8 after ingest: index, plot, neuron
+
+@pytest.fixture(scope="module")
+def store(model_dirs, corpus_file, tmp_path_factory):
+    """A complete tiny OPT store with its index (module-wide: these tests only read it, or copy it)."""
+    path = tmp_path_factory.mktemp("readers") / "s"
+    code, out = ingest(model_dirs("opt"), corpus_file, out=path)
+    assert code == 0, out
+    return path
+
+
+def test_negative_layer_or_neuron_is_refused_by_range_not_as_an_option(store):
+    code, out = run("neuron", store, "-1", "0")
+    line = one_error_line(out)
+    assert code != 0 and "No such option" not in out and "layer: expected one of the recorded layers [0, 1, 2], got -1" in line
+    code, out = run("neuron", store, "0", "-1", "--top", "3")
+    assert code != 0 and "neuron: expected 0..47, got -1" in one_error_line(out)
+    code, out = run("neuron", store, "--top", "3", "0", "5")
+    assert code == 0 and out.startswith("neuron 0:5 of"), out
+    code, out = run("neuron", store, "0", "5", "--no-such-flag")
+    assert code != 0 and "--no-such-flag" in out  # unknown options are still refused, by click
+
+
+def test_plot_output_of_the_wrong_kind(store, tmp_path):
+    folder = tmp_path / "figs"
+    folder.mkdir()
+    code, out = run("plot", store, "fig2", "-o", folder)
+    assert code != 0 and f"-o {folder}: is a folder; expected a PNG file" in one_error_line(out)
+    afile = tmp_path / "f.png"
+    afile.write_bytes(b"not mine to replace by a folder")
+    code, out = run("plot", store, "all", "-o", afile)
+    assert code != 0 and f"-o {afile}: is a file; expected a folder for 'all'" in one_error_line(out)
+    assert afile.read_bytes() == b"not mine to replace by a folder" and list(folder.iterdir()) == []
+
+
+def _unshare_works() -> bool:
+    probe = ["unshare", "-m", "sh", "-c", "mount --bind / / && mount -o remount,ro,bind / /"]
+    try:
+        return subprocess.run(probe, capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def _run_read_only(folder: Path, *args: str) -> tuple[int, str]:
+    """`actdb ARGS` with `folder` read-only for real (EROFS): a bind mount in a private mount
+    namespace of that one process (chmod does not stop root, whom the tests run as)."""
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script, str(folder), ACTDB, *args],
+                         capture_output=True, text=True)
+    assert "Traceback" not in res.stderr, res.stderr
+    return res.returncode, res.stderr
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare -m and mount (a private read-only bind mount)")
+def test_read_only_store_and_output_folder_for_real(store, tmp_path):
+    import shutil
+
+    ro = tmp_path / "ro"
+    shutil.copytree(store, ro / "s")
+    before = {p: p.read_bytes() for p in (ro / "s" / "index").rglob("*") if p.is_file()}
+    code, err = _run_read_only(ro, "index", str(ro / "s"), "--force", "--no-progress")
+    line = one_error_line(err)
+    assert code != 0 and f"{ro / 's'}: cannot write the index: Read-only file system" in line, err
+    assert {p: p.read_bytes() for p in (ro / "s" / "index").rglob("*") if p.is_file()} == before
+    # a figure drawn from a read-only store to a writable place works; into a read-only folder is one line
+    code, err = _run_read_only(ro, "plot", str(ro / "s"), "fig2", "-o", str(tmp_path / "f.png"))
+    assert code == 0 and (tmp_path / "f.png").exists(), err
+    code, err = _run_read_only(ro, "plot", str(ro / "s"), "fig2", "-o", str(ro / "f.png"))
+    assert code != 0 and f"{ro / 'f.png'}: cannot write the figure (Read-only file system)" in one_error_line(err)
+    code, err = _run_read_only(ro, "plot", str(ro / "s"), "all", "-o", str(ro / "figs"))
+    assert code != 0 and "cannot write the figure (Read-only file system)" in one_error_line(err)
+
+
+def test_unwritable_store_and_output_folder_simulated(store, tmp_path, monkeypatch):
+    """The same paths where no mount namespace is to be had: every folder creation under the
+    read-only place fails with EACCES, as it does for a user without write permission."""
+    import errno
+    import pathlib
+    import shutil
+
+    ro = tmp_path / "ro"
+    shutil.copytree(store, ro / "s")
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(ro)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    code, out = run("index", ro / "s", "--force", "--no-progress")
+    assert code != 0 and f"{ro / 's'}: cannot write the index: Permission denied ({ro / 's' / 'index'}" in one_error_line(out)
+    code, out = run("plot", store, "fig2", "-o", ro / "new" / "f.png")
+    assert code != 0 and f"{ro / 'new' / 'f.png'}: cannot write the figure (Permission denied)" in one_error_line(out)
