@@ -252,7 +252,9 @@ def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]
 
 
 
-@main.command()
+# ignore_unknown_options: "-1" is an argument here, not an unknown option, so a negative layer
+# or neuron gets the card's "expected 0..N-1, got -1" instead of click's "No such option"
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("store")
 @click.argument("layer", type=int)
 @click.argument("neuron", type=int)

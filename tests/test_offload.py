@@ -47,3 +47,50 @@ def test_offload_needs_safetensors(model_dirs, tmp_path):
         f.unlink()
     with pytest.raises(actdb.InputError, match="safetensors"):
         load_model(dst, load_config(dst), choose_device("cpu"), torch.float32, offload=True)
+
+
+def _edited_copy(src, dst, **config_changes):
+    """A copy of a saved model whose config.json no longer matches its weights."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("offload", ["on", "off"])
+def test_config_wider_than_the_weights_is_refused(offload, model_dirs, corpus_file, tmp_path):
+    """ffn_dim 96 in config.json over fc1 weights 48 wide: refused before any forward, naming the
+    tensor and both shapes (layer-by-layer mode once ran on 48 invented neurons and exited 0)."""
+    from test_cli_errors import ingest, one_error_line
+
+    mdir = _edited_copy(model_dirs("opt"), tmp_path / "m", ffn_dim=96)
+    code, out = ingest(mdir, corpus_file, out=tmp_path / "s", extra=["--offload", offload])
+    line = one_error_line(out)
+    assert code != 0 and "internal error" not in line, out
+    assert "fc1.weight" in line and "96" in line and "48" in line, line
+    if offload == "on":
+        assert "expected shape [96, 32]" in line and "the checkpoint has [48, 32]" in line, line
+    assert not (tmp_path / "s" / "manifest.json").exists()
+
+
+def test_offload_checks_every_shape_before_the_first_forward(model_dirs, tmp_path):
+    """The check runs when the streamer is built, so a mismatch in the last block is found
+    before block 0 runs; a tensor missing from the checkpoint is named too."""
+    from safetensors.torch import load_file, save_file
+
+    mdir = _edited_copy(model_dirs("opt"), tmp_path / "m")
+    (weights,) = mdir.glob("*.safetensors")
+    tensors = load_file(weights)
+    last = "model.decoder.layers.2.fc2.weight"
+    tensors[last] = tensors[last][:, :-1].contiguous()
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(actdb.InputError, match=r"layers\.2\.fc2\.weight: expected shape \[32, 48\].*has \[32, 47\]"):
+        load_model(mdir, load_config(mdir), choose_device("cpu"), torch.float32, offload=True)
+    del tensors[last]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(actdb.InputError, match=r"weight .*layers\.2\.fc2\.weight not found in the checkpoint"):
+        load_model(mdir, load_config(mdir), choose_device("cpu"), torch.float32, offload=True)

@@ -43,6 +43,7 @@ since index version 3): bigram = a*V + b, trigram = (a*V + b)*V + c, with token 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -53,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import InputError
+from ..errors import InputError, StoreError
 from ..io import atomic_write_text, file_digest, write_parquet
 from ..store.index_info import INDEX_VERSION, index_path, read_index_info
 from ..store.layout import INDEX_FILE, INDEX_STATE as STATE
@@ -89,6 +90,21 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 # ---------------------------------------------------------------- build
 
+def _write_errors_in_one_line(fn):
+    """A store whose index cannot be written (read-only, full, no permission) is one line
+    naming the store and the file, not an internal error; a rerun resumes what was done."""
+    @functools.wraps(fn)
+    def wrapper(store_path, *args, **kwargs):
+        try:
+            return fn(store_path, *args, **kwargs)
+        except OSError as e:  # pyarrow's write errors are OSErrors too, with the reason in the text
+            why = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = f" ({e.filename})" if e.filename else ""
+            raise StoreError(f"{store_path}: cannot write the index: {why}{where}") from None
+    return wrapper
+
+
+@_write_errors_in_one_line
 def build_index(store_path: str | Path, layers: Iterable[int] | None = None, progress: bool = True,
                 force: bool = False, top_k: int = TOP_K, memory_mb: float = MEMORY_MB,
                 neuron_chunk: int | None = None, workers: int = 0) -> Path:

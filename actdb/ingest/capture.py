@@ -203,7 +203,24 @@ def save_projection(root: Path, model: torch.nn.Module, lm, layers: tuple[int, .
         head = model.get_input_embeddings()  # tied, or an encoder without an LM head
     tensors["w_u"] = _weight(head, f"{_path_of(model, head)}.weight", streamer).contiguous()
     with atomic_path(root / PROJECTION_FILE) as tmp:
-        save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp))
+        try:
+            save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp))
+        except Exception as e:  # SafetensorError, which carries an I/O error only in its text
+            raise _os_error(e, root / PROJECTION_FILE) from None
+
+
+def _os_error(e: Exception, path: Path) -> Exception:
+    """safetensors' "I/O error: No space left on device (os error 28)" as the OSError it is, so
+    the ingest reports it in one line like any other write (and says it can be resumed)."""
+    import errno as errno_names
+    import os
+    import re
+
+    m = re.search(r"os error (\d+)", str(e))
+    if m is None or int(m.group(1)) not in errno_names.errorcode:
+        return e
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _path_of(model: torch.nn.Module, module: torch.nn.Module) -> str:

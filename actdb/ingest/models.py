@@ -55,6 +55,24 @@ def load_config(model_dir: Path):
         raise InputError(f"{model_dir}: cannot read the model config ({str(e).splitlines()[0]})") from None
 
 
+def max_positions(config) -> int | None:
+    """The most positions the model was built for (learned position tables end there; rotary
+    models were trained up to it), or None where the config does not say."""
+    for attr in ("max_position_embeddings", "n_positions"):
+        n = getattr(config, attr, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def check_seq_len(config, seq_len: int) -> None:
+    """Refuse --seq-len beyond the model's positions before any store or model time: a learned
+    position table fails deep in the forward with an IndexError otherwise."""
+    n = max_positions(config)
+    if n is not None and seq_len > n:
+        raise InputError(f"--seq-len: expected at most {n} (the model's maximum positions), got {seq_len}")
+
+
 def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
@@ -79,7 +97,9 @@ def choose_device(setting: str) -> torch.device:
 def choose_dtype(setting: str, config, device: torch.device) -> torch.dtype:
     if setting != "auto":
         return getattr(torch, setting)
-    dt = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    # transformers 5 reads a config.json's legacy "torch_dtype" into .dtype; reading the old
+    # attribute only prints "`torch_dtype` is deprecated" (issue 13)
+    dt = getattr(config, "dtype", None)
     if isinstance(dt, str):
         dt = getattr(torch, dt, None)
     if not isinstance(dt, torch.dtype):
@@ -142,6 +162,10 @@ def load_model(model_dir: Path, config, device: torch.device, dtype: torch.dtype
             layers = get_module(model.base_model, adapter.layers)
             streamer = LayerStreamer(model, layers, model_dir, device, dtype)
         else:
+            from .offload import check_shapes, empty_model
+
+            # from_pretrained refuses a mismatch too, but in a multi-line report on stderr
+            check_shapes(empty_model(cls, config, dtype), model_dir, require_all=False)
             model = cls.from_pretrained(model_dir, dtype=dtype)
             model.to(device)
     except InputError:

@@ -22,6 +22,51 @@ def empty_model(cls, config, dtype: torch.dtype) -> torch.nn.Module:
         return cls.from_config(config, dtype=dtype)
 
 
+def checkpoint_key(name: str, prefix: str, keys) -> str | None:
+    """The checkpoint's key for a model tensor name: checkpoints of a base model lack the
+    `prefix.` (base_model_prefix) that a model with a head puts in front, and the reverse."""
+    p = prefix + "."
+    for cand in (name, name[len(p):] if name.startswith(p) else p + name):
+        if cand in keys:
+            return cand
+    return None
+
+
+def checkpoint_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor in the folder's .safetensors files, from their headers (no data read)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt", device="cpu") as h:
+            shapes.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+    return shapes
+
+
+def check_shapes(model: torch.nn.Module, model_dir: Path, require_all: bool) -> None:
+    """Every tensor of a model skeleton (built from config.json) against the checkpoint's
+    .safetensors shapes; a mismatch is one line naming the tensor and both shapes.
+    require_all: a parameter the checkpoint lacks is an error too (layer-by-layer mode has
+    no other source for it; from_pretrained reports and initialises it)."""
+    shapes = checkpoint_shapes(model_dir)
+    if not shapes:
+        return  # .bin or .gguf weights: from_pretrained checks those
+    prefix = model.base_model_prefix
+    items = [(n, t, True) for n, t in model.named_parameters()] + \
+            [(n, t, False) for n, t in model.named_buffers()]
+    for name, tensor, is_param in items:
+        key = checkpoint_key(name, prefix, shapes)
+        if key is None:
+            # buffers are mostly computed (rotary tables); an LM head only feeds vocabulary
+            # projection, which falls back to the input embeddings
+            if require_all and is_param and "lm_head" not in name:
+                raise InputError(f"{model_dir}: layer-by-layer mode: weight {name} not found in the checkpoint")
+            continue
+        if tuple(tensor.shape) != shapes[key]:
+            raise InputError(f"{model_dir}: weight {key}: expected shape {list(tensor.shape)} (from config.json), "
+                             f"the checkpoint has {list(shapes[key])}")
+
+
 class LayerStreamer:
     def __init__(self, model: torch.nn.Module, layers: torch.nn.ModuleList, model_dir: Path,
                  device: torch.device, dtype: torch.dtype) -> None:
@@ -38,6 +83,9 @@ class LayerStreamer:
                 self.key_file.update({k: str(f) for k in h.keys()})
         self.device, self.dtype = device, dtype
         self.prefix = model.base_model_prefix
+        # before the first forward: a block loaded lazily would otherwise fail mid-ingest or,
+        # with a config wider than the weights, run on invented neurons
+        check_shapes(model, model_dir, require_all=True)
         self.resident = 0        # blocks whose weights are in memory now
         self.max_resident = 0    # the most there ever were at once (a test checks it is 1)
         self.loads = 0
@@ -53,11 +101,7 @@ class LayerStreamer:
             layer.register_forward_hook(self._after)
 
     def _key(self, name: str) -> str | None:
-        p = self.prefix + "."
-        for cand in (name, name[len(p):] if name.startswith(p) else p + name):
-            if cand in self.key_file:
-                return cand
-        return None
+        return checkpoint_key(name, self.prefix, self.key_file)
 
     def _load(self, module: torch.nn.Module, prefix: str, recurse: bool = True) -> None:
         from safetensors import safe_open

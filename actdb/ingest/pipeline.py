@@ -26,11 +26,11 @@ import torch
 from .._version import __version__
 from .adapters import adapter_for, get_module
 from .capture import CaptureWriter, RowAccumulator, magnitude_stats, save_projection
-from .corpus import (check_corpus_files, read_documents, sha256_file,
+from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
 from ..store.manifest import FORMAT_VERSION, CorpusFile, Manifest
-from .models import (choose_device, choose_dtype, load_config, load_model, load_tokenizer,
+from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
 from ..settings import IngestSettings
@@ -54,13 +54,15 @@ class IngestSummary:
     offload: bool
     resumed_from: int
     index_seconds: float = 0.0
+    max_tokens: int | None = None   # set when the budget was cut to whole sequences (below it)
 
     def lines(self) -> list[str]:
         bits = self.n_tokens * len(self.layers) * self.d_ffn
         return [
             f"store      {self.store}",
             f"tokens     {self.n_tokens:,} in {self.n_sequences:,} sequences from {self.n_docs:,} documents"
-            + (f" (resumed at token {self.resumed_from:,})" if self.resumed_from else ""),
+            + (f" (resumed at token {self.resumed_from:,})" if self.resumed_from else "")
+            + (f" (--max-tokens {self.max_tokens:,}, cut to whole sequences)" if self.max_tokens else ""),
             f"neurons    {len(self.layers)} layers x {self.d_ffn} = {len(self.layers) * self.d_ffn:,}"
             + (" (layer-by-layer)" if self.offload else ""),
             f"time       {self.seconds:.1f} s ({self.n_tokens / max(self.seconds, 1e-9):,.0f} tok/s; "
@@ -165,6 +167,7 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
 
     model_dir, revision = resolve_model_dir(s.model, s.revision)
     config = load_config(model_dir)
+    check_seq_len(config, s.seq_len)
     adapter = adapter_for(config.model_type)
     n_layers = config.num_hidden_layers
     layers = parse_layers(s.layers, n_layers)
@@ -192,7 +195,9 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
     special = special_tokens(tokenizer)
     if state["tokenized"] is None:
         docs = read_documents(files, s.domain, s.skip_empty)
-        state["tokenized"] = write_token_tables(root, tokenizer, tokenize_documents(docs, tokenizer),
+        limit = doc_token_limit(special, s.seq_len, s.mode, s.max_tokens)
+        state["tokenized"] = write_token_tables(root, tokenizer, tokenize_documents(docs, tokenizer,
+                                                                                      max_doc_tokens=limit),
                                                  special, s)
         record_checksums(root, "tables", [*(root / "tokens").glob("part-*.parquet"),
                                           root / "docs.parquet", root / "vocab.parquet"])
@@ -200,6 +205,9 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
     tok = state["tokenized"]
     n_tokens, n_seqs = tok["n_tokens"], tok["n_sequences"]
     if n_tokens == 0:
+        if tok.get("budget_cut"):
+            raise InputError(f"--max-tokens {s.max_tokens}: the budget is cut to whole sequences, and the first "
+                             f"sequence has {tok['budget_cut']} tokens: expected at least {tok['budget_cut']}")
         raise InputError("corpus gave no tokens")
 
     offload = should_offload(s.offload, config, dtype, device)
@@ -247,7 +255,8 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
                              f"run `actdb index {root}` to retry") from None
         index_seconds = time.perf_counter() - t_index
     return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, seconds,
-                         fwd_seconds, mask_bytes, offload, start_row, index_seconds)
+                         fwd_seconds, mask_bytes, offload, start_row, index_seconds,
+                         s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None)
 
 
 class _Writer(threading.Thread):

@@ -74,7 +74,8 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
 
     with open(staging / "token_ids.i32", "wb") as f_ids, open(staging / "seq_offsets.i64", "wb") as f_off:
         f_off.write(np.zeros(1, dtype=np.int64).tobytes())
-        for seq in sequences(numbered(), special, s.seq_len, s.mode, s.max_tokens):
+        cut: dict[str, int] = {}
+        for seq in sequences(numbered(), special, s.seq_len, s.mode, s.max_tokens, cut):
             n = len(seq.tokens)
             f_ids.write(seq.tokens.tobytes())
             cols = np.stack([np.arange(rows, rows + n), np.full(n, n_seqs), np.arange(n),
@@ -97,7 +98,8 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
     bar.close()
     (root / "docs.tmp.parquet").replace(root / DOCS_FILE)
     write_vocab(root, tokenizer)
-    return {"n_tokens": rows, "n_sequences": n_seqs, "n_docs": max_doc + 1, "n_parts": block}
+    return {"n_tokens": rows, "n_sequences": n_seqs, "n_docs": max_doc + 1, "n_parts": block,
+            "budget_cut": cut.get("tokens")}  # the first sequence --max-tokens left out, if any
 
 
 def write_vocab(root: Path, tokenizer) -> None:

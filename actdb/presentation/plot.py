@@ -369,15 +369,23 @@ def plot(store, name: str, out: str | Path, params: dict[str, Any] | None = None
     """Draw one figure of FIGURES to a PNG file."""
     import matplotlib.pyplot as plt
 
+    out = Path(out)
+    if out.is_dir():  # savefig would fail on it with IsADirectoryError, after the drawing
+        raise InputError(f"-o {out}: is a folder; expected a PNG file for one figure (a folder is for 'all')")
     fig = render(store, name, params)
+    tmp = out.with_name(f".{out.name}.tmp.png")
     try:
-        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp.png")
         with warnings.catch_warnings():  # tokens in scripts the font lacks draw as boxes; no need to warn
             warnings.filterwarnings("ignore", message="Glyph .* missing from font")
             fig.savefig(tmp)
         tmp.replace(out)  # no half-written PNG under the real name
+    except OSError as e:  # a read-only or full output folder: the user's to fix
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise InputError(f"{out}: cannot write the figure ({e.strerror or e})") from None
     finally:
         plt.close(fig)
     return out
@@ -387,6 +395,8 @@ def plot_all(store, out_dir: str | Path, progress: bool = True) -> tuple[list[Pa
     """Every figure the store can draw into out_dir/NAME.png; returns (files, skipped name -> why)."""
     from tqdm import tqdm
 
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(f"-o {out_dir}: is a file; expected a folder for 'all' (a PNG file is for one figure)")
     done, skipped = [], {}
     for name, fig_def in tqdm(FIGURES.items(), desc="figures", unit="fig", disable=not progress):
         why = available(store, fig_def)
