@@ -5,6 +5,7 @@ from typing import Any, Mapping
 
 from ..errors import InputError, StoreError
 from ..store.index_info import read_index_info
+from ..store.verify import parquet_guard
 from .views import _views, massive_views, projection_views, register_proj_score
 
 
@@ -17,16 +18,20 @@ def connect(store, pre: bool = True):
         raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
-    for stmt in _views(store.path, store.manifest, info, pre=pre):
-        con.execute(stmt)
-    extra = []
-    if (store.path / "index" / "capture").exists():
-        extra += massive_views(store.path)
-    if (store.path / "index" / "vocab_projection.parquet").exists():
-        register_proj_score(con, store.path)
-        extra += projection_views(store.path)
-    for stmt in extra:
-        con.execute(stmt)
+    try:
+        for stmt in _views(store.path, store.manifest, info, pre=pre):
+            con.execute(stmt)
+        extra = []
+        if (store.path / "index" / "capture").exists():
+            extra += massive_views(store.path)
+        if (store.path / "index" / "vocab_projection.parquet").exists():
+            register_proj_score(con, store.path)
+            extra += projection_views(store.path)
+        for stmt in extra:
+            con.execute(stmt)
+    except duckdb.Error:
+        parquet_guard(store).verify_all()   # views read the Parquet footers: name a damaged file
+        raise
     # user SQL may read the store, never write files or change settings
     con.execute("SET lock_configuration = true")
     return con
@@ -83,7 +88,10 @@ def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None):
     if extra:
         raise InputError(f"parameters: {', '.join(extra)} not used by the query (it uses "
                          f"{', '.join('$' + n for n in sorted(needed)) or 'none'})")
+    guard = parquet_guard(store)
+    guard.verify_for_sql(con, sql)   # DuckDB does not check Parquet page CRCs: the sha256 of each file read
     try:
         return con.sql(sql, params=params or None).to_arrow_table()
     except duckdb.Error as e:
+        guard.verify_all()   # a damaged file the statement reached anyway is named, not DuckDB's error
         raise InputError(_one_line(e)) from None
