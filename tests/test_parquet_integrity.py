@@ -148,5 +148,6 @@ def test_each_file_is_checked_once_per_handle(store, tmp_path, monkeypatch):
     assert hashed == ["neuron_fires.parquet"], hashed
     hashed.clear()
     # SQL that can reach files by name checks every file
-    verify.parquet_guard(st).verify_for_sql(st._db(), f"SELECT * FROM read_parquet('{s / 'vocab.parquet'}')")
+    st._db()
+    verify.parquet_guard(st).verify_for_sql(f"SELECT * FROM read_parquet('{s / 'vocab.parquet'}')")
     assert sorted(hashed + ["neuron_fires.parquet"]) == sorted(f.name for f in parquet_files(s)), "checked already"

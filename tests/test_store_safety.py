@@ -264,8 +264,8 @@ PAUSED_INGEST = ("import os, sys, time\n"
 
 def test_two_real_ingests_into_one_store(model_dirs, tmp_path):
     """A second ingest started while a first one runs (paused before its first mask block
-    while a file exists) fails at once naming the first's PID, with or without --overwrite or
-    --resume; the first then finishes a store that passes check."""
+    while a file exists) fails at once naming the first's PID, with or without --overwrite;
+    the first then finishes a store that passes check.
     corpus = make_corpus(tmp_path / "c.jsonl", n_docs=100, seed=5)
     pause = tmp_path / "pause"
     pause.touch()

@@ -18,19 +18,18 @@ def connect(store, pre: bool = True):
         raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
+    stmts = _views(store.path, store.manifest, info, pre=pre)
+    if (store.path / "index" / "capture").exists():
+        stmts += massive_views(store.path)
+    if (store.path / "index" / "vocab_projection.parquet").exists():
+        register_proj_score(con, store.path)
+        stmts += projection_views(store.path)
+    guard = parquet_guard(store, stmts)   # which files each view reads, checked before each query
     try:
-        for stmt in _views(store.path, store.manifest, info, pre=pre):
-            con.execute(stmt)
-        extra = []
-        if (store.path / "index" / "capture").exists():
-            extra += massive_views(store.path)
-        if (store.path / "index" / "vocab_projection.parquet").exists():
-            register_proj_score(con, store.path)
-            extra += projection_views(store.path)
-        for stmt in extra:
+        for stmt in stmts:
             con.execute(stmt)
     except duckdb.Error:
-        parquet_guard(store).verify_all()   # views read the Parquet footers: name a damaged file
+        guard.verify_all()   # creating a view reads the Parquet footers: name a damaged file
         raise
     # user SQL may read the store, never write files or change settings
     con.execute("SET lock_configuration = true")
@@ -89,7 +88,7 @@ def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None):
         raise InputError(f"parameters: {', '.join(extra)} not used by the query (it uses "
                          f"{', '.join('$' + n for n in sorted(needed)) or 'none'})")
     guard = parquet_guard(store)
-    guard.verify_for_sql(con, sql)   # DuckDB does not check Parquet page CRCs: the sha256 of each file read
+    guard.verify_for_sql(sql)   # DuckDB does not check Parquet page CRCs: the sha256 of each file read
     try:
         return con.sql(sql, params=params or None).to_arrow_table()
     except duckdb.Error as e:

@@ -37,12 +37,16 @@ _READ_PARQUET = re.compile(r"read_parquet\(\s*'((?:[^']|'')*)'")
 class ParquetGuard:
     """The recorded digests of a store's Parquet files and the files behind each SQL view."""
 
-    def __init__(self, root: str | Path, manifest: Any, info: dict[str, Any] | None) -> None:
+    def __init__(self, root: str | Path, manifest: Any, info: dict[str, Any] | None,
+                 statements: Iterable[str] = ()) -> None:
+        """statements: the CREATE VIEW / CREATE MACRO SQL of the connection (read here, not from
+        DuckDB's catalogue: duckdb_functions() alone takes ~30 ms); without them every query
+        checks every file."""
         self.root = Path(root)
         self._records: dict[str, tuple[dict[str, Any], str]] = {}   # normalised path -> (digest, where recorded)
         self._areas: list[str] = []    # folders whose every Parquet file must be recorded
         self._ok: dict[str, tuple[int, int, int]] = {}   # verified: path -> (size, mtime_ns, inode)
-        self._deps: dict[str, tuple[set[str], set[str]]] | None = None   # name -> (file patterns, names)
+        self._deps = _dependencies(statements)   # name -> (read_parquet paths, names it uses)
         index_dir = self.root / INDEX_DIR
         files = (info or {}).get("files")
         if isinstance(files, dict) and files:
@@ -106,13 +110,13 @@ class ParquetGuard:
 
     # ------------------------------------------------------------ SQL
 
-    def verify_for_sql(self, con: Any, sql: str) -> None:
+    def verify_for_sql(self, sql: str) -> None:
         """Check the files a statement can read through the views and macros it names."""
         words = {w.lower() for w in _WORD.findall(sql)}
-        if words & _REACH_ANYTHING or ".parquet" in sql.lower():
+        deps = self._deps
+        if not deps or words & _REACH_ANYTHING or ".parquet" in sql.lower():
             self.verify_all()
             return
-        deps = self._dependencies(con)
         todo, seen, files = [w for w in words if w in deps], set(), set()
         while todo:
             name = todo.pop()
@@ -124,29 +128,34 @@ class ParquetGuard:
             todo += names
         self.verify(sorted(files))
 
-    def _dependencies(self, con: Any) -> dict[str, tuple[set[str], set[str]]]:
-        """name -> (read_parquet paths, other names) of every view and macro of the connection."""
-        if self._deps is None:
-            bodies = dict(con.execute("SELECT lower(view_name), sql FROM duckdb_views() WHERE NOT internal").fetchall())
-            for name, body in con.execute("SELECT lower(function_name), macro_definition FROM duckdb_functions() "
-                                          "WHERE function_type IN ('macro', 'table_macro') AND NOT internal"
-                                          ).fetchall():
-                bodies[name] = (bodies.get(name) or "") + " " + (body or "")
-            self._deps = {name: ({m.replace("''", "'") for m in _READ_PARQUET.findall(body)},
-                                 {w.lower() for w in _WORD.findall(body)} & set(bodies) - {name})
-                          for name, body in bodies.items()}
-        return self._deps
+
+_CREATE = re.compile(r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:VIEW|MACRO)\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+
+
+def _dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
+    """name -> (read_parquet paths, other names) of each view and macro the statements create."""
+    bodies: dict[str, str] = {}
+    for stmt in statements:
+        m = _CREATE.match(stmt)
+        if m is not None:
+            name = m.group(1).lower()
+            bodies[name] = bodies.get(name, "") + " " + stmt[m.end():]
+    return {name: ({p.replace("''", "'") for p in _READ_PARQUET.findall(body)},
+                   {w.lower() for w in _WORD.findall(body)} & set(bodies) - {name})
+            for name, body in bodies.items()}
 
 
 def _norm(path: str | Path) -> str:
     return os.path.normpath(os.path.abspath(str(path)))
 
 
-def parquet_guard(store: Any) -> ParquetGuard:
-    """The guard of a store handle (made once per handle)."""
+def parquet_guard(store: Any, statements: Iterable[str] | None = None) -> ParquetGuard:
+    """The guard of a store handle: made anew when the views are (re)created with `statements`,
+    otherwise the handle's existing one (or one that checks every file)."""
     guard = getattr(store, "_parquet_guard", None)
-    if guard is None:
+    if guard is None or statements is not None:
         from .index_info import read_index_info
 
-        guard = store._parquet_guard = ParquetGuard(store.path, store.manifest, read_index_info(store.path))
+        guard = store._parquet_guard = ParquetGuard(store.path, store.manifest, read_index_info(store.path),
+                                                    statements or ())
     return guard
