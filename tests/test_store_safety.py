@@ -178,8 +178,10 @@ def test_dot_in_an_empty_folder_and_other_spellings_are_one_store(model_dirs, co
         code, out = ingest(model_dirs("opt"), corpus_file, spelling)
         line = error_line(out)
         assert code != 0 and f"{work / 's'}: store exists (pass --overwrite" in line, (spelling, line)
+    for spelling in ("s/../s", str(tmp_path / "link")):   # each a whole ingest: two of them
         code, out = ingest(model_dirs("opt"), corpus_file, spelling, "--overwrite", "--no-index")
         assert code == 0, (spelling, out)
+        assert f"store      {work / 's'}" in out, out
         assert (work / "s" / "manifest.json").exists()
         assert snapshot(work)["beside.txt"] == beside
     assert (tmp_path / "link").is_symlink(), "the symlink itself is not replaced"
@@ -265,7 +267,7 @@ PAUSED_INGEST = ("import os, sys, time\n"
 def test_two_real_ingests_into_one_store(model_dirs, tmp_path):
     """A second ingest started while a first one runs (paused before its first mask block
     while a file exists) fails at once naming the first's PID, with or without --overwrite;
-    the first then finishes a store that passes check.
+    the first then finishes a store that passes check."""
     corpus = make_corpus(tmp_path / "c.jsonl", n_docs=100, seed=5)
     pause = tmp_path / "pause"
     pause.touch()

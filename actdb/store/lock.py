@@ -27,16 +27,6 @@ _held: dict[Path, list] = {}   # resolved store -> [fd, depth], the locks this p
 _guard = threading.Lock()
 
 
-def lock_holder(store: str | Path) -> int | None:
-    """The PID recorded in STORE/.actdb.lock (None: no file, or no PID in it)."""
-    try:
-        text = (Path(store) / LOCK_FILE).read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    word = text.split()[0] if text.split() else ""
-    return int(word) if word.isdigit() else None
-
-
 @contextmanager
 def writer_lock(store: str | Path, what: str) -> Iterator[None]:
     """Hold the store's writer lock for the block; `what` (e.g. "ingest") is recorded with the PID.
