@@ -23,7 +23,7 @@ from typing import Iterator
 from ..errors import StoreError
 from .layout import LOCK_FILE
 
-_held: dict[Path, list] = {}   # resolved store -> [fd, depth], the locks this process holds
+_held: dict[Path, int] = {}   # resolved store -> fd of the lock this process holds on it
 _guard = threading.Lock()
 
 
@@ -32,29 +32,24 @@ def writer_lock(store: str | Path, what: str) -> Iterator[None]:
     """Hold the store's writer lock for the block; `what` (e.g. "ingest") is recorded with the PID.
 
     Raises StoreError at once, naming the store and the holder's PID, when another process
-    holds it. The store folder must exist."""
+    holds it. The store folder must exist. Nested use in one process passes through."""
     root = Path(store).resolve()
     with _guard:
-        mine = _held.get(root)
-        if mine is not None:
-            mine[1] += 1
-    if mine is not None:
-        try:
-            yield
-        finally:
-            with _guard:
-                mine[1] -= 1
+        if root in _held:
+            nested = True
+        else:
+            nested = False
+            _held[root] = _acquire(root, what)
+    if nested:   # the outer holder releases it
+        yield
         return
-    fd = _acquire(root, what)
-    with _guard:
-        _held[root] = [fd, 1]
     try:
         yield
     finally:
         with _guard:
-            del _held[root]
+            fd = _held.pop(root)
         # unlink while still holding it, then unlock: whoever opened the old file re-checks the
-        # inode after locking (see _acquire) and retries on the new one, so there is never two
+        # inode after locking (see _acquire) and retries on the new one, so there are never two
         try:
             (root / LOCK_FILE).unlink(missing_ok=True)
         except OSError:   # read-only by now, or the folder is gone: the lock file stays, harmless
