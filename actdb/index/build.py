@@ -104,7 +104,24 @@ def _write_errors_in_one_line(fn):
     return wrapper
 
 
-@_write_errors_in_one_line
+def _holding_writer_lock(build):
+    """Run `build(store_path, ...)` holding the store's writer lock (actdb.store.lock), so no two
+    writers touch one index; within an ingest, which holds the lock already, it passes through."""
+    import functools
+
+    @functools.wraps(build)
+    def locked(store_path: str | Path, *args: Any, **kwargs: Any) -> Path:
+        from ..store.lock import writer_lock
+        from ..store.reader import StoreReader
+
+        StoreReader(store_path)   # a complete store first: never a lock file in a folder that is not one
+        with writer_lock(store_path, "index"):
+            return build(store_path, *args, **kwargs)
+    return locked
+
+
+@_write_errors_in_one_line   # outermost: taking the lock writes a file too
+@_holding_writer_lock
 def build_index(store_path: str | Path, layers: Iterable[int] | None = None, progress: bool = True,
                 force: bool = False, top_k: int = TOP_K, memory_mb: float = MEMORY_MB,
                 neuron_chunk: int | None = None, workers: int = 0) -> Path:

@@ -35,7 +35,8 @@ from .models import (check_seq_len, choose_device, choose_dtype, load_config, lo
 from .packing import BlockAssembler, RowPacker
 from ..settings import IngestSettings
 from ..store.layout import CAPTURE_KINDS as KINDS, MANIFEST_FILE, PENDING_CHECKSUMS, PROJECTION_FILE, STAGING, STATE_FILE
-from ..store.writer import (MaskWriter, block_chunk_files, codec_name,
+from ..store.lock import writer_lock
+from ..store.writer import (MaskWriter, block_chunk_files, check_target, codec_name,
                     read_state, record_checksums, remove_store, seal_checksums, write_state)
 from .tables import write_token_tables
 
@@ -109,7 +110,9 @@ def block_tokens_for(s: IngestSettings, n_layers: int, d_ffn: int) -> int:
 
 
 def _prepare_store(root: Path, s: IngestSettings) -> dict[str, Any] | None:
-    """Check what is at `root` against --resume/--overwrite; returns the state to resume."""
+    """Check what is at `root` against --resume/--overwrite (under the writer lock); returns the
+    state to resume."""
+    check_target(root)   # again: the folder may have changed before we held the lock
     if s.overwrite:
         remove_store(root)
     if (root / MANIFEST_FILE).exists():
@@ -121,8 +124,6 @@ def _prepare_store(root: Path, s: IngestSettings) -> dict[str, Any] | None:
         raise StoreError(f"{root}: holds an interrupted ingest (pass --resume to continue it, or --overwrite)")
     if state is None and s.resume:
         raise StoreError(f"{root}: no interrupted ingest to resume")
-    if state is None and root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise StoreError(f"{root}: exists and is not an actdb store")
     return state
 
 
@@ -147,13 +148,25 @@ def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
 
 def ingest(settings: IngestSettings) -> IngestSummary:
     """Run a whole ingest (or finish an interrupted one) and return its summary."""
+    if not settings.out:
+        raise InputError("no output store given")
+    root = Path(settings.out).resolve()   # ".", "./x/", "x/../x", a symlink: one folder, one behaviour
+    check_target(root)   # before anything is written there: no lock file in a folder that is not ours
+    created = not root.exists()
     try:
-        return _ingest(settings)
+        root.mkdir(parents=True, exist_ok=True)
+        with writer_lock(root, "ingest"):
+            return _ingest(settings.replace(out=str(root)))
     except OSError as e:  # disk full, no permission...: one line, and say whether it can be resumed
-        root = Path(settings.out)
         where = f" ({e.filename})" if e.filename else ""
         hint = "; the store can be resumed with --resume" if (root / STATE_FILE).exists() else ""
         raise StoreError(f"{root}: ingest failed: {e.strerror or e}{where}{hint}") from None
+    finally:
+        if created:   # refused before writing anything (bad corpus, unknown model): leave no empty folder
+            try:
+                root.rmdir()
+            except OSError:   # not empty: a store, or an interrupted one to resume
+                pass
 
 
 def _ingest(settings: IngestSettings) -> IngestSummary:

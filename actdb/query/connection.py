@@ -8,6 +8,7 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import InputError, StoreError
 from ..store.index_info import read_index_info, stale_version
+from ..store.verify import parquet_guard
 
 
 def connect(store, pre: bool = True):
@@ -25,16 +26,19 @@ def connect(store, pre: bool = True):
         raise StoreError(f"{store.path}: {stale}")
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
-    for stmt in _views(store.path, store.manifest, info, pre=pre):
-        con.execute(stmt)
-    extra = []
+    stmts = _views(store.path, store.manifest, info, pre=pre)
     if (store.path / "index" / "capture").exists():
-        extra += massive_views(store.path)
+        stmts += massive_views(store.path)
     if (store.path / "index" / "vocab_projection.parquet").exists():
         register_proj_score(con, store.path)
-        extra += projection_views(store.path)
-    for stmt in extra:
-        con.execute(stmt)
+        stmts += projection_views(store.path)
+    guard = parquet_guard(store, stmts)   # which files each view reads, checked before each query
+    try:
+        for stmt in stmts:
+            con.execute(stmt)
+    except duckdb.Error:
+        guard.verify_all()   # creating a view reads the Parquet footers: name a damaged file
+        raise
     confine(con, store.path)
     return con
 
@@ -194,8 +198,9 @@ class Result:
     QueryTimeout or KeyboardInterrupt. Close it (or use `with`) to stop early."""
 
     def __init__(self, con, sql: str, params: dict[str, Any], timeout: float | None, timeout_hint: str,
-                 batch_rows: int) -> None:
+                 batch_rows: int, guard=None) -> None:
         self._con, self._sql, self._params, self._batch_rows = con, sql, params or None, batch_rows
+        self._guard = guard
         self._hint, self._timeout = timeout_hint, timeout
         self._reader = None
         self._executed = False
@@ -211,6 +216,8 @@ class Result:
         if _interrupted(e):
             return KeyboardInterrupt()
         if isinstance(e, (duckdb.Error, OSError)):
+            if self._guard is not None:
+                self._guard.verify_all()   # a damaged file the statement reached anyway is named, not DuckDB's error
             msg = _one_line(e)
             if "Permission Error" in msg:  # enable_external_access = false, see confine()
                 msg += " (SQL over a store reads only the store's own files)"
@@ -299,7 +306,10 @@ def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=Non
     knob in the message (the CLI says --timeout)."""
     con = con or connect(store)
     st = _check_read_only(con, sql)
-    return Result(con, sql, _bind(st, params), timeout, timeout_hint, batch_rows)
+    params = _bind(st, params)
+    guard = parquet_guard(store)
+    guard.verify_for_sql(sql)   # DuckDB does not check Parquet page CRCs: the sha256 of each file read
+    return Result(con, sql, params, timeout, timeout_hint, batch_rows, guard)
 
 
 def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,

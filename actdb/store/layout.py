@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 MANIFEST_FILE = "manifest.json"
@@ -36,6 +37,18 @@ INDEX_DIR = "index"
 # everything directly under STORE/ that actdb writes; --overwrite removes these and nothing else
 STORE_ENTRIES = (MANIFEST_FILE, STATE_FILE, LOCK_FILE, CHECKSUMS_FILE, PENDING_CHECKSUMS, STAGING, MASKS_DIR,
                  CAPTURE_DIR, TOKENS_DIR, DOCS_FILE, VOCAB_FILE, PROJECTION_FILE, INDEX_DIR)
+# what a write cut short leaves beside an entry: io.atomic_path's .NAME.PID.tmp, the token
+# tables' docs.tmp.parquet
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
+DOCS_TMP = "docs.tmp.parquet"
+
+
+def is_store_entry(name: str) -> bool:
+    """Whether a name directly under STORE/ is one actdb writes (an entry or its temporary)."""
+    if name in STORE_ENTRIES or name == DOCS_TMP:
+        return True
+    m = _TEMPORARY.fullmatch(name)
+    return m is not None and m["name"] in STORE_ENTRIES
 
 # magnitude capture (ingest/capture.py): arrays CAPTURE_DIR/{kind}_{field}
 CAPTURE_KINDS = {"resid+ffn": ("resid", "ffn"), "resid": ("resid",), "none": ()}

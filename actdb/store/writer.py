@@ -24,7 +24,9 @@ import numpy as np
 from ..errors import StoreError
 from ..io import atomic_write_text, file_digest
 from ..settings import MASK_CODECS
-from .layout import CHECKSUMS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS, STATE_FILE, layer_name
+from .layout import (CHECKSUMS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS, STATE_FILE,
+                     is_store_entry, layer_name)
+from .manifest import Manifest
 
 
 def codec_name(codec: str, level: int) -> str:
@@ -79,7 +81,33 @@ def block_chunk_files(group_dir: Path, arrays: dict[str, Any], block: int) -> li
 
 
 def is_store(path: Path) -> bool:
-    return (path / MANIFEST_FILE).exists() or (path / STATE_FILE).exists()
+    """Whether `path` is an actdb store, judged by content, not by file names: its manifest
+    validates, or it holds a valid ingest state (an interrupted ingest). A web app's
+    manifest.json does not make a folder a store."""
+    return _not_a_store(Path(path)) is None
+
+
+def _not_a_store(root: Path) -> str | None:
+    """Why `root` is not an actdb store, or None when it is one."""
+    if (root / MANIFEST_FILE).exists():
+        try:
+            Manifest.read(root)
+            return None
+        except StoreError as e:
+            why = str(e)
+    else:
+        why = f"no {MANIFEST_FILE}"
+    if (root / STATE_FILE).exists():
+        try:
+            state = read_state(root)
+        except StoreError as e:
+            return f"{why}; {e}"
+        # read_state may hand back a dict (checked here) or an already validated record
+        if not isinstance(state, dict) or (isinstance(state.get("identity"), dict)
+                                           and isinstance(state.get("blocks_done"), int)):
+            return None
+        return f"{why}; {root / STATE_FILE}: expected an actdb ingest state, got other JSON"
+    return why
 
 
 def read_state(root: Path) -> dict[str, Any] | None:
@@ -96,15 +124,42 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
     atomic_write_text(root / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
 
 
-def remove_store(root: Path) -> None:
-    """Delete a store (only something that is one, or an empty folder)."""
+def check_target(root: Path) -> None:
+    """Refuse, with one line and writing nothing, a folder an ingest may not write into: it must
+    be missing, empty, or an actdb store holding nothing but the entries of the store layout."""
     if not root.exists():
         return
     if not root.is_dir():
-        raise StoreError(f"{root}: exists and is not a folder")
-    if any(root.iterdir()) and not is_store(root):
-        raise StoreError(f"{root}: folder is not empty and is not an actdb store; refusing to overwrite it")
-    shutil.rmtree(root)
+        raise StoreError(f"{root}: expected a folder for the store, got a file")
+    names = sorted(p.name for p in root.iterdir() if p.name != LOCK_FILE)  # a stale lock is ours
+    if not names:
+        return
+    why = _not_a_store(root)
+    if why is not None:
+        raise StoreError(f"{root}: not an actdb store; refusing to write into a folder that holds {names[0]!r} "
+                         f"({why}); expected an empty folder or an actdb store; nothing was changed")
+    foreign = [n for n in names if not is_store_entry(n)]
+    if foreign:
+        raise StoreError(f"{root}: holds {foreign[0]!r}, which actdb did not write; expected a store with "
+                         f"nothing else in it (move it out and run again); nothing was changed")
+
+
+def remove_store(root: Path) -> None:
+    """Remove what actdb wrote in `root` (the entries of the store layout), and nothing else:
+    the folder itself and the writer lock stay. Refuses, deleting nothing, where check_target does.
+    The manifest and then the ingest state go last, so an interrupted removal still leaves a
+    folder that is recognised as a store (and can be overwritten again)."""
+    check_target(root)
+    if not root.exists():
+        return
+    last = {MANIFEST_FILE: 1, STATE_FILE: 2}
+    ours = sorted((p for p in root.iterdir() if is_store_entry(p.name) and p.name != LOCK_FILE),
+                  key=lambda p: (last.get(p.name, 0), p.name))
+    for p in ours:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
 
 class MaskWriter:

@@ -1,0 +1,161 @@
+"""Parquet files are never answered from unless they hold the bytes actdb wrote.
+
+DuckDB (2.0.1) does not verify Parquet page CRCs: a flipped byte in a data page of a file
+written with page checksums still reads, as a different number, with no error. So a query
+first checks each Parquet file it will read against the sha256 recorded when it was written:
+index/index.json for the index's files, checksums.json (whose own sha256 the manifest
+records) for the token parts, docs.parquet and vocab.parquet.
+
+Why sha256 and not pyarrow's page_checksum_verification: that needs a full decode of every
+column, ~0.05 GB/s per core here, against ~0.6 GB/s for sha256 over the same file, and DuckDB
+then reads the file again anyway. Kept cheap by being lazy: a query checks only the files
+behind the views and macros it names (anything that can reach other files, such as
+read_parquet or query_table, checks every file), each file once per handle (again if its
+size, mtime or inode changes). Readers write nothing, so nothing is cached on disk.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import StoreError
+from ..io import sha256_file
+from .layout import CHECKSUMS_FILE, INDEX_DIR, INDEX_FILE
+
+# table functions through which SQL reaches files or other SQL by name: check every file
+_REACH_ANYTHING = {"read_parquet", "parquet_scan", "query", "query_table", "parquet_metadata",
+                   "parquet_file_metadata", "parquet_kv_metadata", "parquet_schema", "read_blob", "glob"}
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+_READ_PARQUET = re.compile(r"read_parquet\(\s*'((?:[^']|'')*)'")
+
+
+class ParquetGuard:
+    """The recorded digests of a store's Parquet files and the files behind each SQL view."""
+
+    def __init__(self, root: str | Path, manifest: Any, info: dict[str, Any] | None,
+                 statements: Iterable[str] = ()) -> None:
+        """statements: the CREATE VIEW / CREATE MACRO SQL of the connection (read here, not from
+        DuckDB's catalogue: duckdb_functions() alone takes ~30 ms); without them every query
+        checks every file."""
+        self.root = Path(root)
+        self._records: dict[str, tuple[dict[str, Any], str]] = {}   # normalised path -> (digest, where recorded)
+        self._areas: list[str] = []    # folders whose every Parquet file must be recorded
+        self._ok: dict[str, tuple[int, int, int]] = {}   # verified: path -> (size, mtime_ns, inode)
+        self._deps = _dependencies(statements)   # name -> (read_parquet paths, names it uses)
+        index_dir = self.root / INDEX_DIR
+        files = (info or {}).get("files")
+        if isinstance(files, dict) and files:
+            for rel, digest in files.items():
+                p = index_dir / rel if (index_dir / rel).exists() or not (self.root / rel).exists() else self.root / rel
+                self._records[_norm(p)] = (digest, str(index_dir / INDEX_FILE))
+            self._areas.append(_norm(index_dir))
+        if getattr(manifest, "checksums_sha256", ""):
+            p = self.root / CHECKSUMS_FILE
+            try:
+                raw = p.read_bytes()
+            except OSError as e:
+                raise StoreError(f"{p}: unreadable ({e.strerror or e}); run `actdb check {self.root}`") from None
+            if hashlib.sha256(raw).hexdigest() != manifest.checksums_sha256:
+                raise StoreError(f"{p}: sha256 differs from the one in the manifest; run `actdb check {self.root}`")
+            for rel, digest in json.loads(raw)["files"].items():
+                if rel.endswith(".parquet"):
+                    self._records[_norm(self.root / rel)] = (digest, str(p))
+            self._areas.append(_norm(self.root / "tokens"))
+
+    # ------------------------------------------------------------ files
+
+    def verify(self, paths: Iterable[str | Path]) -> None:
+        """Check each file (or glob) against its record; raises StoreError naming the first that differs."""
+        for pattern in paths:
+            for path in sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else [str(pattern)]:
+                self._verify_one(_norm(path))
+
+    def verify_all(self) -> None:
+        """Every recorded Parquet file, and no unrecorded one where a view's glob would read it."""
+        self.verify(self._records)
+        for area in self._areas:
+            self.verify(glob.glob(os.path.join(area, "**", "*.parquet"), recursive=True))
+
+    def _verify_one(self, path: str) -> None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if path in self._records:
+                raise StoreError(f"{path}: missing (recorded in {self._records[path][1]}); "
+                                 f"run `actdb check {self.root}`") from None
+            return   # a file no view reads
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._ok.get(path) == key:
+            return
+        rec = self._records.get(path)
+        if rec is None:
+            if any(path.startswith(a + os.sep) for a in self._areas):
+                raise StoreError(f"{path}: not recorded at write time (a view would read it); "
+                                 f"expected only the files actdb wrote; run `actdb check {self.root}`")
+            return   # a store written without records (older actdb): nothing to compare with
+        digest, where = rec
+        if not isinstance(digest, dict) or st.st_size != digest.get("bytes"):
+            raise StoreError(f"{path}: size: expected {digest.get('bytes') if isinstance(digest, dict) else '?'} "
+                             f"bytes (recorded in {where}), got {st.st_size}; not answering from it; "
+                             f"run `actdb check {self.root}`")
+        if sha256_file(Path(path)) != digest.get("sha256"):
+            raise StoreError(f"{path}: sha256 differs from the one recorded in {where} (the file changed "
+                             f"since it was written); not answering from it; run `actdb check {self.root}`")
+        self._ok[path] = key
+
+    # ------------------------------------------------------------ SQL
+
+    def verify_for_sql(self, sql: str) -> None:
+        """Check the files a statement can read through the views and macros it names."""
+        words = {w.lower() for w in _WORD.findall(sql)}
+        deps = self._deps
+        if not deps or words & _REACH_ANYTHING or ".parquet" in sql.lower():
+            self.verify_all()
+            return
+        todo, seen, files = [w for w in words if w in deps], set(), set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            patterns, names = deps[name]
+            files |= patterns
+            todo += names
+        self.verify(sorted(files))
+
+
+_CREATE = re.compile(r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:VIEW|MACRO)\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+
+
+def _dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
+    """name -> (read_parquet paths, other names) of each view and macro the statements create."""
+    bodies: dict[str, str] = {}
+    for stmt in statements:
+        m = _CREATE.match(stmt)
+        if m is not None:
+            name = m.group(1).lower()
+            bodies[name] = bodies.get(name, "") + " " + stmt[m.end():]
+    return {name: ({p.replace("''", "'") for p in _READ_PARQUET.findall(body)},
+                   {w.lower() for w in _WORD.findall(body)} & set(bodies) - {name})
+            for name, body in bodies.items()}
+
+
+def _norm(path: str | Path) -> str:
+    return os.path.normpath(os.path.abspath(str(path)))
+
+
+def parquet_guard(store: Any, statements: Iterable[str] | None = None) -> ParquetGuard:
+    """The guard of a store handle: made anew when the views are (re)created with `statements`,
+    otherwise the handle's existing one (or one that checks every file)."""
+    guard = getattr(store, "_parquet_guard", None)
+    if guard is None or statements is not None:
+        from .index_info import read_index_info
+
+        guard = store._parquet_guard = ParquetGuard(store.path, store.manifest, read_index_info(store.path),
+                                                    statements or ())
+    return guard
