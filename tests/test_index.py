@@ -101,8 +101,8 @@ class Ref:
         self.full = seqlen[self.seq] == m.seq_len
         self.T = m.seq_len
         self.n = len(self.ids)
-        info = read_index_info(st.path)["config"]
-        self.ngram_layers = tuple(info["ngram_layers"])
+        info = read_index_info(st.path).config
+        self.ngram_layers = tuple(info.ngram_layers)
         self.layers = m.layers
         n = self.n
         # n-grams ending at each row that do not contain a prefix position
@@ -198,7 +198,7 @@ def real_ref(real_store):
 
 
 def gram_ids(st, g):
-    V = read_index_info(st.path)["config"]["vocab_base"]
+    V = read_index_info(st.path).config.vocab_base
     x = 0
     for t in g:
         x = x * V + t
@@ -261,7 +261,7 @@ def test_neuron_tokens_and_ngrams(which, request):
     """The n-gram tables hold each neuron's top_k n-grams (fires desc, then id) with exact totals."""
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
     K = st.sql("SELECT top_k FROM index_info").item()
-    assert K == read_index_info(st.path)["config"]["top_k"] == 64
+    assert K == read_index_info(st.path).config.top_k == 64
     for k, view, col in ((1, "neuron_tokens", "token_id"), (2, "neuron_bigrams", "ngram"), (3, "neuron_trigrams", "ngram")):
         df = st.sql(f"SELECT layer, neuron, {col}, fires, rank, cum, total FROM {view} ORDER BY layer, neuron, rank")
         got = {}
@@ -361,7 +361,7 @@ def same_index(a: Path, b: Path) -> None:
     assert names == sorted(f.name for f in (b / "index").glob("*.parquet"))
     for n in names:
         assert pq.read_table(a / "index" / n).equals(pq.read_table(b / "index" / n)), n
-    assert read_index_info(a)["files"] == read_index_info(b)["files"]
+    assert read_index_info(a).files == read_index_info(b).files
 
 
 def test_index_json_lists_every_file(known_store):
@@ -369,7 +369,7 @@ def test_index_json_lists_every_file(known_store):
     import hashlib
 
     root = known_store.path / "index"
-    files = read_index_info(known_store.path)["files"]
+    files = read_index_info(known_store.path).files
     on_disk = {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file() and f.name != "index.json"}
     assert set(files) == on_disk and "vocab_projection.parquet" in files and "coverage.parquet" in files
     assert any(k.startswith("capture/") for k in files)

@@ -5,6 +5,7 @@ from typing import Any, Mapping
 
 from ..errors import InputError, StoreError
 from ..store.index_info import read_index_info
+from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file
 from .views import _views, massive_views, projection_views, register_proj_score
 
 
@@ -20,11 +21,11 @@ def connect(store, pre: bool = True):
     for stmt in _views(store.path, store.manifest, info, pre=pre):
         con.execute(stmt)
     extra = []
-    if (store.path / "index" / "capture").exists():
-        extra += massive_views(store.path)
-    if (store.path / "index" / "vocab_projection.parquet").exists():
+    if index_file(store.path, INDEX_CAPTURE_DIR).exists():
+        extra += massive_views(store.path, info)
+    if index_file(store.path, INDEX_PROJECTION_FILE).exists():
         register_proj_score(con, store.path)
-        extra += projection_views(store.path)
+        extra += projection_views(store.path, info)
     for stmt in extra:
         con.execute(stmt)
     # user SQL may read the store, never write files or change settings
