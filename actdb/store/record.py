@@ -81,14 +81,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             if a is type(None):
                 continue
             return coerce(value, a, where)
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp):   # nested records: the same rules (defaults, unknown fields)
         if not isinstance(value, dict):
             raise StoreError(f"{where}: expected an object, got {value!r}")
-        names = {f.name for f in dataclasses.fields(tp)}
-        if set(value) != names:
-            raise StoreError(f"{where}: expected fields {sorted(names)}, got {sorted(value)}")
-        hints = typing.get_type_hints(tp)
-        return tp(**{k: coerce(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+        return from_dict(tp, value, where, where)
     if origin is tuple:
         if not isinstance(value, list):
             raise StoreError(f"{where}: expected a list, got {value!r}")
