@@ -200,8 +200,6 @@ def threshold_range(name: str) -> str:
 
 
 THRESHOLDS = tuple(f.name for f in dataclasses.fields(IndexSettings) if "threshold" in f.metadata)
-# precomputed by the index at exactly these values (the rest are the views' defaults only)
-INDEX_THRESHOLDS = tuple(f.name for f in dataclasses.fields(IndexSettings) if f.metadata.get("threshold") == "index")
 # positional arguments of the commands, not options
 _POSITIONAL = ("model", "corpus", "out")
 

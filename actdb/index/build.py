@@ -61,9 +61,6 @@ from .count import chunk_size, count_unit
 from .reduce import EMPTY_SCHEMAS, NGRAMS, TABLES, unit_tables
 from .tokens import TokenArrays
 
-_DEFAULTS = IndexSettings()
-TOP_K = _DEFAULTS.top_k          # n-grams kept per neuron in neuron_tokens / bigrams / trigrams
-MEMORY_MB = _DEFAULTS.memory_mb  # count matrix + tally buffer + bincount temporary of one unit
 ROW_GROUP = 1 << 20  # rows per Parquet row group of the assembled tables
 # the units' parts are read back once by _assemble: fast over small, still page-checksummed
 _PART_OPTIONS = {**PARQUET_OPTIONS, "compression": "none"}
