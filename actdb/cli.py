@@ -10,7 +10,7 @@ import click
 
 from ._version import __version__
 from .errors import ActdbError
-from .settings import IngestSettings, QuerySettings
+from .settings import IndexSettings, IngestSettings, QuerySettings
 
 
 def _one_line_errors(fn):
@@ -34,10 +34,10 @@ def _one_line_errors(fn):
     return wrapper
 
 
-def _settings_options(fn):
-    """Add one option per IngestSettings field (but the positional model/corpus/out)."""
-    hints = typing.get_type_hints(IngestSettings)
-    for f in reversed(dataclasses.fields(IngestSettings)):
+def _settings_options(fn, cls: type = IngestSettings):
+    """Add one option per field of a settings class (but the positional model/corpus/out)."""
+    hints = typing.get_type_hints(cls)
+    for f in reversed(dataclasses.fields(cls)):
         if f.name in ("model", "corpus", "out"):
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -102,26 +102,13 @@ def info(store: str) -> None:
 
 @main.command()
 @click.argument("store")
-@click.option("--layers", default=None, help="Layers that get bigram/trigram tables, comma-separated "
-              "(default: the first half of the network).")
-@click.option("--force", is_flag=True, help="Rebuild even if a complete index exists.")
-@click.option("--top-k", default=64, show_default=True, type=int,
-              help="N-grams kept per neuron in neuron_tokens/bigrams/trigrams (coverage and detectors at the "
-                   "paper's thresholds are exact regardless).")
-@click.option("--memory-mb", default=512, show_default=True, type=float,
-              help="Memory for the counts of the units counted at once (split between the workers); "
-                   "sets how many neurons a unit counts.")
-@click.option("--workers", default=0, show_default=True, type=int,
-              help="Units counted at once, in threads (0: one per available core).")
-@click.option("--progress/--no-progress", default=True, help="Progress bar.")
+@functools.partial(_settings_options, cls=IndexSettings)
 @_one_line_errors
-def index(store: str, layers: str | None, force: bool, top_k: int, memory_mb: float, workers: int,
-          progress: bool) -> None:
+def index(store: str, **options) -> None:
     """Build (or resume) the query index of STORE: per-neuron counts as Parquet."""
-    from .index.build import build_index, parse_layers
+    from .index.build import build_index
 
-    root = build_index(store, layers=parse_layers(layers), progress=progress, force=force, top_k=top_k,
-                       memory_mb=memory_mb, workers=workers)
+    root = build_index(store, settings=IndexSettings(**options))
     click.echo(f"index        {root}")
 
 

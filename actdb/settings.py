@@ -1,6 +1,7 @@
-"""Ingest settings: one home for every knob, its default and its help text.
+"""Ingest and index settings: one home for every knob, its default and its help text,
+the paper's thresholds included, and the one layer-list grammar.
 
-The CLI builds its options from these fields, and the README's settings table is
+The CLI builds its options from these fields, and the README's settings tables are
 generated from them too, so the three can never disagree.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ class IngestSettings:
     corpus: tuple[str, ...] = _opt((), "Corpus files: .jsonl (text, optional domain/id), .txt, .parquet.")
     out: str = _opt("", "Output store folder.")
     revision: str | None = _opt(None, "Model revision (branch, tag or commit) for hub models.")
-    layers: str = _opt("all", "Layers to record: 'all' or a list like '0,2,5-7'.")
+    layers: str = _opt("all", "Layers to record: 'all' or a list like '0,2,5-7'; negative numbers count from "
+                       "the end (-1: the last layer).")
     seq_len: int = _opt(256, "Tokens per sequence, special tokens included.")
     mode: str = _opt("packed", "'packed': documents concatenated into full-length sequences; "
                      "'document': one (truncated) document per sequence.", choices=("packed", "document"))
@@ -83,11 +85,130 @@ class IngestSettings:
         return dataclasses.replace(self, **kw)
 
 
-def settings_table() -> str:
-    """Markdown table of the settings, for the README."""
+def parse_layer_list(spec: str, n_layers: int, option: str = "--layers") -> tuple[int, ...]:
+    """The one layer-list grammar (ingest and index): 'all', or comma-separated layers and
+    ranges like '0,2,5-7'. Negative numbers count from the end, as in Python: -1 is the last
+    layer, '-3--1' the last three. Returns the distinct layers in order."""
+    from .errors import InputError
+
+    if spec.strip() == "all":
+        return tuple(range(n_layers))
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            # a '-' after the first character separates a range ('-1' alone is a layer)
+            cut = part.find("-", 1)
+            if cut > 0:
+                a, b = int(part[:cut]), int(part[cut + 1:])
+                a, b = (x + n_layers if x < 0 else x for x in (a, b))
+                if a > b:
+                    raise InputError(f"{option}: expected a range low-high, got {part!r}")
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise InputError(f"{option}: expected 'all' or a list like 0,2,5-7, got {spec!r}") from None
+    for l in out:
+        if not -n_layers <= l < n_layers:
+            raise InputError(f"{option}: layer {l} out of range: the model has layers 0..{n_layers - 1}")
+    layers = sorted({l + n_layers if l < 0 else l for l in out})
+    if not layers:
+        raise InputError(f"{option}: expected at least one layer, got {spec!r}")
+    return tuple(layers)
+
+
+# Value ranges of the thresholds: expected-text and the Python and SQL tests of each kind.
+# The index settings, the index record (index.json) and the SQL macros all check these.
+RANGES: dict[str, tuple[str, Any, str]] = {
+    "share": ("a number in (0, 1]", lambda v: 0 < v <= 1, "{v}::DOUBLE > 0 AND {v}::DOUBLE <= 1"),
+    "count": ("an integer >= 1", lambda v: v == int(v) and v >= 1, "{v}::DOUBLE = floor({v}::DOUBLE) AND {v} >= 1"),
+    "nonneg": ("a number >= 0", lambda v: v >= 0, "{v}::DOUBLE >= 0"),
+    "eps": ("a number in [0, 0.5)", lambda v: 0 <= v < 0.5, "{v}::DOUBLE >= 0 AND {v}::DOUBLE < 0.5"),
+}
+
+
+def range_problem(kind: str, value: Any) -> str | None:
+    """None if `value` is in range `kind` (RANGES), else what was expected."""
+    expected, ok, _ = RANGES[kind]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not ok(value):
+        return expected
+    if kind == "count" and not isinstance(value, int):
+        return expected
+    return None
+
+
+def _thr(default: Any, kind: str, help: str, when: str = "index") -> Any:
+    """A threshold: `when` = 'index' (precomputed at it) or 'query' (the views' default only)."""
+    return _opt(default, help, range=kind, threshold=when)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """`actdb index`: what the index keeps and the paper's thresholds (SPEC §1.3-1.7). The index
+    records the thresholds it was built with (index.json), and the views take their defaults
+    from that record."""
+    layers: str | None = _opt(None, "Layers that get bigram/trigram tables: a list like 0,2,5-7 or 'all', as "
+                              "--layers of ingest (default: the first half of the network).")
+    top_k: int = _opt(64, "N-grams kept per neuron in neuron_tokens/bigrams/trigrams (coverage and detectors at "
+                      "the recorded thresholds are exact regardless).")
+    memory_mb: float = _opt(512.0, "Memory for the counts of the units counted at once (split between the "
+                            "workers); sets how many neurons a unit counts.")
+    workers: int = _opt(0, "Units counted at once, in threads (0: one per available core).")
+    p_cov: float = _thr(0.95, "share", "Coverage: the fewest n-grams that account for this share of a neuron's "
+                        "fires (coverage, detectors' p_cov).")
+    tok_max_cov: int = _thr(5, "count", "Token detectors: covered by at most this many tokens (max_cov).")
+    tri_max_cov: int = _thr(50, "count", "Trigram detectors: covered by at most this many trigrams (max_cov).")
+    p_token: float = _thr(0.95, "share", "Detectors: a covered n-gram has P(fires given the n-gram) at least this.")
+    p_share: float = _thr(0.95, "share", "Detectors: the covered n-grams account for this share of the fires.")
+    weak_eps: float = _thr(0.05, "eps", "Positional: a frequency within this of 0 or 1 counts as (weakly) extreme.")
+    mi_min: float = _thr(0.05, "nonneg", "Positional neurons: I(act; pos) above this (query default).", "query")
+    min_switches: int = _thr(3, "count", "Positional: this many low/high alternations make a pattern oscillatory "
+                             "(query default).", "query")
+    abs_min: float = _thr(100.0, "nonneg", "Massive activations: abs(h) above this (query default).", "query")
+    ratio: float = _thr(1000.0, "nonneg", "Massive activations: abs(h) at least this times the sequence's median abs(h) "
+                        "(query default).", "query")
+    force: bool = _opt(False, "Rebuild even if a complete index exists (the old one answers until the new one "
+                       "is complete).")
+    progress: bool = _opt(True, "Show a progress bar.")
+
+    def __post_init__(self) -> None:
+        from .errors import InputError
+
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise InputError(f"--top-k: expected a positive number of n-grams per neuron, got {self.top_k!r}")
+        if not (isinstance(self.memory_mb, (int, float)) and self.memory_mb > 0):
+            raise InputError(f"--memory-mb: expected a positive budget, got {self.memory_mb!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise InputError(f"--workers: expected 0 (one per core) or a positive number, got {self.workers!r}")
+        for name, value in self.thresholds().items():
+            bad = range_problem(threshold_range(name), value)
+            if bad:
+                raise InputError(f"--{name.replace('_', '-')}: expected {bad}, got {value!r}")
+
+    def thresholds(self) -> dict[str, Any]:
+        """{name: value} of the thresholds, in field order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if "threshold" in f.metadata}
+
+    def replace(self, **kw: Any) -> "IndexSettings":
+        return dataclasses.replace(self, **kw)
+
+
+def threshold_range(name: str) -> str:
+    """The RANGES kind of threshold `name` (an IndexSettings field)."""
+    return next(f.metadata["range"] for f in dataclasses.fields(IndexSettings) if f.name == name)
+
+
+THRESHOLDS = tuple(f.name for f in dataclasses.fields(IndexSettings) if "threshold" in f.metadata)
+# positional arguments of the commands, not options
+_POSITIONAL = ("model", "corpus", "out")
+
+
+def settings_table(cls: type = IngestSettings) -> str:
+    """Markdown table of the settings of `cls` (IngestSettings or IndexSettings), for the README."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
-    for f in dataclasses.fields(IngestSettings):
-        if f.name in ("model", "corpus", "out"):
+    for f in dataclasses.fields(cls):
+        if f.name in _POSITIONAL:
             continue
         default = f.default if f.default not in (None, ()) else "—"
         rows.append(f"| `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")

@@ -43,13 +43,15 @@ def make_dense(out: Path, n: int, seed: int = 0) -> None:
 
 
 def main() -> None:
+    from actdb.settings import IndexSettings
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", choices=["dense", "opt"], default="dense")
     ap.add_argument("--tokens", type=int, default=20000)
     ap.add_argument("--store", default="/tmp/bench_index")
     ap.add_argument("--reuse", action="store_true")
-    ap.add_argument("--top-k", type=int, default=64)
-    ap.add_argument("--memory-mb", type=float, default=512)
+    ap.add_argument("--top-k", type=int, default=IndexSettings().top_k)
+    ap.add_argument("--memory-mb", type=float, default=IndexSettings().memory_mb)
     args = ap.parse_args()
     from actdb.index.build import build_index
 

@@ -15,3 +15,13 @@ def test_ci_runs_the_readme_test_command():
     root = Path(__file__).parent.parent
     assert "bash tests/run.sh" in (root / ".ci" / "run").read_text()
     assert "bash tests/run.sh" in root.joinpath("README.md").read_text().split("\n\n")[1]
+
+
+def test_readme_index_settings_table_is_current():
+    from actdb.settings import IndexSettings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("<!-- index-settings-table -->") + len("<!-- index-settings-table -->")
+    end = readme.index("<!-- /index-settings-table -->")
+    assert readme[start:end].strip() == settings_table(IndexSettings), \
+        "regenerate with actdb.settings.settings_table(IndexSettings)"

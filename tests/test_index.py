@@ -111,8 +111,8 @@ class Ref:
         self.full = seqlen[self.seq] == m.seq_len
         self.T = m.seq_len
         self.n = len(self.ids)
-        info = read_index_info(st.path)["config"]
-        self.ngram_layers = tuple(info["ngram_layers"])
+        info = read_index_info(st.path).config
+        self.ngram_layers = tuple(info.ngram_layers)
         self.layers = m.layers
         n = self.n
         # the n-gram ending at each row (SPEC §1.3): a slot before the sequence start is PAD; every n
@@ -213,10 +213,10 @@ def noprefix_ref(noprefix_store):
 
 def gram_ids(st, g):
     """The index's id of an n-gram tuple (PAD slots included)."""
-    cfg = read_index_info(st.path)["config"]
+    cfg = read_index_info(st.path).config
     x = 0
     for t in g:
-        x = x * cfg["vocab_base"] + (cfg["ngram_pad"] if t is PAD else t)
+        x = x * cfg.vocab_base + (cfg.ngram_pad if t is PAD else t)
     return x
 
 
@@ -276,7 +276,7 @@ def test_neuron_tokens_and_ngrams(which, request):
     """The n-gram tables hold each neuron's top_k n-grams (fires desc, then id) with exact totals."""
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
     K = st.sql("SELECT top_k FROM index_info").item()
-    assert K == read_index_info(st.path)["config"]["top_k"] == 64
+    assert K == read_index_info(st.path).config.top_k == 64
     for k, view, col in ((1, "neuron_tokens", "token_id"), (2, "neuron_bigrams", "ngram"), (3, "neuron_trigrams", "ngram")):
         df = st.sql(f"SELECT layer, neuron, {col}, fires, rank, cum, total FROM {view} ORDER BY layer, neuron, rank")
         got = {}
@@ -379,12 +379,12 @@ def test_pad_slots(known_store, noprefix_store):
     assert Counter({g[2]: c for g, c in at(st, 3, 2)}) == x0
     assert sum(c for _, c in at(st, 3, 1)) == len(tokens(st, "pos = 1"))
     assert st.sql("SELECT count(*) FROM neuron_trigrams WHERE token_ids[1] IS NULL").item() > 0
-    cfg = read_index_info(st.path)["config"]
-    assert cfg["ngram_pad"] == cfg["vocab_base"] - 1 == 12   # one past the 12 token ids
+    cfg = read_index_info(st.path).config
+    assert cfg.ngram_pad == cfg.vocab_base - 1 == 12   # one past the 12 token ids
 
 
 def test_old_index_version_is_stale(tmp_path):
-    """An index of version 2 (n-grams without PAD) is refused by the views and reported by
+    """An index of version 2 or 3 (n-grams without PAD) is refused by the views and reported by
     check with the rebuild command; `actdb index` rebuilds it."""
     from actdb.store.check import check_store
 
@@ -395,14 +395,14 @@ def test_old_index_version_is_stale(tmp_path):
     info["config"]["version"] = 2
     del info["config"]["ngram_pad"]
     info_p.write_text(json.dumps(info))
-    with pytest.raises(actdb.StoreError, match=r"index version 2.*--force"):
+    with pytest.raises(actdb.StoreError, match=r"version: expected 4, got 2.*--force"):
         actdb.open(p).sql("SELECT count(*) FROM coverage")
     problems = check_store(p).problems
-    assert any("stale index: version" in x and "--force" in x for x in problems), problems
+    assert any("version: expected 4, got 2" in x and "--force" in x for x in problems), problems
     build_index(p, progress=False)
-    assert read_index_info(p)["config"]["version"] == 3
+    assert read_index_info(p).config.version == 4
     assert actdb.open(p).sql("SELECT count(*) FROM coverage").item() > 0
-    assert not any("stale" in x for x in check_store(p).problems)
+    assert not check_store(p).problems
 
 
 @pytest.mark.parametrize("which", ["known", "real"])
@@ -445,7 +445,7 @@ def same_index(a: Path, b: Path) -> None:
     assert names == sorted(f.name for f in (b / "index").glob("*.parquet"))
     for n in names:
         assert pq.read_table(a / "index" / n).equals(pq.read_table(b / "index" / n)), n
-    assert read_index_info(a)["files"] == read_index_info(b)["files"]
+    assert read_index_info(a).files == read_index_info(b).files
 
 
 def test_index_json_lists_every_file(known_store):
@@ -453,7 +453,7 @@ def test_index_json_lists_every_file(known_store):
     import hashlib
 
     root = known_store.path / "index"
-    files = read_index_info(known_store.path)["files"]
+    files = read_index_info(known_store.path).files
     on_disk = {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file() and f.name != "index.json"}
     assert set(files) == on_disk and "vocab_projection.parquet" in files and "coverage.parquet" in files
     assert any(k.startswith("capture/") for k in files)

@@ -23,11 +23,13 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
     neuron_bigrams.parquet    layer, neuron, ngram, fires, rank, cum, total      (n-gram layers only)
     neuron_trigrams.parquet   same for trigrams
     token_counts / bigram_counts / trigram_counts .parquet   token_id|ngram, count
-    coverage.parquet          layer, neuron, n, n_covering, n_distinct, fires   (exact, p = 0.95)
-    token_detectors.parquet / trigram_detectors.parquet   exact, at the paper's thresholds
+    coverage.parquet          layer, neuron, n, n_covering, n_distinct, fires   (exact, at p_cov)
+    token_detectors.parquet / trigram_detectors.parquet   exact, at the thresholds of the build
+                              (settings.IndexSettings: the paper's by default)
     positional.parquet        layer, neuron, mi, fr_min, fr_max, switches_exact, switches_weak
     index.json                written last (the index is complete exactly when it exists):
-                              config (top_k included) and every file's bytes and sha256
+                              config (top_k and every threshold included, store/index_info.py)
+                              and every file's bytes and sha256
 
 N-grams (SPEC §1.3): the n-gram ending at position k is (x_{k-n+1} … x_k) within its sequence,
 slots before position 0 are PAD (not a token): the bigram at 0 is (PAD, x_0), the trigram at 1 is
@@ -43,6 +45,7 @@ since index version 3): bigram = a*V + b, trigram = (a*V + b)*V + c, with token 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -55,16 +58,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, StoreError
-from ..io import atomic_write_text, file_digest, write_parquet
-from ..store.index_info import INDEX_VERSION, index_path, read_index_info
-from ..store.layout import INDEX_FILE, INDEX_STATE as STATE
+from ..io import PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs, file_digest, write_parquet
+from ..settings import IndexSettings, parse_layer_list
+from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
+from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
+                            INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE)
 from .count import chunk_size, count_unit
-from .reduce import EMPTY_SCHEMAS, NGRAMS, P_COV, P_SHARE, P_TOKEN, TABLES, TOK_MAX_COV, TRI_MAX_COV, WEAK_EPS, unit_tables
+from .reduce import EMPTY_SCHEMAS, NGRAMS, TABLES, unit_tables
 from .tokens import TokenArrays
 
-TOP_K = 64          # n-grams kept per neuron in neuron_tokens / bigrams / trigrams
-MEMORY_MB = 512     # count matrix + tally buffer + bincount temporary of one unit
 ROW_GROUP = 1 << 20  # rows per Parquet row group of the assembled tables
+# the units' parts are read back once by _assemble: fast over small, still page-checksummed
+_PART_OPTIONS = {**PARQUET_OPTIONS, "compression": "none"}
 
 
 def default_ngram_layers(manifest) -> tuple[int, ...]:
@@ -74,18 +79,24 @@ def default_ngram_layers(manifest) -> tuple[int, ...]:
     return chosen or (min(manifest.layers),)
 
 
-def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    """"0,1,2" or "0-5" (or a mix) -> layers; None stays None."""
-    if text is None or not text.strip():
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            a, _, b = part.strip().partition("-")
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError:
-        raise InputError(f"--layers: expected numbers like 0,1,2 or 0-5, got {text!r}") from None
-    return tuple(out)
+def _ngram_layers(layers: Iterable[int] | str | None, m) -> tuple[int, ...]:
+    """The layers given as a list or in the --layers grammar (settings.parse_layer_list),
+    which must be recorded ones; None: the default."""
+    if layers is None:
+        return default_ngram_layers(m)
+    if isinstance(layers, str):
+        chosen = parse_layer_list(layers, m.n_layers)
+    else:
+        chosen = tuple(sorted(set(int(l) for l in layers)))
+    bad = [l for l in chosen if l not in m.layers]
+    if bad:
+        raise InputError(f"--layers: expected recorded layers {list(m.layers)}, got {bad}")
+    return chosen
+
+
+def _as_json(obj: Any) -> Any:
+    """A dataclass as the JSON value it is written as (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
 # ---------------------------------------------------------------- build
@@ -107,8 +118,6 @@ def _write_errors_in_one_line(fn):
 def _holding_writer_lock(build):
     """Run `build(store_path, ...)` holding the store's writer lock (actdb.store.lock), so no two
     writers touch one index; within an ingest, which holds the lock already, it passes through."""
-    import functools
-
     @functools.wraps(build)
     def locked(store_path: str | Path, *args: Any, **kwargs: Any) -> Path:
         from ..store.lock import writer_lock
@@ -122,79 +131,83 @@ def _holding_writer_lock(build):
 
 @_write_errors_in_one_line   # outermost: taking the lock writes a file too
 @_holding_writer_lock
-def build_index(store_path: str | Path, layers: Iterable[int] | None = None, progress: bool = True,
-                force: bool = False, top_k: int = TOP_K, memory_mb: float = MEMORY_MB,
-                neuron_chunk: int | None = None, workers: int = 0) -> Path:
+def build_index(store_path: str | Path, layers: Iterable[int] | str | None = None,
+                settings: IndexSettings | None = None, neuron_chunk: int | None = None, **options: Any) -> Path:
     """Build (or resume, or leave as is when complete) the index of a store.
 
-    layers: the layers that get bigram/trigram tables (default: the first half of the
-    network); every recorded layer gets fires, domains, positions and tokens.
-    top_k: n-grams kept per neuron in the n-gram tables (coverage and detectors at the
-    paper's thresholds are exact regardless). memory_mb: budget of the units' counts, shared by
-    the workers; neuron_chunk: an upper bound on the neurons per unit (tests). workers: units
-    counted at once, in threads (0: one per available core); the files do not depend on it.
+    settings (or its fields as keyword options: progress, force, top_k, memory_mb, workers, the
+    thresholds): see settings.IndexSettings. layers: the layers that get bigram/trigram tables
+    (a list, or the --layers grammar; default: the first half of the network); every recorded
+    layer gets fires, domains, positions and tokens. neuron_chunk: an upper bound on the neurons
+    per unit (tests). The files do not depend on the workers or the memory budget.
+
+    A first build is made in place (STORE/index/) and resumes where a killed one stopped. A
+    rebuild over a complete index (--force, or other settings) is made beside it, in
+    STORE/_index_build/, and swapped in only when complete: until then the old index answers,
+    and a failed or killed rebuild leaves it answering (the half-built folder is removed by
+    the next build).
     """
     from tqdm import tqdm
 
     from ..store.reader import StoreReader as Store
 
-    if int(top_k) < 1:
-        raise InputError(f"top_k: expected a positive number of n-grams per neuron, got {top_k}")
-    if not memory_mb > 0:
-        raise InputError(f"memory_mb: expected a positive budget, got {memory_mb}")
-    n_workers = resolve_workers(workers)
+    s = dataclasses.replace(settings or IndexSettings(), **options)   # validates every field
+    n_workers = resolve_workers(s.workers)
     st = Store(store_path)
     m = st.manifest
-    ngram_layers = tuple(sorted(set(int(l) for l in layers))) if layers is not None else default_ngram_layers(m)
-    bad = [l for l in ngram_layers if l not in m.layers]
-    if bad:
-        raise InputError(f"layers: expected recorded layers {list(m.layers)}, got {bad}")
-    root = index_path(st.path)
-    vocab_t = pq.read_table(st.path / "vocab.parquet", columns=["token_id", "token"])
+    ngram_layers = _ngram_layers(layers if layers is not None else s.layers, m)
+    live = index_path(st.path)
+    _recover(st.path)
+    vocab_t = pq.read_table(st.path / VOCAB_FILE, columns=["token_id", "token"])
     pad = int(max(m.vocab_size, vocab_t.num_rows, 1))   # PAD digit of n-gram ids: past every token id
     base = pad + 1
-    config = {"version": INDEX_VERSION, "ngram_layers": list(ngram_layers), "layers": list(m.layers),
-              "vocab_base": base, "ngram_pad": pad, "weak_eps": WEAK_EPS, "n_tokens": m.n_tokens, "seq_len": m.seq_len,
-              "weights_sha256": m.weights_sha256, "prefix": bool(m.prefix_tokens), "top_k": int(top_k),
-              "p_cov": P_COV, "tok_max_cov": TOK_MAX_COV, "tri_max_cov": TRI_MAX_COV, "p_token": P_TOKEN,
-              "p_share": P_SHARE}
-    info = read_index_info(st.path)
-    if info is not None and not force and info.get("config") == config:
-        return root
-    if force or info is not None:
-        shutil.rmtree(root, ignore_errors=True)
+    config = IndexConfig(version=INDEX_VERSION, layers=tuple(m.layers), ngram_layers=ngram_layers, vocab_base=base,
+                         ngram_pad=pad, n_tokens=m.n_tokens, seq_len=m.seq_len, weights_sha256=m.weights_sha256,
+                         prefix=bool(m.prefix_tokens), top_k=s.top_k, **s.thresholds())
+    config_json = _as_json(config)
+    try:
+        info = read_index_info(st.path)
+    except StoreError:   # a damaged or old record: rebuilt beside it like any other
+        info = None
+    if info is not None and not s.force and info.config == config:
+        return live
+    beside = (live / INDEX_FILE).exists()   # a complete index (maybe unreadable) answers until the swap
+    root = st.path / INDEX_BUILD_DIR if beside else live
+    if s.force and not beside:
+        shutil.rmtree(live, ignore_errors=True)   # a partial build: nothing answers from it
     root.mkdir(parents=True, exist_ok=True)
     state_p = root / STATE
     state = json.loads(state_p.read_text()) if state_p.exists() else None
-    tok = TokenArrays(st, m, base, root / "_tmp")
-    if state is None or state.get("config") != config:
-        shutil.rmtree(root / "_parts", ignore_errors=True)
+    tok = TokenArrays(st, m, base, root / INDEX_TMP)
+    if state is None or state.get("config") != config_json:
+        shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)
         # chunk sizes are fixed for the whole build, so a resumed build cuts the same units
-        chunks = {str(ng): chunk_size(tok.width(ng), m.d_ffn, m.neuron_chunk, memory_mb / n_workers, neuron_chunk)
+        chunks = {str(ng): chunk_size(tok.width(ng), m.d_ffn, m.neuron_chunk, s.memory_mb / n_workers, neuron_chunk)
                   for ng in (False, True)}
-        state = {"config": config, "chunks": chunks, "done": []}
+        state = {"config": config_json, "chunks": chunks, "done": []}
         atomic_write_text(state_p, json.dumps(state))
-    (root / "_parts").mkdir(exist_ok=True)
+    (root / INDEX_PARTS).mkdir(exist_ok=True)
     done = set(state["done"])
     units = [(l, n0, min(m.d_ffn, n0 + state["chunks"][str(l in ngram_layers)])) for l in m.layers
              for n0 in range(0, m.d_ffn, state["chunks"][str(l in ngram_layers)])]
     vocab = np.full(pad, None, dtype=object)
     vocab[vocab_t.column("token_id").to_numpy()] = vocab_t.column("token").to_pylist()
     bar = tqdm(total=len(units), initial=sum(_unit_name(*u[:2]) in done for u in units), unit="chunk",
-               desc="index", disable=not progress, dynamic_ncols=True)
+               desc="index", disable=not s.progress, dynamic_ncols=True)
 
     def run(unit: tuple[int, int, int]) -> str:
         layer, n0, n1 = unit
         ngram = layer in ngram_layers
         counts = count_unit(st.packed(layer), tok, n0, n1, ngram, m.block_tokens)
-        tables = unit_tables(layer, n0, counts, tok, ngram, int(top_k), vocab)
+        tables = unit_tables(layer, n0, counts, tok, ngram, config, vocab)
         del counts
         name = _unit_name(layer, n0)
-        d, tmpd = root / "_parts" / name, root / "_parts" / f".{name}.tmp"
+        # a unit's folder appears whole or not at all (a resumed build trusts what it finds)
+        d, tmpd = root / INDEX_PARTS / name, root / INDEX_PARTS / f".{name}.tmp"
         shutil.rmtree(tmpd, ignore_errors=True)
         tmpd.mkdir()
         for tname, t in tables.items():
-            pq.write_table(t, tmpd / f"{tname}.parquet", compression="none")  # temporary: fast over small
+            pq.write_table(t, tmpd / f"{tname}.parquet", **_PART_OPTIONS)
         shutil.rmtree(d, ignore_errors=True)
         tmpd.rename(d)
         return name
@@ -212,20 +225,47 @@ def build_index(store_path: str | Path, layers: Iterable[int] | None = None, pro
         bar.close()
     files = _assemble(root, [_unit_name(l, n0) for l, n0, _ in units], tok)
     # massive activations and vocabulary projection (SPEC §1.5, §1.7), before index.json marks it complete
-    from ..store.layout import PROJECTION_FILE
     from .massive import build_capture_index
     from .projection import build_projection_index
 
-    build_capture_index(st.path, m)
-    files.update({f"capture/{p.name}": file_digest(p) for p in sorted((root / "capture").glob("*.parquet"))})
+    build_capture_index(st.path, root, m)
+    files.update({f"{INDEX_CAPTURE_DIR}/{p.name}": file_digest(p)
+                  for p in sorted((root / INDEX_CAPTURE_DIR).glob("*.parquet"))})
     if (st.path / PROJECTION_FILE).exists():
-        build_projection_index(st.path, m.layers, progress=progress)
-        files["vocab_projection.parquet"] = file_digest(root / "vocab_projection.parquet")
-    atomic_write_text(root / INDEX_FILE, json.dumps({"config": config, "files": files}, indent=1, sort_keys=True))
-    shutil.rmtree(root / "_parts", ignore_errors=True)
-    shutil.rmtree(root / "_tmp", ignore_errors=True)
+        build_projection_index(st.path, m.layers, progress=s.progress, out=root)
+        files[INDEX_PROJECTION_FILE] = file_digest(root / INDEX_PROJECTION_FILE)
+    shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)
+    shutil.rmtree(root / INDEX_TMP, ignore_errors=True)
     state_p.unlink(missing_ok=True)
-    return root
+    IndexInfo(config=config, files=files).write(root)
+    if beside:
+        _swap_in(live, root)
+    return live
+
+
+def _recover(store: Path) -> None:
+    """Undo what a killed rebuild left: the half-built folder goes; if it was killed between the
+    two renames of a swap without an atomic exchange, the complete index comes back first."""
+    live, new, old = index_path(store), store / INDEX_BUILD_DIR, store / INDEX_OLD_DIR
+    if not live.exists():
+        for cand in (new, old):   # the new one if it was complete, else the old one
+            if (cand / INDEX_FILE).exists():
+                cand.rename(live)
+                break
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap_in(live: Path, new: Path) -> None:
+    """Put the complete index `new` at `live`. One atomic exchange where the OS has one (Linux),
+    so STORE/index/ always holds a complete index; else two renames, microseconds apart."""
+    if not exchange_dirs(new, live):
+        old = live.with_name(INDEX_OLD_DIR)
+        shutil.rmtree(old, ignore_errors=True)
+        live.rename(old)
+        new.rename(live)
+        new = old
+    shutil.rmtree(new)   # the old index, now out of the way
 
 
 def resolve_workers(workers: int) -> int:
@@ -283,33 +323,33 @@ def _assemble(root: Path, names: list[str], tok: TokenArrays) -> dict[str, dict[
     returns {file: digest} of everything written."""
     files = {}
     for t in TABLES:
-        out, tmp = root / f"{t}.parquet", root / f".{t}.parquet.tmp"
-        writer, pending, n_pending = None, [], 0
-        for name in names:
-            p = root / "_parts" / name / f"{t}.parquet"
-            if not p.exists():
-                continue
-            part = pq.read_table(p)
+        out = root / f"{t}.parquet"
+        with atomic_path(out) as tmp:
+            writer, pending, n_pending = None, [], 0
+            for name in names:
+                p = root / INDEX_PARTS / name / f"{t}.parquet"
+                if not p.exists():
+                    continue
+                part = pq.read_table(p)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, part.schema, **PARQUET_OPTIONS)
+                pending.append(part)
+                n_pending += part.num_rows
+                if n_pending >= ROW_GROUP:   # fixed-size row groups: the file does not depend on the chunking
+                    whole = pa.concat_tables(pending)
+                    cut = n_pending - n_pending % ROW_GROUP
+                    writer.write_table(whole.slice(0, cut), row_group_size=ROW_GROUP)
+                    pending, n_pending = [whole.slice(cut)], n_pending - cut
             if writer is None:
-                writer = pq.ParquetWriter(tmp, part.schema, compression="zstd")
-            pending.append(part)
-            n_pending += part.num_rows
-            if n_pending >= ROW_GROUP:   # fixed-size row groups: the file does not depend on the chunking
-                whole = pa.concat_tables(pending)
-                cut = n_pending - n_pending % ROW_GROUP
-                writer.write_table(whole.slice(0, cut), row_group_size=ROW_GROUP)
-                pending, n_pending = [whole.slice(cut)], n_pending - cut
-        if writer is None:
-            pq.write_table(EMPTY_SCHEMAS[t].empty_table(), tmp, compression="zstd")
-        else:
-            if n_pending:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
-            writer.close()
-        tmp.replace(out)
+                pq.write_table(EMPTY_SCHEMAS[t].empty_table(), tmp, **PARQUET_OPTIONS)
+            else:
+                if n_pending:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
+                writer.close()
         files[out.name] = file_digest(out)
     counts = {"position_counts": pa.table({"pos": np.arange(tok.T, dtype=np.int32), "n": tok.pos_n.astype(np.int64),
                                            "n_full": tok.pos_full_n.astype(np.int64)})}
-    ngram = any((root / "_parts" / n / "neuron_bigrams.parquet").exists() for n in names)
+    ngram = any((root / INDEX_PARTS / n / "neuron_bigrams.parquet").exists() for n in names)
     for name, col, n in NGRAMS:
         keep = n == 1 or ngram   # bigram/trigram counts only with n-gram layers, like their tables
         u = tok.uniq[name] if keep else np.zeros(0, np.int64)

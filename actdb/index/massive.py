@@ -11,19 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from ..io import write_parquet
+from ..store.layout import CAPTURE_DIR, INDEX_CAPTURE_DIR, part_name
 
 
-def build_capture_index(root: Path, manifest) -> None:
+def build_capture_index(root: Path, index_dir: Path, manifest) -> None:
+    """index_dir/capture/part-BBBBBB.parquet from the store's capture at `root`."""
     import zarr
 
-    out = root / "index" / "capture"
+    out = Path(index_dir) / INDEX_CAPTURE_DIR
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     if not manifest.capture:
-        pq.write_table(_empty(), out / "part-000000.parquet")
+        write_parquet(_empty(), out / part_name(0))
         return
-    cap = zarr.open_group(root / "capture", mode="r")
+    cap = zarr.open_group(root / CAPTURE_DIR, mode="r")
     n, bt = manifest.n_tokens, manifest.block_tokens
     layers = np.asarray(manifest.layers, dtype=np.int32)
     for b, lo in enumerate(range(0, n, bt)):
@@ -43,9 +46,7 @@ def build_capture_index(root: Path, manifest) -> None:
                 "dim": d.ravel(), "value": v.ravel(),
                 "token_median_abs": np.repeat(med.ravel(), K),
                 "median_abs": np.repeat(smed.ravel(), K)}))
-        tmp = out / f".part-{b:06d}.tmp"
-        pq.write_table(pa.concat_tables(parts), tmp, compression="zstd")
-        tmp.replace(out / f"part-{b:06d}.parquet")
+        write_parquet(pa.concat_tables(parts), out / part_name(b))
 
 
 def _empty() -> pa.Table:

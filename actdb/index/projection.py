@@ -15,8 +15,10 @@ from ..store.projection import Projection
 K_MAX = 50
 
 
-def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 256, progress: bool = False) -> None:
-    """index/vocab_projection.parquet: layer, neuron, token_id, score, rank (1..k top, -1..-k bottom)."""
+def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 256, progress: bool = False,
+                           out: Path | None = None) -> None:
+    """index/vocab_projection.parquet (in `out`, default STORE/index/): layer, neuron, token_id,
+    score, rank (1..k top, -1..-k bottom)."""
     from tqdm import tqdm
 
     proj = Projection(root)
@@ -43,4 +45,4 @@ def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 
                     "token_id": ids[sel].ravel(),
                     "score": s[rows, sel].ravel().astype(np.float32),
                     "rank": np.tile(np.arange(1, k + 1, dtype=np.int32) * sign, n)}))
-    write_parquet(pa.concat_tables(tables), root / INDEX_DIR / INDEX_PROJECTION_FILE)
+    write_parquet(pa.concat_tables(tables), Path(out if out is not None else root / INDEX_DIR) / INDEX_PROJECTION_FILE)

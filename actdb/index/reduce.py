@@ -8,13 +8,13 @@ from .stats import detectors, positional_mi, segment_stats, switches
 from .tokens import TokenArrays
 
 NGRAMS = (("token", "token_id", 1), ("bigram", "ngram", 2), ("trigram", "ngram", 3))
-WEAK_EPS = 0.05     # positional patterns: a frequency within this of 0 or 1 counts as (weakly) extreme
-P_COV, TOK_MAX_COV, TRI_MAX_COV, P_TOKEN, P_SHARE = 0.95, 5, 50, 0.95, 0.95  # the paper's (SPEC §1.3-1.4)
 
 
-def unit_tables(layer: int, n0: int, c: np.ndarray, tok: TokenArrays, ngram: bool, top_k: int,
+def unit_tables(layer: int, n0: int, c: np.ndarray, tok: TokenArrays, ngram: bool, config,
                  vocab: np.ndarray) -> dict[str, pa.Table]:
-    """Exact counts of one unit -> the rows of every per-neuron table."""
+    """Exact counts of one unit -> the rows of every per-neuron table, at the thresholds and
+    top_k of `config` (store.index_info.IndexConfig, the record the index is written with)."""
+    top_k = config.top_k
     ch = c.shape[0]
     T, nd = tok.T, len(tok.domains)
     neurons = np.arange(n0, n0 + ch, dtype=np.int32)
@@ -40,11 +40,11 @@ def unit_tables(layer: int, n0: int, c: np.ndarray, tok: TokenArrays, ngram: boo
         mi, frp = positional_mi(posf, tok.pos_full_n)
     out["positional"] = pa.table({"layer": lay(ch), "neuron": neurons, "mi": pa.array(mi, mask=np.isnan(mi)),
                                   "fr_min": frp.min(axis=1), "fr_max": frp.max(axis=1),
-                                  "switches_exact": switches(frp, 0.0), "switches_weak": switches(frp, WEAK_EPS)})
+                                  "switches_exact": switches(frp, 0.0), "switches_weak": switches(frp, config.weak_eps)})
     cov = []
     for name, col, n in NGRAMS if ngram else NGRAMS[:1]:
         seg = c[:, o[name]:o[name] + len(tok.uniq[name])]
-        s = segment_stats(seg, top_k, P_COV)
+        s = segment_stats(seg, top_k, config.p_cov)
         ids = tok.uniq[name][s.top_col]
         out[f"neuron_{name}s"] = pa.table({
             "layer": lay(len(ids)), "neuron": neurons[s.top_row],
@@ -53,7 +53,8 @@ def unit_tables(layer: int, n0: int, c: np.ndarray, tok: TokenArrays, ngram: boo
         alive = np.flatnonzero(s.total > 0)
         cov.append((alive, n, s))
         if n in (1, 3):
-            det = detectors(seg, s, tok.counts[name], TOK_MAX_COV if n == 1 else TRI_MAX_COV, P_TOKEN, P_SHARE)
+            det = detectors(seg, s, tok.counts[name], config.tok_max_cov if n == 1 else config.tri_max_cov,
+                            config.p_token, config.p_share)
             rows = [i for i, _, _ in det]
             lists = [tok.uniq[name][cols] for _, cols, _ in det]
             t = {"layer": pa.array(np.full(len(det), layer, np.int32)), "neuron": pa.array(neurons[rows]),

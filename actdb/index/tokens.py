@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import StoreError
+from ..store.layout import TOKENS_DIR, token_parts
 
 
 class TokenArrays:
@@ -27,10 +28,10 @@ class TokenArrays:
     def __init__(self, st, m, base: int, tmp: Path) -> None:
         import pyarrow.compute as pc
 
-        self.parts = sorted((st.path / "tokens").glob("part-*.parquet"))
+        self.parts = token_parts(st.path)
         bb = m.block_tokens
         if len(self.parts) != (m.n_tokens + bb - 1) // bb:
-            raise StoreError(f"{st.path / 'tokens'}: expected {(m.n_tokens + bb - 1) // bb} token parts, "
+            raise StoreError(f"{st.path / TOKENS_DIR}: expected {(m.n_tokens + bb - 1) // bb} token parts, "
                              f"got {len(self.parts)}")
         T = m.seq_len
         if base**3 >= 2**63:   # trigram ids are int64 base-`base` numbers

@@ -33,8 +33,10 @@ from ..store.manifest import FORMAT_VERSION, CorpusFile, Manifest
 from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
-from ..settings import IngestSettings
-from ..store.layout import CAPTURE_KINDS as KINDS, MANIFEST_FILE, PENDING_CHECKSUMS, PROJECTION_FILE, STAGING, STATE_FILE
+from ..settings import IngestSettings, parse_layer_list
+from ..store.ingest_state import IngestState
+from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS,
+                            PROJECTION_FILE, STAGING, STATE_FILE, VOCAB_FILE, token_parts)
 from ..store.lock import writer_lock
 from ..store.writer import (MaskWriter, block_chunk_files, check_target, codec_name,
                     read_state, record_checksums, remove_store, seal_checksums, write_state)
@@ -78,30 +80,6 @@ class StopForward(Exception):
     """Raised after the last recorded layer: the rest of the network is not needed."""
 
 
-def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
-    if spec.strip() == "all":
-        return tuple(range(n_layers))
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise InputError(f"--layers: expected 'all' or a list like 0,2,5-7, got {spec!r}") from None
-    for l in out:
-        l_norm = l + n_layers if l < 0 else l
-        if not 0 <= l_norm < n_layers:
-            raise InputError(f"--layers: layer {l} out of range: the model has layers 0..{n_layers - 1}")
-    layers = sorted({l + n_layers if l < 0 else l for l in out})
-    if not layers:
-        raise InputError(f"--layers: expected at least one layer, got {spec!r}")
-    return tuple(layers)
-
-
 def block_tokens_for(s: IngestSettings, n_layers: int, d_ffn: int) -> int:
     """--block-tokens, lowered so one block of masks (layers x d_ffn x tokens/8 bytes) fits
     --block-memory-mb; a multiple of 8, at least 8. Deterministic, so resume sees the same."""
@@ -109,7 +87,7 @@ def block_tokens_for(s: IngestSettings, n_layers: int, d_ffn: int) -> int:
     return max(8, min(s.block_tokens, cap))
 
 
-def _prepare_store(root: Path, s: IngestSettings) -> dict[str, Any] | None:
+def _prepare_store(root: Path, s: IngestSettings) -> IngestState | None:
     """Check what is at `root` against --resume/--overwrite (under the writer lock); returns the
     state to resume."""
     check_target(root)   # again: the folder may have changed before we held the lock
@@ -183,7 +161,7 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
     check_seq_len(config, s.seq_len)
     adapter = adapter_for(config.model_type)
     n_layers = config.num_hidden_layers
-    layers = parse_layers(s.layers, n_layers)
+    layers = parse_layer_list(s.layers, n_layers)
     device = choose_device(s.device)
     dtype = choose_dtype(s.dtype, config, device)
     d_ffn = adapter.d_ffn(config)
@@ -197,25 +175,23 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
     weights = weights_sha256(model_dir)
     identity = _identity(s, corpus, weights, layers, dtype)
     if state is not None:
-        _check_identity(state["identity"], identity)
+        _check_identity(state.identity, identity)
         for leftover in root.rglob("*.partial"):  # a zarr chunk write cut short by the kill
             leftover.unlink()
     else:
         root.mkdir(parents=True, exist_ok=True)
-        state = {"identity": identity, "tokenized": None, "blocks_done": 0}
+        state = IngestState(identity=identity)
         write_state(root, state)
 
     special = special_tokens(tokenizer)
-    if state["tokenized"] is None:
+    if state.tokenized is None:
         docs = read_documents(files, s.domain, s.skip_empty)
         limit = doc_token_limit(special, s.seq_len, s.mode, s.max_tokens)
-        state["tokenized"] = write_token_tables(root, tokenizer, tokenize_documents(docs, tokenizer,
-                                                                                      max_doc_tokens=limit),
-                                                 special, s)
-        record_checksums(root, "tables", [*(root / "tokens").glob("part-*.parquet"),
-                                          root / "docs.parquet", root / "vocab.parquet"])
+        state = state.replace(tokenized=write_token_tables(
+            root, tokenizer, tokenize_documents(docs, tokenizer, max_doc_tokens=limit), special, s))
+        record_checksums(root, "tables", [*token_parts(root), root / DOCS_FILE, root / VOCAB_FILE])
         write_state(root, state)
-    tok = state["tokenized"]
+    tok = state.tokenized
     n_tokens, n_seqs = tok["n_tokens"], tok["n_sequences"]
     if n_tokens == 0:
         if tok.get("budget_cut"):
@@ -237,8 +213,8 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
         codec=codec_name(s.codec, s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk)
     manifest.validate()
 
-    start_row = state["blocks_done"] * s.block_tokens
-    create = state["blocks_done"] == 0
+    start_row = state.blocks_done * s.block_tokens
+    create = state.blocks_done == 0
     writer = MaskWriter(root, layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.codec, s.zstd_level,
                         create)
     captures = CaptureWriter(root, KINDS[s.capture], len(layers), n_tokens, s.capture_topk, s.block_tokens, create)
@@ -254,7 +230,7 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
     (root / STATE_FILE).unlink()
     shutil.rmtree(root / STAGING, ignore_errors=True)
     shutil.rmtree(root / PENDING_CHECKSUMS, ignore_errors=True)
-    mask_bytes = sum(p.stat().st_size for p in (root / "masks").rglob("*") if p.is_file())
+    mask_bytes = sum(p.stat().st_size for p in (root / MASKS_DIR).rglob("*") if p.is_file())
     seconds = time.perf_counter() - t0
     index_seconds = 0.0
     if s.index:
@@ -275,7 +251,7 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
 class _Writer(threading.Thread):
     """Writes and commits blocks in order while the forward passes go on."""
 
-    def __init__(self, root: Path, writers: tuple, state: dict[str, Any]) -> None:
+    def __init__(self, root: Path, writers: tuple, state: IngestState) -> None:
         super().__init__(daemon=True)
         self.root, self.writers, self.state = root, writers, state
         self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
@@ -293,8 +269,8 @@ class _Writer(threading.Thread):
                 self.writers[0].write_block(index, masks)
                 self.writers[1].write_block(index, stats)
                 record_checksums(self.root, f"block-{index:06d}", self.writers[0].block_files(index) +
-                                 block_chunk_files(self.root / "capture", self.writers[1].arrays, index))
-                self.state["blocks_done"] = index + 1
+                                 block_chunk_files(self.root / CAPTURE_DIR, self.writers[1].arrays, index))
+                self.state = self.state.replace(blocks_done=index + 1)
                 write_state(self.root, self.state)
             except BaseException as e:  # reported by the main thread
                 self.error = e
@@ -333,7 +309,7 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     kinds = KINDS[s.capture]
     rows_acc = RowAccumulator(skip)
     stats_out: dict[str, list] = {kind: [None] * len(layers) for kind in kinds}
-    assembler = BlockAssembler(len(layers), d_ffn, s.block_tokens // 8, first_block=state["blocks_done"])
+    assembler = BlockAssembler(len(layers), d_ffn, s.block_tokens // 8, first_block=state.blocks_done)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = lm.device
     current: dict[str, Any] = {}

@@ -15,21 +15,30 @@ import pyarrow.parquet as pq
 from .corpus import Document, SpecialTokens, sequences
 from ..errors import InputError
 from ..settings import IngestSettings
-from ..io import write_parquet
+from ..io import PARQUET_OPTIONS, atomic_path, write_parquet
 from ..store.layout import DOCS_FILE, STAGING, TOKENS_DIR, VOCAB_FILE, doc_schema, part_name, token_schema
 
 def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document, list[int]]],
                        special: SpecialTokens, s: IngestSettings) -> dict[str, Any]:
+    """Token parts, docs.parquet (streamed, appears whole once complete) and vocab.parquet."""
+    with atomic_path(root / DOCS_FILE) as docs_tmp:
+        out = _write_tables(root, tokenized, special, s, docs_tmp)
+    write_vocab(root, tokenizer)
+    return out
+
+
+def _write_tables(root: Path, tokenized: Iterable[tuple[Document, list[int]]], special: SpecialTokens,
+                  s: IngestSettings, docs_path: Path) -> dict[str, Any]:
     from tqdm import tqdm
 
-    for sub in ("tokens", STAGING):
+    for sub in (TOKENS_DIR, STAGING):
         shutil.rmtree(root / sub, ignore_errors=True)
         (root / sub).mkdir(parents=True)
     staging = root / STAGING
     domains: dict[str, int] = {}
     doc_domain = array("h")
     doc_meta: list[tuple[int, str, str, str]] = []
-    docs_writer = pq.ParquetWriter(root / "docs.tmp.parquet", doc_schema(), compression="zstd")
+    docs_writer = pq.ParquetWriter(docs_path, doc_schema(), **PARQUET_OPTIONS)
     bar = tqdm(unit="doc", desc="tokenize", disable=not s.progress, dynamic_ncols=True)
 
     def numbered() -> Iterator[tuple[int, list[int]]]:
@@ -67,7 +76,7 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
                           pa.array(part[3].astype(np.int32)), pa.array(part[4]),
                           pa.DictionaryArray.from_arrays(pa.array(dom_codes), pa.array(list(domains)))],
                          schema=token_schema())
-        write_parquet(table, root / "tokens" / part_name(block))
+        write_parquet(table, root / TOKENS_DIR / part_name(block))
         block += 1
         pending = [rest] if rest.shape[1] else []
         n_pending = rest.shape[1]
@@ -96,8 +105,6 @@ def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document
     flush_docs(max_doc)
     docs_writer.close()
     bar.close()
-    (root / "docs.tmp.parquet").replace(root / DOCS_FILE)
-    write_vocab(root, tokenizer)
     return {"n_tokens": rows, "n_sequences": n_seqs, "n_docs": max_doc + 1, "n_parts": block,
             "budget_cut": cut.get("tokens")}  # the first sequence --max-tokens left out, if any
 
@@ -110,4 +117,4 @@ def write_vocab(root: Path, tokenizer) -> None:
     table = pa.table({"token_id": pa.array(ids, pa.int32()),
                       "token": pa.array(texts, pa.string()),
                       "piece": pa.array([p if p is not None else "" for p in pieces], pa.string())})
-    write_parquet(table, root / "vocab.parquet")
+    write_parquet(table, root / VOCAB_FILE)

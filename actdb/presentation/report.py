@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+
+from ..io import atomic_write_text
 from ..errors import ActdbError
 
 
@@ -29,10 +31,12 @@ def headline(store) -> list[tuple[str, str]]:
     rows.append(("dead neurons", f"{d['dead']:,} of {d['n']:,} ({100 * d['dead'] / d['n']:.2f} %); most in layer "
                                  f"{d['worst_layer']} ({100 * d['worst']:.1f} %)"))
     rows.append(("mean firing frequency of alive neurons", f"{100 * (d['freq'] or 0):.1f} % of tokens (mean over layers)"))
-    c = q("SELECT count(*) FILTER (WHERE n_covering <= 5) AS small, count(*) AS n, median(n_covering) AS med "
-          "FROM coverage WHERE n = 1").row(0, named=True)
-    rows.append(("unigram coverage (95 %)", f"median {c['med'] or 0:,.0f} tokens; {c['small']:,} of {c['n']:,} alive "
-                                           "neurons covered by 1-5 tokens"))
+    t = q("SELECT * FROM index_info").row(0, named=True)   # the thresholds the index was built with
+    c = q(f"SELECT count(*) FILTER (WHERE n_covering <= {int(t['tok_max_cov'])}) AS small, count(*) AS n, "
+          "median(n_covering) AS med FROM coverage WHERE n = 1").row(0, named=True)
+    rows.append((f"unigram coverage ({100 * t['p_cov']:g} %)",
+                 f"median {c['med'] or 0:,.0f} tokens; {c['small']:,} of {c['n']:,} alive "
+                 f"neurons covered by 1-{t['tok_max_cov']} tokens"))
     n_det = q("SELECT count(*) FROM token_detectors").item()
     tok = q("SELECT count(DISTINCT id) FROM (SELECT unnest(token_ids) AS id FROM token_detectors)").item()
     rows.append(("token detectors", f"{n_det:,} neurons detecting {tok:,} distinct tokens"))
@@ -47,18 +51,18 @@ def headline(store) -> list[tuple[str, str]]:
                                                                  "(paper, OPT: over 80 %)"))
     p = q("SELECT pattern, count(*) AS n, count(*) FILTER (WHERE strong) AS strong FROM positional_neurons "
           "GROUP BY pattern ORDER BY n DESC")
-    rows.append(("positional neurons (I > 0.05)", ", ".join(f"{r['n']:,} {r['pattern']} ({r['strong']:,} strong)"
+    rows.append((f"positional neurons (I > {t['mi_min']:g})", ", ".join(f"{r['n']:,} {r['pattern']} ({r['strong']:,} strong)"
                                                           for r in p.iter_rows(named=True)) or "none"))
     if "massive_activations" in views:
         ma = q("SELECT count(*) AS n, count(DISTINCT dim) AS dims, max(abs(value)) AS top, min(layer) AS first, "
                "avg((pos = 0)::INT) AS first_pos FROM massive_activations").row(0, named=True)
         if ma["n"]:
             dims = q("SELECT dim FROM massive_activations GROUP BY dim ORDER BY count(*) DESC LIMIT 5")["dim"].to_list()
-            rows.append(("massive activations (abs > 100 and >= 1000 x median)",
+            rows.append((f"massive activations (abs > {t['abs_min']:g} and >= {t['ratio']:g} x median)",
                          f"{ma['n']:,} in {ma['dims']} dims ({', '.join(map(str, dims))}), up to {ma['top']:,.0f}, "
                          f"from layer {ma['first']}; {100 * ma['first_pos']:.0f} % on position 0"))
         else:
-            rows.append(("massive activations (abs > 100 and >= 1000 x median)", "none"))
+            rows.append((f"massive activations (abs > {t['abs_min']:g} and >= {t['ratio']:g} x median)", "none"))
     return rows
 
 
@@ -112,7 +116,5 @@ def write_report(stores: list, out: str | Path, title: str = "actdb report", not
             lines.append(f"- `{qname}` — {titles.get(qname, '')}: {link}")
         lines.append("")
     path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import InputError, StoreError
-from ..store.index_info import read_index_info, stale_version
+from ..store.index_info import read_index_info
+from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file
 from ..store.verify import parquet_guard
 
 
@@ -21,17 +22,14 @@ def connect(store, pre: bool = True):
     info = read_index_info(store.path)
     if info is None:
         raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
-    stale = stale_version(store.path, info)
-    if stale:
-        raise StoreError(f"{store.path}: {stale}")
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
     stmts = _views(store.path, store.manifest, info, pre=pre)
-    if (store.path / "index" / "capture").exists():
-        stmts += massive_views(store.path)
-    if (store.path / "index" / "vocab_projection.parquet").exists():
+    if index_file(store.path, INDEX_CAPTURE_DIR).exists():
+        stmts += massive_views(store.path, info)
+    if index_file(store.path, INDEX_PROJECTION_FILE).exists():
         register_proj_score(con, store.path)
-        stmts += projection_views(store.path)
+        stmts += projection_views(store.path, info)
     guard = parquet_guard(store, stmts)   # which files each view reads, checked before each query
     try:
         for stmt in stmts:

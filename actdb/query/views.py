@@ -4,15 +4,19 @@ parameters, and the saved queries of `queries/`.
 Views (SPEC §3): tokens, vocab, neurons, neuron_domains, layer_stats, neuron_tokens,
 neuron_bigrams, neuron_trigrams, token_counts, bigram_counts, trigram_counts, coverage,
 token_detectors, trigram_detectors, neuron_positions, position_counts, positional_neurons,
-ngram_layers, oscillatory_ranges, index_info. Thresholds are table macros with the paper's defaults:
+ngram_layers, oscillatory_ranges, index_info. Thresholds are table macros whose defaults are
+the thresholds the index was built with (index.json, shown by `index_info`; the paper's unless
+`actdb index` was given others, see settings.IndexSettings):
 
-    coverage_at(p := 0.95)
-    token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95)
-    trigram_detectors_at(max_cov := 50, p_cov := 0.95, p_token := 0.95, p_share := 0.95)
-    positional_neurons_at(mi_min := 0.05, min_switches := 3)
-    oscillatory_ranges_at(mi_min := 0.05, min_switches := 3)
+    coverage_at(p := p_cov)
+    token_detectors_at(max_cov := tok_max_cov, p_cov, p_token, p_share)
+    trigram_detectors_at(max_cov := tri_max_cov, p_cov, p_token, p_share)
+    positional_neurons_at(mi_min, min_switches)
+    oscillatory_ranges_at(mi_min, min_switches)
+    massive_activations_at(abs_min, ratio, source := 'resid')
 
-and each view is its macro at the defaults.
+and each view is its macro at the defaults. A threshold out of its range (settings.RANGES: p
+in (0, 1], max_cov an integer >= 1, mi_min >= 0, ...) stops the query with "expected X, got Y".
 
 Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(pos) per position):
 - n-grams (SPEC §1.3): slots before the sequence start are PAD, so the bigram at position 0 is
@@ -21,8 +25,8 @@ Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(
   on the same rows, all but the BOS position where the tokenizer adds a prefix token (BOS is a
   token, so the bigram ending at position 1 is (BOS, x_1)): a neuron's coverage `fires` is the
   same for n = 1, 2, 3, and P(fires | n-gram) is counted on those rows too.
-- a position is *high* when fr(pos) >= 1 - eps, *low* when fr(pos) <= eps (eps = 0.05, fixed at
-  index time, index.json `weak_eps`); `switches_weak` counts high<->low changes along positions,
+- a position is *high* when fr(pos) >= 1 - eps, *low* when fr(pos) <= eps (eps: `weak_eps`, fixed
+  at index time); `switches_weak` counts high<->low changes along positions,
   skipping positions in between; `switches_exact` the same with eps = 0 (exactly 0 / 1).
 - pattern: 'oscillatory' when switches_weak >= min_switches (default 3: on-off-on-off);
   else 'both extremes' when it has a low and a high position; else 'one extreme' when it has
@@ -35,7 +39,7 @@ Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(
 - coverage uses the neuron's n-gram fires as the 100 %; dead neurons (and neurons that only
   fire on BOS) have no coverage row.
 - neuron_tokens/bigrams/trigrams keep each neuron's top_k n-grams (index_info.top_k). Coverage
-  and detectors at the paper's thresholds are exact (precomputed from all counts). Other
+  and detectors at the recorded thresholds are exact (precomputed from all counts). Other
   thresholds use the top_k rows: coverage_at(p).n_covering is NULL when more than top_k
   n-grams are needed; detectors count covered n-grams among the top_k only.
 """
@@ -44,50 +48,77 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..settings import RANGES, THRESHOLDS, threshold_range
+from ..store.index_info import IndexConfig, IndexInfo
+from ..store.layout import (INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, PART_GLOB, TOKENS_DIR, VOCAB_FILE,
+                            index_file, index_table)
+
+
 def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-# the paper's defaults; the index precomputes coverage and detectors at exactly these
-DEFAULTS = {"p_cov": 0.95, "tok_max_cov": 5, "tri_max_cov": 50, "p_token": 0.95, "p_share": 0.95}
 PRECOMPUTED = ("coverage", "token_detectors", "trigram_detectors")
 
 
-def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
-    """SQL that creates the views and macros. pre: answer default thresholds from the tables
-    the index precomputed (index/coverage.parquet ...), other thresholds by a scan."""
-    ix = root / "index"
-    N = m.n_tokens
-    V = info["config"]["vocab_base"]
-    eps = info["config"]["weak_eps"]
-    if pre and not all((ix / f"{t}.parquet").exists() for t in PRECOMPUTED):
+def _num(value: float | int) -> str:
+    """A validated threshold as a SQL literal (repr: exact, never an exponent DuckDB misreads)."""
+    return repr(int(value)) if isinstance(value, int) else repr(float(value))
+
+
+def _range_macros() -> list[str]:
+    """One scalar macro per threshold: true, or error('PARAM: expected X, got Y') naming the
+    macro parameter the user passed (max_cov, p, ...)."""
+    out = []
+    for name in THRESHOLDS:
+        expected, _, cond = RANGES[threshold_range(name)]
+        out.append(f"""CREATE MACRO _actdb_check_{name}(v, param) AS CASE WHEN v IS NOT NULL AND ({cond.format(v='v')})
+            THEN true ELSE error(param || ': expected {expected}, got ' || coalesce(v::VARCHAR, 'NULL')) END""")
+    return out
+
+
+def _checked(body: str, checks: dict[str, str]) -> str:
+    """`body` behind the range checks of its threshold parameters {threshold: macro parameter}.
+    A materialized one-row CTE: evaluated once, and before the body even when its table is empty."""
+    cond = " AND ".join(f"_actdb_check_{name}({param}, '{param}')" for name, param in checks.items())
+    return f"WITH _chk AS MATERIALIZED (SELECT {cond} AS ok) SELECT _b.* FROM _chk, ({body}) _b WHERE _chk.ok"
+
+
+def _views(root: Path, m, info: IndexInfo, pre: bool = True) -> list[str]:
+    """SQL that creates the views and macros. pre: answer the recorded thresholds from the tables
+    the index precomputed (index/coverage.parquet ...), other thresholds by a scan. Only values
+    of the validated record (store.index_info.IndexInfo) are written into the SQL."""
+    c: IndexConfig = info.config
+    N = int(m.n_tokens)
+    V = int(c.vocab_base)
+    eps = _num(c.weak_eps)
+    if pre and not all(index_table(root, t).exists() for t in PRECOMPUTED):
         pre = False
-    P = DEFAULTS["p_cov"]
+    P = _num(c.p_cov)
+    tokens = _lit(root / TOKENS_DIR / PART_GLOB)
 
     def rp(name: str) -> str:
-        return f"read_parquet({_lit(ix / (name + '.parquet'))})"
+        return f"read_parquet({_lit(index_table(root, name))})"
 
     def decode(col: str, n: int) -> str:
         """token ids of an n-gram id, first to last; NULL for PAD, the slot before the sequence start."""
-        pad = int(info["config"]["ngram_pad"])
+        pad = int(c.ngram_pad)
         return "[" + ", ".join(f"nullif(({col} // {V ** (n - 1 - i)}) % {V}, {pad})::INT" for i in range(n)) + "]"
 
-    nl = ", ".join(str(int(l)) for l in info["config"]["ngram_layers"]) or "NULL"
-    top_k = info["config"].get("top_k")
-    v = [
+    nl = ", ".join(str(int(l)) for l in c.ngram_layers) or "NULL"
+    thr = ", ".join(f"{_num(v)}{'::DOUBLE' if isinstance(v, float) else ''} AS {k}" for k, v in c.thresholds().items())
+    v = _range_macros() + [
         f"CREATE VIEW ngram_layers AS SELECT unnest([{nl}])::INT AS layer",
-        f"""CREATE VIEW index_info AS SELECT {int(info['config'].get('version', 1))} AS version,
-            {int(top_k) if top_k else 'NULL'}::INT AS top_k, [{nl.replace('NULL', '')}]::INT[] AS ngram_layers, {V}::BIGINT AS vocab_base,
-            {eps}::DOUBLE AS weak_eps, {DEFAULTS['p_cov']}::DOUBLE AS p_cov, {DEFAULTS['tok_max_cov']} AS tok_max_cov,
-            {DEFAULTS['tri_max_cov']} AS tri_max_cov, {DEFAULTS['p_token']}::DOUBLE AS p_token,
-            {DEFAULTS['p_share']}::DOUBLE AS p_share""",
-        f"CREATE VIEW vocab AS SELECT token_id, token, piece FROM read_parquet({_lit(root / 'vocab.parquet')})",
+        f"""CREATE VIEW index_info AS SELECT {int(c.version)} AS version,
+            {int(c.top_k)}::INT AS top_k, [{nl.replace('NULL', '')}]::INT[] AS ngram_layers, {V}::BIGINT AS vocab_base,
+            {int(c.ngram_pad)}::BIGINT AS ngram_pad, {thr}""",
+        f"CREATE VIEW vocab AS SELECT token_id, token, piece FROM read_parquet({_lit(root / VOCAB_FILE)})",
         f"""CREATE VIEW tokens AS SELECT t.row, t.seq, t.pos, t.token_id, v.token, t.doc, t.domain::VARCHAR AS domain
-            FROM read_parquet({_lit(root / 'tokens' / 'part-*.parquet')}) t LEFT JOIN vocab v USING (token_id)""",
+            FROM read_parquet({tokens}) t LEFT JOIN vocab v USING (token_id)""",
         f"""CREATE VIEW neurons AS SELECT layer::INT AS layer, neuron, fires, fires / {N}::DOUBLE AS freq,
             fires = 0 AS dead FROM {rp('neuron_fires')}""",
         f"""CREATE VIEW domain_counts AS SELECT domain::VARCHAR AS domain, count(*) AS n
-            FROM read_parquet({_lit(root / 'tokens' / 'part-*.parquet')}) GROUP BY ALL""",
+            FROM read_parquet({tokens}) GROUP BY ALL""",
         f"""CREATE VIEW neuron_domains AS SELECT d.layer::INT AS layer, d.neuron, d.domain, d.fires,
             d.fires / c.n::DOUBLE AS freq FROM {rp('neuron_domains')} d JOIN domain_counts c USING (domain)""",
         """CREATE VIEW layer_stats AS SELECT layer, count(*) AS n_neurons, count(*) FILTER (WHERE dead) AS n_dead,
@@ -119,21 +150,27 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
                     + scan.format(where=f"AND p::DOUBLE <> {P}"))
         else:
             body = scan.format(where="")
-        v.append(f"CREATE MACRO coverage{n}(p := {P}) AS TABLE {body}")
+        v.append(f"CREATE MACRO coverage{n}(p := {P}) AS TABLE {_checked(body, {'p_cov': 'p'})}")
         cov.append(f"SELECT * FROM coverage{n}(p := p)")
-    v.append("CREATE MACRO coverage_at(p := 0.95) AS TABLE " + " UNION ALL ".join(cov))
+    v.append(f"CREATE MACRO coverage_at(p := {P}) AS TABLE " + " UNION ALL ".join(cov))
     v.append("CREATE VIEW coverage AS SELECT * FROM coverage_at()")
     # detectors (SPEC §1.4)
-    is_default = "(max_cov = {mc} AND p_cov::DOUBLE = 0.95 AND p_token::DOUBLE = 0.95 AND p_share::DOUBLE = 0.95)"
+    pt, ps = _num(c.p_token), _num(c.p_share)
 
-    def fast(name: str, mc: int, scan: str) -> str:
+    def fast(name: str, max_cov: str, scan: str) -> str:
+        """The precomputed table at exactly the recorded thresholds, else the scan; range-checked.
+        max_cov: the threshold (tok_max_cov or tri_max_cov) the macro's max_cov stands for."""
+        checks = {max_cov: "max_cov", "p_cov": "p_cov", "p_token": "p_token", "p_share": "p_share"}
         if not pre:
-            return scan
-        cond = is_default.format(mc=mc)
-        return f"SELECT * FROM {rp(name)} WHERE {cond} UNION ALL SELECT * FROM ({scan}) WHERE NOT {cond}"
+            return _checked(scan, checks)
+        mc = int(getattr(c, max_cov))
+        cond = f"(max_cov = {mc} AND p_cov::DOUBLE = {P} AND p_token::DOUBLE = {pt} AND p_share::DOUBLE = {ps})"
+        return _checked(f"SELECT * FROM {rp(name)} WHERE {cond} UNION ALL SELECT * FROM ({scan}) WHERE NOT {cond}",
+                        checks)
 
-    v.append("""CREATE MACRO token_detectors_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
-        """ + fast("token_detectors", 5, f"""WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage1(p := p_cov)
+    det_params = f"p_cov := {P}, p_token := {pt}, p_share := {ps}"
+    v.append(f"""CREATE MACRO token_detectors_at(max_cov := {int(c.tok_max_cov)}, {det_params}) AS TABLE
+        """ + fast("token_detectors", "tok_max_cov", f"""WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage1(p := p_cov)
                    WHERE n_covering BETWEEN 1 AND max_cov),
         t AS (SELECT nt.layer::INT AS layer, nt.neuron, nt.token_id, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
               FROM {rp('neuron_tokens')} nt JOIN token_counts tc USING (token_id)
@@ -147,8 +184,8 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
           GROUP BY c.layer, c.neuron, c.n_covering, c.fires)
         WHERE covered >= p_share::DOUBLE * fires"""))
     v.append("CREATE VIEW token_detectors AS SELECT * FROM token_detectors_at()")
-    v.append("""CREATE MACRO trigram_detectors_at(max_cov := 50, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
-        """ + fast("trigram_detectors", 50, f"""WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage3(p := p_cov)
+    v.append(f"""CREATE MACRO trigram_detectors_at(max_cov := {int(c.tri_max_cov)}, {det_params}) AS TABLE
+        """ + fast("trigram_detectors", "tri_max_cov", f"""WITH c AS (SELECT layer, neuron, n_covering, fires FROM coverage3(p := p_cov)
                    WHERE n_covering BETWEEN 1 AND max_cov),
         t AS (SELECT nt.layer::INT AS layer, nt.neuron, nt.ngram, nt.fires
               FROM {rp('neuron_trigrams')} nt JOIN {rp('trigram_counts')} tc USING (ngram)
@@ -166,8 +203,7 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
     v.append(f"""CREATE VIEW neuron_positions AS SELECT p.layer::INT AS layer, p.neuron, p.pos, p.fires,
         p.fires / c.n::DOUBLE AS freq, p.fires_full, p.fires_full / nullif(c.n_full, 0)::DOUBLE AS freq_full
         FROM {rp('neuron_positions')} p JOIN {rp('position_counts')} c USING (pos)""")
-    v.append(f"""CREATE MACRO positional_neurons_at(mi_min := 0.05, min_switches := 3) AS TABLE
-        SELECT layer::INT AS layer, neuron, mi,
+    positional = f"""SELECT layer::INT AS layer, neuron, mi,
           CASE WHEN switches_weak >= min_switches THEN 'oscillatory'
                WHEN fr_min <= {eps} AND fr_max >= 1 - {eps} THEN 'both extremes'
                WHEN fr_min <= {eps} OR fr_max >= 1 - {eps} THEN 'one extreme'
@@ -177,9 +213,12 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
                WHEN fr_min <= {eps} OR fr_max >= 1 - {eps} THEN fr_min = 0 OR fr_max = 1
                ELSE false END AS strong,
           fr_min, fr_max, switches_exact, switches_weak
-        FROM {rp('positional')} WHERE mi > mi_min""")
+        FROM {rp('positional')} WHERE mi > mi_min"""
+    pos_params = f"mi_min := {_num(c.mi_min)}, min_switches := {int(c.min_switches)}"
+    v.append(f"CREATE MACRO positional_neurons_at({pos_params}) AS TABLE "
+             + _checked(positional, {"mi_min": "mi_min", "min_switches": "min_switches"}))
     v.append("CREATE VIEW positional_neurons AS SELECT * FROM positional_neurons_at()")
-    v.append(f"""CREATE MACRO oscillatory_ranges_at(mi_min := 0.05, min_switches := 3) AS TABLE
+    v.append(f"""CREATE MACRO oscillatory_ranges_at({pos_params}) AS TABLE
         WITH s AS (SELECT layer, neuron FROM positional_neurons_at(mi_min := mi_min, min_switches := min_switches)
                    WHERE pattern = 'oscillatory' AND strong),
         f AS (SELECT p.layer::INT AS layer, p.neuron, p.pos FROM {rp('neuron_positions')} p
@@ -192,16 +231,18 @@ def _views(root: Path, m, info: dict[str, Any], pre: bool = True) -> list[str]:
     return v
 
 
-def massive_views(root: Path) -> list[str]:
-    glob = str(root / "index" / "capture" / "part-*.parquet").replace("'", "''")
-    return [
-        f"CREATE VIEW capture_topk AS SELECT kind::VARCHAR AS kind, row, layer::INT AS layer, rank::INT AS rank, "
-        f"dim, value, token_median_abs, median_abs FROM read_parquet('{glob}')",
-        """CREATE MACRO massive_activations_at(abs_min := 100, ratio := 1000, source := 'resid') AS TABLE
-           SELECT c.row, c.layer, c.dim, c.value, c.median_abs, c.token_median_abs, c.rank,
+def massive_views(root: Path, info: IndexInfo) -> list[str]:
+    c = info.config
+    glob = _lit(index_file(root, INDEX_CAPTURE_DIR) / PART_GLOB)
+    body = """SELECT c.row, c.layer, c.dim, c.value, c.median_abs, c.token_median_abs, c.rank,
                   t.seq, t.pos, t.token_id, t.token
            FROM capture_topk c JOIN tokens t USING (row)
-           WHERE c.kind = source AND abs(c.value) > abs_min AND abs(c.value) >= ratio * c.median_abs""",
+           WHERE c.kind = source AND abs(c.value) > abs_min AND abs(c.value) >= ratio * c.median_abs"""
+    return [
+        f"CREATE VIEW capture_topk AS SELECT kind::VARCHAR AS kind, row, layer::INT AS layer, rank::INT AS rank, "
+        f"dim, value, token_median_abs, median_abs FROM read_parquet({glob})",
+        f"CREATE MACRO massive_activations_at(abs_min := {_num(c.abs_min)}, ratio := {_num(c.ratio)}, "
+        f"source := 'resid') AS TABLE " + _checked(body, {"abs_min": "abs_min", "ratio": "ratio"}),
         "CREATE VIEW massive_activations AS SELECT * FROM massive_activations_at()",
     ]
 
@@ -228,16 +269,19 @@ def register_proj_score(con, root: Path) -> None:
                         null_handling="special")
 
 
-def projection_views(root: Path) -> list[str]:
-    path = str(root / "index" / "vocab_projection.parquet").replace("'", "''")
+def projection_views(root: Path, info: IndexInfo) -> list[str]:
+    c = info.config
+    path = _lit(index_file(root, INDEX_PROJECTION_FILE))
+    det_params = (f"max_cov := {int(c.tok_max_cov)}, p_cov := {_num(c.p_cov)}, p_token := {_num(c.p_token)}, "
+                  f"p_share := {_num(c.p_share)}")
     return [
-        f"CREATE VIEW vocab_projection_all AS SELECT * FROM read_parquet('{path}')",
+        f"CREATE VIEW vocab_projection_all AS SELECT * FROM read_parquet({path})",
         """CREATE MACRO vocab_projection_at(k := 10) AS TABLE
            SELECT p.layer, p.neuron, p.token_id, v.token, p.score, p.rank,
                   CASE WHEN p.rank > 0 THEN 'promoted' ELSE 'suppressed' END AS direction
            FROM vocab_projection_all p LEFT JOIN vocab v USING (token_id) WHERE abs(p.rank) <= k""",
         "CREATE VIEW vocab_projection AS SELECT * FROM vocab_projection_at()",
-        """CREATE MACRO detector_suppression_at(max_cov := 5, p_cov := 0.95, p_token := 0.95, p_share := 0.95) AS TABLE
+        f"""CREATE MACRO detector_suppression_at({det_params}) AS TABLE
            WITH d AS (SELECT layer, neuron, tokens, unnest(token_ids) AS token_id
                       FROM token_detectors_at(max_cov := max_cov, p_cov := p_cov, p_token := p_token, p_share := p_share))
            SELECT layer, neuron, any_value(tokens) AS tokens, count(*) AS n_covered,

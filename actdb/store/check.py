@@ -26,11 +26,13 @@ from typing import Any, Callable
 from ..errors import ActdbError
 from .manifest import Manifest
 from ..io import file_digest
-from .index_info import stale_version
-from .layout import CAPTURE_FIELDS as FIELDS, CHECKSUMS_FILE, MANIFEST_FILE, PROJECTION_FILE as FILE, STATE_FILE, layer_name
+from .index_info import index_path, read_index_info
+from .layout import (CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, CHECKSUMS_FILE, DOCS_FILE, INDEX_BUILD_DIR, INDEX_FILE,
+                     INDEX_OLD_DIR, MANIFEST_FILE, MASKS_DIR, PROJECTION_FILE as FILE, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
+                     layer_name, part_name, token_parts)
 
 # where an unrecorded file would change answers: the token glob and zarr's chunk lookups
-WATCHED = ("tokens", "masks", "capture")
+WATCHED = (TOKENS_DIR, MASKS_DIR, CAPTURE_DIR)
 TOKEN_COLUMNS = ("row", "seq", "pos", "token_id", "doc", "domain")
 
 
@@ -142,7 +144,7 @@ def _decode_everything(root: Path, m: Manifest, r: Report) -> None:
     """The fallback without checksums: every Parquet file read, every chunk decoded."""
     import pyarrow.parquet as pq
 
-    for f in sorted([*root.glob("tokens/part-*.parquet"), root / "docs.parquet", root / "vocab.parquet"]):
+    for f in sorted([*token_parts(root), root / DOCS_FILE, root / VOCAB_FILE]):
         if f.exists():
             _guard(r, f, lambda: pq.read_table(f))
     for arr_dir, arr in _arrays(root, m, r):
@@ -166,8 +168,8 @@ def _arrays(root: Path, m: Manifest, r: Report) -> list[tuple[Path, Any]]:
 
     from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
 
-    names = [("masks", layer_name(l)) for l in m.layers]
-    names += [("capture", f"{kind}_{f}") for kind in m.capture for f in FIELDS]
+    names = [(MASKS_DIR, layer_name(l)) for l in m.layers]
+    names += [(CAPTURE_DIR, f"{kind}_{f}") for kind in m.capture for f in FIELDS]
     out = []
     for group, name in names:
         d = root / group / name
@@ -183,14 +185,13 @@ def _check_tables(root: Path, m: Manifest, r: Report) -> None:
 
     bt = m.block_tokens
     n_parts = -(-m.n_tokens // bt)
-    extra = sorted({p.name for p in (root / "tokens").glob("part-*.parquet")} -
-                   {f"part-{b:06d}.parquet" for b in range(n_parts)})
+    extra = sorted({p.name for p in token_parts(root)} - {part_name(b) for b in range(n_parts)})
     for name in extra:
-        r.problem(root / "tokens" / name, f"unexpected token part (the manifest has {n_parts})")
+        r.problem(root / TOKENS_DIR / name, f"unexpected token part (the manifest has {n_parts})")
     total, hi = 0, {"seq": -1, "doc": -1, "pos": -1, "token_id": -1}
     before = len(r.problems)
     for b in range(n_parts):
-        p = root / "tokens" / f"part-{b:06d}.parquet"
+        p = root / TOKENS_DIR / part_name(b)
         if not p.exists():
             r.problem(p, f"token part missing (expected {n_parts} parts)")
             continue
@@ -213,12 +214,12 @@ def _check_tables(root: Path, m: Manifest, r: Report) -> None:
             if c in stats:
                 hi[c] = max(hi[c], stats[c][1])
     if total != m.n_tokens and len(r.problems) == before:  # not already explained part by part
-        r.problem(root / "tokens", f"rows: expected {m.n_tokens} in all, got {total}")
+        r.problem(root / TOKENS_DIR, f"rows: expected {m.n_tokens} in all, got {total}")
     if hi["seq"] >= 0 and hi["seq"] + 1 != m.n_sequences:
-        r.problem(root / "tokens", f"seq: expected {m.n_sequences} sequences, got {hi['seq'] + 1}")
+        r.problem(root / TOKENS_DIR, f"seq: expected {m.n_sequences} sequences, got {hi['seq'] + 1}")
     if hi["pos"] >= m.seq_len:
-        r.problem(root / "tokens", f"pos: expected < seq_len {m.seq_len}, got {hi['pos']}")
-    for name, want in (("docs.parquet", m.n_docs), ("vocab.parquet", None)):
+        r.problem(root / TOKENS_DIR, f"pos: expected < seq_len {m.seq_len}, got {hi['pos']}")
+    for name, want in ((DOCS_FILE, m.n_docs), (VOCAB_FILE, None)):
         p = root / name
         if not p.exists():
             r.problem(p, "missing")
@@ -228,10 +229,10 @@ def _check_tables(root: Path, m: Manifest, r: Report) -> None:
             continue
         if want is not None and meta.num_rows != want:
             r.problem(p, f"rows: expected {want} (n_docs), got {meta.num_rows}")
-        if name == "vocab.parquet" and hi["token_id"] >= meta.num_rows:
+        if name == VOCAB_FILE and hi["token_id"] >= meta.num_rows:
             r.problem(p, f"rows: expected more than the largest token id {hi['token_id']}, got {meta.num_rows}")
     if hi["doc"] >= m.n_docs:
-        r.problem(root / "tokens", f"doc: expected < n_docs {m.n_docs}, got {hi['doc']}")
+        r.problem(root / TOKENS_DIR, f"doc: expected < n_docs {m.n_docs}, got {hi['doc']}")
 
 
 def _minmax(meta) -> dict[str, tuple[int, int]]:
@@ -253,7 +254,7 @@ def _minmax(meta) -> dict[str, tuple[int, int]]:
 def _check_arrays(root: Path, m: Manifest, r: Report) -> None:
     nbytes = (m.n_tokens + 7) // 8
     for d, arr in _arrays(root, m, r):
-        if d.parent.name == "masks":
+        if d.parent.name == MASKS_DIR:
             want, chunks = (m.d_ffn, nbytes), (min(m.neuron_chunk, m.d_ffn), m.block_tokens // 8)
         else:
             want, chunks = (len(m.layers), m.n_tokens), (1, m.block_tokens)
@@ -286,8 +287,11 @@ def _check_projection(root: Path, m: Manifest, r: Report) -> None:
 
 
 def _check_index(root: Path, m: Manifest, r: Report) -> None:
-    d = root / "index"
-    p = d / "index.json"
+    d = index_path(root)
+    p = d / INDEX_FILE
+    for left in (INDEX_BUILD_DIR, INDEX_OLD_DIR):
+        if (root / left).exists():
+            r.notes.append(f"{root / left}: left by an interrupted index rebuild (the next `actdb index` removes it)")
     if not p.exists():
         if d.exists():
             r.problem(d, f"index build not finished (resume it with `actdb index {root}`)")
@@ -295,22 +299,16 @@ def _check_index(root: Path, m: Manifest, r: Report) -> None:
             r.problem(d, f"no query index (build it with `actdb index {root}`)")
         return
     try:
-        info = json.loads(p.read_text(encoding="utf-8"))
-        config = info.get("config", {})
-        files = info.get("files", {})
-        if not isinstance(config, dict) or not isinstance(files, dict):
-            raise ValueError("config and files must be objects")
-    except (ValueError, UnicodeDecodeError, AttributeError) as e:
-        r.problem(p, f"unreadable ({e})")
+        info = read_index_info(root)
+    except ActdbError as e:   # names the file and what is wrong with it
+        r.problems.append(str(e))
         return
-    stale = stale_version(root, info)
-    if stale:   # another format: its files are read with other semantics
-        r.problem(d, stale)
+    config = info.config
     # built for this store? (the same identity the index build records in its config)
-    expected = {"n_tokens": m.n_tokens, "weights_sha256": m.weights_sha256, "layers": list(m.layers),
+    expected = {"n_tokens": m.n_tokens, "weights_sha256": m.weights_sha256, "layers": tuple(m.layers),
                 "seq_len": m.seq_len}
     for key, want in expected.items():
-        if key in config and config[key] != want:
-            r.problem(d, f"stale index: {key}: built for {config[key]!r}, the store has {want!r} "
+        if getattr(config, key) != want:
+            r.problem(d, f"stale index: {key}: built for {getattr(config, key)!r}, the store has {want!r} "
                          f"(rebuild it with `actdb index {root} --force`)")
-    _verify_files(d, files, r, alt=root)
+    _verify_files(d, info.files, r, alt=root)

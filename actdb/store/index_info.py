@@ -1,35 +1,118 @@
-"""The query index's record, index/index.json: its settings and every file with size and sha256.
+"""The query index's record, index/index.json: what it was built from, the settings and
+thresholds it was built with, and every file with size and sha256.
 
-Written last by actdb.index, so the index is complete exactly when it exists."""
+Written last by actdb.index, so the index is complete exactly when it exists. Read as a
+validated frozen dataclass: only checked values reach the views' SQL."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import StoreError
+from ..io import atomic_write_text
+from ..settings import THRESHOLDS, IndexSettings, range_problem, threshold_range
 from .layout import INDEX_DIR, INDEX_FILE
+from .record import check_version, from_dict, parse_json, read_text
 
-# the index's format: readers refuse another one. 3: n-grams padded before the sequence start
-# (SPEC §1.3), n-gram ids in base vocabulary + 1 (`vocab_base`), `ngram_pad` the PAD digit
-INDEX_VERSION = 3
+# 4: n-grams padded before the sequence start (SPEC §1.3 as amended), n-gram ids in base
+# vocabulary + 1 (`vocab_base`) with `ngram_pad` the PAD digit, and every threshold recorded.
+# Older indexes counted other n-grams: they are refused with "rebuild" (and rebuilt by
+# `actdb index`), never read with other semantics.
+INDEX_VERSION = 4
+READABLE_INDEX_VERSIONS = (4,)
+_DEFAULTS = IndexSettings()
 
 
-def stale_version(store_path: str | Path, info: dict[str, Any]) -> str | None:
-    """Why an index.json of another format cannot be read (None when it can)."""
-    config = info.get("config")
-    got = config.get("version") if isinstance(config, dict) else None
-    if got == INDEX_VERSION:
-        return None
-    return (f"stale index: version: built by index version {got!r}, this actdb reads {INDEX_VERSION} "
-            f"(rebuild it with `actdb index {store_path} --force`)")
+@dataclass(frozen=True)
+class IndexConfig:
+    """What the index was built from and with; a build with another config is a rebuild."""
+    version: int
+    layers: tuple[int, ...]          # the store's recorded layers
+    ngram_layers: tuple[int, ...]    # those with bigram / trigram tables
+    vocab_base: int                  # n-gram id = base-V number of its slots (vocabulary + 1)
+    ngram_pad: int                   # the digit of a slot before the sequence start (= vocab_base - 1)
+    n_tokens: int
+    seq_len: int
+    weights_sha256: str
+    prefix: bool                     # the tokenizer puts a prefix token (BOS) at position 0
+    top_k: int
+    # the thresholds, defaults from settings.IndexSettings (the one table of the paper's values)
+    p_cov: float = _DEFAULTS.p_cov
+    tok_max_cov: int = _DEFAULTS.tok_max_cov
+    tri_max_cov: int = _DEFAULTS.tri_max_cov
+    p_token: float = _DEFAULTS.p_token
+    p_share: float = _DEFAULTS.p_share
+    weak_eps: float = _DEFAULTS.weak_eps
+    mi_min: float = _DEFAULTS.mi_min
+    min_switches: int = _DEFAULTS.min_switches
+    abs_min: float = _DEFAULTS.abs_min
+    ratio: float = _DEFAULTS.ratio
+
+    def thresholds(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in THRESHOLDS}
+
+    def validate(self, source: str) -> None:
+        def expect(cond: bool, what: str, expected: str, got: Any) -> None:
+            if not cond:
+                raise StoreError(f"{source}: config: {what}: expected {expected}, got {got!r}")
+
+        expect(self.vocab_base >= 2, "vocab_base", ">= 2", self.vocab_base)
+        expect(self.ngram_pad == self.vocab_base - 1, "ngram_pad", f"vocab_base - 1 = {self.vocab_base - 1}",
+               self.ngram_pad)
+        expect(self.n_tokens >= 0, "n_tokens", ">= 0", self.n_tokens)
+        expect(self.seq_len >= 2, "seq_len", ">= 2", self.seq_len)
+        expect(self.top_k >= 1, "top_k", ">= 1", self.top_k)
+        expect(len(self.layers) > 0 and all(l >= 0 for l in self.layers), "layers", "layer numbers >= 0",
+               list(self.layers))
+        expect(set(self.ngram_layers) <= set(self.layers), "ngram_layers", f"among the layers {list(self.layers)}",
+               list(self.ngram_layers))
+        for name, value in self.thresholds().items():
+            bad = range_problem(threshold_range(name), value)
+            expect(bad is None, name, bad or "", value)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    config: IndexConfig
+    files: dict[str, Any] = field(default_factory=dict)   # relative path -> {"bytes", "sha256"}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "IndexInfo":
+        raw = parse_json(text, source, "an index record")
+        if not isinstance(raw, dict):
+            raise StoreError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+        config = raw.get("config")
+        if not isinstance(config, dict):
+            raise StoreError(f"{source}: config: expected an object, got {config!r}")
+        check_version(config, f"{source}: config", READABLE_INDEX_VERSIONS, INDEX_VERSION, key="version",
+                      old_hint=" (an index of an older actdb: rebuild it with `actdb index STORE --force`)")
+        info = from_dict(cls, raw, source)
+        files = info.files
+        if not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+                   for v in files.values()):
+            raise StoreError(f"{source}: files: expected {{path: {{bytes, sha256}}}}, got {files!r}"[:300])
+        info.config.validate(source)
+        return info
+
+    def write(self, index_dir: Path) -> None:
+        atomic_write_text(Path(index_dir) / INDEX_FILE, self.to_json())
 
 
 def index_path(store_path: str | Path) -> Path:
     return Path(store_path) / INDEX_DIR
 
 
-def read_index_info(store_path: str | Path) -> dict[str, Any] | None:
-    p = index_path(store_path) / INDEX_FILE
-    if not p.exists():
+def read_index_info(store_path: str | Path, index_dir: Path | None = None) -> IndexInfo | None:
+    """The index record of a store (or of the index folder `index_dir`); None when there is none
+    (no index, or a build not finished), a StoreError naming the file when it is bad."""
+    p = Path(index_dir if index_dir is not None else index_path(store_path)) / INDEX_FILE
+    text = read_text(p)
+    if text is None:
         return None
-    return json.loads(p.read_text(encoding="utf-8"))
+    return IndexInfo.from_json(text, str(p))

@@ -12,6 +12,8 @@
       projection.safetensors     FFN output rows and unembedding (vocabulary projection)
       checksums.json             bytes and sha256 of every file above, recorded as it was written
       index/                     the query index (actdb.index), index/index.json written last
+      _index_build/              a rebuild over a complete index, swapped in when complete
+      _index_old/                the old index for an instant of a swap without an atomic exchange
       _staging/                  token ids and sequence offsets for the forward passes
       _checksums/                while ingesting: the checksum records of each committed step
 """
@@ -33,10 +35,13 @@ DOCS_FILE = "docs.parquet"
 VOCAB_FILE = "vocab.parquet"
 PROJECTION_FILE = "projection.safetensors"
 INDEX_DIR = "index"
+INDEX_BUILD_DIR = "_index_build"
+INDEX_OLD_DIR = "_index_old"
 
 # everything directly under STORE/ that actdb writes; --overwrite removes these and nothing else
 STORE_ENTRIES = (MANIFEST_FILE, STATE_FILE, LOCK_FILE, CHECKSUMS_FILE, PENDING_CHECKSUMS, STAGING, MASKS_DIR,
-                 CAPTURE_DIR, TOKENS_DIR, DOCS_FILE, VOCAB_FILE, PROJECTION_FILE, INDEX_DIR)
+                 CAPTURE_DIR, TOKENS_DIR, DOCS_FILE, VOCAB_FILE, PROJECTION_FILE, INDEX_DIR, INDEX_BUILD_DIR,
+                 INDEX_OLD_DIR)
 # what a write cut short leaves beside an entry: io.atomic_path's .NAME.PID.tmp, the token
 # tables' docs.tmp.parquet
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
@@ -86,6 +91,11 @@ def index_table(root: Path, name: str) -> Path:
 
 def index_capture_parts(root: Path) -> Path:
     return Path(root) / INDEX_DIR / INDEX_CAPTURE_DIR
+
+
+def index_file(root: Path, name: str) -> Path:
+    """STORE/index/NAME (any file of the index)."""
+    return Path(root) / INDEX_DIR / name
 
 
 def token_schema():

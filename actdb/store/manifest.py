@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from ..errors import StoreError
 from ..io import atomic_write_text
 from .layout import MANIFEST_FILE
+from .record import check_version, from_dict, parse_json, read_text
 
 # 2: mask chunks may use the actdb.bitrows codec (`codec` says which); 1: zstd only.
 # An older actdb refuses a version-2 store with "upgrade actdb" instead of a zarr error.
@@ -71,35 +70,12 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, source: str = MANIFEST_FILE) -> "Manifest":
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{source}: not valid JSON ({e})") from None
-        except RecursionError:  # found by the fuzz test: deeply nested arrays
-            raise StoreError(f"{source}: not a manifest (JSON nested too deeply)") from None
-        return cls.from_dict(raw, source)
+        return cls.from_dict(parse_json(text, source, "a manifest"), source)
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = MANIFEST_FILE) -> "Manifest":
-        if not isinstance(raw, dict):
-            raise StoreError(f"{source}: expected a JSON object, got {type(raw).__name__}")
-        version = raw.get("format_version")
-        if version not in READABLE_VERSIONS or isinstance(version, bool):
-            hint = " (written by a newer actdb: upgrade actdb)" if isinstance(version, int) and version > FORMAT_VERSION else ""
-            expected = " or ".join(map(str, READABLE_VERSIONS))
-            raise StoreError(f"{source}: format_version: expected {expected}, got {version!r}{hint}")
-        hints = typing.get_type_hints(cls)
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in raw:
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
-                    continue
-                raise StoreError(f"{source}: {f.name}: expected a value, got nothing")
-            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{source}: {f.name}")
-        unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise StoreError(f"{source}: expected known fields, got unknown {', '.join(unknown)}")
-        m = cls(**kwargs)
+        check_version(raw, source, READABLE_VERSIONS, FORMAT_VERSION)
+        m = from_dict(cls, raw, source)
         m.validate(source)
         return m
 
@@ -123,50 +99,7 @@ class Manifest:
     @classmethod
     def read(cls, store: Path) -> "Manifest":
         path = Path(store) / MANIFEST_FILE
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise StoreError(f"{path}: missing") from None
-        except UnicodeDecodeError:
-            raise StoreError(f"{path}: not UTF-8 text") from None
-        except OSError as e:  # a folder, no permission, an I/O error
-            raise StoreError(f"{path}: unreadable ({e.strerror or e})") from None
+        text = read_text(path)
+        if text is None:
+            raise StoreError(f"{path}: missing")
         return cls.from_json(text, str(path))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check a JSON value against a type hint, turning lists into tuples and dicts into dataclasses."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            return _coerce(value, a, where)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise StoreError(f"{where}: expected an object, got {value!r}")
-        names = {f.name for f in dataclasses.fields(tp)}
-        if set(value) != names:
-            raise StoreError(f"{where}: expected fields {sorted(names)}, got {sorted(value)}")
-        hints = typing.get_type_hints(tp)
-        return tp(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in value.items()})
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise StoreError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(v, args[0], where) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise StoreError(f"{where}: expected an object, got {value!r}")
-        return dict(value)
-    if tp is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise StoreError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise StoreError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from .layout import CHECKSUMS_FILE, MANIFEST_FILE, MASKS_DIR, STATE_FILE, TOKENS_DIR, layer_name, part_name, token_parts
+from .layout import (CHECKSUMS_FILE, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
+                     layer_name, part_name, token_parts)
 from .manifest import Manifest
 
 if TYPE_CHECKING:
@@ -35,13 +36,13 @@ class StoreReader:
     def _check_parts(self) -> None:
         """A missing or extra token part would silently change every count over tokens."""
         m = self.manifest
-        want = {f"part-{b:06d}.parquet" for b in range(-(-m.n_tokens // m.block_tokens))}
-        have = {p.name for p in (self.path / "tokens").glob("part-*.parquet")}
+        want = {part_name(b) for b in range(-(-m.n_tokens // m.block_tokens))}
+        have = {p.name for p in token_parts(self.path)}
         if have != want:
             bad = sorted(want - have)
             what = f"missing {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") if bad \
                 else f"unexpected {sorted(have - want)[0]}"
-            raise StoreError(f"{self.path / 'tokens'}: expected {len(want)} token parts, {what} "
+            raise StoreError(f"{self.path / TOKENS_DIR}: expected {len(want)} token parts, {what} "
                              f"(run `actdb check {self.path}`)")
 
     def _recorded(self, layer: int) -> set[str] | None:
@@ -58,7 +59,7 @@ class StoreReader:
             if hashlib.sha256(raw).hexdigest() != self.manifest.checksums_sha256:
                 raise StoreError(f"{p}: does not match the manifest; run `actdb check {self.path}`")
             files = self._checksum_files = json.loads(raw)["files"]
-        prefix = f"masks/{layer_name(layer)}/"
+        prefix = f"{MASKS_DIR}/{layer_name(layer)}/"
         return {k[len(prefix):] for k in files if k.startswith(prefix)}
 
     def __repr__(self) -> str:
@@ -88,20 +89,20 @@ class StoreReader:
         """Token table as a Polars DataFrame: row, seq, pos, token_id, doc, domain."""
         import polars as pl
 
-        parts = sorted((self.path / "tokens").glob("part-*.parquet"))
+        parts = token_parts(self.path)
         if not parts:
-            raise StoreError(f"{self.path / 'tokens'}: no token parts")
+            raise StoreError(f"{self.path / TOKENS_DIR}: no token parts")
         return pl.read_parquet(parts)
 
     def docs(self):
         import polars as pl
 
-        return pl.read_parquet(self.path / "docs.parquet")
+        return pl.read_parquet(self.path / DOCS_FILE)
 
     def vocab(self):
         import polars as pl
 
-        return pl.read_parquet(self.path / "vocab.parquet")
+        return pl.read_parquet(self.path / VOCAB_FILE)
 
     def packed(self, layer: int):
         """The mask array of a layer, uint8 [d_ffn, ceil(n_tokens/8)], read through CheckedArray."""
@@ -116,13 +117,13 @@ class StoreReader:
             from .chunks import CheckedArray
 
             try:
-                arr = zarr.open_array(LocalStore(self.path / "masks", read_only=True), path=layer_name(layer), mode="r")
+                arr = zarr.open_array(LocalStore(self.path / MASKS_DIR, read_only=True), path=layer_name(layer), mode="r")
             except Exception as e:  # zarr raises several types for a missing or bad array
-                raise StoreError(f"{self.path / 'masks' / layer_name(layer)}: cannot open mask array ({e})") from None
+                raise StoreError(f"{self.path / MASKS_DIR / layer_name(layer)}: cannot open mask array ({e})") from None
             expected = (self.manifest.d_ffn, (self.n_tokens + 7) // 8)
             if tuple(arr.shape) != expected:
-                raise StoreError(f"{self.path / 'masks' / layer_name(layer)}: shape: expected {expected}, got {tuple(arr.shape)}")
-            arr = self._arrays[layer] = CheckedArray(arr, self.path / "masks" / layer_name(layer),
+                raise StoreError(f"{self.path / MASKS_DIR / layer_name(layer)}: shape: expected {expected}, got {tuple(arr.shape)}")
+            arr = self._arrays[layer] = CheckedArray(arr, self.path / MASKS_DIR / layer_name(layer),
                                                      self._recorded(layer))
         return arr
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 from .manifest import FORMAT_VERSION, Manifest
 from .writer import MaskWriter, codec_name
 from ..io import write_parquet
-from .layout import doc_schema, part_name, token_schema
+from .layout import DOCS_FILE, TOKENS_DIR, VOCAB_FILE, doc_schema, part_name, token_schema
 
 
 def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[int],
@@ -23,7 +23,7 @@ def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[i
     mask_fn(layer, start, stop) -> bool [d_ffn, stop-start] fire mask of those rows;
     domains: one per sequence (default "synthetic")."""
     root = Path(path)
-    (root / "tokens").mkdir(parents=True, exist_ok=True)
+    (root / TOKENS_DIR).mkdir(parents=True, exist_ok=True)
     token_ids = np.asarray(token_ids, dtype=np.int64)
     n = len(token_ids)
     lens = np.asarray(seq_lengths, dtype=np.int64)
@@ -42,13 +42,13 @@ def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[i
             pa.array(np.arange(s0, s1)), pa.array(seq[s0:s1]), pa.array(pos[s0:s1].astype(np.int32)),
             pa.array(token_ids[s0:s1].astype(np.int32)), pa.array(seq[s0:s1]),
             pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names))], schema=token_schema()),
-            root / "tokens" / part_name(b))
+            root / TOKENS_DIR / part_name(b))
     write_parquet(pa.table({"doc": np.arange(len(lens)), "doc_id": [f"s{i}" for i in range(len(lens))],
                                    "domain": doms, "source": ["synthetic"] * len(lens)}, schema=doc_schema()),
-                         root / "docs.parquet")
+                         root / DOCS_FILE)
     write_parquet(pa.table({"token_id": pa.array(np.arange(len(vocab)), pa.int32()),
                                    "token": pa.array(list(vocab), pa.string()),
-                                   "piece": pa.array(list(vocab), pa.string())}), root / "vocab.parquet")
+                                   "piece": pa.array(list(vocab), pa.string())}), root / VOCAB_FILE)
     writer = MaskWriter(root, tuple(layers), d_ffn, n, block_tokens, neuron_chunk, codec, level, create=True)
     for b, s0 in enumerate(range(0, n, block_tokens)):
         s1 = min(n, s0 + block_tokens)

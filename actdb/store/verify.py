@@ -48,7 +48,7 @@ class ParquetGuard:
         self._ok: dict[str, tuple[int, int, int]] = {}   # verified: path -> (size, mtime_ns, inode)
         self._deps = _dependencies(statements)   # name -> (read_parquet paths, names it uses)
         index_dir = self.root / INDEX_DIR
-        files = (info or {}).get("files")
+        files = info.files if info is not None else None
         if isinstance(files, dict) and files:
             for rel, digest in files.items():
                 p = index_dir / rel if (index_dir / rel).exists() or not (self.root / rel).exists() else self.root / rel

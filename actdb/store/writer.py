@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import StoreError
 from ..io import atomic_write_text, file_digest
 from ..settings import MASK_CODECS
+from .ingest_state import IngestState, read_state as _read_state, write_state as _write_state
 from .layout import (CHECKSUMS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS, STATE_FILE,
                      is_store_entry, layer_name)
 from .manifest import Manifest
@@ -110,18 +111,13 @@ def _not_a_store(root: Path) -> str | None:
     return why
 
 
-def read_state(root: Path) -> dict[str, Any] | None:
-    p = root / STATE_FILE
-    if not p.exists():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{p}: unreadable ingest state ({e})") from None
+def read_state(root: Path) -> IngestState | None:
+    """The validated ingest state (store/ingest_state.py); None when there is none."""
+    return _read_state(root)
 
 
-def write_state(root: Path, state: dict[str, Any]) -> None:
-    atomic_write_text(root / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
+def write_state(root: Path, state: IngestState) -> None:
+    _write_state(root, state)
 
 
 def check_target(root: Path) -> None:
