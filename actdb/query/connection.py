@@ -30,7 +30,7 @@ def connect(store, pre: bool = True):
     if index_file(store.path, INDEX_PROJECTION_FILE).exists():
         register_proj_score(con, store.path)
         stmts += projection_views(store.path, info)
-    guard = parquet_guard(store, stmts)   # which files each view reads, checked before each query
+    guard = parquet_guard(store, stmts, info)   # which files each view reads, checked before each query
     try:
         for stmt in stmts:
             con.execute(stmt)

@@ -45,8 +45,9 @@ class StoreReader:
             raise StoreError(f"{self.path / TOKENS_DIR}: expected {len(want)} token parts, {what} "
                              f"(run `actdb check {self.path}`)")
 
-    def _recorded(self, layer: int) -> set[str] | None:
-        """Chunk keys of a layer's mask array recorded in checksums.json (None: none recorded)."""
+    def checksum_records(self) -> dict[str, Any] | None:
+        """checksums.json's {relative path: {"bytes", "sha256"}}, checked against the manifest's
+        sha256 and read once per handle; None for a store written without records."""
         if not self.manifest.checksums_sha256:
             return None
         files = getattr(self, "_checksum_files", None)
@@ -57,8 +58,15 @@ class StoreReader:
             except OSError as e:
                 raise StoreError(f"{p}: unreadable ({e.strerror or e}); run `actdb check {self.path}`") from None
             if hashlib.sha256(raw).hexdigest() != self.manifest.checksums_sha256:
-                raise StoreError(f"{p}: does not match the manifest; run `actdb check {self.path}`")
+                raise StoreError(f"{p}: sha256 differs from the one in the manifest; run `actdb check {self.path}`")
             files = self._checksum_files = json.loads(raw)["files"]
+        return files
+
+    def _recorded(self, layer: int) -> set[str] | None:
+        """Chunk keys of a layer's mask array recorded in checksums.json (None: none recorded)."""
+        files = self.checksum_records()
+        if files is None:
+            return None
         prefix = f"{MASKS_DIR}/{layer_name(layer)}/"
         return {k[len(prefix):] for k in files if k.startswith(prefix)}
 

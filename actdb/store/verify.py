@@ -16,8 +16,6 @@ size, mtime or inode changes). Readers write nothing, so nothing is cached on di
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any, Iterable
 
 from ..errors import StoreError
 from ..io import sha256_file
-from .layout import CHECKSUMS_FILE, INDEX_DIR, INDEX_FILE
+from .layout import CHECKSUMS_FILE, INDEX_DIR, INDEX_FILE, TOKENS_DIR
 
 # table functions through which SQL reaches files or other SQL by name: check every file
 _REACH_ANYTHING = {"read_parquet", "parquet_scan", "query", "query_table", "parquet_metadata",
@@ -37,35 +35,29 @@ _READ_PARQUET = re.compile(r"read_parquet\(\s*'((?:[^']|'')*)'")
 class ParquetGuard:
     """The recorded digests of a store's Parquet files and the files behind each SQL view."""
 
-    def __init__(self, root: str | Path, manifest: Any, info: dict[str, Any] | None,
+    def __init__(self, root: str | Path, checksum_files: dict[str, Any] | None, info: Any,
                  statements: Iterable[str] = ()) -> None:
         """statements: the CREATE VIEW / CREATE MACRO SQL of the connection (read here, not from
         DuckDB's catalogue: duckdb_functions() alone takes ~30 ms); without them every query
-        checks every file."""
+        checks every file. checksum_files: checksums.json's records (StoreReader.checksum_records);
+        info: the index record (store.index_info.IndexInfo) or None."""
         self.root = Path(root)
         self._records: dict[str, tuple[dict[str, Any], str]] = {}   # normalised path -> (digest, where recorded)
         self._areas: list[str] = []    # folders whose every Parquet file must be recorded
         self._ok: dict[str, tuple[int, int, int]] = {}   # verified: path -> (size, mtime_ns, inode)
         self._deps = _dependencies(statements)   # name -> (read_parquet paths, names it uses)
         index_dir = self.root / INDEX_DIR
-        files = info.files if info is not None else None
-        if isinstance(files, dict) and files:
-            for rel, digest in files.items():
+        if info is not None and info.files:
+            for rel, digest in info.files.items():
                 p = index_dir / rel if (index_dir / rel).exists() or not (self.root / rel).exists() else self.root / rel
                 self._records[_norm(p)] = (digest, str(index_dir / INDEX_FILE))
             self._areas.append(_norm(index_dir))
-        if getattr(manifest, "checksums_sha256", ""):
-            p = self.root / CHECKSUMS_FILE
-            try:
-                raw = p.read_bytes()
-            except OSError as e:
-                raise StoreError(f"{p}: unreadable ({e.strerror or e}); run `actdb check {self.root}`") from None
-            if hashlib.sha256(raw).hexdigest() != manifest.checksums_sha256:
-                raise StoreError(f"{p}: sha256 differs from the one in the manifest; run `actdb check {self.root}`")
-            for rel, digest in json.loads(raw)["files"].items():
+        if checksum_files is not None:
+            where = str(self.root / CHECKSUMS_FILE)
+            for rel, digest in checksum_files.items():
                 if rel.endswith(".parquet"):
-                    self._records[_norm(self.root / rel)] = (digest, str(p))
-            self._areas.append(_norm(self.root / "tokens"))
+                    self._records[_norm(self.root / rel)] = (digest, where)
+            self._areas.append(_norm(self.root / TOKENS_DIR))
 
     # ------------------------------------------------------------ files
 
@@ -149,13 +141,15 @@ def _norm(path: str | Path) -> str:
     return os.path.normpath(os.path.abspath(str(path)))
 
 
-def parquet_guard(store: Any, statements: Iterable[str] | None = None) -> ParquetGuard:
-    """The guard of a store handle: made anew when the views are (re)created with `statements`,
-    otherwise the handle's existing one (or one that checks every file)."""
+def parquet_guard(store: Any, statements: Iterable[str] | None = None, info: Any = None) -> ParquetGuard:
+    """The guard of a store handle: made anew when the views are (re)created with `statements`
+    (and `info`, the index record they were made from), otherwise the handle's existing one (or
+    one that checks every file)."""
     guard = getattr(store, "_parquet_guard", None)
     if guard is None or statements is not None:
-        from .index_info import read_index_info
+        if info is None:
+            from .index_info import read_index_info
 
-        guard = store._parquet_guard = ParquetGuard(store.path, store.manifest, read_index_info(store.path),
-                                                    statements or ())
+            info = read_index_info(store.path)
+        guard = store._parquet_guard = ParquetGuard(store.path, store.checksum_records(), info, statements or ())
     return guard
