@@ -10,7 +10,7 @@ import click
 
 from ._version import __version__
 from .errors import ActdbError
-from .settings import IndexSettings, IngestSettings, QuerySettings
+from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings
 
 
 def _one_line_errors(fn):
@@ -38,7 +38,7 @@ def _settings_options(fn, cls: type = IngestSettings):
     """Add one option per field of a settings class (but the positional model/corpus/out)."""
     hints = typing.get_type_hints(cls)
     for f in reversed(dataclasses.fields(cls)):
-        if f.name in ("model", "corpus", "out"):
+        if f.name in POSITIONAL:
             continue
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
@@ -54,12 +54,8 @@ def _settings_options(fn, cls: type = IngestSettings):
 
 
 def _query_options(fn):
-    """Add one option per QuerySettings field (--timeout, --max-rows)."""
-    hints = typing.get_type_hints(QuerySettings)
-    for f in reversed(dataclasses.fields(QuerySettings)):
-        fn = click.option("--" + f.name.replace("_", "-"), f.name, type=hints[f.name], default=f.default,
-                          show_default=True, help=f.metadata["help"])(fn)
-    return fn
+    """One option per QuerySettings field (--timeout, --max-rows)."""
+    return _settings_options(fn, QuerySettings)
 
 
 def _echo(text: str) -> None:

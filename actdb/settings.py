@@ -201,14 +201,14 @@ def threshold_range(name: str) -> str:
 
 THRESHOLDS = tuple(f.name for f in dataclasses.fields(IndexSettings) if "threshold" in f.metadata)
 # positional arguments of the commands, not options
-_POSITIONAL = ("model", "corpus", "out")
+POSITIONAL = ("model", "corpus", "out")
 
 
 def settings_table(cls: type = IngestSettings) -> str:
-    """Markdown table of the settings of `cls` (IngestSettings or IndexSettings), for the README."""
+    """Markdown table of the settings of `cls` (IngestSettings, IndexSettings or QuerySettings), for the README."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(cls):
-        if f.name in _POSITIONAL:
+        if f.name in POSITIONAL:
             continue
         default = f.default if f.default not in (None, ()) else "—"
         rows.append(f"| `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")
@@ -229,11 +229,3 @@ class QuerySettings:
             raise InputError(f"--timeout: expected 0 (no limit) or a positive number of seconds, got {self.timeout}")
         if self.max_rows < 0:
             raise InputError(f"--max-rows: expected 0 or more, got {self.max_rows}")
-
-
-def query_settings_table() -> str:
-    """Markdown table of the query settings, for the README."""
-    rows = ["| option | default | meaning |", "|---|---|---|"]
-    for f in dataclasses.fields(QuerySettings):
-        rows.append(f"| `--{f.name.replace('_', '-')}` | `{f.default}` | {f.metadata['help']} |")
-    return "\n".join(rows)

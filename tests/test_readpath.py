@@ -20,7 +20,7 @@ from actdb.cli import main
 from actdb.index.build import build_index
 from actdb.query.catalogue import describe_lines, saved_queries
 from actdb.query.connection import QueryTimeout
-from actdb.settings import query_settings_table
+from actdb.settings import QuerySettings, settings_table
 from test_index import make_known
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,8 @@ def test_query_settings_table_in_readme():
     readme = (ROOT / "README.md").read_text()
     start = readme.index("<!-- query-settings-table -->") + len("<!-- query-settings-table -->")
     end = readme.index("<!-- /query-settings-table -->")
-    assert readme[start:end].strip() == query_settings_table(), "regenerate with actdb.settings.query_settings_table()"
+    assert readme[start:end].strip() == settings_table(QuerySettings), \
+        "regenerate with actdb.settings.settings_table(QuerySettings)"
 
 
 def test_param_help_kept_and_shown():
