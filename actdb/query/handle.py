@@ -35,24 +35,14 @@ class Store(StoreReader):
         Returns a Polars DataFrame (pyarrow Table with arrow=True)."""
         from .connection import run_sql
 
-        table = run_sql(self, query, params, con=self._db(), timeout=timeout)
-        if arrow:
-            return table
-        import polars as pl
-
-        return pl.from_arrow(table)
+        return _frame(run_sql(self, query, params, con=self._db(), timeout=timeout), arrow)
 
     def query(self, name_or_file: str, params: dict[str, Any] | None = None, arrow: bool = False,
               timeout: float | None = None):
         """Run a saved query (a name from queries/ or a .sql file) with its header's defaults."""
         from .catalogue import run_saved
 
-        table = run_saved(self, name_or_file, params, con=self._db(), timeout=timeout)
-        if arrow:
-            return table
-        import polars as pl
-
-        return pl.from_arrow(table)
+        return _frame(run_saved(self, name_or_file, params, con=self._db(), timeout=timeout), arrow)
 
     def stream(self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None,
                timeout_hint: str = "timeout", saved: bool = False):
@@ -63,6 +53,15 @@ class Store(StoreReader):
 
         run = stream_saved if saved else stream_sql
         return run(self, query, params, con=self._db(), timeout=timeout, timeout_hint=timeout_hint)
+
+
+def _frame(table, arrow: bool):
+    """A pyarrow Table as asked for: itself, or a Polars DataFrame."""
+    if arrow:
+        return table
+    import polars as pl
+
+    return pl.from_arrow(table)
 
 
 def open(path: str | Path) -> Store:  # noqa: A001 - the public name is actdb.open
