@@ -277,3 +277,31 @@ def test_read_path_imports_no_torch(store, args):
     if args[:1] == ["sql"] and "-f" not in args:
         # the table format of a one-line query needs DuckDB and nothing heavy (benchmarks/RESULTS.md)
         assert not {"polars", "pyarrow", "numpy", "matplotlib", "zarr", "tqdm"} & set(loaded), loaded
+
+
+def test_views_are_made_when_a_statement_names_them(tmp_path):
+    """A one-line query binds only the views it names (and those they use); the rest, and
+    proj_score, come when a later statement names them, with the confinement already locked."""
+    import issue4_refs
+
+    p = make_known(tmp_path / "s")
+    issue4_refs.plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())
+    build_index(p, progress=False)
+    code = ("import sys, actdb\nst = actdb.open(sys.argv[1])\n"
+            "print(st.sql('SELECT count(*) AS n FROM layer_stats')['n'][0])\n"
+            "print(sorted(st._lazy_views[st._db()].done))\nprint(st._lazy_views[st._db()].proj_score)\n"
+            "print(st.query('detector_suppression_share').height > 0, st._lazy_views[st._db()].proj_score)\n"
+            "print(len(st.views()))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    n, done, first, later, n_views = out.stdout.splitlines()
+    assert n == "3"
+    assert done == "['layer_stats', 'neurons']"
+    assert first == "False"        # no Python UDF made (DuckDB imports numpy to make one)
+    assert later == "True True"
+    st = actdb.open(p)
+    assert int(n_views) == len(st.views()) and {"vocab_projection", "detector_suppression",
+                                                 "massive_activations", "coverage"} <= st.views()
+    with pytest.raises(actdb.InputError, match="Permission Error"):
+        st.sql("SELECT * FROM vocab_projection, read_text('/etc/passwd')")

@@ -28,7 +28,7 @@ from .layout import CHECKSUMS_FILE, INDEX_DIR, INDEX_FILE, TOKENS_DIR
 # table functions through which SQL reaches files or other SQL by name: check every file
 _REACH_ANYTHING = {"read_parquet", "parquet_scan", "query", "query_table", "parquet_metadata",
                    "parquet_file_metadata", "parquet_kv_metadata", "parquet_schema", "read_blob", "glob"}
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+SQL_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _READ_PARQUET = re.compile(r"read_parquet\(\s*'((?:[^']|'')*)'")
 
 
@@ -45,7 +45,7 @@ class ParquetGuard:
         self._records: dict[str, tuple[dict[str, Any], str]] = {}   # normalised path -> (digest, where recorded)
         self._areas: list[str] = []    # folders whose every Parquet file must be recorded
         self._ok: dict[str, tuple[int, int, int]] = {}   # verified: path -> (size, mtime_ns, inode)
-        self._deps = _dependencies(statements)   # name -> (read_parquet paths, names it uses)
+        self._deps = view_dependencies(statements)   # name -> (read_parquet paths, names it uses)
         index_dir = self.root / INDEX_DIR
         if info is not None and info.files:
             for rel, digest in info.files.items():
@@ -104,7 +104,7 @@ class ParquetGuard:
 
     def verify_for_sql(self, sql: str) -> None:
         """Check the files a statement can read through the views and macros it names."""
-        words = {w.lower() for w in _WORD.findall(sql)}
+        words = {w.lower() for w in SQL_WORD.findall(sql)}
         deps = self._deps
         if not deps or words & _REACH_ANYTHING or ".parquet" in sql.lower():
             self.verify_all()
@@ -124,7 +124,13 @@ class ParquetGuard:
 _CREATE = re.compile(r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:VIEW|MACRO)\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
 
 
-def _dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
+def created_name(stmt: str) -> str | None:
+    """The (lower-case) name a CREATE VIEW / CREATE MACRO statement creates, else None."""
+    m = _CREATE.match(stmt)
+    return m.group(1).lower() if m else None
+
+
+def view_dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
     """name -> (read_parquet paths, other names) of each view and macro the statements create."""
     bodies: dict[str, str] = {}
     for stmt in statements:
@@ -133,7 +139,7 @@ def _dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[st
             name = m.group(1).lower()
             bodies[name] = bodies.get(name, "") + " " + stmt[m.end():]
     return {name: ({p.replace("''", "'") for p in _READ_PARQUET.findall(body)},
-                   {w.lower() for w in _WORD.findall(body)} & set(bodies) - {name})
+                   {w.lower() for w in SQL_WORD.findall(body)} & set(bodies) - {name})
             for name, body in bodies.items()}
 
 
