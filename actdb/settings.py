@@ -128,6 +128,23 @@ RANGES: dict[str, tuple[str, Any, str]] = {
 }
 
 
+def choose_device(setting: str) -> "torch.device":   # noqa: F821 (torch is imported here only when called)
+    """--device of ingest and index: 'auto' (cuda if available, else cpu) or a torch device name."""
+    import torch
+
+    from .errors import InputError
+
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(setting)
+    except RuntimeError:
+        raise InputError(f"--device: expected auto, cpu or cuda[:N], got {setting!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {setting}: no CUDA device is available here")
+    return dev
+
+
 def range_problem(kind: str, value: Any) -> str | None:
     """None if `value` is in range `kind` (RANGES), else what was expected."""
     expected, ok, _ = RANGES[kind]
@@ -155,6 +172,9 @@ class IndexSettings:
     memory_mb: float = _opt(512.0, "Memory for the counts of the units counted at once (split between the "
                             "workers); sets how many neurons a unit counts.")
     workers: int = _opt(0, "Units counted at once, in threads (0: one per available core).")
+    device: str = _opt("cpu", "Where the fires are counted: 'cpu' (each block by the faster of numpy and torch at its "
+                       "fire rate), 'cuda', 'cuda:1', ... (torch on that device), or 'auto' (cuda if available). "
+                       "The files do not depend on it.")
     p_cov: float = _thr(0.95, "share", "Coverage: the fewest n-grams that account for this share of a neuron's "
                         "fires (coverage, detectors' p_cov).")
     tok_max_cov: int = _thr(5, "count", "Token detectors: covered by at most this many tokens (max_cov).")
@@ -181,6 +201,8 @@ class IndexSettings:
             raise InputError(f"--memory-mb: expected a positive budget, got {self.memory_mb!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise InputError(f"--workers: expected 0 (one per core) or a positive number, got {self.workers!r}")
+        if not (isinstance(self.device, str) and self.device):
+            raise InputError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
         for name, value in self.thresholds().items():
             bad = range_problem(threshold_range(name), value)
             if bad:

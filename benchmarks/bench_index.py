@@ -1,7 +1,14 @@
-"""Index build benchmark (index v2): time and peak RSS of `build_index` on a synthetic store.
+"""Index build benchmark: time and peak RSS of `build_index` on a synthetic store, or index ÷
+forward on a real model's store (--model), both timed in this one run.
 
     .venv/bin/python benchmarks/bench_index.py --kind dense --tokens 20000 --store /tmp/bench/dense20k
     .venv/bin/python benchmarks/bench_index.py --kind opt --tokens 131072 --store /tmp/bench/s131k
+    .venv/bin/python benchmarks/bench_index.py --model .cache/models/SmolLM2-135M-Instruct \
+        --corpus demo-out/corpus.jsonl --tokens 16384 --seq-len 512 --store /tmp/bench/smol16k
+
+--model: `actdb ingest --no-index` of the first --tokens tokens of --corpus (packed, --seq-len,
+--batch-size), its forward loop timed by the ingest (fwd_seconds); then the index. `--reuse`
+keeps the store and its forward time (forward.json) and times the index again.
 
 dense: shaped like SmolLM2-135M (30 layers x 1536 gated-SiLU neurons, seq_len 512, Zipf ids over
 49,152 tokens), every neuron firing independently at a rate drawn from U(0.3, 0.7) (~50 %).
@@ -52,26 +59,55 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--top-k", type=int, default=IndexSettings().top_k)
     ap.add_argument("--memory-mb", type=float, default=IndexSettings().memory_mb)
+    ap.add_argument("--device", default=IndexSettings().device)
+    ap.add_argument("--model", help="a model folder: ingest it over --corpus and time its forward")
+    ap.add_argument("--corpus")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
     from actdb.index.build import build_index
 
     store = Path(args.store)
+    forward = None
     if not (args.reuse and (store / "manifest.json").exists()):
         shutil.rmtree(store, ignore_errors=True)
-        if args.kind == "dense":
+        if args.model:
+            forward = ingest_forward(args, store)
+        elif args.kind == "dense":
             make_dense(store, args.tokens)
         else:
             from bench_queries import make_store
 
             make_store(store, args.tokens)
+    if args.model and forward is None:
+        forward = json.loads((store.parent / f"{store.name}.forward.json").read_text())
     shutil.rmtree(store / "index", ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    build_index(store, progress=False, top_k=args.top_k, memory_mb=args.memory_mb)
-    res = {"kind": args.kind, "tokens": args.tokens, "index_s": round(time.perf_counter() - t0, 1),
+    build_index(store, progress=False, top_k=args.top_k, memory_mb=args.memory_mb, device=args.device)
+    index_s = time.perf_counter() - t0
+    res = {"kind": Path(args.model).name if args.model else args.kind, "tokens": args.tokens,
+           "index_s": round(index_s, 1),
            "index_cpu_s": round(time.process_time() - c0, 1),
            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
            "index_bytes": sum(f.stat().st_size for f in (store / "index").rglob("*") if f.is_file())}
+    if forward:
+        res.update(forward)
+        res["index_over_forward"] = round(index_s / forward["forward_s"], 3)
     print(json.dumps(res))
+
+
+def ingest_forward(args, store: Path) -> dict:
+    """Ingest without the index; {forward_s: the ingest's forward loop, wall}, kept beside the store."""
+    from actdb.ingest.pipeline import ingest
+    from actdb.settings import IngestSettings
+
+    s = IngestSettings(model=args.model, corpus=(args.corpus,), out=str(store), seq_len=args.seq_len,
+                       batch_size=args.batch_size, max_tokens=args.tokens, index=False, progress=False,
+                       device="cpu")
+    summary = ingest(s)
+    forward = {"forward_s": round(summary.forward_seconds, 1), "ingest_tokens": summary.n_tokens}
+    (store.parent / f"{store.name}.forward.json").write_text(json.dumps(forward))
+    return forward
 
 
 if __name__ == "__main__":

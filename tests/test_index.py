@@ -472,11 +472,11 @@ def test_index_resume_equals_fresh(tmp_path, monkeypatch):
     real_count = ix.count_unit
     calls = []
 
-    def dying(arr, tok, n0, n1, ngram, block):
+    def dying(arr, tok, n0, *rest):
         calls.append(n0)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real_count(arr, tok, n0, n1, ngram, block)
+        return real_count(arr, tok, n0, *rest)
 
     monkeypatch.setattr(ix, "count_unit", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -504,10 +504,10 @@ def test_index_threads_equal_one_thread_and_resume(tmp_path, monkeypatch):
     same_index(a, b)
     real_count = ix.count_unit
 
-    def failing(arr, tok, n0, n1, ngram, block):
+    def failing(arr, tok, n0, *rest):
         if n0 == 8:
             raise OSError("disk gone")
-        return real_count(arr, tok, n0, n1, ngram, block)
+        return real_count(arr, tok, n0, *rest)
 
     monkeypatch.setattr(ix, "count_unit", failing)
     with pytest.raises(actdb.StoreError, match="cannot write the index: disk gone"):  # one line, not internal
@@ -534,7 +534,7 @@ def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
     assert widths == [1] * (len(LAYERS) * D)
     same_index(a, b)
     assert ix.chunk_size(1000, 3072, 512, 512, None) == 3072 - 3072 % 512   # whole Zarr chunks when they fit
-    assert ix.chunk_size(10**6, 3072, 512, 512, None) == 512 * 2**20 // (20 * 10**6)
+    assert ix.chunk_size(10**6, 3072, 512, 512, None) == 512 * 2**20 // (24 * 10**6)
 
 
 def test_index_top_k_truncation(tmp_path):

@@ -9,9 +9,10 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
      Each statistic is a column range of one count matrix; rows the n-gram
      statistics exclude (the BOS position, SPEC §1.3) point at a dump column.
   2. per unit (layer, neuron chunk), resumable (index/_state.json lists the finished units):
-     stream that chunk's mask blocks over all tokens, tally exact counts [chunk, columns] with
-     np.bincount, and reduce them in memory to the rows the tables keep (index/_parts/UNIT/).
-     The chunk is the largest whose counts, tally buffer and bincount result (20 B per cell)
+     stream that chunk's mask blocks over all tokens, tally exact counts [chunk, columns] (np.bincount
+     of the fires on sparse blocks, torch index_add_ on dense ones and on --device; index/count.py),
+     and reduce them in memory to the rows the tables keep (index/_parts/UNIT/).
+     The chunk is the largest whose counts and tally buffers (24 B per cell)
      fit `memory_mb` / workers; units run in worker threads.
   3. concatenate the parts into
 
@@ -63,7 +64,7 @@ from ..settings import IndexSettings, parse_layer_list
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
 from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
                             INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE)
-from .count import chunk_size, count_unit
+from .count import chunk_size, count_unit, resolve_device
 from .reduce import EMPTY_SCHEMAS, NGRAMS, TABLES, unit_tables
 from .tokens import TokenArrays
 
@@ -135,11 +136,11 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
                 settings: IndexSettings | None = None, neuron_chunk: int | None = None, **options: Any) -> Path:
     """Build (or resume, or leave as is when complete) the index of a store.
 
-    settings (or its fields as keyword options: progress, force, top_k, memory_mb, workers, the
-    thresholds): see settings.IndexSettings. layers: the layers that get bigram/trigram tables
+    settings (or its fields as keyword options: progress, force, top_k, memory_mb, workers, device,
+    the thresholds): see settings.IndexSettings. layers: the layers that get bigram/trigram tables
     (a list, or the --layers grammar; default: the first half of the network); every recorded
     layer gets fires, domains, positions and tokens. neuron_chunk: an upper bound on the neurons
-    per unit (tests). The files do not depend on the workers or the memory budget.
+    per unit (tests). The files do not depend on the workers, the device or the memory budget.
 
     A first build is made in place (STORE/index/) and resumes where a killed one stopped. A
     rebuild over a complete index (--force, or other settings) is made beside it, in
@@ -153,6 +154,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
 
     s = dataclasses.replace(settings or IndexSettings(), **options)   # validates every field
     n_workers = resolve_workers(s.workers)
+    device = resolve_device(s.device)
     st = Store(store_path)
     m = st.manifest
     ngram_layers = _ngram_layers(layers if layers is not None else s.layers, m)
@@ -198,7 +200,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     def run(unit: tuple[int, int, int]) -> str:
         layer, n0, n1 = unit
         ngram = layer in ngram_layers
-        counts = count_unit(st.packed(layer), tok, n0, n1, ngram, m.block_tokens)
+        counts = count_unit(st.packed(layer), tok, n0, n1, ngram, m.block_tokens, device)
         tables = unit_tables(layer, n0, counts, tok, ngram, config, vocab)
         del counts
         name = _unit_name(layer, n0)

@@ -11,6 +11,7 @@ import torch
 
 from .adapters import Adapter, adapter_for, get_module
 from ..errors import InputError
+from ..settings import choose_device  # noqa: F401  (ingest's --device, shared with the index's)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
@@ -80,18 +81,6 @@ def load_tokenizer(model_dir: Path):
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as e:
         raise InputError(f"{model_dir}: cannot load the tokenizer ({str(e).splitlines()[0]})") from None
-
-
-def choose_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(setting)
-    except RuntimeError:
-        raise InputError(f"--device: expected auto, cpu or cuda[:N], got {setting!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {setting}: no CUDA device is available here")
-    return dev
 
 
 def choose_dtype(setting: str, config, device: torch.device) -> torch.dtype:
