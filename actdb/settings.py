@@ -102,6 +102,7 @@ class FireRule:
     value: float | None    # T of abs>T, Q of top:Q
 
 
+RULE_PARAM = "rule"   # the parameter of every statement, saved query and figure that picks the fire rule
 _RULE_GRAMMAR = "sign, abs>T (a number T >= 0) or top:Q (a number 0.5 <= Q < 1)"
 
 

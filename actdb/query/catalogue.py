@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from ..errors import InputError
 from .connection import coerce_param, run_sql, stream_sql
-from .handle import RULE_PARAM
+from ..settings import RULE_PARAM
 
 RULE_LINE = f"${RULE_PARAM} = (the store's first)  fire rule whose masks the views count (SPEC §1.8)"
 

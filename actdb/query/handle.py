@@ -4,10 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..settings import RULE_PARAM
 from ..store.reader import StoreReader
-
-
-RULE_PARAM = "rule"   # the parameter of every statement, saved query and figure that picks the fire rule
 
 
 class Store(StoreReader):
