@@ -36,6 +36,10 @@ class IngestSettings:
                       choices=("auto", "float32", "bfloat16", "float16"))
     offload: str = _opt("auto", "Layer-by-layer weight streaming: 'auto' (when the model does not fit), 'on', 'off'.",
                         choices=("auto", "on", "off"))
+    fire_rule: tuple[str, ...] = _opt(("sign",), "Fire rule, repeatable (all share one forward): 'sign' (SPEC §1.1), "
+                                      "'abs>T' (abs(h) > T) or 'top:Q' (abs(h) above the layer's Q-quantile of abs(h) over "
+                                      "the first block, 0.5 <= Q < 1), h = the value the FFN's output projection "
+                                      "reads; the first is the views' default.", multiple=True)
     capture: str = _opt("resid", "Magnitude capture for massive activations: top-k |h| and medians of the "
                         "residual stream ('resid'), also of the FFN hidden values ('resid+ffn'; more CPU time, "
                         "see benchmarks/RESULTS.md), or 'none'.",
@@ -75,6 +79,11 @@ class IngestSettings:
             raise InputError(f"--max-tokens: expected a positive number, got {self.max_tokens}")
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite exclude each other")
+        rules = [parse_fire_rule(r).name for r in self.fire_rule]   # each checked, in one line
+        if not rules:
+            raise InputError("--fire-rule: expected at least one rule, got none")
+        if len(set(rules)) != len(rules):
+            raise InputError(f"--fire-rule: expected distinct rules, got {', '.join(self.fire_rule)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -83,6 +92,40 @@ class IngestSettings:
 
     def replace(self, **kw: Any) -> "IngestSettings":
         return dataclasses.replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class FireRule:
+    """One fire rule (SPEC §1.8): name is its canonical text (sign, abs>0.1, top:0.999)."""
+    name: str
+    kind: str              # sign | abs | top
+    value: float | None    # T of abs>T, Q of top:Q
+
+
+RULE_PARAM = "rule"   # the parameter of every statement, saved query and figure that picks the fire rule
+_RULE_GRAMMAR = "sign, abs>T (a number T >= 0) or top:Q (a number 0.5 <= Q < 1)"
+
+
+def parse_fire_rule(text: str) -> FireRule:
+    """The one fire-rule grammar: 'sign', 'abs>T' or 'top:Q'; the name is canonical (abs>.10 -> abs>0.1)."""
+    import math
+
+    from .errors import InputError
+
+    t = str(text).strip()
+    if t == "sign":
+        return FireRule("sign", "sign", None)
+    for kind, sep in (("abs", ">"), ("top", ":")):
+        if t.startswith(kind + sep):
+            try:
+                v = float(t[len(kind) + 1:])
+            except ValueError:
+                break
+            ok = math.isfinite(v) and (v >= 0 if kind == "abs" else 0.5 <= v < 1)
+            if not ok:
+                break
+            return FireRule(f"{kind}{sep}{v!r}", kind, v)
+    raise InputError(f"--fire-rule: expected {_RULE_GRAMMAR}, got {text!r}")
 
 
 def parse_layer_list(spec: str, n_layers: int, option: str = "--layers") -> tuple[int, ...]:
@@ -211,6 +254,8 @@ def settings_table(cls: type = IngestSettings) -> str:
         if f.name in POSITIONAL:
             continue
         default = f.default if f.default not in (None, ()) else "—"
+        if f.metadata.get("multiple") and default != "—":
+            default = " ".join(default)
         rows.append(f"| `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(rows)
 
