@@ -151,6 +151,18 @@ def _rem_starts(kr: np.ndarray, n: np.ndarray) -> np.ndarray:
     return start
 
 
+def _rice_jit(jit, words: np.ndarray, B: int, rows: np.ndarray, inv: np.ndarray, kr: np.ndarray, n: np.ndarray,
+              cost: np.ndarray) -> tuple[bytes, bytes, np.ndarray]:
+    """(unary, rem, n11) of `rows` by the compiled pass; cost += each row's sum of gap >> k."""
+    n_bits = 8 * B
+    u_max = int(((n_bits >> kr) + n).sum())        # sum(gap >> k) <= sum(gap) >> k <= n_bits >> k
+    r_bits = int((n * kr).sum())
+    unary, rem = np.zeros(u_max // 64 + 1, np.uint64), np.zeros(r_bits // 64 + 2, np.uint64)
+    n11 = np.zeros_like(n)
+    u_bits = jit.rice_rows(words, B, rows, inv, kr, _rem_starts(kr, n), unary, rem, cost, n11)
+    return unary.view(np.uint8)[:(u_bits + 7) // 8].tobytes(), rem.view(np.uint8)[:(r_bits + 7) // 8].tobytes(), n11
+
+
 def _encode_group(chunk: np.ndarray, words: np.ndarray | None, rows: np.ndarray, mode: np.ndarray,
                   coded: np.ndarray, k: np.ndarray, level: int) -> tuple[bytes, bytes]:
     """Rice-code `rows` (ONES or ZEROS, coded > 0) of the chunk: (unary, rem) bytes. Rows
@@ -162,12 +174,13 @@ def _encode_group(chunk: np.ndarray, words: np.ndarray | None, rows: np.ndarray,
     n = coded[rows]
     kr = rice_k(n, n_bits)
     cost = n * (kr + 1)                                                   # exact Rice bits per row
-    starts = np.cumsum(n) - n
     if jit is not None:
-        n11 = np.zeros_like(n)
-        gaps = np.empty(int(n.sum()), np.int32)   # a gap is under GROUP_ROW_BITS
-        jit.row_gaps(words, chunk.shape[1], rows, inv, kr, starts, gaps, cost, n11)
+        # one pass writes the streams while it measures the rows; redone without the rows that
+        # the structure trial below moves to zstd, if any
+        streams = _rice_jit(jit, words, chunk.shape[1], rows, inv, kr, n, cost)
+        n11 = streams[2]
     else:
+        starts = np.cumsum(n) - n
         gaps = _gaps(chunk, rows, inv, n, starts)
         cost += np.add.reduceat(gaps >> np.repeat(kr, n), starts)
         # structure test: first-order entropy from adjacent pairs (a zero gap after a fire)
@@ -183,13 +196,13 @@ def _encode_group(chunk: np.ndarray, words: np.ndarray | None, rows: np.ndarray,
     if not keep.all():
         if jit is None:
             gaps = gaps[np.repeat(keep, n)]
-        kr, n, rows, cost, starts = kr[keep], n[keep], rows[keep], cost[keep], starts[keep]
+        else:
+            streams = _rice_jit(jit, words, chunk.shape[1], rows[keep], inv[keep], kr[keep], n[keep], cost[keep])
+        kr, n, rows, cost = kr[keep], n[keep], rows[keep], cost[keep]
     k[rows] = kr
-    u_bits, r_bits = int((cost - n * kr).sum()), int((n * kr).sum())  # sum(gap >> k) + an end bit per code; k per code
     if jit is not None:
-        unary, rem = np.zeros(u_bits // 64 + 1, np.uint64), np.zeros(r_bits // 64 + 2, np.uint64)
-        jit.write_streams(gaps, starts, n, kr, _rem_starts(kr, n), unary, rem)
-        return unary.view(np.uint8)[:(u_bits + 7) // 8].tobytes(), rem.view(np.uint8)[:(r_bits + 7) // 8].tobytes()
+        return streams[0], streams[1]
+    u_bits, r_bits = int((cost - n * kr).sum()), int((n * kr).sum())  # sum(gap >> k) + an end bit per code; k per code
     unary, rem = np.zeros((u_bits + 7) // 8, np.uint8), np.zeros((r_bits + 7) // 8, np.uint8)
     kf = np.repeat(kr, n)
     q = gaps >> kf

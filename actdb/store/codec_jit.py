@@ -64,17 +64,21 @@ def row_counts(chunk64):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def row_gaps(chunk64, B, rows, inv, kr, starts, gaps, cost, n11):  # pragma: no cover - compiled
-    """Pass 1 over the rows to be Rice-coded (ZEROS rows inverted; chunk64: chunk_words() of a
-    chunk B bytes wide): each listed bit's gap (bits skipped since the row's previous listed
-    bit) into gaps[starts[i]:]; cost[i] += the sum of gap >> kr[i]; n11[i] = zero gaps after
-    the row's first listed bit."""
+def rice_rows(chunk64, B, rows, inv, kr, rem_start, unary, rem, cost, n11):  # pragma: no cover - compiled
+    """One pass over the rows to be Rice-coded (ZEROS rows inverted; chunk64: chunk_words() of a
+    chunk B bytes wide): per listed bit, its gap (bits skipped since the row's previous listed
+    bit) goes to the unary stream (gap >> k zero bits, then a one; rows in order) and its low k
+    bits to the remainder stream at the row's rem_start; both zeroed uint64 word streams.
+    cost[i] += the sum of gap >> kr[i]; n11[i] = zero gaps after the row's first listed bit.
+    Returns the unary stream's length in bits."""
     W = chunk64.shape[1]
     tail = _ALL if B % 8 == 0 else (np.uint64(1) << np.uint64(8 * (B % 8))) - np.uint64(1)
+    u = 0
     for i in range(rows.size):
         r, k = rows[i], kr[i]
         x = _ALL if inv[i] else np.uint64(0)
-        at, prev, c, z = starts[i], -1, 0, 0
+        mask = (1 << k) - 1
+        rp, prev, c, z = rem_start[i], -1, 0, 0
         for j in range(W):
             w = chunk64[r, j] ^ x
             if j == W - 1:
@@ -82,39 +86,25 @@ def row_gaps(chunk64, B, rows, inv, kr, starts, gaps, cost, n11):  # pragma: no 
             while w:
                 pos = 64 * j + np.int64(trailing_zeros(w))
                 gap = pos - prev - 1
-                gaps[at] = gap
-                at += 1
-                c += gap >> k
+                q = gap >> k
+                c += q
                 z += gap == 0
+                u += q
+                unary[u >> 6] |= np.uint64(1) << np.uint64(u & 63)
+                u += 1
+                if k:
+                    v, s = np.uint64(gap & mask), np.uint64(rp & 63)
+                    rem[rp >> 6] |= v << s
+                    if s + np.uint64(k) > 64:
+                        rem[(rp >> 6) + 1] |= v >> (np.uint64(64) - s)
+                    rp += k
+                if prev < 0 and gap == 0:   # the first listed bit follows no other
+                    z -= 1
                 prev = pos
                 w &= w - np.uint64(1)
         cost[i] += c
-        if at > starts[i] and gaps[starts[i]] == 0:   # the first listed bit follows no other
-            z -= 1
         n11[i] = z
-
-
-@njit(cache=True, nogil=True)
-def write_streams(gaps, starts, n, kr, rem_start, unary, rem):  # pragma: no cover - compiled
-    """Pass 2: the group's unary stream (rows in order: per listed bit, gap >> k zero bits, then
-    a one) and remainder stream (the low k bits of each gap, from each row's rem_start), into
-    zeroed uint64 word streams."""
-    u = 0
-    for i in range(n.size):
-        k = kr[i]
-        mask = (1 << k) - 1
-        rp = rem_start[i]
-        for g in range(starts[i], starts[i] + n[i]):
-            gap = gaps[g]
-            u += gap >> k
-            unary[u >> 6] |= np.uint64(1) << np.uint64(u & 63)
-            u += 1
-            if k:
-                v, s = np.uint64(gap & mask), np.uint64(rp & 63)
-                rem[rp >> 6] |= v << s
-                if s + np.uint64(k) > 64:
-                    rem[(rp >> 6) + 1] |= v >> (np.uint64(64) - s)
-                rp += k
+    return u
 
 
 @njit(cache=True, nogil=True, inline="always")
