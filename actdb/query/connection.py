@@ -12,9 +12,10 @@ from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file
 from ..store.verify import parquet_guard
 
 
-def connect(store, pre: bool = True):
+def connect(store, pre: bool = True, threads: int | None = None):
     """An in-memory DuckDB connection with the views of `store` (an actdb.Store), confined to
-    the store's own files and with its configuration locked."""
+    the store's own files and with its configuration locked. threads: DuckDB's worker threads
+    (default: one per core), fixed before the lock."""
     import duckdb
 
     from .views import _views, massive_views, projection_views, register_proj_score
@@ -24,6 +25,8 @@ def connect(store, pre: bool = True):
         raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
+    if threads is not None:
+        con.execute("SET threads = $n", {"n": int(threads)})
     stmts = _views(store.path, store.manifest, info, pre=pre)
     if index_file(store.path, INDEX_CAPTURE_DIR).exists():
         stmts += massive_views(store.path, info)

@@ -1,0 +1,602 @@
+"""The explorer's pages as data. Every number a page (or its /api/ twin) shows comes from
+here: the store's SQL views through `actdb.Store` (bound parameters, the store's confinement,
+the serve time limit) and its masks. The route handlers in app.py only pick the function and
+render its dict as HTML or JSON.
+
+Most telling contexts (a neuron's page, page 1): each token row where the neuron fires is
+scored by P(fires | its token) over the whole store, the share of that token's occurrences on
+which the neuron fires (how much the token alone explains the fire); ties go to the context
+with more fires of the neuron within its window, then to the earlier row. Later pages are a
+random sample of the other fires, seeded by (--seed, layer, neuron), so a page reads the same
+every time.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ActdbError, InputError
+from ..query.connection import connect
+from ..query.handle import Store
+from ..settings import ServeSettings
+
+
+class NotFound(ActdbError):
+    """A layer, neuron, token, document, store or figure that does not exist: a 404 naming it."""
+
+
+def jsonable(v: Any) -> Any:
+    """A DuckDB/Polars value as JSON: NaN and inf as null, lists and dicts kept, the rest as text."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
+        return jsonable(v.item())
+    return str(v)
+
+
+def _records(df) -> list[dict[str, Any]]:
+    return [{k: jsonable(v) for k, v in r.items()} for r in df.iter_rows(named=True)]
+
+
+class _ConsoleStore(Store):
+    """The console's own database, one DuckDB thread: a long console query takes one core
+    and leaves the others to the pages."""
+
+    def _db(self):
+        con = getattr(self, "_con", None)
+        if con is None:
+            con = self._con = connect(self, threads=1)
+        return con
+
+
+class Explorer:
+    """One store as the explorer sees it: a per-thread handle (each request thread gets its
+    own DuckDB cursor on the one database with the views, so a long console query never
+    blocks another page), the serve settings, and caches of what never changes in a
+    read-only store (token arrays, vocabulary, figures)."""
+
+    def __init__(self, store, name: str, settings: ServeSettings) -> None:
+        self.base, self.name, self.s = store, name, settings
+        self.manifest = store.manifest
+        store._db()
+        self.views = store.views()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._arrays: dict[str, np.ndarray] | None = None
+        self._vocab: list[str] | None = None
+        self._figures: dict[str, bytes] = {}
+        self._probe = None
+        self._console = None
+
+    # ------------------------------------------------------------ store access
+    def st(self, console: bool = False):
+        """This thread's handle on the store (a cursor of the shared connection). The console
+        gets its own database (opened on first use): DuckDB queues the tasks of one database's
+        statements on one thread pool, where a long console query would hold up every page."""
+        key = "console" if console else "store"
+        h = getattr(self._local, key, None)
+        if h is None:
+            if console:
+                with self._lock:
+                    if self._console is None:
+                        self._console = _ConsoleStore(self.base.path)
+                        self._console._db()
+                base = self._console
+            else:
+                base = self.base
+            h = copy.copy(base)
+            h._con = base._db().cursor()
+            setattr(self._local, key, h)
+        return h
+
+    def q(self, sql: str, **params: Any):
+        """A page's query: bound parameters, the serve time limit; a Polars DataFrame."""
+        return self.st().sql(sql, params or None, timeout=self.s.timeout)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Token columns in row order (ids, seq, pos, doc) and each row's sequence bounds."""
+        if self._arrays is None:
+            with self._lock:
+                if self._arrays is None:
+                    t = self.q("SELECT token_id, seq, pos, doc FROM tokens ORDER BY row")
+                    ids = t["token_id"].to_numpy().astype(np.int64)
+                    seq = t["seq"].to_numpy().astype(np.int64)
+                    pos = t["pos"].to_numpy().astype(np.int64)
+                    start = np.arange(len(ids)) - pos
+                    seq_len = np.bincount(seq) if len(seq) else np.zeros(0, np.int64)
+                    self._arrays = {"ids": ids, "seq": seq, "pos": pos, "doc": t["doc"].to_numpy(),
+                                    "start": start, "end": start + seq_len[seq] - 1,
+                                    "counts": np.bincount(ids, minlength=len(self.vocab()))}
+        return self._arrays
+
+    def vocab(self) -> list[str]:
+        if self._vocab is None:
+            v = self.q("SELECT token_id, token FROM vocab ORDER BY token_id")
+            out = [""] * (int(v["token_id"].max()) + 1 if v.height else 0)
+            for i, t in zip(v["token_id"].to_list(), v["token"].to_list()):
+                out[i] = t if t is not None else f"#{i}"
+            self._vocab = out
+        return self._vocab
+
+    def token_text(self, token_id: int) -> str:
+        v = self.vocab()
+        return v[token_id] if 0 <= token_id < len(v) else f"#{token_id}"
+
+    def probe(self):
+        if self._probe is None:
+            from .probe import Probe
+
+            self._probe = Probe(self.base, self.s)
+        return self._probe
+
+    # ------------------------------------------------------------ checks
+    def check_layer(self, layer: int) -> None:
+        if layer not in self.manifest.layers:
+            raise NotFound(f"layer {layer}: not recorded in store {self.name} (recorded layers: "
+                           f"{', '.join(map(str, self.manifest.layers))})")
+
+    def check_neuron(self, layer: int, neuron: int) -> None:
+        self.check_layer(layer)
+        if not 0 <= neuron < self.manifest.d_ffn:
+            raise NotFound(f"neuron {layer}:{neuron}: not in store {self.name} (neurons 0..{self.manifest.d_ffn - 1})")
+
+
+# ---------------------------------------------------------------- stores
+
+def figures(ex: Explorer) -> list[dict[str, str]]:
+    """The paper figures this store can draw, with where to get each as PNG."""
+    from ..presentation.plot import FIGURES, available
+
+    return [{"name": f.name, "title": f.title, "paper": f.paper, "query": f.query,
+             "png": f"/s/{ex.name}/figure/{f.name}.png"} for f in FIGURES.values() if available(ex.st(), f) is None]
+
+
+def figure_png(ex: Explorer, name: str) -> bytes:
+    """One figure as PNG bytes, drawn once (matplotlib is not thread-safe: one at a time)."""
+    from ..presentation.plot import FIGURES, available, render
+
+    fig_def = FIGURES.get(name)
+    if fig_def is None or available(ex.st(), fig_def) is not None:
+        raise NotFound(f"figure {name!r}: not drawable from store {ex.name} "
+                       f"(figures: {', '.join(f['name'] for f in figures(ex))})")
+    if name not in ex._figures:
+        import matplotlib.pyplot as plt
+
+        with _MPL:
+            if name not in ex._figures:
+                fig = render(ex.st(), name)
+                try:
+                    buf = io.BytesIO()
+                    fig.savefig(buf, format="png")
+                finally:
+                    plt.close(fig)
+                ex._figures[name] = buf.getvalue()
+    return ex._figures[name]
+
+
+_MPL = threading.Lock()
+
+
+def store_summary(ex: Explorer) -> dict[str, Any]:
+    """Model, fire rule, corpus and domains, tokens and sequences, the report's headline
+    numbers, the per-layer table and the figures of one store."""
+    from ..presentation.report import headline
+
+    m = ex.manifest
+    doms = ex.q("SELECT domain, n AS tokens FROM domain_counts ORDER BY n DESC, domain")
+    layers = ex.q("SELECT layer, n_neurons, n_dead, dead_frac, mean_freq_alive FROM layer_stats ORDER BY layer")
+    return {
+        "name": ex.name, "path": str(ex.base.path), "model": m.model, "model_class": m.model_class,
+        "family": m.family, "fire_rule": m.fire_rule, "n_layers": m.n_layers, "layers": list(m.layers),
+        "d_ffn": m.d_ffn, "n_tokens": m.n_tokens, "n_sequences": m.n_sequences, "n_docs": m.n_docs,
+        "seq_len": m.seq_len, "mode": m.mode,
+        "corpus": [{"path": c.path, "bytes": c.bytes} for c in m.corpus],
+        "domains": _records(doms),
+        "headline": [{"what": k, "value": v} for k, v in headline(ex.st())],
+        "layer_stats": _records(layers),
+        "figures": figures(ex),
+    }
+
+
+def stores_page(explorers: list[Explorer]) -> dict[str, Any]:
+    return {"stores": [store_summary(ex) for ex in explorers]}
+
+
+# ---------------------------------------------------------------- layer
+
+# column -> (heading, SQL name) of the layer table; sorting takes only these names
+LAYER_COLUMNS: dict[str, str] = {
+    "neuron": "neuron", "fires": "fires", "freq": "frequency", "dead": "dead",
+    "cov1": "coverage n=1", "cov2": "coverage n=2", "cov3": "coverage n=3", "detector": "detector",
+    "mi": "positional MI", "pattern": "positional pattern", "massive": "massive activations",
+}
+
+_LAYER_SQL = """
+WITH nn AS (SELECT neuron, fires, freq, dead FROM neurons WHERE layer = $layer),
+cov AS (SELECT neuron, max(n_covering) FILTER (WHERE n = 1) AS cov1, max(n_covering) FILTER (WHERE n = 2) AS cov2,
+               max(n_covering) FILTER (WHERE n = 3) AS cov3 FROM coverage WHERE layer = $layer GROUP BY neuron),
+td AS (SELECT neuron FROM token_detectors WHERE layer = $layer),
+gd AS (SELECT neuron FROM trigram_detectors WHERE layer = $layer),
+pn AS (SELECT neuron, mi, pattern, strong FROM positional_neurons_at(mi_min := 0) WHERE layer = $layer),
+mm AS ({massive}),
+t AS (SELECT nn.neuron, nn.fires, nn.freq, nn.dead, cov.cov1, cov.cov2, cov.cov3,
+             CASE WHEN td.neuron IS NOT NULL AND gd.neuron IS NOT NULL THEN 'token+trigram'
+                  WHEN td.neuron IS NOT NULL THEN 'token' WHEN gd.neuron IS NOT NULL THEN 'trigram' END AS detector,
+             pn.mi, CASE WHEN pn.mi > (SELECT mi_min FROM index_info) THEN pn.pattern END AS pattern,
+             CASE WHEN pn.mi > (SELECT mi_min FROM index_info) THEN pn.strong END AS strong, mm.massive
+      FROM nn LEFT JOIN cov USING (neuron) LEFT JOIN td USING (neuron) LEFT JOIN gd USING (neuron)
+      LEFT JOIN pn USING (neuron) LEFT JOIN mm USING (neuron))
+SELECT *, count(*) OVER () AS total FROM t
+WHERE ($dead::BOOLEAN IS NULL OR dead = $dead::BOOLEAN)
+  AND ($min_freq::DOUBLE IS NULL OR freq >= $min_freq::DOUBLE)
+  AND ($max_freq::DOUBLE IS NULL OR freq <= $max_freq::DOUBLE)
+  AND ($max_cov1::BIGINT IS NULL OR cov1 <= $max_cov1::BIGINT)
+  AND ($detector::VARCHAR IS NULL OR CASE $detector::VARCHAR WHEN 'any' THEN detector IS NOT NULL
+       WHEN 'none' THEN detector IS NULL ELSE contains(coalesce(detector, ''), $detector::VARCHAR) END)
+  AND ($pattern::VARCHAR IS NULL OR CASE $pattern::VARCHAR WHEN 'any' THEN pattern IS NOT NULL
+       ELSE pattern = $pattern::VARCHAR END)
+  AND ($massive::BOOLEAN IS NULL OR (coalesce(massive, 0) > 0) = $massive::BOOLEAN)
+ORDER BY {sort} {direction} NULLS LAST, neuron
+LIMIT $limit OFFSET $offset
+"""
+_MASSIVE_FFN = ("SELECT dim AS neuron, count(*) AS massive FROM massive_activations_at(source := 'ffn') "
+                "WHERE layer = $layer GROUP BY dim")
+_MASSIVE_NONE = "SELECT NULL::BIGINT AS neuron, NULL::BIGINT AS massive WHERE false"
+PATTERNS = ("oscillatory", "both extremes", "one extreme", "other")
+DETECTORS = ("token", "trigram")
+
+
+@dataclass(frozen=True)
+class LayerQuery:
+    """The layer table's sort, filters and page, as read from the URL."""
+    sort: str = "neuron"
+    desc: bool = False
+    dead: bool | None = None
+    min_freq: float | None = None
+    max_freq: float | None = None
+    max_cov1: int | None = None
+    detector: str | None = None      # any | none | token | trigram
+    pattern: str | None = None       # any | one of PATTERNS
+    massive: bool | None = None
+    page: int = 1
+
+    @classmethod
+    def parse(cls, args: dict[str, str]) -> "LayerQuery":
+        def num(name: str, conv):
+            v = (args.get(name) or "").strip()
+            if not v:
+                return None
+            try:
+                return conv(v)
+            except ValueError:
+                raise InputError(f"{name}: expected a number, got {v!r}") from None
+
+        def flag(name: str) -> bool | None:
+            v = (args.get(name) or "").strip().lower()
+            if v in ("", "any"):
+                return None
+            if v in ("1", "true", "yes"):
+                return True
+            if v in ("0", "false", "no"):
+                return False
+            raise InputError(f"{name}: expected yes, no or any, got {v!r}")
+
+        sort = args.get("sort") or "neuron"
+        if sort not in LAYER_COLUMNS:
+            raise InputError(f"sort: expected one of {', '.join(LAYER_COLUMNS)}, got {sort!r}")
+        det = (args.get("detector") or "").strip() or None
+        if det not in (None, "any", "none", *DETECTORS):
+            raise InputError(f"detector: expected any, none, token or trigram, got {det!r}")
+        pat = (args.get("pattern") or "").strip() or None
+        if pat not in (None, "any", *PATTERNS):
+            raise InputError(f"pattern: expected any or one of {', '.join(PATTERNS)}, got {pat!r}")
+        page = num("page", int) or 1
+        if page < 1:
+            raise InputError(f"page: expected 1 or more, got {page}")
+        return cls(sort=sort, desc=flag("desc") or False, dead=flag("dead"), min_freq=num("min_freq", float),
+                   max_freq=num("max_freq", float), max_cov1=num("max_cov1", int), detector=det, pattern=pat,
+                   massive=flag("massive"), page=page)
+
+    def args(self, **change: Any) -> dict[str, str]:
+        """The URL query of this table state (with `change` applied), empty filters left out."""
+        d = {**self.__dict__, **change}
+        out = {}
+        for k, v in d.items():
+            if v is None or (k == "sort" and v == "neuron") or (k == "page" and v == 1) or (k == "desc" and not v):
+                continue
+            out[k] = ("1" if v else "0") if isinstance(v, bool) else str(v)
+        return out
+
+
+def layer_page(ex: Explorer, layer: int, lq: LayerQuery) -> dict[str, Any]:
+    """A layer's neurons: fires, frequency, dead, coverage n=1..3, detector, positional MI and
+    pattern, massive FFN activations; sorted, filtered and paged in SQL."""
+    ex.check_layer(layer)
+    has_massive = "massive_activations" in ex.views and "ffn" in ex.manifest.capture
+    sql = _LAYER_SQL.format(massive=_MASSIVE_FFN if has_massive else _MASSIVE_NONE,
+                            sort=lq.sort, direction="DESC" if lq.desc else "ASC")   # sort: a LAYER_COLUMNS name
+    size = ex.s.page_size
+    df = ex.q(sql, layer=layer, dead=lq.dead, min_freq=lq.min_freq, max_freq=lq.max_freq, max_cov1=lq.max_cov1,
+              detector=lq.detector, pattern=lq.pattern, massive=lq.massive, limit=size,
+              offset=(lq.page - 1) * size)
+    total = int(df["total"][0]) if df.height else 0
+    rows = _records(df.drop("total"))
+    return {"store": ex.name, "layer": layer, "layers": list(ex.manifest.layers), "columns": LAYER_COLUMNS,
+            "rows": rows, "total": total, "page": lq.page, "pages": max(1, -(-total // size)), "page_size": size,
+            "query": lq.args(), "has_massive": has_massive, "patterns": list(PATTERNS),
+            "d_ffn": ex.manifest.d_ffn, "n_tokens": ex.manifest.n_tokens}
+
+
+# ---------------------------------------------------------------- neuron
+
+def _context(ex: Explorer, mask: np.ndarray, r: int) -> dict[str, Any]:
+    """The tokens around fire row r within its sequence, each with whether the neuron fired."""
+    a = ex.arrays()
+    w = ex.s.context_tokens
+    lo, hi = max(int(a["start"][r]), r - w), min(int(a["end"][r]), r + w)
+    toks = [{"row": x, "text": ex.token_text(int(a["ids"][x])), "fired": bool(mask[x]), "center": x == r}
+            for x in range(lo, hi + 1)]
+    return {"row": r, "seq": int(a["seq"][r]), "pos": int(a["pos"][r]), "doc": int(a["doc"][r]), "tokens": toks,
+            "fires_in_window": sum(t["fired"] for t in toks)}
+
+
+def telling_order(ex: Explorer, mask: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fire rows in "most telling" order (module docstring) and each row's P(fires | token)."""
+    a = ex.arrays()
+    ids = a["ids"][rows]
+    fires_tok = np.bincount(ids, minlength=len(a["counts"]))
+    p = fires_tok[ids] / a["counts"][ids]
+    w = ex.s.context_tokens
+    cum = np.r_[0, np.cumsum(mask, dtype=np.int64)]
+    lo = np.maximum(a["start"][rows], rows - w)
+    hi = np.minimum(a["end"][rows], rows + w)
+    density = cum[hi + 1] - cum[lo]
+    order = np.lexsort((rows, -density, -p))
+    return rows[order], p[order]
+
+
+def neuron_page(ex: Explorer, layer: int, neuron: int, page: int = 1) -> dict[str, Any]:
+    """Everything the store knows about one neuron (SPEC §6), contexts paged."""
+    from ..presentation.card import trigram_texts
+
+    ex.check_neuron(layer, neuron)
+    m = ex.manifest
+    s = ex.q("SELECT fires, freq, dead FROM neurons WHERE layer = $l AND neuron = $n", l=layer, n=neuron)
+    stats = _records(s)[0]
+    out: dict[str, Any] = {"store": ex.name, "layer": layer, "neuron": neuron, "model": m.model,
+                           "fire_rule": m.fire_rule, "n_tokens": m.n_tokens, **stats}
+    out["domains"] = _records(ex.q("SELECT domain, fires, freq FROM neuron_domains WHERE layer = $l AND neuron = $n "
+                                   "ORDER BY freq DESC, domain", l=layer, n=neuron))
+    out["coverage"] = _records(ex.q("SELECT n, n_covering, n_distinct, fires FROM coverage "
+                                    "WHERE layer = $l AND neuron = $n ORDER BY n", l=layer, n=neuron))
+    det = ex.q("SELECT tokens, token_ids, share FROM token_detectors WHERE layer = $l AND neuron = $n",
+               l=layer, n=neuron)
+    out["token_detector"] = _records(det)[0] if det.height else None
+    tri = ex.q("SELECT ngrams, share FROM trigram_detectors WHERE layer = $l AND neuron = $n", l=layer, n=neuron)
+    if tri.height:
+        grams = tri["ngrams"].to_list()[0]
+        out["trigram_detector"] = {"trigrams": trigram_texts(ex.st(), grams[:ex.s.top]), "n": len(grams),
+                                   "share": jsonable(tri["share"][0])}
+    else:
+        out["trigram_detector"] = None
+    out["top_tokens"] = _records(ex.q(
+        """SELECT nt.token_id, v.token, nt.fires, tc.count, nt.fires / tc.count::DOUBLE AS p_fire
+           FROM neuron_tokens nt JOIN token_counts tc USING (token_id) LEFT JOIN vocab v USING (token_id)
+           WHERE nt.layer = $l AND nt.neuron = $n ORDER BY nt.rank LIMIT $k""", l=layer, n=neuron, k=ex.s.top))
+    pos = ex.q("""SELECT c.pos, p.freq_full FROM position_counts c
+                  LEFT JOIN (SELECT pos, freq_full FROM neuron_positions WHERE layer = $l AND neuron = $n) p USING (pos)
+                  WHERE c.n_full > 0 ORDER BY c.pos""", l=layer, n=neuron)
+    out["positions"] = [{"pos": p, "freq": jsonable(f) or 0.0} for p, f in zip(pos["pos"].to_list(),
+                                                                            pos["freq_full"].to_list())]
+    pn = ex.q("SELECT mi, pattern, strong FROM positional_neurons WHERE layer = $l AND neuron = $n", l=layer, n=neuron)
+    out["positional"] = _records(pn)[0] if pn.height else None
+    if "vocab_projection" in ex.views:
+        vp = ex.q("SELECT token_id, token, score, rank FROM vocab_projection_at(k := $k) "
+                  "WHERE layer = $l AND neuron = $n ORDER BY rank", l=layer, n=neuron, k=ex.s.top)
+        recs = _records(vp)
+        out["promoted"] = [r for r in recs if r["rank"] > 0]
+        out["suppressed"] = sorted((r for r in recs if r["rank"] < 0), key=lambda r: r["score"])
+    else:
+        out["promoted"] = out["suppressed"] = None
+    out.update(neuron_contexts(ex, layer, neuron, page))
+    out["prev"], out["next"] = _neighbours(ex, layer, neuron)
+    out["probe"] = ex.probe().status()
+    return out
+
+
+def neuron_contexts(ex: Explorer, layer: int, neuron: int, page: int = 1) -> dict[str, Any]:
+    """Page 1: the most telling contexts; pages 2..: a seeded random sample of the other fires."""
+    if page < 1:
+        raise InputError(f"page: expected 1 or more, got {page}")
+    mask = ex.st().neuron(layer, neuron)
+    rows = np.flatnonzero(mask)
+    k = ex.s.contexts
+    n_pages = 1 + -(-max(0, len(rows) - k) // k)
+    if page > n_pages:
+        raise NotFound(f"contexts page {page} of neuron {layer}:{neuron}: it has {n_pages} page(s)")
+    ordered, p = telling_order(ex, mask, rows)
+    if page == 1:
+        pick, how = ordered[:k], "most telling"
+        probs = p[:k]
+    else:
+        rest = ordered[k:]
+        rng = np.random.default_rng([ex.s.seed, layer, neuron])
+        sample = rng.permutation(len(rest))[(page - 2) * k:(page - 1) * k]
+        pick, how, probs = rest[sample], "random sample", p[k:][sample]
+    ctx = []
+    for r, pr in zip(pick.tolist(), probs.tolist()):
+        c = _context(ex, mask, r)
+        c["p_fire_token"] = pr
+        ctx.append(c)
+    return {"contexts": ctx, "contexts_kind": how, "contexts_page": page, "contexts_pages": n_pages,
+            "n_fire_rows": int(len(rows))}
+
+
+def _neighbours(ex: Explorer, layer: int, neuron: int) -> tuple[dict | None, dict | None]:
+    layers = list(ex.manifest.layers)
+    i, d = layers.index(layer), ex.manifest.d_ffn
+    prev = {"layer": layer, "neuron": neuron - 1} if neuron > 0 else \
+        ({"layer": layers[i - 1], "neuron": d - 1} if i > 0 else None)
+    nxt = {"layer": layer, "neuron": neuron + 1} if neuron < d - 1 else \
+        ({"layer": layers[i + 1], "neuron": 0} if i + 1 < len(layers) else None)
+    return prev, nxt
+
+
+# ---------------------------------------------------------------- token
+
+def token_page(ex: Explorer, text: str | None = None, token_id: int | None = None) -> dict[str, Any]:
+    """Search by token text (exact, else ignoring surrounding space and case) or id: which
+    neurons detect it or fire most on it, across layers, with P(fires | token) and fires."""
+    if token_id is not None:
+        found = ex.q("SELECT token_id, token FROM vocab WHERE token_id = $id", id=token_id)
+        what = f"token id {token_id}"
+    else:
+        if not text:
+            return {"store": ex.name, "q": "", "matches": [], "detectors": [], "top_neurons": [],
+                    "layers": list(ex.manifest.layers), "probe": ex.probe().status()}
+        found = ex.q("SELECT token_id, token FROM vocab WHERE token = $t ORDER BY token_id", t=text)
+        if not found.height:
+            found = ex.q("SELECT token_id, token FROM vocab WHERE lower(trim(token)) = lower(trim($t)) "
+                         "ORDER BY token_id LIMIT 50", t=text)
+        what = f"token {text!r}"
+    if not found.height:
+        raise NotFound(f"{what}: not in the vocabulary of store {ex.name}")
+    ids = [int(i) for i in found["token_id"].to_list()]
+    matches = _records(ex.q("""SELECT v.token_id, v.token, coalesce(tc.count, 0) AS count FROM vocab v
+                               LEFT JOIN token_counts tc USING (token_id) WHERE list_contains($ids, v.token_id)
+                               ORDER BY count DESC, v.token_id""", ids=ids))
+    detectors = _records(ex.q(
+        """SELECT d.layer, d.neuron, d.tokens, d.share, nt.token_id, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
+           FROM token_detectors d
+           LEFT JOIN neuron_tokens nt ON nt.layer = d.layer AND nt.neuron = d.neuron AND list_contains($ids, nt.token_id)
+           LEFT JOIN token_counts tc ON tc.token_id = nt.token_id
+           WHERE list_has_any(d.token_ids, $ids) ORDER BY d.layer, d.neuron, nt.token_id""", ids=ids))
+    top = _records(ex.q(
+        """SELECT nt.layer, nt.neuron, nt.token_id, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
+           FROM neuron_tokens nt JOIN token_counts tc USING (token_id)
+           WHERE list_contains($ids, nt.token_id)
+           ORDER BY nt.fires DESC, p_fire DESC, nt.layer, nt.neuron LIMIT $k""", ids=ids, k=ex.s.page_size))
+    return {"store": ex.name, "q": text or "", "matches": matches, "detectors": detectors, "top_neurons": top,
+            "layers": list(ex.manifest.layers), "probe": ex.probe().status()}
+
+
+# ---------------------------------------------------------------- document
+
+DOC_MAX_TOKENS = 20000   # a page, not a dump: longer documents are cut, and the page says so
+
+
+def doc_page(ex: Explorer, doc: int, layer: int | None = None, neuron: int | None = None) -> dict[str, Any]:
+    """A document's tokens in order, each where the chosen neuron fired marked."""
+    n_docs = ex.manifest.n_docs
+    info = ex.base.docs().filter(doc=doc) if doc >= 0 else None
+    t = ex.q("SELECT row, seq, pos, token_id, token, domain FROM tokens WHERE doc = $d ORDER BY row LIMIT $k",
+             d=doc, k=DOC_MAX_TOKENS + 1)
+    if not t.height:
+        raise NotFound(f"document {doc}: not in store {ex.name} (documents 0..{n_docs - 1} that left tokens)")
+    cut = t.height > DOC_MAX_TOKENS
+    t = t.head(DOC_MAX_TOKENS)
+    rows = t["row"].to_list()
+    fired = [False] * len(rows)
+    if neuron is not None or layer is not None:
+        if layer is None or neuron is None:
+            raise InputError("layer and neuron: expected both or neither")
+        ex.check_neuron(layer, neuron)
+        m = ex.st().neuron(layer, neuron, rows[0], rows[-1] + 1)
+        fired = [bool(m[r - rows[0]]) for r in rows]
+    meta = _records(info)[0] if info is not None and info.height else {}
+    toks = [{"row": r, "seq": s, "pos": p, "token_id": i, "text": x if x is not None else f"#{i}", "fired": f}
+            for r, s, p, i, x, f in zip(rows, t["seq"].to_list(), t["pos"].to_list(), t["token_id"].to_list(),
+                                        t["token"].to_list(), fired)]
+    return {"store": ex.name, "doc": doc, "doc_id": meta.get("doc_id"), "source": meta.get("source"),
+            "domain": t["domain"][0], "layer": layer, "neuron": neuron, "tokens": toks, "cut": cut,
+            "n_fired": sum(fired), "layers": list(ex.manifest.layers)}
+
+
+# ---------------------------------------------------------------- SQL console
+
+def saved_list() -> list[dict[str, Any]]:
+    from ..query.catalogue import saved_queries
+
+    return [{"name": q.name, "title": q.title, "reproduces": q.reproduces, "sql": q.sql,
+             "params": [{"name": k, "default": jsonable(v), "help": q.param_help.get(k, "")}
+                        for k, v in q.params.items()]} for q in saved_queries()]
+
+
+def console(ex: Explorer, sql: str | None, params: dict[str, str], saved: str | None = None) -> dict[str, Any]:
+    """One read-only statement (the engine of `actdb sql`: the store's files only, bound
+    parameters) under the serve time limit, answered up to --max-rows rows; past either
+    limit it is cut off and says so. An error is part of the answer, as one line."""
+    out: dict[str, Any] = {"store": ex.name, "sql": sql or "", "params": params, "saved": saved_list(),
+                           "chosen": None, "columns": [], "rows": [], "truncated": False, "error": None,
+                           "max_rows": ex.s.max_rows, "timeout": ex.s.timeout}
+    if saved:
+        chosen = next((q for q in out["saved"] if q["name"] == saved), None)
+        if chosen is None:
+            raise NotFound(f"saved query {saved!r}: not among {', '.join(q['name'] for q in out['saved'])}")
+        out["chosen"] = chosen
+        if not sql:
+            out["sql"] = sql = chosen["sql"]
+            params = out["params"] = {p["name"]: str(p["default"]) for p in chosen["params"]} | params
+    if not sql or not sql.strip():
+        return out
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        with ex.st(console=True).stream(sql, params, timeout=ex.s.timeout, timeout_hint="--timeout of actdb serve") as res:
+            out["columns"] = [{"name": n, "type": t} for n, t in res.columns]
+            rows = res.fetch(ex.s.max_rows + 1)
+    except InputError as e:   # bad SQL, a refused file, a time limit: the user's to fix
+        out["error"] = str(e)
+        return out
+    out["truncated"] = len(rows) > ex.s.max_rows
+    out["rows"] = [[jsonable(v) for v in r] for r in rows[:ex.s.max_rows]]
+    out["seconds"] = round(time.perf_counter() - t0, 4)
+    return out
+
+
+def console_csv(answer: dict[str, Any]) -> str:
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([c["name"] for c in answer["columns"]])
+    for r in answer["rows"]:
+        w.writerow(["" if v is None else v for v in r])
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- probe
+
+def probe_page(ex: Explorer, text: str, layer: int, neuron: int | None = None) -> dict[str, Any]:
+    """Where a neuron (or each neuron of a layer) fires on typed text: one forward."""
+    if neuron is None:
+        ex.check_layer(layer)
+    else:
+        ex.check_neuron(layer, neuron)
+    res = ex.probe().run(text, layer)
+    toks = []
+    for i, tid in enumerate(res.ids):
+        row = res.fired[i]
+        t = {"token_id": tid, "text": ex.token_text(tid)}
+        if neuron is None:
+            on = np.flatnonzero(row)
+            t["n_fired"], t["neurons"] = int(len(on)), on[:64].tolist()
+        else:
+            t["fired"] = bool(row[neuron])
+        toks.append(t)
+    return {"store": ex.name, "layer": layer, "neuron": neuron, "tokens": toks, "cut": res.cut,
+            "n_tokens": len(res.ids), "device": res.device,
+            "n_fired": sum(t["fired"] for t in toks) if neuron is not None else None}
