@@ -374,3 +374,29 @@ def test_probe_fires_as_the_store_recorded(served, probe_store):
     assert j["cut"] and j["n_tokens"] == SETTINGS.probe_max_tokens
     assert "expected some text" in api(c, f"/s/{p}/probe?text=&layer=0", 400)["error"]
     assert "layer 9: not recorded" in api(c, f"/s/{p}/probe?text=a&layer=9", 404)["error"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_serve_command_prints_its_url_and_warns_off_loopback(known_store, host):
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "actdb.cli", "serve", str(known_store.path), "--host", host,
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        if host != "127.0.0.1":
+            assert first.startswith(f"warning: listening on {host}, not loopback") and "SQL console" in first
+            first = proc.stdout.readline()
+        m = re.match(r"actdb serve: (http://[\d.]+:(\d+)/) ", first)
+        assert m, first + proc.stderr.read() if proc.poll() is not None else first
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.group(2)}/api/stores", timeout=30) as r:
+            assert json.load(r)["stores"][0]["n_tokens"] == known_store.manifest.n_tokens
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    r = subprocess.run([sys.executable, "-m", "actdb.cli", "serve", str(known_store.path), "--port", "70000"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "--port: expected 0..65535, got 70000" in r.stderr

@@ -226,6 +226,7 @@ def serve(paths: list[str], settings: ServeSettings, echo: Callable[[str], None]
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
+        sock.listen(2048)   # before the URL is printed: a client that connects at once waits for uvicorn
     except OSError as e:
         sock.close()
         raise InputError(f"--host {settings.host} --port {settings.port}: cannot listen there ({e.strerror or e})") \
