@@ -25,3 +25,13 @@ def test_readme_index_settings_table_is_current():
     end = readme.index("<!-- /index-settings-table -->")
     assert readme[start:end].strip() == settings_table(IndexSettings), \
         "regenerate with actdb.settings.settings_table(IndexSettings)"
+
+
+def test_readme_serve_settings_table_is_current():
+    from actdb.settings import ServeSettings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("<!-- serve-settings-table -->") + len("<!-- serve-settings-table -->")
+    end = readme.index("<!-- /serve-settings-table -->")
+    assert readme[start:end].strip() == settings_table(ServeSettings), \
+        "regenerate with actdb.settings.settings_table(ServeSettings)"

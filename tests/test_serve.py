@@ -400,3 +400,21 @@ def test_serve_command_prints_its_url_and_warns_off_loopback(known_store, host):
     r = subprocess.run([sys.executable, "-m", "actdb.cli", "serve", str(known_store.path), "--port", "70000"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "--port: expected 0..65535, got 70000" in r.stderr
+
+
+def test_readme_lists_every_route(served):
+    """Each route of the app is in the README's route table (HTML paths; /api twins by rule)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    c, _ = served
+    names = {"{store}": "STORE", "{layer}": "L", "{neuron}": "N", "{doc}": "D", "{name}": "NAME"}
+    paths = [r.path for r in c.app.app.routes if r.path != "/static"]
+    assert len(paths) > 10
+    for path in paths:
+        for k, v in names.items():
+            path = path.replace(k, v)
+        if path.startswith("/api/") and "/api" + path[4:] in readme:
+            continue
+        html_twin = path[4:] if path.startswith("/api/s/") else path
+        assert f"`{path}" in readme or f"`{html_twin}" in readme, path
