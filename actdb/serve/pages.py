@@ -79,6 +79,8 @@ class Explorer:
         self._figures: dict[str, bytes] = {}
         self._probe = None
         self._console = None
+        self._summary: dict[str, Any] | None = None
+        self._token_counts: dict[int, int] | None = None
 
     # ------------------------------------------------------------ store access
     def st(self, console: bool = False):
@@ -129,6 +131,14 @@ class Explorer:
                 out[i] = t if t is not None else f"#{i}"
             self._vocab = out
         return self._vocab
+
+    def token_counts(self) -> dict[int, int]:
+        """token_id -> occurrences as the index counts them (the token_counts view: every row
+        but the BOS position), the denominator of P(fires | token)."""
+        if self._token_counts is None:
+            tc = self.q("SELECT token_id, count FROM token_counts")
+            self._token_counts = dict(zip(tc["token_id"].to_list(), tc["count"].to_list()))
+        return self._token_counts
 
     def token_text(self, token_id: int) -> str:
         v = self.vocab()
@@ -191,7 +201,16 @@ _MPL = threading.Lock()
 
 def store_summary(ex: Explorer) -> dict[str, Any]:
     """Model, fire rule, corpus and domains, tokens and sequences, the report's headline
-    numbers, the per-layer table and the figures of one store."""
+    numbers, the per-layer table and the figures of one store. Computed once per server: a
+    store never changes under its readers (the headline alone is a dozen queries)."""
+    if ex._summary is None:
+        with ex._lock:
+            if ex._summary is None:
+                ex._summary = _store_summary(ex)
+    return ex._summary
+
+
+def _store_summary(ex: Explorer) -> dict[str, Any]:
     from ..presentation.report import headline
 
     m = ex.manifest
@@ -367,50 +386,81 @@ def telling_order(ex: Explorer, mask: np.ndarray, rows: np.ndarray) -> tuple[np.
     return rows[order], p[order]
 
 
+_NEURON_SQL = """
+SELECT n.fires, n.freq, n.dead, td.tokens AS td_tokens, td.token_ids AS td_ids, td.share AS td_share,
+       gd.ngrams AS gd_ngrams, gd.share AS gd_share, pn.mi, pn.pattern, pn.strong
+FROM (SELECT fires, freq, dead FROM neurons WHERE layer = $l AND neuron = $n) n
+LEFT JOIN (SELECT tokens, token_ids, share FROM token_detectors WHERE layer = $l AND neuron = $n) td ON true
+LEFT JOIN (SELECT ngrams, share FROM trigram_detectors WHERE layer = $l AND neuron = $n) gd ON true
+LEFT JOIN (SELECT mi, pattern, strong FROM positional_neurons WHERE layer = $l AND neuron = $n) pn ON true
+"""
+
+
+_NEURON_PARTS = {  # a neuron page's independent queries (name -> SQL over $l, $n, $k), run side by side
+    "one": _NEURON_SQL,
+    "domains": "SELECT domain, fires, freq FROM neuron_domains WHERE layer = $l AND neuron = $n ORDER BY freq DESC, domain",
+    "coverage": "SELECT n, n_covering, n_distinct, fires FROM coverage WHERE layer = $l AND neuron = $n ORDER BY n",
+    "top": "SELECT token_id, fires FROM neuron_tokens WHERE layer = $l AND neuron = $n ORDER BY rank LIMIT $k",
+    "positions": """SELECT c.pos, p.freq_full FROM position_counts c
+                    LEFT JOIN (SELECT pos, freq_full FROM neuron_positions WHERE layer = $l AND neuron = $n) p USING (pos)
+                    WHERE c.n_full > 0 ORDER BY c.pos""",
+    "projection": "SELECT token_id, score, rank FROM vocab_projection_all WHERE layer = $l AND neuron = $n "
+                  "AND abs(rank) <= $k ORDER BY rank",
+}
+_POOL = None
+
+
+def _side_by_side(jobs: dict[str, Any]) -> dict[str, Any]:
+    """Run callables in worker threads (each with its own cursor, see Explorer.st): DuckDB
+    releases the GIL, so a page's independent queries overlap instead of adding up."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="actdb-page")
+    futures = {k: _POOL.submit(fn) for k, fn in jobs.items()}
+    return {k: f.result() for k, f in futures.items()}
+
+
 def neuron_page(ex: Explorer, layer: int, neuron: int, page: int = 1) -> dict[str, Any]:
     """Everything the store knows about one neuron (SPEC §6), contexts paged."""
     from ..presentation.card import trigram_texts
 
     ex.check_neuron(layer, neuron)
+    if page < 1:
+        raise InputError(f"page: expected 1 or more, got {page}")
     m = ex.manifest
-    s = ex.q("SELECT fires, freq, dead FROM neurons WHERE layer = $l AND neuron = $n", l=layer, n=neuron)
-    stats = _records(s)[0]
+    parts = [k for k in _NEURON_PARTS if k != "projection" or "vocab_projection" in ex.views]
+    jobs: dict[str, Any] = {k: (lambda sql=_NEURON_PARTS[k]: _records(ex.q(sql, l=layer, n=neuron, k=ex.s.top)
+                                                                       if "$k" in sql else ex.q(sql, l=layer, n=neuron)))
+                            for k in parts}
+    jobs["contexts"] = lambda: neuron_contexts(ex, layer, neuron, page)
+    r = _side_by_side(jobs)
+    one = r["one"][0]
     out: dict[str, Any] = {"store": ex.name, "layer": layer, "neuron": neuron, "model": m.model,
-                           "fire_rule": m.fire_rule, "n_tokens": m.n_tokens, **stats}
-    out["domains"] = _records(ex.q("SELECT domain, fires, freq FROM neuron_domains WHERE layer = $l AND neuron = $n "
-                                   "ORDER BY freq DESC, domain", l=layer, n=neuron))
-    out["coverage"] = _records(ex.q("SELECT n, n_covering, n_distinct, fires FROM coverage "
-                                    "WHERE layer = $l AND neuron = $n ORDER BY n", l=layer, n=neuron))
-    det = ex.q("SELECT tokens, token_ids, share FROM token_detectors WHERE layer = $l AND neuron = $n",
-               l=layer, n=neuron)
-    out["token_detector"] = _records(det)[0] if det.height else None
-    tri = ex.q("SELECT ngrams, share FROM trigram_detectors WHERE layer = $l AND neuron = $n", l=layer, n=neuron)
-    if tri.height:
-        grams = tri["ngrams"].to_list()[0]
+                           "fire_rule": m.fire_rule, "n_tokens": m.n_tokens,
+                           **{k: one[k] for k in ("fires", "freq", "dead")},
+                           "domains": r["domains"], "coverage": r["coverage"]}
+    out["token_detector"] = {"tokens": one["td_tokens"], "token_ids": one["td_ids"], "share": one["td_share"]} \
+        if one["td_ids"] is not None else None
+    if one["gd_ngrams"] is not None:
+        grams = one["gd_ngrams"]
         out["trigram_detector"] = {"trigrams": trigram_texts(ex.st(), grams[:ex.s.top]), "n": len(grams),
-                                   "share": jsonable(tri["share"][0])}
+                                   "share": one["gd_share"]}
     else:
         out["trigram_detector"] = None
-    out["top_tokens"] = _records(ex.q(
-        """SELECT nt.token_id, v.token, nt.fires, tc.count, nt.fires / tc.count::DOUBLE AS p_fire
-           FROM neuron_tokens nt JOIN token_counts tc USING (token_id) LEFT JOIN vocab v USING (token_id)
-           WHERE nt.layer = $l AND nt.neuron = $n ORDER BY nt.rank LIMIT $k""", l=layer, n=neuron, k=ex.s.top))
-    pos = ex.q("""SELECT c.pos, p.freq_full FROM position_counts c
-                  LEFT JOIN (SELECT pos, freq_full FROM neuron_positions WHERE layer = $l AND neuron = $n) p USING (pos)
-                  WHERE c.n_full > 0 ORDER BY c.pos""", l=layer, n=neuron)
-    out["positions"] = [{"pos": p, "freq": jsonable(f) or 0.0} for p, f in zip(pos["pos"].to_list(),
-                                                                            pos["freq_full"].to_list())]
-    pn = ex.q("SELECT mi, pattern, strong FROM positional_neurons WHERE layer = $l AND neuron = $n", l=layer, n=neuron)
-    out["positional"] = _records(pn)[0] if pn.height else None
-    if "vocab_projection" in ex.views:
-        vp = ex.q("SELECT token_id, token, score, rank FROM vocab_projection_at(k := $k) "
-                  "WHERE layer = $l AND neuron = $n ORDER BY rank", l=layer, n=neuron, k=ex.s.top)
-        recs = _records(vp)
-        out["promoted"] = [r for r in recs if r["rank"] > 0]
-        out["suppressed"] = sorted((r for r in recs if r["rank"] < 0), key=lambda r: r["score"])
+    out["positional"] = {k: one[k] for k in ("mi", "pattern", "strong")} if one["mi"] is not None else None
+    counts = ex.token_counts()
+    out["top_tokens"] = [{**t, "token": ex.token_text(t["token_id"]), "count": counts[t["token_id"]],
+                          "p_fire": t["fires"] / counts[t["token_id"]]} for t in r["top"]]
+    out["positions"] = [{"pos": p["pos"], "freq": p["freq_full"] or 0.0} for p in r["positions"]]
+    if "projection" in r:
+        recs = [{**x, "token": ex.token_text(x["token_id"])} for x in r["projection"]]
+        out["promoted"] = [x for x in recs if x["rank"] > 0]
+        out["suppressed"] = sorted((x for x in recs if x["rank"] < 0), key=lambda x: x["score"])
     else:
         out["promoted"] = out["suppressed"] = None
-    out.update(neuron_contexts(ex, layer, neuron, page))
+    out.update(r["contexts"])
     out["prev"], out["next"] = _neighbours(ex, layer, neuron)
     out["probe"] = ex.probe().status()
     return out
