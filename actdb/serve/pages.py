@@ -16,6 +16,7 @@ import copy
 import io
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,8 @@ class Explorer:
         self._console = None
         self._summary: dict[str, Any] | None = None
         self._token_counts: dict[int, int] | None = None
+        self._layers: OrderedDict[int, Any] = OrderedDict()
+        self._by_text: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
 
     # ------------------------------------------------------------ store access
     def st(self, console: bool = False):
@@ -257,18 +260,7 @@ t AS (SELECT nn.neuron, nn.fires, nn.freq, nn.dead, cov.cov1, cov.cov2, cov.cov3
              CASE WHEN pn.mi > (SELECT mi_min FROM index_info) THEN pn.strong END AS strong, mm.massive
       FROM nn LEFT JOIN cov USING (neuron) LEFT JOIN td USING (neuron) LEFT JOIN gd USING (neuron)
       LEFT JOIN pn USING (neuron) LEFT JOIN mm USING (neuron))
-SELECT *, count(*) OVER () AS total FROM t
-WHERE ($dead::BOOLEAN IS NULL OR dead = $dead::BOOLEAN)
-  AND ($min_freq::DOUBLE IS NULL OR freq >= $min_freq::DOUBLE)
-  AND ($max_freq::DOUBLE IS NULL OR freq <= $max_freq::DOUBLE)
-  AND ($max_cov1::BIGINT IS NULL OR cov1 <= $max_cov1::BIGINT)
-  AND ($detector::VARCHAR IS NULL OR CASE $detector::VARCHAR WHEN 'any' THEN detector IS NOT NULL
-       WHEN 'none' THEN detector IS NULL ELSE contains(coalesce(detector, ''), $detector::VARCHAR) END)
-  AND ($pattern::VARCHAR IS NULL OR CASE $pattern::VARCHAR WHEN 'any' THEN pattern IS NOT NULL
-       ELSE pattern = $pattern::VARCHAR END)
-  AND ($massive::BOOLEAN IS NULL OR (coalesce(massive, 0) > 0) = $massive::BOOLEAN)
-ORDER BY {sort} {direction} NULLS LAST, neuron
-LIMIT $limit OFFSET $offset
+SELECT * FROM t ORDER BY neuron
 """
 _MASSIVE_FFN = ("SELECT dim AS neuron, count(*) AS massive FROM massive_activations_at(source := 'ffn') "
                 "WHERE layer = $layer GROUP BY dim")
@@ -339,19 +331,58 @@ class LayerQuery:
         return out
 
 
+def layer_table(ex: Explorer, layer: int):
+    """A layer's neuron table from the views (one statement), kept for the last few layers
+    asked for: sorting, filtering and paging one layer then need no new query."""
+    with ex._lock:
+        df = ex._layers.get(layer)
+        if df is not None:
+            ex._layers.move_to_end(layer)
+            return df
+    has_massive = "massive_activations" in ex.views and "ffn" in ex.manifest.capture
+    df = ex.q(_LAYER_SQL.format(massive=_MASSIVE_FFN if has_massive else _MASSIVE_NONE), layer=layer)
+    with ex._lock:
+        ex._layers[layer] = df
+        while len(ex._layers) > LAYERS_KEPT:
+            ex._layers.popitem(last=False)
+    return df
+
+
+LAYERS_KEPT = 8
+
+
 def layer_page(ex: Explorer, layer: int, lq: LayerQuery) -> dict[str, Any]:
     """A layer's neurons: fires, frequency, dead, coverage n=1..3, detector, positional MI and
-    pattern, massive FFN activations; sorted, filtered and paged in SQL."""
+    pattern, massive FFN activations; filtered, sorted (nulls last, ties by neuron) and paged."""
+    import polars as pl
+
     ex.check_layer(layer)
     has_massive = "massive_activations" in ex.views and "ffn" in ex.manifest.capture
-    sql = _LAYER_SQL.format(massive=_MASSIVE_FFN if has_massive else _MASSIVE_NONE,
-                            sort=lq.sort, direction="DESC" if lq.desc else "ASC")   # sort: a LAYER_COLUMNS name
+    df = layer_table(ex, layer)
+    conds = []
+    if lq.dead is not None:
+        conds.append(pl.col("dead") == lq.dead)
+    if lq.min_freq is not None:
+        conds.append(pl.col("freq") >= lq.min_freq)
+    if lq.max_freq is not None:
+        conds.append(pl.col("freq") <= lq.max_freq)
+    if lq.max_cov1 is not None:
+        conds.append(pl.col("cov1") <= lq.max_cov1)
+    if lq.detector is not None:
+        det = pl.col("detector")
+        conds.append(det.is_not_null() if lq.detector == "any" else det.is_null() if lq.detector == "none"
+                     else det.fill_null("").str.contains(lq.detector, literal=True))
+    if lq.pattern is not None:
+        conds.append(pl.col("pattern").is_not_null() if lq.pattern == "any" else pl.col("pattern") == lq.pattern)
+    if lq.massive is not None:
+        conds.append((pl.col("massive").fill_null(0) > 0) == lq.massive)
+    if conds:
+        df = df.filter(pl.all_horizontal(conds))
+    if lq.sort != "neuron" or lq.desc:
+        df = df.sort([lq.sort, "neuron"], descending=[lq.desc, False], nulls_last=True)
     size = ex.s.page_size
-    df = ex.q(sql, layer=layer, dead=lq.dead, min_freq=lq.min_freq, max_freq=lq.max_freq, max_cov1=lq.max_cov1,
-              detector=lq.detector, pattern=lq.pattern, massive=lq.massive, limit=size,
-              offset=(lq.page - 1) * size)
-    total = int(df["total"][0]) if df.height else 0
-    rows = _records(df.drop("total"))
+    total = df.height
+    rows = _records(df.slice((lq.page - 1) * size, size))
     return {"store": ex.name, "layer": layer, "layers": list(ex.manifest.layers), "columns": LAYER_COLUMNS,
             "rows": rows, "total": total, "page": lq.page, "pages": max(1, -(-total // size)), "page_size": size,
             "query": lq.args(), "has_massive": has_massive, "patterns": list(PATTERNS),
@@ -506,40 +537,58 @@ def _neighbours(ex: Explorer, layer: int, neuron: int) -> tuple[dict | None, dic
 
 # ---------------------------------------------------------------- token
 
+def find_tokens(ex: Explorer, text: str) -> list[int]:
+    """Token ids whose text (the vocab view's) is `text`; else the same ignoring case and
+    surrounding space (at most 50)."""
+    if ex._by_text is None:
+        exact: dict[str, list[int]] = {}
+        loose: dict[str, list[int]] = {}
+        for i, t in enumerate(ex.vocab()):
+            exact.setdefault(t, []).append(i)
+            loose.setdefault(t.strip().lower(), []).append(i)
+        ex._by_text = (exact, loose)
+    exact, loose = ex._by_text
+    return exact.get(text) or loose.get(text.strip().lower(), [])[:50]
+
+
+_TOKEN_PARTS = {
+    "detectors": "SELECT layer, neuron, tokens, token_ids, share FROM token_detectors "
+                 "WHERE list_has_any(token_ids, $ids) ORDER BY layer, neuron",
+    "fires": "SELECT layer, neuron, token_id, fires FROM neuron_tokens WHERE list_contains($ids, token_id)",
+}
+
+
 def token_page(ex: Explorer, text: str | None = None, token_id: int | None = None) -> dict[str, Any]:
     """Search by token text (exact, else ignoring surrounding space and case) or id: which
-    neurons detect it or fire most on it, across layers, with P(fires | token) and fires."""
+    neurons detect it or fire most on it, across layers, with P(fires | token) and fires
+    (a neuron's fires on a token: its neuron_tokens row, the top-K tokens of each neuron)."""
+    out = {"store": ex.name, "q": text or "", "matches": [], "detectors": [], "top_neurons": [],
+           "layers": list(ex.manifest.layers), "probe": ex.probe().status()}
     if token_id is not None:
-        found = ex.q("SELECT token_id, token FROM vocab WHERE token_id = $id", id=token_id)
-        what = f"token id {token_id}"
+        ids, what = ([token_id] if 0 <= token_id < len(ex.vocab()) else []), f"token id {token_id}"
+    elif text:
+        ids, what = find_tokens(ex, text), f"token {text!r}"
     else:
-        if not text:
-            return {"store": ex.name, "q": "", "matches": [], "detectors": [], "top_neurons": [],
-                    "layers": list(ex.manifest.layers), "probe": ex.probe().status()}
-        found = ex.q("SELECT token_id, token FROM vocab WHERE token = $t ORDER BY token_id", t=text)
-        if not found.height:
-            found = ex.q("SELECT token_id, token FROM vocab WHERE lower(trim(token)) = lower(trim($t)) "
-                         "ORDER BY token_id LIMIT 50", t=text)
-        what = f"token {text!r}"
-    if not found.height:
+        return out
+    if not ids:
         raise NotFound(f"{what}: not in the vocabulary of store {ex.name}")
-    ids = [int(i) for i in found["token_id"].to_list()]
-    matches = _records(ex.q("""SELECT v.token_id, v.token, coalesce(tc.count, 0) AS count FROM vocab v
-                               LEFT JOIN token_counts tc USING (token_id) WHERE list_contains($ids, v.token_id)
-                               ORDER BY count DESC, v.token_id""", ids=ids))
-    detectors = _records(ex.q(
-        """SELECT d.layer, d.neuron, d.tokens, d.share, nt.token_id, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
-           FROM token_detectors d
-           LEFT JOIN neuron_tokens nt ON nt.layer = d.layer AND nt.neuron = d.neuron AND list_contains($ids, nt.token_id)
-           LEFT JOIN token_counts tc ON tc.token_id = nt.token_id
-           WHERE list_has_any(d.token_ids, $ids) ORDER BY d.layer, d.neuron, nt.token_id""", ids=ids))
-    top = _records(ex.q(
-        """SELECT nt.layer, nt.neuron, nt.token_id, nt.fires, nt.fires / tc.count::DOUBLE AS p_fire
-           FROM neuron_tokens nt JOIN token_counts tc USING (token_id)
-           WHERE list_contains($ids, nt.token_id)
-           ORDER BY nt.fires DESC, p_fire DESC, nt.layer, nt.neuron LIMIT $k""", ids=ids, k=ex.s.page_size))
-    return {"store": ex.name, "q": text or "", "matches": matches, "detectors": detectors, "top_neurons": top,
-            "layers": list(ex.manifest.layers), "probe": ex.probe().status()}
+    counts = ex.token_counts()
+    out["matches"] = sorted(({"token_id": i, "token": ex.token_text(i), "count": counts.get(i, 0)} for i in ids),
+                            key=lambda m: (-m["count"], m["token_id"]))
+    r = _side_by_side({k: (lambda sql=sql: _records(ex.q(sql, ids=ids))) for k, sql in _TOKEN_PARTS.items()})
+    for f in r["fires"]:
+        f["p_fire"] = f["fires"] / counts[f["token_id"]]
+    by_neuron: dict[tuple[int, int], list[dict]] = {}
+    for f in r["fires"]:
+        by_neuron.setdefault((f["layer"], f["neuron"]), []).append(f)
+    for d in r["detectors"]:
+        hits = sorted(by_neuron.get((d["layer"], d["neuron"]), []), key=lambda f: f["token_id"]) or \
+            [{"token_id": None, "fires": None, "p_fire": None}]
+        out["detectors"] += [{**d, "token_id": h["token_id"], "fires": h["fires"], "p_fire": h["p_fire"]}
+                             for h in hits]
+    out["top_neurons"] = sorted(r["fires"], key=lambda f: (-f["fires"], -f["p_fire"], f["layer"], f["neuron"])
+                                )[:ex.s.page_size]
+    return out
 
 
 # ---------------------------------------------------------------- document
