@@ -552,9 +552,14 @@ def find_tokens(ex: Explorer, text: str) -> list[int]:
 
 
 _TOKEN_PARTS = {
-    "detectors": "SELECT layer, neuron, tokens, token_ids, share FROM token_detectors "
-                 "WHERE list_has_any(token_ids, $ids) ORDER BY layer, neuron",
-    "fires": "SELECT layer, neuron, token_id, fires FROM neuron_tokens WHERE list_contains($ids, token_id)",
+    "detectors": """WITH d AS (SELECT layer, neuron, tokens, token_ids, share FROM token_detectors
+                               WHERE list_has_any(token_ids, $ids)),
+                    f AS (SELECT layer, neuron, token_id, fires FROM neuron_tokens WHERE list_contains($ids, token_id)
+                          AND (layer, neuron) IN (SELECT (layer, neuron) FROM d))
+                    SELECT d.layer, d.neuron, d.tokens, d.share, f.token_id, f.fires FROM d LEFT JOIN f USING (layer, neuron)
+                    ORDER BY d.layer, d.neuron, f.token_id""",
+    "top": """SELECT layer, neuron, token_id, fires FROM neuron_tokens WHERE list_contains($ids, token_id)
+              ORDER BY fires DESC, layer, neuron LIMIT $k""",
 }
 
 
@@ -575,19 +580,12 @@ def token_page(ex: Explorer, text: str | None = None, token_id: int | None = Non
     counts = ex.token_counts()
     out["matches"] = sorted(({"token_id": i, "token": ex.token_text(i), "count": counts.get(i, 0)} for i in ids),
                             key=lambda m: (-m["count"], m["token_id"]))
-    r = _side_by_side({k: (lambda sql=sql: _records(ex.q(sql, ids=ids))) for k, sql in _TOKEN_PARTS.items()})
-    for f in r["fires"]:
-        f["p_fire"] = f["fires"] / counts[f["token_id"]]
-    by_neuron: dict[tuple[int, int], list[dict]] = {}
-    for f in r["fires"]:
-        by_neuron.setdefault((f["layer"], f["neuron"]), []).append(f)
-    for d in r["detectors"]:
-        hits = sorted(by_neuron.get((d["layer"], d["neuron"]), []), key=lambda f: f["token_id"]) or \
-            [{"token_id": None, "fires": None, "p_fire": None}]
-        out["detectors"] += [{**d, "token_id": h["token_id"], "fires": h["fires"], "p_fire": h["p_fire"]}
-                             for h in hits]
-    out["top_neurons"] = sorted(r["fires"], key=lambda f: (-f["fires"], -f["p_fire"], f["layer"], f["neuron"])
-                                )[:ex.s.page_size]
+    k = ex.s.page_size
+    r = _side_by_side({name: (lambda sql=sql: _records(ex.q(sql, ids=ids, **({"k": k} if "$k" in sql else {}))))
+                       for name, sql in _TOKEN_PARTS.items()})
+    for f in r["detectors"] + r["top"]:
+        f["p_fire"] = None if f["fires"] is None else f["fires"] / counts[f["token_id"]]
+    out["detectors"], out["top_neurons"] = r["detectors"], r["top"]
     return out
 
 
