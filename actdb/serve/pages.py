@@ -71,7 +71,8 @@ class Explorer:
     def __init__(self, store, name: str, settings: ServeSettings) -> None:
         self.base, self.name, self.s = store, name, settings
         self.manifest = store.manifest
-        store._db()
+        # every view made now (a lazy connection makes a view when a statement names it), on
+        # the one connection whose cursors the request threads use
         self.views = store.views()
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -96,8 +97,9 @@ class Explorer:
             if console:
                 with self._lock:
                     if self._console is None:
-                        self._console = _ConsoleStore(self.base.path)
-                        self._console._db()
+                        console = _ConsoleStore(self.base.path)
+                        console.views()   # every view made now, on the connection its cursors share
+                        self._console = console
                 base = self._console
             else:
                 base = self.base
