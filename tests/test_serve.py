@@ -337,10 +337,12 @@ def test_pages_answer_while_a_long_query_runs(known_store):
 def test_probe_off_says_why(served, known_store):
     c, n = served
     k = n["known"]
-    assert 'id="probe-off"' not in get(c, f"/s/{k}/neuron/0/1").text   # --probe: the model loads on first use
+    page = get(c, f"/s/{k}/neuron/0/1").text        # --probe, but model 'synthetic' is nowhere here
+    assert 'id="probe-off"' in page and "cannot be loaded here" in page and "synthetic" in page
     r = api(c, f"/s/{k}/probe?text=w5&layer=0&neuron=1", 400)
     assert "cannot be loaded here" in r["error"] and "synthetic" in r["error"]
-    assert "cannot be loaded here" in get(c, f"/s/{k}/neuron/0/1").text   # the box now says why
+    p = get(c, f"/s/{n['probe']}/neuron/0/1").text    # a store whose model folder is here: on
+    assert 'id="probe-off"' not in p and 'class="probe-form"' in p
     with TestClient(create_app([known_store], ServeSettings())) as off:      # no --probe
         (name,) = store_names([known_store])
         for url in (f"/s/{name}/neuron/0/1", f"/s/{name}/token?q=w5"):

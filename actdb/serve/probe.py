@@ -29,12 +29,37 @@ class _Stop(Exception):
     """Raised by a hook after the probed layer: nothing later needs to run."""
 
 
+def _not_here(m) -> str | None:
+    """Why the store's model cannot be loaded on this machine, where that shows without loading
+    it: a model folder that is not here, or a hub model outside the local cache while the hub
+    is offline. None: try it on the first probe (which may still fail, and then says why)."""
+    import os
+    from pathlib import Path
+
+    if Path(m.model).is_dir():
+        return None
+    off = "the probe is off: the store's model cannot be loaded here"
+    if Path(m.model).exists() or m.model.startswith(("/", ".")):
+        return f"{off} ({m.model}: no such model folder on this machine)"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(m.model, "config.json", revision=m.model_revision)
+        except Exception:   # a name the hub client refuses: not a hub id either
+            cached = None
+        if not isinstance(cached, str):
+            return f"{off} ({m.model}: not a model folder, and not in the local Hugging Face cache with the hub " \
+                   "offline, HF_HUB_OFFLINE)"
+    return None
+
+
 class Probe:
     def __init__(self, store, settings: ServeSettings) -> None:
         self.store, self.s = store, settings
         self._lock = threading.Lock()
         self._loaded = None
-        self._why: str | None = None if settings.probe else \
+        self._why: str | None = _not_here(store.manifest) if settings.probe else \
             "the probe is off: start actdb serve with --probe to load the store's model on this machine"
 
     def status(self) -> dict:
