@@ -10,7 +10,7 @@ import click
 
 from ._version import __version__
 from .errors import ActdbError
-from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings
+from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings, ServeSettings
 
 
 def _one_line_errors(fn):
@@ -257,6 +257,22 @@ def neuron(store: str, layer: int, neuron: int, top: int, n_contexts: int, rule:
 
     for line in neuron_card(open_store(store, rule=rule), layer, neuron, top, n_contexts):
         click.echo(line)
+
+
+@main.command()
+@click.argument("stores", nargs=-1, required=True)
+@functools.partial(_settings_options, cls=ServeSettings)
+@_one_line_errors
+def serve(stores: tuple[str, ...], **options) -> None:
+    """A neuron explorer in the browser over STORES (pages and /api/ JSON); prints its URL."""
+    from .serve.app import serve as run
+
+    try:
+        import jinja2, starlette, uvicorn  # noqa: F401,E401  (the optional extra)
+    except ImportError as e:
+        raise click.ClickException(f"actdb serve needs the extra 'serve' ({e.name} is missing): "
+                                   "pip install 'actdb[serve]'") from None
+    run(list(stores), ServeSettings(**options), echo=click.echo)
 
 
 if __name__ == "__main__":

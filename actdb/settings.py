@@ -248,7 +248,7 @@ POSITIONAL = ("model", "corpus", "out")
 
 
 def settings_table(cls: type = IngestSettings) -> str:
-    """Markdown table of the settings of `cls` (IngestSettings, IndexSettings or QuerySettings), for the README."""
+    """Markdown table of the settings of `cls` (IngestSettings, IndexSettings, QuerySettings or ServeSettings), for the README."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(cls):
         if f.name in POSITIONAL:
@@ -274,3 +274,44 @@ class QuerySettings:
             raise InputError(f"--timeout: expected 0 (no limit) or a positive number of seconds, got {self.timeout}")
         if self.max_rows < 0:
             raise InputError(f"--max-rows: expected 0 or more, got {self.max_rows}")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`actdb serve`: where it listens, how long and how much a query may answer, the probe."""
+    host: str = _opt("127.0.0.1", "Address to listen on. Anything but loopback makes the pages and the SQL "
+                     "console reachable by others on the network (a warning says so).")
+    port: int = _opt(8000, "Port to listen on (0: any free port).")
+    timeout: float = _opt(10.0, "Seconds a query (a page's or the console's) may run before it is cut off.")
+    max_rows: int = _opt(1000, "Rows the SQL console (page, JSON and CSV) answers; past them it is cut off and "
+                         "says so.")
+    page_size: int = _opt(100, "Neurons per page of a layer's table (and rows of a token's neuron lists).")
+    top: int = _opt(20, "Top tokens, and promoted and suppressed tokens, on a neuron's page.")
+    contexts: int = _opt(10, "Contexts per page on a neuron's page.")
+    context_tokens: int = _opt(12, "Tokens shown on each side of a firing token in a context.")
+    seed: int = _opt(0, "Seed of the random sample of contexts (with the layer and neuron: reproducible).")
+    probe: bool = _opt(False, "Offer the probe: load the store's model (lazily, on the first probe) and run "
+                       "typed text through it.")
+    probe_device: str = _opt("cpu", "Device of the probe's model: cpu, cuda, cuda:1, ...")
+    probe_max_tokens: int = _opt(256, "Tokens of typed text the probe runs (special tokens included); the rest "
+                                 "is cut off and says so.")
+
+    def __post_init__(self) -> None:
+        from .errors import InputError
+
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port: expected 0..65535, got {self.port}")
+        if self.timeout <= 0:
+            raise InputError(f"--timeout: expected a positive number of seconds, got {self.timeout}")
+        for name in ("max_rows", "page_size", "top", "contexts", "probe_max_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')}: expected at least 1, got {getattr(self, name)}")
+        if self.context_tokens < 0:
+            raise InputError(f"--context-tokens: expected 0 or more, got {self.context_tokens}")
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK or self.host.startswith("127.")

@@ -17,6 +17,7 @@ crash loses nothing; --fresh starts over.
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import time
@@ -132,6 +133,8 @@ def main() -> None:
                    check=True)
     print(f"  {time.perf_counter() - t:.0f} s")
     print(f"\ndone in {(time.perf_counter() - t_all) / 60:.1f} min: {out / 'report' / 'report.md'}")
+    print("browse the neurons (http://127.0.0.1:8000/, Ctrl-C stops; add --probe to test your own text):")
+    print(f"  {shlex.join([actdb, 'serve', *stores])}")
 
 
 if __name__ == "__main__":

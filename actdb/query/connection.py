@@ -13,11 +13,12 @@ from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file,
 from ..store.verify import SQL_WORD, created_name, parquet_guard, view_dependencies
 
 
-def connect(store, pre: bool = True, lazy: bool = True):
+def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = None):
     """An in-memory DuckDB connection for the views of `store` (an actdb.Store), confined to
     the store's own files and with its configuration locked. lazy: each view is created when a
     statement run through stream_sql first names it (binding all of them costs more than a
-    one-line query, and proj_score's Python UDF makes DuckDB import numpy); else all now."""
+    one-line query, and proj_score's Python UDF makes DuckDB import numpy); else all now.
+    threads: DuckDB's worker threads (default: one per core), fixed before the lock."""
     import duckdb
 
     from .views import _views, massive_views, projection_views
@@ -32,6 +33,8 @@ def connect(store, pre: bool = True, lazy: bool = True):
     shared_info = info if shared == base else read_index_info(shared)
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
+    if threads is not None:
+        con.execute("SET threads = $n", {"n": int(threads)})
     stmts = _views(store.path, store.manifest, info, pre=pre, index_root=base, rule=store.rule)
     if shared_info is not None and index_file(shared, INDEX_CAPTURE_DIR).exists():
         stmts += massive_views(shared, info)
