@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_serve.py --work /tmp/bserve            # builds the stores once
     .venv/bin/python benchmarks/bench_serve.py --work /tmp/bserve --reuse    # times again
+    .venv/bin/python benchmarks/bench_serve.py --store STORE [--store STORE]  # times existing stores
 
 Two synthetic stores from bench_queries.make_store (sparse neurons, token detectors,
 positional neurons; Zipf token ids), each with random projection weights so the vocabulary
@@ -112,20 +113,25 @@ def main() -> None:
     ap.add_argument("--opt-tokens", type=int, default=131072)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--reuse", action="store_true", help="reuse stores built by an earlier run")
+    ap.add_argument("--store", action="append", default=[],
+                    help="time this existing store instead of building the synthetic ones (repeatable)")
     args = ap.parse_args()
     import actdb
 
     print(f"# bench_serve {stamp()}")
-    for shape, n in ((SMOLLM2, args.smol_tokens), (OPT125M, args.opt_tokens)):
+    for shape, n in ((SMOLLM2, args.smol_tokens), (OPT125M, args.opt_tokens)) if not args.store else ():
         root = Path(args.work) / f"{shape.name}-{n}"
         if not (args.reuse and (root / "index" / "index.json").exists()):
             import shutil
 
             shutil.rmtree(root, ignore_errors=True)
             print(f"{shape.name}: built in", build(root, shape, n), flush=True)
+    roots = [Path(p) for p in args.store] or [Path(args.work) / f"{shape.name}-{n}" for shape, n in
+                                              ((SMOLLM2, args.smol_tokens), (OPT125M, args.opt_tokens))]
+    for root in roots:
         st = actdb.open(root)
         m = st.manifest
-        print(f"\n## {shape.name}: {len(m.layers)} x {m.d_ffn} neurons, {m.n_tokens:,} tokens, vocabulary {m.vocab_size:,}\n")
+        print(f"\n## {m.model}: {len(m.layers)} x {m.d_ffn} neurons, {m.n_tokens:,} tokens, vocabulary {m.vocab_size:,}\n")
         rows = time_pages(st, args.repeat)
         print(table(["page", "URL", "first ms", "warm median ms", "warm max ms"], rows), flush=True)
         worst = max(rows, key=lambda r: float(r[4]))
