@@ -1,27 +1,22 @@
-"""The README's settings table is generated from actdb/settings.py and must match it."""
+"""The README's settings tables are generated from actdb/settings.py and must match it."""
 from pathlib import Path
 
-from actdb.settings import settings_table
+import pytest
+
+from actdb.settings import IndexSettings, IngestSettings, QuerySettings, ServeSettings, settings_table
 
 
-def test_readme_settings_table_is_current():
+@pytest.mark.parametrize("marker, cls", [("settings-table", IngestSettings), ("index-settings-table", IndexSettings),
+                                         ("query-settings-table", QuerySettings),
+                                         ("serve-settings-table", ServeSettings)])
+def test_readme_settings_table_is_current(marker, cls):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    start = readme.index("<!-- settings-table -->") + len("<!-- settings-table -->")
-    end = readme.index("<!-- /settings-table -->")
-    assert readme[start:end].strip() == settings_table(), "regenerate with actdb.settings.settings_table()"
+    start = readme.index(f"<!-- {marker} -->") + len(f"<!-- {marker} -->")
+    end = readme.index(f"<!-- /{marker} -->")
+    assert readme[start:end].strip() == settings_table(cls), f"regenerate with actdb.settings.settings_table({cls.__name__})"
 
 
 def test_ci_runs_the_readme_test_command():
     root = Path(__file__).parent.parent
     assert "bash tests/run.sh" in (root / ".ci" / "run").read_text()
     assert "bash tests/run.sh" in root.joinpath("README.md").read_text().split("\n\n")[1]
-
-
-def test_readme_index_settings_table_is_current():
-    from actdb.settings import IndexSettings
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    start = readme.index("<!-- index-settings-table -->") + len("<!-- index-settings-table -->")
-    end = readme.index("<!-- /index-settings-table -->")
-    assert readme[start:end].strip() == settings_table(IndexSettings), \
-        "regenerate with actdb.settings.settings_table(IndexSettings)"

@@ -305,3 +305,54 @@ def test_views_are_made_when_a_statement_names_them(tmp_path):
                                                  "massive_activations", "coverage"} <= st.views()
     with pytest.raises(actdb.InputError, match="Permission Error"):
         st.sql("SELECT * FROM vocab_projection, read_text('/etc/passwd')")
+
+
+# Patches Polars' writer, when the CLI first imports Polars, to record which C-level SIGINT
+# handler is installed each time it writes a batch, then to send this process a SIGINT.
+_SIGINT_IN_WRITER = """import ctypes, importlib.abc, importlib.util, os, signal, sys
+class Sigaction(ctypes.Structure):
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                ("restorer", ctypes.c_void_p)]
+def c_handler():
+    sa = Sigaction()
+    ctypes.CDLL(None).sigaction(signal.SIGINT, None, ctypes.byref(sa))
+    return sa.handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
+PYTHON = c_handler()   # CPython's own C handler, which runs the Python-level ones
+WRITER = {"csv": "write_csv", "json": "write_json"}[sys.argv[1]]
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "polars":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("polars")
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            orig = getattr(module.DataFrame, WRITER)
+            def writer(self, *a, **k):
+                print("python's" if c_handler() == PYTHON else "polars'", file=sys.stderr)
+                os.kill(os.getpid(), signal.SIGINT)
+                return orig(self, *a, **k)
+            setattr(module.DataFrame, WRITER, writer)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Hook())
+from actdb.cli import main
+main(["sql", sys.argv[2], "SELECT i FROM range(100000000000) t(i)", "-f", sys.argv[1], "-o", sys.argv[3]])
+"""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_ctrl_c_while_polars_writes_goes_to_the_watchdog(store, tmp_path, fmt):
+    """Polars sets a C-level SIGINT handler of its own when first imported: had that come after
+    the watchdog's, a Ctrl-C while Polars writes a batch would reach Polars, which can abort
+    the process with a Rust panic (seen in its CSV writer). The CLI imports Polars before the
+    statement starts, so the watchdog's handler is the one installed while Polars writes."""
+    out = tmp_path / f"x.{fmt}"
+    p = subprocess.run([sys.executable, "-c", _SIGINT_IN_WRITER, fmt, str(store), str(out)], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = (p.stdout + p.stderr).splitlines()
+    assert lines and lines[0] == "python's", lines[:20]
+    assert lines[-1] == "Error: interrupted" and p.returncode == 1, lines[-20:]
+    assert not out.exists()

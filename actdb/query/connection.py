@@ -8,31 +8,40 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import InputError, StoreError
-from ..store.index_info import read_index_info
-from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file
+from ..store.index_info import index_path, read_index_info
+from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file, rule_dir
 from ..store.verify import SQL_WORD, created_name, parquet_guard, view_dependencies
 
 
-def connect(store, pre: bool = True, lazy: bool = True):
+def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = None):
     """An in-memory DuckDB connection for the views of `store` (an actdb.Store), confined to
     the store's own files and with its configuration locked. lazy: each view is created when a
     statement run through stream_sql first names it (binding all of them costs more than a
-    one-line query, and proj_score's Python UDF makes DuckDB import numpy); else all now."""
+    one-line query, and proj_score's Python UDF makes DuckDB import numpy); else all now.
+    threads: DuckDB's worker threads (default: one per core), fixed before the lock."""
     import duckdb
 
     from .views import _views, massive_views, projection_views
 
-    info = read_index_info(store.path)
+    # the views read the handle's rule's index, and the rule-independent tables (massive
+    # activations, vocabulary projection) from the index of the store's first rule
+    base, shared = rule_dir(store.path, store.rule), rule_dir(store.path, store.rules[0])
+    info = read_index_info(base)
     if info is None:
-        raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
+        what = "" if len(store.rules) == 1 else f" of rule {store.rule}"
+        raise StoreError(f"{index_path(base)}: no index{what} (run `actdb index {store.path}`)")
+    shared_info = info if shared == base else read_index_info(shared)
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
-    stmts = _views(store.path, store.manifest, info, pre=pre)
-    if index_file(store.path, INDEX_CAPTURE_DIR).exists():
-        stmts += massive_views(store.path, info)
-    if index_file(store.path, INDEX_PROJECTION_FILE).exists():
-        stmts += projection_views(store.path, info)
-    guard = parquet_guard(store, stmts, info)   # which files each view reads, checked before each query
+    if threads is not None:
+        con.execute("SET threads = $n", {"n": int(threads)})
+    stmts = _views(store.path, store.manifest, info, pre=pre, index_root=base, rule=store.rule)
+    if shared_info is not None and index_file(shared, INDEX_CAPTURE_DIR).exists():
+        stmts += massive_views(shared, info)
+    if shared_info is not None and index_file(shared, INDEX_PROJECTION_FILE).exists():
+        stmts += projection_views(shared, info)
+    # which files each view reads, checked before each query
+    guard = parquet_guard(store, stmts, {index_path(base): info, index_path(shared): shared_info})
     confine(con, store.path)
     views = _LazyViews(con, store, stmts, guard)
     if not lazy:
