@@ -33,7 +33,7 @@ from ..store.manifest import FORMAT_VERSION, CorpusFile, Manifest
 from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
-from ..settings import IngestSettings, parse_layer_list
+from ..settings import IngestSettings, RaySettings, parse_layer_list
 from ..store.ingest_state import IngestState
 from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS,
                             PROJECTION_FILE, STAGING, STATE_FILE, VOCAB_FILE, token_parts)
@@ -58,6 +58,8 @@ class IngestSummary:
     resumed_from: int
     index_seconds: float = 0.0
     max_tokens: int | None = None   # set when the budget was cut to whole sequences (below it)
+    workers: tuple[str, ...] = ()   # on Ray: the workers, then a line per worker with its share
+    startup_seconds: float = 0.0    # on Ray: connecting and starting the workers (in `seconds` too)
 
     def lines(self) -> list[str]:
         bits = self.n_tokens * len(self.layers) * self.d_ffn
@@ -73,7 +75,7 @@ class IngestSummary:
                                                         if self.index_seconds else ""),
             f"masks      {self.mask_bytes / 1e6:,.2f} MB on disk, {8 * self.mask_bytes / max(bits, 1):.3f} bits per "
             f"(token, neuron)",
-        ]
+        ] + [f"worker     {w}" for w in self.workers]
 
 
 class StopForward(Exception):
@@ -124,17 +126,28 @@ def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
             raise InputError(f"--resume: {k}: expected {old.get(k)!r} (as in the interrupted ingest), got {v!r}")
 
 
-def ingest(settings: IngestSettings) -> IngestSummary:
-    """Run a whole ingest (or finish an interrupted one) and return its summary."""
+def ingest(settings: IngestSettings, ray: RaySettings | None = None) -> IngestSummary:
+    """Run a whole ingest (or finish an interrupted one) and return its summary; with `ray`
+    (--ray), the forward passes (and the index) run on a Ray cluster (ray_ingest.py)."""
     if not settings.out:
         raise InputError("no output store given")
+    ray = ray or RaySettings()
+    if ray.on:   # one connection for the forward passes and the index; a missing Ray before any write
+        from ..cluster import connected
+
+        with connected(ray):
+            return _locked_ingest(settings, ray)
+    return _locked_ingest(settings, ray)
+
+
+def _locked_ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     root = Path(settings.out).resolve()   # ".", "./x/", "x/../x", a symlink: one folder, one behaviour
     check_target(root)   # before anything is written there: no lock file in a folder that is not ours
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         with writer_lock(root, "ingest"):
-            return _ingest(settings.replace(out=str(root)))
+            return _ingest(settings.replace(out=str(root)), ray)
     except OSError as e:  # disk full, no permission...: one line, and say whether it can be resumed
         where = f" ({e.filename})" if e.filename else ""
         hint = "; the store can be resumed with --resume" if (root / STATE_FILE).exists() else ""
@@ -147,7 +160,7 @@ def ingest(settings: IngestSettings) -> IngestSummary:
                 pass
 
 
-def _ingest(settings: IngestSettings) -> IngestSummary:
+def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     t0 = time.perf_counter()
     s = settings
     if not s.out:
@@ -210,7 +223,8 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
         prefix_tokens=special.prefix, suffix_tokens=special.suffix, separator_token=special.separator,
         corpus=tuple(corpus), max_tokens=s.max_tokens, n_tokens=n_tokens, n_sequences=n_seqs,
         n_docs=tok["n_docs"], block_tokens=s.block_tokens, neuron_chunk=s.neuron_chunk,
-        codec=codec_name(s.codec, s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk)
+        codec=codec_name(s.codec, s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk,
+        extra={"engine": "ray"} if ray.on else {})
     manifest.validate()
 
     start_row = state.blocks_done * s.block_tokens
@@ -222,8 +236,16 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
     if not (root / PROJECTION_FILE).exists():
         save_projection(root, lm.model, lm, layers, lm.streamer)
     record_checksums(root, "projection", [root / PROJECTION_FILE])
-    fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
-                               n_tokens)
+    shares: tuple[str, ...] = ()
+    startup = 0.0
+    if ray.on:
+        from .ray_ingest import forward_on_ray
+
+        fwd_seconds, startup, shares = forward_on_ray(root, model_dir, s, ray, state, (writer, captures),
+                                                      n_tokens, identity["dtype"], _forward_all, commit_files)
+    else:
+        fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
+                                   n_tokens)
 
     manifest = dataclasses.replace(manifest, checksums_sha256=seal_checksums(root))
     manifest.write(root)  # the store is complete from here on
@@ -238,20 +260,33 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
 
         t_index = time.perf_counter()
         try:
-            build_index(root, progress=s.progress)
+            build_index(root, progress=s.progress, ray=ray)
         except ActdbError as e:
             raise StoreError(f"{root}: the store is complete, but building its index failed ({e}); "
                              f"run `actdb index {root}` to retry") from None
         index_seconds = time.perf_counter() - t_index
     return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, seconds,
                          fwd_seconds, mask_bytes, offload, start_row, index_seconds,
-                         s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None)
+                         s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None, shares, startup)
+
+
+def write_block(writers: tuple, index: int, masks: np.ndarray, stats: dict) -> None:
+    """Write block `index`'s chunk files: masks [layers, d_ffn, bytes] and capture rows."""
+    writers[0].write_block(index, masks)
+    writers[1].write_block(index, stats)
+
+
+def commit_files(root: Path, writers: tuple, index: int) -> None:
+    """Record the checksums of block `index`'s files, before the block is marked done."""
+    record_checksums(root, f"block-{index:06d}", writers[0].block_files(index) +
+                     block_chunk_files(root / CAPTURE_DIR, writers[1].arrays, index))
 
 
 class _Writer(threading.Thread):
-    """Writes and commits blocks in order while the forward passes go on."""
+    """Writes and commits blocks in order while the forward passes go on (with state None, only
+    writes them: a Ray worker's, which its driver commits)."""
 
-    def __init__(self, root: Path, writers: tuple, state: IngestState) -> None:
+    def __init__(self, root: Path, writers: tuple, state: IngestState | None) -> None:
         super().__init__(daemon=True)
         self.root, self.writers, self.state = root, writers, state
         self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
@@ -266,10 +301,10 @@ class _Writer(threading.Thread):
                 continue
             index, masks, stats = item
             try:
-                self.writers[0].write_block(index, masks)
-                self.writers[1].write_block(index, stats)
-                record_checksums(self.root, f"block-{index:06d}", self.writers[0].block_files(index) +
-                                 block_chunk_files(self.root / CAPTURE_DIR, self.writers[1].arrays, index))
+                write_block(self.writers, index, masks, stats)
+                if self.state is None:   # a Ray worker's blocks: the driver commits them
+                    continue
+                commit_files(self.root, self.writers, index)
                 self.state = self.state.replace(blocks_done=index + 1)
                 write_state(self.root, self.state)
             except BaseException as e:  # reported by the main thread
@@ -294,7 +329,10 @@ class _Writer(threading.Thread):
 
 
 def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writers: tuple,
-                 tokenizer, start_row: int, n_tokens: int) -> float:
+                 tokenizer, start_row: int, n_tokens: int, stop_row: int | None = None) -> float:
+    """Forward rows start_row.. (a block boundary) and write their blocks, committing each unless
+    state is None; stop_row (a block boundary, or n_tokens): the blocks before it only, from the
+    same batches as a whole run (a Ray worker's block)."""
     from tqdm import tqdm
 
     staging = root / STAGING
@@ -302,6 +340,8 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     offsets = np.fromfile(staging / "seq_offsets.i64", dtype=np.int64)
     n_seqs = len(offsets) - 1
     B = s.batch_size
+    stop_row = n_tokens if stop_row is None else stop_row
+    n_batches = int(np.searchsorted(offsets, stop_row - 1, side="right") - 1) // B + 1 if stop_row else 0
     first_seq = int(np.searchsorted(offsets, start_row, side="right") - 1) if start_row < n_tokens else n_seqs
     first_batch = first_seq // B
     skip = start_row - int(offsets[min(first_batch * B, n_seqs)]) if start_row < n_tokens else 0
@@ -309,7 +349,7 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     kinds = KINDS[s.capture]
     rows_acc = RowAccumulator(skip)
     stats_out: dict[str, list] = {kind: [None] * len(layers) for kind in kinds}
-    assembler = BlockAssembler(len(layers), d_ffn, s.block_tokens // 8, first_block=state.blocks_done)
+    assembler = BlockAssembler(len(layers), d_ffn, s.block_tokens // 8, first_block=start_row // s.block_tokens)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = lm.device
     current: dict[str, Any] = {}
@@ -346,6 +386,8 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
 
     def emit(blocks) -> None:
         for index, masks in blocks:
+            if index * s.block_tokens >= stop_row:   # rows of the next block in the last batch
+                continue
             n = min(s.block_tokens, n_tokens - index * s.block_tokens)
             out.put((index, masks, rows_acc.take(n) if kinds else {}))
     out.start()
@@ -353,7 +395,7 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     bar = tqdm(total=n_tokens, initial=start_row, unit="tok", unit_scale=True, desc="forward",
                disable=not s.progress, dynamic_ncols=True)
     try:
-        for b in range(first_batch, (n_seqs + B - 1) // B):
+        for b in range(first_batch, n_batches):
             lo, hi = b * B, min((b + 1) * B, n_seqs)
             lengths = np.diff(offsets[lo:hi + 1])
             width = int(lengths.max())
@@ -383,10 +425,10 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
             packed_out[:] = [None] * len(layers)
             fwd += time.perf_counter() - t
             bar.update(int(offsets[hi] - max(offsets[lo], start_row)))
-        tail = [p.finish(d_ffn, device) for p in packers]
+        tail = [p.finish(d_ffn, device) for p in packers] if stop_row == n_tokens else [None]
         if tail[0] is not None:
             emit(assembler.push(torch.stack(tail).cpu().numpy()))
-        last = assembler.finish()
+        last = assembler.finish() if stop_row == n_tokens else None
         if last is not None:
             emit([last])
     finally:
