@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .errors import InputError
+from .errors import ActdbError, InputError
 from .settings import RaySettings
 
 INSTALL_HINT = "pip install 'actdb[ray]'"
@@ -84,12 +84,13 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def failure(e: BaseException) -> str:
     """What went wrong in a worker, in one line: the worker's own exception where Ray carries one
     (a task's error, or the error of a worker's constructor), else Ray's first line."""
-    cause = getattr(e, "cause", None)
-    if cause is not None and not isinstance(cause, type(e)):
-        return f"{type(cause).__name__}: {first_line(str(cause))}" if not str(cause).startswith(
-            type(cause).__name__) else first_line(str(cause))
-    text = _ANSI.sub("", str(e))
-    if "creation task" in text:   # a constructor that raised: its exception is the last line
-        last = [l.strip() for l in text.splitlines() if l.strip()][-1]
-        return f"cannot start: {last}"
-    return first_line(text)
+    cause = getattr(e, "cause", None)   # RayTaskError: the exception the task raised
+    if cause is not None:
+        text = first_line(str(cause))
+        return text if isinstance(cause, ActdbError) else f"{type(cause).__name__}: {text}"
+    lines = [l.strip() for l in _ANSI.sub("", str(e)).splitlines() if l.strip()]
+    if not lines:
+        return type(e).__name__
+    if "creation task" in lines[0]:   # a constructor that raised: its exception is the last line
+        return f"cannot start: {lines[-1]}"
+    return lines[0]

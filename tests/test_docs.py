@@ -1,14 +1,9 @@
-"""The README's settings table is generated from actdb/settings.py and must match it."""
+"""The README's settings tables are generated from actdb/settings.py and must match it."""
 from pathlib import Path
 
-from actdb.settings import settings_table
+import pytest
 
-
-def test_readme_settings_table_is_current():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    start = readme.index("<!-- settings-table -->") + len("<!-- settings-table -->")
-    end = readme.index("<!-- /settings-table -->")
-    assert readme[start:end].strip() == settings_table(), "regenerate with actdb.settings.settings_table()"
+from actdb.settings import IndexSettings, IngestSettings, RaySettings, settings_table
 
 
 def test_ci_runs_the_readme_test_command():
@@ -17,11 +12,10 @@ def test_ci_runs_the_readme_test_command():
     assert "bash tests/run.sh" in root.joinpath("README.md").read_text().split("\n\n")[1]
 
 
-def test_readme_index_settings_table_is_current():
-    from actdb.settings import IndexSettings
-
+@pytest.mark.parametrize("marker,cls", [("settings-table", IngestSettings), ("index-settings-table", IndexSettings),
+                                        ("ray-settings-table", RaySettings)])
+def test_readme_settings_tables_are_current(marker, cls):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    start = readme.index("<!-- index-settings-table -->") + len("<!-- index-settings-table -->")
-    end = readme.index("<!-- /index-settings-table -->")
-    assert readme[start:end].strip() == settings_table(IndexSettings), \
-        "regenerate with actdb.settings.settings_table(IndexSettings)"
+    start = readme.index(f"<!-- {marker} -->") + len(f"<!-- {marker} -->")
+    end = readme.index(f"<!-- /{marker} -->")
+    assert readme[start:end].strip() == settings_table(cls), f"regenerate with actdb.settings.settings_table({cls.__name__})"

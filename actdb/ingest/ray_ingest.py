@@ -119,12 +119,14 @@ def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettin
     bt = s.block_tokens
     n_blocks = -(-n_tokens // bt)
     todo = list(range(state.blocks_done, n_blocks))
+    if not todo:   # killed after the last block, before the manifest: nothing to forward
+        return 0.0, 0.0, ()
     t0 = time.perf_counter()
     token = uuid.uuid4().hex
     atomic_write_text(root / STAGING / PROBE_FILE, token)
     with connected(rs) as ray:
         shape = worker_shape(ray, rs)
-        n = max(1, min(shape.workers, len(todo)))
+        n = min(shape.workers, len(todo))
         actor = ray.remote(BlockWorker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=MAX_RESTARTS,
                                                max_task_retries=MAX_RESTARTS)
         settings = s.replace(progress=False)
