@@ -176,7 +176,8 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     n_layers = config.num_hidden_layers
     layers = parse_layer_list(s.layers, n_layers)
     device = choose_device(s.device)
-    dtype = choose_dtype(s.dtype, config, device)
+    # with GPU workers on Ray, 'auto' is chosen for their device, not the driver's
+    dtype = choose_dtype(s.dtype, config, torch.device("cuda") if ray.gpus_per_worker else device)
     d_ffn = adapter.d_ffn(config)
     s = s.replace(block_tokens=block_tokens_for(s, len(layers), d_ffn))
     if not s.progress:

@@ -15,6 +15,7 @@ with one line naming the worker and the block.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -126,7 +127,8 @@ def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettin
     atomic_write_text(root / STAGING / PROBE_FILE, token)
     with connected(rs) as ray:
         shape = worker_shape(ray, rs)
-        n = min(shape.workers, len(todo))
+        shape = dataclasses.replace(shape, workers=min(shape.workers, len(todo)))   # no idle workers
+        n = shape.workers
         actor = ray.remote(BlockWorker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=MAX_RESTARTS,
                                                max_task_retries=MAX_RESTARTS)
         settings = s.replace(progress=False)
