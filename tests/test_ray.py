@@ -123,32 +123,27 @@ def test_worker_killed_mid_block_is_redone(cluster, ref, tmp_path, monkeypatch):
     assert_same_store(tmp_path / "s", plain, without="index/")
 
 
-def test_worker_failing_for_good_stops_in_one_line(cluster, ref, tmp_path, monkeypatch):
+def test_worker_failing_for_good_stops_in_one_line(cluster, ref, tmp_path):
     """The model folder disappears from the worker's node and its process dies in block 2: the
-    restarted worker cannot load the model, and the run stops naming worker and block; nothing is
-    marked complete."""
+    restarted worker cannot load the model, and `actdb ingest` stops with one line naming worker and
+    block; nothing is marked complete."""
     mdir, corpus, _ = ref
     model = tmp_path / "model"
     shutil.copytree(mdir, model)
-    monkeypatch.setenv(PAUSE_ENV, f"2:{tmp_path}")
-    err: dict = {}
-
-    def run() -> None:
-        try:
-            ingest(settings(model, corpus, tmp_path / "s", index=False), RaySettings(ray=cluster, ray_workers=2))
-        except StoreError as e:
-            err["e"] = str(e)
-    t = threading.Thread(target=run)
-    t.start()
-    pid = wait_for(tmp_path / "paused-2")
+    store = tmp_path / "s"
+    proc = subprocess.Popen([ACTDB, "ingest", str(model), str(corpus), "-o", str(store), *CLI_OPTS, "--no-index",
+                             "--ray", cluster, "--ray-workers", "2"], env={**os.environ, PAUSE_ENV: f"2:{tmp_path}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = wait_for(tmp_path / "paused-2", proc)
     model.rename(tmp_path / "elsewhere")
     os.kill(pid, signal.SIGKILL)
-    t.join(300)
-    msg = err.get("e", "")
-    # the block it was in, or the next one queued on it
-    assert "\n" not in msg and re.search(r"Ray worker \d \(.*pid \d+\) failed on block \d+ \(tokens", msg), msg
-    assert "cannot start" in msg and "config" in msg, msg   # the worker's own reason: no model config
-    store = tmp_path / "s"
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err[-3000:]
+    # the block it was in, or the next one queued on it; the worker's own reason: no model config
+    assert re.fullmatch(r"Error: .*: Ray worker \d \(.*pid \d+\) failed on block \d+ \(tokens .*\): cannot start: "
+                        r".*cannot read the model config.*; the store is not complete; .*", lines[0]), lines[0]
     assert not (store / "manifest.json").exists()
     state = json.loads((store / "ingest-state.json").read_text())
     assert state["blocks_done"] <= 2
