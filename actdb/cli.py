@@ -10,7 +10,7 @@ import click
 
 from ._version import __version__
 from .errors import ActdbError
-from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings, RaySettings
+from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings, RaySettings, ServeSettings
 
 
 def _one_line_errors(fn):
@@ -50,7 +50,7 @@ def _settings_options(fn, cls: type = IngestSettings):
         ctype = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else base
         extra = {"is_flag": False, "flag_value": f.metadata["flag_value"]} if "flag_value" in f.metadata else {}
         fn = click.option(flag, f.name, type=ctype, default=f.default, show_default=True,
-                          help=f.metadata["help"], **extra)(fn)
+                          multiple=bool(f.metadata.get("multiple")), help=f.metadata["help"], **extra)(fn)
     return fn
 
 
@@ -110,14 +110,15 @@ def info(store: str) -> None:
 @main.command()
 @click.argument("store")
 @functools.partial(_settings_options, cls=IndexSettings)
+@click.option("--rule", default=None, help="Build only this fire rule's index (default: every recorded rule).")
 @_ray_options
 @_one_line_errors
-def index(store: str, **options) -> None:
-    """Build (or resume) the query index of STORE: per-neuron counts as Parquet."""
+def index(store: str, rule: str | None, **options) -> None:
+    """Build (or resume) the query index of STORE: per-neuron counts as Parquet, per fire rule."""
     from .index.build import build_index
 
     ray = _ray_settings(options)
-    root = build_index(store, settings=IndexSettings(**options), ray=ray)
+    root = build_index(store, settings=IndexSettings(**options), rule=rule, ray=ray)
     click.echo(f"index        {root}")
 
 
@@ -207,8 +208,9 @@ def check(store: str) -> None:
 @click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
               help="Override a parameter of the figure's saved query (repeatable).")
 @click.option("--list", "list_", is_flag=True, help="List the figures and the paper figures they reproduce.")
+@click.option("--rule", default=None, help="Fire rule to draw (default: the store's first; same as -p rule RULE).")
 @_one_line_errors
-def plot(store: str | None, figure: str | None, out: str | None, params, list_: bool) -> None:
+def plot(store: str | None, figure: str | None, out: str | None, params, list_: bool, rule: str | None) -> None:
     """Draw paper FIGURE (or 'all') from STORE as PNG."""
     from .errors import InputError
     from .presentation.plot import list_lines, plot as draw, plot_all
@@ -220,7 +222,7 @@ def plot(store: str | None, figure: str | None, out: str | None, params, list_: 
         return
     if not store or not figure:
         raise InputError("plot: expected STORE and FIGURE (or 'all', or --list)")
-    st = open_store(store)
+    st = open_store(store, rule=rule)
     if figure == "all":
         if params:
             raise InputError("plot all: -p applies to one figure, got it with 'all'")
@@ -238,13 +240,16 @@ def plot(store: str | None, figure: str | None, out: str | None, params, list_: 
 @click.option("-o", "--out", required=True, help="Output folder (report.md, figures/, queries/).")
 @click.option("--title", default="actdb report", show_default=True, help="Title of the report.")
 @click.option("--note", "notes", multiple=True, help="A paragraph under the title (repeatable).")
+@click.option("--rule", "rules", multiple=True, help="Fire rule to report (repeatable; 'all': every recorded "
+              "rule; default: each store's first).")
 @_one_line_errors
-def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]) -> None:
+def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...], rules: tuple[str, ...]) -> None:
     """Markdown report over STORES: headline numbers, every figure, every saved query's answer."""
-    from .presentation.report import write_report
+    from .presentation.report import report_handles, write_report
     from .query.handle import open as open_store
 
-    click.echo(f"wrote {write_report([open_store(s) for s in stores], out, title, list(notes))}")
+    handles = report_handles([open_store(s) for s in stores], list(rules))
+    click.echo(f"wrote {write_report(handles, out, title, list(notes))}")
 
 
 
@@ -256,14 +261,31 @@ def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]
 @click.argument("neuron", type=int)
 @click.option("--top", default=10, show_default=True, help="Top tokens, projected tokens and detected trigrams to show.")
 @click.option("--contexts", "n_contexts", default=5, show_default=True, help="Contexts where it fires to show.")
+@click.option("--rule", default=None, help="Fire rule (default: the store's first).")
 @_one_line_errors
-def neuron(store: str, layer: int, neuron: int, top: int, n_contexts: int) -> None:
+def neuron(store: str, layer: int, neuron: int, top: int, n_contexts: int, rule: str | None) -> None:
     """A neuron's card: stats, coverage, detector status, top tokens, positions, projection, contexts."""
     from .presentation.card import neuron_card
     from .query.handle import open as open_store
 
-    for line in neuron_card(open_store(store), layer, neuron, top, n_contexts):
+    for line in neuron_card(open_store(store, rule=rule), layer, neuron, top, n_contexts):
         click.echo(line)
+
+
+@main.command()
+@click.argument("stores", nargs=-1, required=True)
+@functools.partial(_settings_options, cls=ServeSettings)
+@_one_line_errors
+def serve(stores: tuple[str, ...], **options) -> None:
+    """A neuron explorer in the browser over STORES (pages and /api/ JSON); prints its URL."""
+    from .serve.app import serve as run
+
+    try:
+        import jinja2, starlette, uvicorn  # noqa: F401,E401  (the optional extra)
+    except ImportError as e:
+        raise click.ClickException(f"actdb serve needs the extra 'serve' ({e.name} is missing): "
+                                   "pip install 'actdb[serve]'") from None
+    run(list(stores), ServeSettings(**options), echo=click.echo)
 
 
 if __name__ == "__main__":

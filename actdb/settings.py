@@ -36,6 +36,10 @@ class IngestSettings:
                       choices=("auto", "float32", "bfloat16", "float16"))
     offload: str = _opt("auto", "Layer-by-layer weight streaming: 'auto' (when the model does not fit), 'on', 'off'.",
                         choices=("auto", "on", "off"))
+    fire_rule: tuple[str, ...] = _opt(("sign",), "Fire rule, repeatable (all share one forward): 'sign' (SPEC §1.1), "
+                                      "'abs>T' (abs(h) > T) or 'top:Q' (abs(h) above the layer's Q-quantile of abs(h) over "
+                                      "the first block, 0.5 <= Q < 1), h = the value the FFN's output projection "
+                                      "reads; the first is the views' default.", multiple=True)
     capture: str = _opt("resid", "Magnitude capture for massive activations: top-k |h| and medians of the "
                         "residual stream ('resid'), also of the FFN hidden values ('resid+ffn'; more CPU time, "
                         "see benchmarks/RESULTS.md), or 'none'.",
@@ -75,6 +79,11 @@ class IngestSettings:
             raise InputError(f"--max-tokens: expected a positive number, got {self.max_tokens}")
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite exclude each other")
+        rules = [parse_fire_rule(r).name for r in self.fire_rule]   # each checked, in one line
+        if not rules:
+            raise InputError("--fire-rule: expected at least one rule, got none")
+        if len(set(rules)) != len(rules):
+            raise InputError(f"--fire-rule: expected distinct rules, got {', '.join(self.fire_rule)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -83,6 +92,40 @@ class IngestSettings:
 
     def replace(self, **kw: Any) -> "IngestSettings":
         return dataclasses.replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class FireRule:
+    """One fire rule (SPEC §1.8): name is its canonical text (sign, abs>0.1, top:0.999)."""
+    name: str
+    kind: str              # sign | abs | top
+    value: float | None    # T of abs>T, Q of top:Q
+
+
+RULE_PARAM = "rule"   # the parameter of every statement, saved query and figure that picks the fire rule
+_RULE_GRAMMAR = "sign, abs>T (a number T >= 0) or top:Q (a number 0.5 <= Q < 1)"
+
+
+def parse_fire_rule(text: str) -> FireRule:
+    """The one fire-rule grammar: 'sign', 'abs>T' or 'top:Q'; the name is canonical (abs>.10 -> abs>0.1)."""
+    import math
+
+    from .errors import InputError
+
+    t = str(text).strip()
+    if t == "sign":
+        return FireRule("sign", "sign", None)
+    for kind, sep in (("abs", ">"), ("top", ":")):
+        if t.startswith(kind + sep):
+            try:
+                v = float(t[len(kind) + 1:])
+            except ValueError:
+                break
+            ok = math.isfinite(v) and (v >= 0 if kind == "abs" else 0.5 <= v < 1)
+            if not ok:
+                break
+            return FireRule(f"{kind}{sep}{v!r}", kind, v)
+    raise InputError(f"--fire-rule: expected {_RULE_GRAMMAR}, got {text!r}")
 
 
 def parse_layer_list(spec: str, n_layers: int, option: str = "--layers") -> tuple[int, ...]:
@@ -205,13 +248,15 @@ POSITIONAL = ("model", "corpus", "out")
 
 
 def settings_table(cls: type = IngestSettings) -> str:
-    """Markdown table of the settings of `cls` (IngestSettings, IndexSettings, RaySettings or QuerySettings), for the
-    README."""
+    """Markdown table of the settings of `cls` (IngestSettings, IndexSettings, RaySettings,
+    QuerySettings or ServeSettings), for the README."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(cls):
         if f.name in POSITIONAL:
             continue
         default = f.default if f.default not in (None, ()) else "—"
+        if f.metadata.get("multiple") and default != "—":
+            default = " ".join(default)
         rows.append(f"| `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(rows)
 
@@ -260,3 +305,44 @@ class QuerySettings:
             raise InputError(f"--timeout: expected 0 (no limit) or a positive number of seconds, got {self.timeout}")
         if self.max_rows < 0:
             raise InputError(f"--max-rows: expected 0 or more, got {self.max_rows}")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`actdb serve`: where it listens, how long and how much a query may answer, the probe."""
+    host: str = _opt("127.0.0.1", "Address to listen on. Anything but loopback makes the pages and the SQL "
+                     "console reachable by others on the network (a warning says so).")
+    port: int = _opt(8000, "Port to listen on (0: any free port).")
+    timeout: float = _opt(10.0, "Seconds a query (a page's or the console's) may run before it is cut off.")
+    max_rows: int = _opt(1000, "Rows the SQL console (page, JSON and CSV) answers; past them it is cut off and "
+                         "says so.")
+    page_size: int = _opt(100, "Neurons per page of a layer's table (and rows of a token's neuron lists).")
+    top: int = _opt(20, "Top tokens, and promoted and suppressed tokens, on a neuron's page.")
+    contexts: int = _opt(10, "Contexts per page on a neuron's page.")
+    context_tokens: int = _opt(12, "Tokens shown on each side of a firing token in a context.")
+    seed: int = _opt(0, "Seed of the random sample of contexts (with the layer and neuron: reproducible).")
+    probe: bool = _opt(False, "Offer the probe: load the store's model (lazily, on the first probe) and run "
+                       "typed text through it.")
+    probe_device: str = _opt("cpu", "Device of the probe's model: cpu, cuda, cuda:1, ...")
+    probe_max_tokens: int = _opt(256, "Tokens of typed text the probe runs (special tokens included); the rest "
+                                 "is cut off and says so.")
+
+    def __post_init__(self) -> None:
+        from .errors import InputError
+
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port: expected 0..65535, got {self.port}")
+        if self.timeout <= 0:
+            raise InputError(f"--timeout: expected a positive number of seconds, got {self.timeout}")
+        for name in ("max_rows", "page_size", "top", "contexts", "probe_max_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')}: expected at least 1, got {getattr(self, name)}")
+        if self.context_tokens < 0:
+            raise InputError(f"--context-tokens: expected 0 or more, got {self.context_tokens}")
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK or self.host.startswith("127.")

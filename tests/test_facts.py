@@ -68,7 +68,7 @@ def test_index_records_its_thresholds_and_the_views_default_to_them(built, tmp_p
     info = st.sql("SELECT * FROM index_info").row(0, named=True)
     assert {k: info[k] for k in ("p_cov", "tok_max_cov", "tri_max_cov", "p_token", "p_share", "mi_min",
                                  "min_switches", "weak_eps", "abs_min", "ratio")} == c.thresholds()
-    scan = connect(st, pre=False)
+    scan = connect(st, pre=False, lazy=False)
     for view, explicit in [
             ("coverage", "coverage_at(p := 0.8)"),
             ("token_detectors", "token_detectors_at(max_cov := 2, p_cov := 0.8, p_token := 0.9, p_share := 0.85)"),

@@ -277,3 +277,82 @@ def test_read_path_imports_no_torch(store, args):
     if args[:1] == ["sql"] and "-f" not in args:
         # the table format of a one-line query needs DuckDB and nothing heavy (benchmarks/RESULTS.md)
         assert not {"polars", "pyarrow", "numpy", "matplotlib", "zarr", "tqdm"} & set(loaded), loaded
+
+
+def test_views_are_made_when_a_statement_names_them(tmp_path):
+    """A one-line query binds only the views it names (and those they use); the rest, and
+    proj_score, come when a later statement names them, with the confinement already locked."""
+    import issue4_refs
+
+    p = make_known(tmp_path / "s")
+    issue4_refs.plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())
+    build_index(p, progress=False)
+    code = ("import sys, actdb\nst = actdb.open(sys.argv[1])\n"
+            "print(st.sql('SELECT count(*) AS n FROM layer_stats')['n'][0])\n"
+            "print(sorted(st._lazy_views[st._db()].done))\nprint(st._lazy_views[st._db()].proj_score)\n"
+            "print(st.query('detector_suppression_share').height > 0, st._lazy_views[st._db()].proj_score)\n"
+            "print(len(st.views()))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    n, done, first, later, n_views = out.stdout.splitlines()
+    assert n == "3"
+    assert done == "['layer_stats', 'neurons']"
+    assert first == "False"        # no Python UDF made (DuckDB imports numpy to make one)
+    assert later == "True True"
+    st = actdb.open(p)
+    assert int(n_views) == len(st.views()) and {"vocab_projection", "detector_suppression",
+                                                 "massive_activations", "coverage"} <= st.views()
+    with pytest.raises(actdb.InputError, match="Permission Error"):
+        st.sql("SELECT * FROM vocab_projection, read_text('/etc/passwd')")
+
+
+# Patches Polars' writer, when the CLI first imports Polars, to record which C-level SIGINT
+# handler is installed each time it writes a batch, then to send this process a SIGINT.
+_SIGINT_IN_WRITER = """import ctypes, importlib.abc, importlib.util, os, signal, sys
+class Sigaction(ctypes.Structure):
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                ("restorer", ctypes.c_void_p)]
+def c_handler():
+    sa = Sigaction()
+    ctypes.CDLL(None).sigaction(signal.SIGINT, None, ctypes.byref(sa))
+    return sa.handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
+PYTHON = c_handler()   # CPython's own C handler, which runs the Python-level ones
+WRITER = {"csv": "write_csv", "json": "write_json"}[sys.argv[1]]
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "polars":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("polars")
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            orig = getattr(module.DataFrame, WRITER)
+            def writer(self, *a, **k):
+                print("python's" if c_handler() == PYTHON else "polars'", file=sys.stderr)
+                os.kill(os.getpid(), signal.SIGINT)
+                return orig(self, *a, **k)
+            setattr(module.DataFrame, WRITER, writer)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Hook())
+from actdb.cli import main
+main(["sql", sys.argv[2], "SELECT i FROM range(100000000000) t(i)", "-f", sys.argv[1], "-o", sys.argv[3]])
+"""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_ctrl_c_while_polars_writes_goes_to_the_watchdog(store, tmp_path, fmt):
+    """Polars sets a C-level SIGINT handler of its own when first imported: had that come after
+    the watchdog's, a Ctrl-C while Polars writes a batch would reach Polars, which can abort
+    the process with a Rust panic (seen in its CSV writer). The CLI imports Polars before the
+    statement starts, so the watchdog's handler is the one installed while Polars writes."""
+    out = tmp_path / f"x.{fmt}"
+    p = subprocess.run([sys.executable, "-c", _SIGINT_IN_WRITER, fmt, str(store), str(out)], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = (p.stdout + p.stderr).splitlines()
+    assert lines and lines[0] == "python's", lines[:20]
+    assert lines[-1] == "Error: interrupted" and p.returncode == 1, lines[-20:]
+    assert not out.exists()

@@ -119,10 +119,19 @@ def test_manifest_round_trip_and_validation():
     again = Manifest.from_json(m.to_json())
     assert again == m and isinstance(again.corpus[0], CorpusFile) and again.layers == (0, 1)
     raw = json.loads(m.to_json())
-    with pytest.raises(StoreError, match="format_version: expected 1 or 2, got 3 .*newer actdb"):
-        Manifest.from_dict({**raw, "format_version": 3})
+    with pytest.raises(StoreError, match="format_version: expected 1 or 2 or 3, got 4 .*newer actdb"):
+        Manifest.from_dict({**raw, "format_version": 4})
     # version 1 (zstd-only masks, before the bitrows codec) still reads
     assert Manifest.from_dict({**raw, "format_version": 1}).format_version == 1
+    # versions 1 and 2 (before fire rules) read as one sign rule
+    old = Manifest.from_dict({**raw, "format_version": 2})
+    assert old.rules == ("sign",) and old.rule_record("sign").definition == "r"
+    rules = [{"name": "sign", "definition": "r"}, {"name": "top:0.99", "definition": "q", "thresholds": [0.5, 0.25]}]
+    assert Manifest.from_dict({**raw, "fire_rules": rules}).rules == ("sign", "top:0.99")
+    with pytest.raises(StoreError, match=r"fire_rules\[top:0.99\].thresholds: expected 2 numbers >= 0"):
+        Manifest.from_dict({**raw, "fire_rules": [{**rules[1], "thresholds": [0.5]}]})
+    with pytest.raises(StoreError, match="fire_rules.name: expected sign, abs>T or top:Q, got 'top:2'"):
+        Manifest.from_dict({**raw, "fire_rules": [{**rules[1], "name": "top:2"}]})
     with pytest.raises(StoreError, match="d_ffn: expected an integer, got 'x'"):
         Manifest.from_dict({**raw, "d_ffn": "x"})
     with pytest.raises(StoreError, match="layers: expected within 0..1"):

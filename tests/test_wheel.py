@@ -54,6 +54,16 @@ def test_wheel_carries_every_saved_query(wheel):
     assert "actdb/cli.py" in names and "actdb/query/catalogue.py" in names
 
 
+def test_wheel_carries_the_explorer_files(wheel):
+    """actdb serve's templates and static files are package data: an installed copy has them."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    serve = ROOT / "actdb" / "serve"
+    files = sorted(p.relative_to(ROOT).as_posix() for p in [*serve.glob("templates/*"), *serve.glob("static/*")])
+    assert any(f.endswith(".html") for f in files) and any(f.endswith(".js") for f in files)
+    missing = [f for f in files if f not in names]
+    assert not missing, missing
+
+
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory) -> Path:
     """A fresh virtual environment with the wheel installed. Its dependencies come from this

@@ -62,7 +62,8 @@ from ..io import PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs,
 from ..settings import IndexSettings, RaySettings, parse_layer_list
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
 from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
-                            INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE)
+                            INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE,
+                            rule_dir)
 from .count import chunk_size, count_unit
 from .reduce import EMPTY_SCHEMAS, NGRAMS, TABLES, unit_tables
 from .tokens import TokenArrays
@@ -132,7 +133,7 @@ def _holding_writer_lock(build):
 @_write_errors_in_one_line   # outermost: taking the lock writes a file too
 @_holding_writer_lock
 def build_index(store_path: str | Path, layers: Iterable[int] | str | None = None,
-                settings: IndexSettings | None = None, neuron_chunk: int | None = None,
+                settings: IndexSettings | None = None, neuron_chunk: int | None = None, rule: str | None = None,
                 ray: RaySettings | None = None, **options: Any) -> Path:
     """Build (or resume, or leave as is when complete) the index of a store.
 
@@ -140,14 +141,18 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     thresholds): see settings.IndexSettings. layers: the layers that get bigram/trigram tables
     (a list, or the --layers grammar; default: the first half of the network); every recorded
     layer gets fires, domains, positions and tokens. neuron_chunk: an upper bound on the neurons
-    per unit (tests). ray (--ray): the units run as Ray tasks (ray_index.py). The files do not
-    depend on the workers, the memory budget or Ray.
+    per unit (tests). ray (--ray): the units run as Ray tasks (ray_index.py), every rule's. The
+    files do not depend on the workers, the memory budget or Ray.
 
     A first build is made in place (STORE/index/) and resumes where a killed one stopped. A
     rebuild over a complete index (--force, or other settings) is made beside it, in
     STORE/_index_build/, and swapped in only when complete: until then the old index answers,
     and a failed or killed rebuild leaves it answering (the half-built folder is removed by
     the next build).
+
+    rule: the fire rule whose index to build (SPEC §1.8), in that rule's folder (store.layout.rule_dir);
+    None: every recorded rule, the first one first. The first rule's index also holds the tables no
+    rule changes (massive activations, vocabulary projection); returns its folder.
     """
     from tqdm import tqdm
 
@@ -155,26 +160,33 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
 
     s = dataclasses.replace(settings or IndexSettings(), **options)   # validates every field
     n_workers = resolve_workers(s.workers)
-    st = Store(store_path)
+    st = Store(store_path, rule=rule)
     m = st.manifest
+    if rule is None and len(st.rules) > 1:
+        first = build_index(store_path, layers, s, neuron_chunk, rule=st.rules[0], ray=ray)
+        for other in st.rules[1:]:
+            build_index(store_path, layers, s, neuron_chunk, rule=other, ray=ray)
+        return first
+    shared = st.rule == st.rules[0]   # the rule-independent tables live in the first rule's index
+    rule_base = rule_dir(st.path, st.rule)
     ngram_layers = _ngram_layers(layers if layers is not None else s.layers, m)
-    live = index_path(st.path)
-    _recover(st.path)
+    live = index_path(rule_base)
+    _recover(rule_base)
     vocab_t = pq.read_table(st.path / VOCAB_FILE, columns=["token_id", "token"])
     pad = int(max(m.vocab_size, vocab_t.num_rows, 1))   # PAD digit of n-gram ids: past every token id
     base = pad + 1
     config = IndexConfig(version=INDEX_VERSION, layers=tuple(m.layers), ngram_layers=ngram_layers, vocab_base=base,
                          ngram_pad=pad, n_tokens=m.n_tokens, seq_len=m.seq_len, weights_sha256=m.weights_sha256,
-                         prefix=bool(m.prefix_tokens), top_k=s.top_k, **s.thresholds())
+                         prefix=bool(m.prefix_tokens), top_k=s.top_k, rule=st.rule, **s.thresholds())
     config_json = _as_json(config)
     try:
-        info = read_index_info(st.path)
+        info = read_index_info(rule_base)
     except StoreError:   # a damaged or old record: rebuilt beside it like any other
         info = None
     if info is not None and not s.force and info.config == config:
         return live
     beside = (live / INDEX_FILE).exists()   # a complete index (maybe unreadable) answers until the swap
-    root = st.path / INDEX_BUILD_DIR if beside else live
+    root = rule_base / INDEX_BUILD_DIR if beside else live
     if s.force and not beside:
         shutil.rmtree(live, ignore_errors=True)   # a partial build: nothing answers from it
     root.mkdir(parents=True, exist_ok=True)
@@ -195,7 +207,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     vocab = np.full(pad, None, dtype=object)
     vocab[vocab_t.column("token_id").to_numpy()] = vocab_t.column("token").to_pylist()
     bar = tqdm(total=len(units), initial=sum(_unit_name(*u[:2]) in done for u in units), unit="chunk",
-               desc="index", disable=not s.progress, dynamic_ncols=True)
+               desc="index" if len(st.rules) == 1 else f"index {st.rule}", disable=not s.progress, dynamic_ncols=True)
 
     def run(unit: tuple[int, int, int]) -> str:
         return build_unit(st, tok, root, unit, unit[0] in ngram_layers, config, vocab)
@@ -221,10 +233,11 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     from .massive import build_capture_index
     from .projection import build_projection_index
 
-    build_capture_index(st.path, root, m)
-    files.update({f"{INDEX_CAPTURE_DIR}/{p.name}": file_digest(p)
-                  for p in sorted((root / INDEX_CAPTURE_DIR).glob("*.parquet"))})
-    if (st.path / PROJECTION_FILE).exists():
+    if shared:
+        build_capture_index(st.path, root, m)
+        files.update({f"{INDEX_CAPTURE_DIR}/{p.name}": file_digest(p)
+                      for p in sorted((root / INDEX_CAPTURE_DIR).glob("*.parquet"))})
+    if shared and (st.path / PROJECTION_FILE).exists():
         build_projection_index(st.path, m.layers, progress=s.progress, out=root)
         files[INDEX_PROJECTION_FILE] = file_digest(root / INDEX_PROJECTION_FILE)
     shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)

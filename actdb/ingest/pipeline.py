@@ -6,8 +6,10 @@ the token, document and vocabulary tables to Parquet. Bad input stops here, befo
 model time is spent.
 Phase 2 (forward): batches of whole sequences, fixed by sequence index (so a resumed run
 sees exactly the batches of an uninterrupted one), go through the model; a hook on each
-recorded layer's activation packs `act > 0` on the model's device; a writer thread
-compresses and writes each completed block and commits it, while the next batches run.
+recorded layer's activation packs `act > 0` on the model's device (the sign rule), a hook on
+the input of its output projection derives every magnitude rule's mask from h in the same
+forward (ingest/rules.py); a writer thread compresses and writes each completed block of every
+rule and commits it, while the next batches run.
 """
 from __future__ import annotations
 
@@ -26,17 +28,19 @@ import torch
 from .._version import __version__
 from .adapters import adapter_for, get_module
 from .capture import CaptureWriter, RowAccumulator, magnitude_stats, save_projection
+from .rules import MagnitudeRule, definition, magnitude_rules, top_thresholds
 from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
-from ..store.manifest import FORMAT_VERSION, CorpusFile, Manifest
+from ..store.manifest import FORMAT_VERSION, CorpusFile, FireRuleRecord, Manifest
 from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
-from ..settings import IngestSettings, RaySettings, parse_layer_list
+from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
 from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS,
-                            PROJECTION_FILE, STAGING, STATE_FILE, VOCAB_FILE, token_parts)
+                            PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STATE_FILE, VOCAB_FILE, rule_dir,
+                            token_parts)
 from ..store.lock import writer_lock
 from ..store.writer import (MaskWriter, block_chunk_files, check_target, codec_name,
                     read_state, record_checksums, remove_store, seal_checksums, write_state)
@@ -83,9 +87,10 @@ class StopForward(Exception):
 
 
 def block_tokens_for(s: IngestSettings, n_layers: int, d_ffn: int) -> int:
-    """--block-tokens, lowered so one block of masks (layers x d_ffn x tokens/8 bytes) fits
-    --block-memory-mb; a multiple of 8, at least 8. Deterministic, so resume sees the same."""
-    cap = int(s.block_memory_mb * 2**20 * 8 // (n_layers * d_ffn)) // 8 * 8
+    """--block-tokens, lowered so one block of masks of every rule (rules x layers x d_ffn x
+    tokens/8 bytes) fits --block-memory-mb; a multiple of 8, at least 8. Deterministic, so
+    resume sees the same."""
+    cap = int(s.block_memory_mb * 2**20 * 8 // (len(s.fire_rule) * n_layers * d_ffn)) // 8 * 8
     return max(8, min(s.block_tokens, cap))
 
 
@@ -116,11 +121,12 @@ def _identity(s: IngestSettings, corpus: list[CorpusFile], weights: str, layers:
             "block_tokens": s.block_tokens, "neuron_chunk": s.neuron_chunk, "codec": s.codec,
             "zstd_level": s.zstd_level,
             "domain": s.domain, "skip_empty": s.skip_empty, "capture": s.capture,
-            "capture_topk": s.capture_topk}
+            "capture_topk": s.capture_topk, "fire_rules": [parse_fire_rule(r).name for r in s.fire_rule]}
 
 
 def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
-    old = {"codec": "zstd", **old}  # ingests interrupted before the codec setting existed wrote zstd
+    # ingests interrupted before the codec and fire-rule settings existed wrote zstd, sign only
+    old = {"codec": "zstd", "fire_rules": [SIGN_RULE], **old}
     for k, v in new.items():
         if old.get(k) != v:
             raise InputError(f"--resume: {k}: expected {old.get(k)!r} (as in the interrupted ingest), got {v!r}")
@@ -230,30 +236,39 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
 
     start_row = state.blocks_done * s.block_tokens
     create = state.blocks_done == 0
-    writer = MaskWriter(root, layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.codec, s.zstd_level,
-                        create)
+    rules = [parse_fire_rule(r) for r in s.fire_rule]
+    writer = {r.name: MaskWriter(rule_dir(root, r.name), layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk,
+                                 s.codec, s.zstd_level, create) for r in rules}
     captures = CaptureWriter(root, KINDS[s.capture], len(layers), n_tokens, s.capture_topk, s.block_tokens, create)
-    record_checksums(root, "arrays", [*root.glob("masks/**/zarr.json"), *root.glob("capture/**/zarr.json")])
+    record_checksums(root, "arrays", [*root.glob("masks/**/zarr.json"), *root.glob(f"{RULES_DIR}/*/masks/**/zarr.json"),
+                                      *root.glob("capture/**/zarr.json")])
     if not (root / PROJECTION_FILE).exists():
         save_projection(root, lm.model, lm, layers, lm.streamer)
     record_checksums(root, "projection", [root / PROJECTION_FILE])
+    first_rows = min(s.block_tokens, n_tokens)
     shares: tuple[str, ...] = ()
     startup = 0.0
     if ray.on:
         from .ray_ingest import forward_on_ray
 
-        fwd_seconds, startup, shares = forward_on_ray(root, model_dir, s, ray, state, (writer, captures),
-                                                      n_tokens, identity["dtype"], _forward_all, commit_files)
+        # top:Q thresholds: block 0 is forwarded first and the others under its thresholds
+        fwd_seconds, startup, shares, thresholds = forward_on_ray(
+            root, model_dir, s, ray, state, (writer, captures), n_tokens, identity["dtype"], _forward_all,
+            commit_files)
+        mags = magnitude_rules(rules, len(layers), d_ffn, first_rows, thresholds)
     else:
+        mags = magnitude_rules(rules, len(layers), d_ffn, first_rows, state.thresholds)
         fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
-                                   n_tokens)
-
-    manifest = dataclasses.replace(manifest, checksums_sha256=seal_checksums(root))
+                                   n_tokens, rules, mags)
+    records = tuple(FireRuleRecord(r.name, definition(r, adapter, first_rows, manifest.fire_rule),
+                                   tuple(mags[r.name].values) if r.name in mags else ()) for r in rules)
+    manifest = dataclasses.replace(manifest, fire_rules=records, checksums_sha256=seal_checksums(root))
     manifest.write(root)  # the store is complete from here on
     (root / STATE_FILE).unlink()
     shutil.rmtree(root / STAGING, ignore_errors=True)
     shutil.rmtree(root / PENDING_CHECKSUMS, ignore_errors=True)
-    mask_bytes = sum(p.stat().st_size for p in (root / MASKS_DIR).rglob("*") if p.is_file())
+    mask_bytes = sum(p.stat().st_size for r in rules for p in (rule_dir(root, r.name) / MASKS_DIR).rglob("*")
+                     if p.is_file())
     seconds = time.perf_counter() - t0
     index_seconds = 0.0
     if s.index:
@@ -271,15 +286,17 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
                          s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None, shares, startup)
 
 
-def write_block(writers: tuple, index: int, masks: np.ndarray, stats: dict) -> None:
-    """Write block `index`'s chunk files: masks [layers, d_ffn, bytes] and capture rows."""
-    writers[0].write_block(index, masks)
+def write_block(writers: tuple, index: int, masks: dict[str, np.ndarray], stats: dict) -> None:
+    """Write block `index`'s chunk files: each rule's masks [layers, d_ffn, bytes] and capture rows."""
+    for rule, w in writers[0].items():
+        w.write_block(index, masks[rule])
     writers[1].write_block(index, stats)
 
 
 def commit_files(root: Path, writers: tuple, index: int) -> None:
-    """Record the checksums of block `index`'s files, before the block is marked done."""
-    record_checksums(root, f"block-{index:06d}", writers[0].block_files(index) +
+    """Record the checksums of block `index`'s files (every rule's), before the block is marked done."""
+    files = [f for w in writers[0].values() for f in w.block_files(index)]
+    record_checksums(root, f"block-{index:06d}", files +
                      block_chunk_files(root / CAPTURE_DIR, writers[1].arrays, index))
 
 
@@ -300,13 +317,14 @@ class _Writer(threading.Thread):
                 return
             if self.error is not None:
                 continue
-            index, masks, stats = item
+            index, masks, stats, thresholds = item
             try:
                 write_block(self.writers, index, masks, stats)
                 if self.state is None:   # a Ray worker's blocks: the driver commits them
                     continue
                 commit_files(self.root, self.writers, index)
-                self.state = self.state.replace(blocks_done=index + 1)
+                # top:Q thresholds are fixed once block 0 is: they are committed with it
+                self.state = self.state.replace(blocks_done=index + 1, thresholds=thresholds)
                 write_state(self.root, self.state)
             except BaseException as e:  # reported by the main thread
                 self.error = e
@@ -330,10 +348,13 @@ class _Writer(threading.Thread):
 
 
 def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writers: tuple,
-                 tokenizer, start_row: int, n_tokens: int, stop_row: int | None = None) -> float:
-    """Forward rows start_row.. (a block boundary) and write their blocks, committing each unless
-    state is None; stop_row (a block boundary, or n_tokens): the blocks before it only, from the
-    same batches as a whole run (a Ray worker's block)."""
+                 tokenizer, start_row: int, n_tokens: int, rules: list, mags: dict[str, MagnitudeRule],
+                 stop_row: int | None = None) -> float:
+    """Forward rows start_row.. (a block boundary) and write every rule's masks of their blocks
+    (mags: the magnitude rules among them, magnitude_rules), committing each block unless state
+    is None; stop_row (a block boundary, or n_tokens): the blocks before it only, from the same
+    batches as a whole run (a Ray worker's block). A top:Q rule in mags not yet fixed is fixed by
+    block 0, which must then be among the blocks forwarded."""
     from tqdm import tqdm
 
     staging = root / STAGING
@@ -346,26 +367,38 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     first_seq = int(np.searchsorted(offsets, start_row, side="right") - 1) if start_row < n_tokens else n_seqs
     first_batch = first_seq // B
     skip = start_row - int(offsets[min(first_batch * B, n_seqs)]) if start_row < n_tokens else 0
-    packers = [RowPacker(skip) for _ in layers]
+    names = [r.name for r in rules]
+    packers = {name: [RowPacker(skip) for _ in layers] for name in names}
     kinds = KINDS[s.capture]
     rows_acc = RowAccumulator(skip)
     stats_out: dict[str, list] = {kind: [None] * len(layers) for kind in kinds}
-    assembler = BlockAssembler(len(layers), d_ffn, s.block_tokens // 8, first_block=start_row // s.block_tokens)
+    assemblers = {name: BlockAssembler(len(layers), d_ffn, s.block_tokens // 8,
+                                       first_block=start_row // s.block_tokens) for name in names}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = lm.device
     current: dict[str, Any] = {}
-    packed_out: list[torch.Tensor | None] = [None] * len(layers)
-    acts = [get_module(lm.layers[l], lm.adapter.act) for l in layers]
+    packed_out: dict[str, list[torch.Tensor | None]] = {name: [None] * len(layers) for name in names}
     handles = []
+
+    def valid_rows(x: torch.Tensor) -> torch.Tensor:
+        # [batch, seq, d_ffn], or [batch*seq, d_ffn] where the model flattens (OPT) -> [n, d_ffn], n valid tokens
+        x = x.reshape(-1, d_ffn)
+        return x[current["valid"]] if current["padded"] else x
 
     def make_hook(i: int):
         def hook(module, inputs, output):
-            # [batch, seq, d_ffn], or [batch*seq, d_ffn] where the model flattens (OPT)
-            fired = (output > 0).reshape(-1, d_ffn)                     # [batch*seq, d_ffn] bool
-            rows = fired[current["valid"]] if current["padded"] else fired  # [n, d_ffn], n valid tokens
-            packed_out[i] = packers[i].push(rows)                       # [d_ffn, n/8] uint8 or None
+            if SIGN_RULE in packers:
+                fired = valid_rows(output > 0)                            # [n, d_ffn] bool
+                packed_out[SIGN_RULE][i] = packers[SIGN_RULE][i].push(fired)  # [d_ffn, n/8] uint8 or None
             if "ffn" in stats_out:
                 stats_out["ffn"][i] = magnitude_stats(output, current["valid"], current["lengths"], s.capture_topk)
+        return hook
+
+    def make_h_hook(i: int):
+        def hook(module, inputs):
+            a = valid_rows(inputs[0].detach()).float().abs()              # [n, d_ffn] |h|, h = fc_out's input
+            for name, rule in mags.items():
+                packed_out[name][i] = packers[name][i].push(rule.fired(i, a, current["row0"]))
         return hook
 
     def make_resid_hook(i: int):
@@ -377,20 +410,34 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     def stop_hook(module, inputs, output):
         raise StopForward
 
-    for i, act in enumerate(acts):
-        handles.append(act.register_forward_hook(make_hook(i)))
+    for i, l in enumerate(layers):
+        block = lm.layers[l]
+        if SIGN_RULE in packers or "ffn" in kinds:
+            handles.append(get_module(block, lm.adapter.act).register_forward_hook(make_hook(i)))
+        if mags:
+            handles.append(get_module(block, lm.adapter.fc_out).register_forward_pre_hook(make_h_hook(i)))
         if "resid" in kinds:
-            handles.append(lm.layers[layers[i]].register_forward_hook(make_resid_hook(i)))
+            handles.append(block.register_forward_hook(make_resid_hook(i)))
     handles.append(lm.layers[max(layers)].register_forward_hook(stop_hook))
 
     out = _Writer(root, writers, state)
 
-    def emit(blocks) -> None:
-        for index, masks in blocks:
+    def emit(blocks: dict[str, list]) -> None:
+        # every rule's assembler received the same bytes, so they complete the same blocks
+        for k, (index, _) in enumerate(blocks[names[0]]):
             if index * s.block_tokens >= stop_row:   # rows of the next block in the last batch
                 continue
+            masks = {name: blocks[name][k][1] for name in names}
+            if index == 0:
+                for name, rule in mags.items():
+                    rule.patch_first_block(masks[name])
             n = min(s.block_tokens, n_tokens - index * s.block_tokens)
-            out.put((index, masks, rows_acc.take(n) if kinds else {}))
+            out.put((index, masks, rows_acc.take(n) if kinds else {}, top_thresholds(mags)))
+
+    def push_all(parts: dict[str, list]) -> None:
+        if all(parts[name] for name in names):
+            emit({name: assemblers[name].push(torch.stack(parts[name]).cpu().numpy())   # [layers, d_ffn, bytes]
+                  for name in names})
     out.start()
     fwd = 0.0
     bar = tqdm(total=n_tokens, initial=start_row, unit="tok", unit_scale=True, desc="forward",
@@ -411,6 +458,7 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
             current["padded"] = bool((lengths != width).any())
             current["valid"] = attention.bool().reshape(-1)             # [batch*seq]
             current["lengths"] = lengths.tolist()
+            current["row0"] = int(offsets[lo])                          # store row of the batch's first token
             t = time.perf_counter()
             with torch.inference_mode():
                 try:
@@ -420,18 +468,17 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
             if kinds:
                 rows_acc.push({f"{kind}_{name}": torch.stack([st[name] for st in stats_out[kind]]).cpu().numpy()
                                for kind in kinds for name in stats_out[kind][0]})   # [layers, n, ...]
-            parts = [p for p in packed_out if p is not None]
-            if parts:
-                emit(assembler.push(torch.stack(parts).cpu().numpy()))   # [layers, d_ffn, bytes]
-            packed_out[:] = [None] * len(layers)
+            push_all({name: [p for p in packed_out[name] if p is not None] for name in names})
+            for name in names:
+                packed_out[name][:] = [None] * len(layers)
             fwd += time.perf_counter() - t
             bar.update(int(offsets[hi] - max(offsets[lo], start_row)))
-        tail = [p.finish(d_ffn, device) for p in packers] if stop_row == n_tokens else [None]
-        if tail[0] is not None:
-            emit(assembler.push(torch.stack(tail).cpu().numpy()))
-        last = assembler.finish() if stop_row == n_tokens else None
-        if last is not None:
-            emit([last])
+        if stop_row == n_tokens:   # a Ray worker's block before the last ends on a block boundary
+            push_all({name: [p for p in (q.finish(d_ffn, device) for q in packers[name]) if p is not None]
+                      for name in names})
+            last = {name: assemblers[name].finish() for name in names}
+            if last[names[0]] is not None:
+                emit({name: [last[name]] for name in names})
     finally:
         bar.close()
         for h in handles:

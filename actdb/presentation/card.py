@@ -69,7 +69,7 @@ def neuron_card(store, layer: int, neuron: int, top: int = 10, n_contexts: int =
         return store.sql(sql, {**p, **extra})
 
     s = q("SELECT fires, freq, dead FROM neurons WHERE layer = $l AND neuron = $n").row(0, named=True)
-    lines = [f"neuron {layer}:{neuron} of {m.model} ({m.fire_rule})",
+    lines = [f"neuron {layer}:{neuron} of {m.model} (fired = {store.rule}: {m.rule_record(store.rule).definition})",
              f"fires        {s['fires']:,} of {m.n_tokens:,} tokens ({100 * s['freq']:.3f} %)"
              + ("  DEAD: never fires" if s["dead"] else "")]
     if s["dead"]:

@@ -319,13 +319,13 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
 
 
 def describe(store) -> str:
-    """'MODEL on CORPUS (N tokens)' for titles."""
+    """'MODEL on CORPUS (N tokens), fired = RULE' for titles."""
     m = store.manifest
     model = Path(m.model).name if Path(m.model).exists() or m.model.startswith(("/", ".")) else m.model
     domains = store.sql("SELECT domain FROM domain_counts ORDER BY n DESC")["domain"].to_list()
     corpus = ", ".join(Path(c.path).name for c in m.corpus)
     dom = f" [{', '.join(domains[:8])}{', …' if len(domains) > 8 else ''}]" if domains else ""
-    return f"{model} on {corpus}{dom}, {m.n_tokens:,} tokens"
+    return f"{model} on {corpus}{dom}, {m.n_tokens:,} tokens, fired = {store.rule}"
 
 
 def available(store, fig: Figure) -> str | None:
@@ -348,10 +348,12 @@ def render(store, name: str, params: dict[str, Any] | None = None):
     fig_def = FIGURES.get(name)
     if fig_def is None:
         raise InputError(f"figure: expected one of {', '.join(FIGURES)} or 'all', got {name!r}")
+    store = store.with_rule((params or {}).get("rule"))
     why = available(store, fig_def)
     if why:
         raise InputError(f"{name}: cannot draw: {why}")
     params = dict(params or {})
+    store = store.with_rule(params.pop("rule", None))   # figures take the fire rule like saved queries
     df = store.query(fig_def.query, params or None)
     wide = fig_def.name in ("fig5", "fig14")
     fig = plt.figure(figsize=(13, 6.5) if wide else (9, 5.5), dpi=110, layout="constrained")

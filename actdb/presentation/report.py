@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..io import atomic_write_text
+from ..store.layout import rule_slug
 from ..errors import ActdbError
 
 
@@ -25,7 +26,9 @@ def headline(store) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     m = store.manifest
     rows.append(("tokens / sequences", f"{m.n_tokens:,} / {m.n_sequences:,} (seq_len {m.seq_len}, {m.mode})"))
-    rows.append(("neurons", f"{len(m.layers)} layers x {m.d_ffn} = {len(m.layers) * m.d_ffn:,}; fired = {m.fire_rule}"))
+    rows.append(("neurons", f"{len(m.layers)} layers x {m.d_ffn} = {len(m.layers) * m.d_ffn:,}"))
+    rows.append(("fire rule", f"`{store.rule}`: {m.rule_record(store.rule).definition}"
+                 + (f" (recorded: {', '.join(m.rules)})" if len(m.rules) > 1 else "")))
     d = q("SELECT sum(n_dead) AS dead, sum(n_neurons) AS n, max(dead_frac) AS worst, "
           "arg_max(layer, dead_frac) AS worst_layer, avg(mean_freq_alive) AS freq FROM layer_stats").row(0, named=True)
     rows.append(("dead neurons", f"{d['dead']:,} of {d['n']:,} ({100 * d['dead'] / d['n']:.2f} %); most in layer "
@@ -84,9 +87,23 @@ def run_all_queries(store, out_dir: Path) -> dict[str, str]:
     return done
 
 
+def report_handles(stores: list, rules: list[str] | None = None) -> list:
+    """The (store, rule) handles a report covers: each store under `rules` (names, or 'all' for every
+    recorded rule; default: each store's first)."""
+    out = []
+    for st in stores:
+        if not rules:
+            out.append(st)
+            continue
+        names = st.rules if "all" in rules else rules
+        out += [st.with_rule(r) for r in names]
+    return out
+
+
 def write_report(stores: list, out: str | Path, title: str = "actdb report", notes: list[str] | None = None,
                  progress: bool = True) -> Path:
-    """Figures, query answers and headline numbers of each store, in OUT/report.md."""
+    """Figures, query answers and headline numbers of each store handle (each under its fire rule;
+    see report_handles), in OUT/report.md."""
     from ..query.catalogue import saved_queries
     from .plot import FIGURES, describe, plot_all
 
@@ -98,6 +115,8 @@ def write_report(stores: list, out: str | Path, title: str = "actdb report", not
     titles = {q.name: q.title for q in saved_queries()}
     for st in stores:
         name = _slug(Path(st.manifest.model).name or st.path.name)
+        if st.rule != st.rules[0]:   # the first rule keeps the folder it always had
+            name += "--" + rule_slug(st.rule)
         sub = out / name
         figs, skipped = plot_all(st, sub / "figures", progress=progress)
         answers = run_all_queries(st, sub / "queries")

@@ -9,6 +9,9 @@ from typing import Any, Mapping
 
 from ..errors import InputError
 from .connection import coerce_param, run_sql, stream_sql
+from ..settings import RULE_PARAM
+
+RULE_LINE = f"${RULE_PARAM} = (the store's first)  fire rule whose masks the views count (SPEC §1.8)"
 
 
 def _queries_dir() -> Path:
@@ -82,7 +85,7 @@ def find_query(name_or_file: str) -> SavedQuery:
 
 def _merged(q: SavedQuery, params: Mapping[str, Any] | None) -> dict[str, Any]:
     given = dict(params or {})
-    unknown = sorted(set(given) - set(q.params))
+    unknown = sorted(set(given) - set(q.params) - {RULE_PARAM})   # every query takes the rule
     if unknown:
         raise InputError(f"parameters: {', '.join(unknown)} unknown to query {q.name} "
                          f"(it takes {', '.join(q.params) or 'none'})")
@@ -105,7 +108,8 @@ def stream_saved(store, name_or_file: str, params: Mapping[str, Any] | None = No
 
 def _param_lines(q: SavedQuery, indent: str) -> list[str]:
     width = max((len(f"${k} = {v}") for k, v in q.params.items()), default=0)
-    return [f"{indent}{f'${k} = {v}':{width}s}  {q.param_help.get(k, '')}".rstrip() for k, v in q.params.items()]
+    return [f"{indent}{f'${k} = {v}':{width}s}  {q.param_help.get(k, '')}".rstrip()
+            for k, v in q.params.items()] + [indent + RULE_LINE]
 
 
 def list_lines() -> list[str]:
@@ -123,6 +127,4 @@ def describe_lines(name_or_file: str) -> list[str]:
     q = find_query(name_or_file)
     out = [f"query        {q.name}", f"title        {q.title or '—'}", f"reproduces   {q.reproduces or '—'}",
            f"file         {q.path}"]
-    if not q.params:
-        return out + ["parameters   none"]
     return out + ["parameters   (override with -p NAME VALUE)"] + _param_lines(q, "  ")

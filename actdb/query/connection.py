@@ -3,42 +3,108 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import InputError, StoreError
-from ..store.index_info import read_index_info
-from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file
-from ..store.verify import parquet_guard
+from ..store.index_info import index_path, read_index_info
+from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file, rule_dir
+from ..store.verify import SQL_WORD, created_name, parquet_guard, view_dependencies
 
 
-def connect(store, pre: bool = True):
-    """An in-memory DuckDB connection with the views of `store` (an actdb.Store), confined to
-    the store's own files and with its configuration locked."""
+def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = None):
+    """An in-memory DuckDB connection for the views of `store` (an actdb.Store), confined to
+    the store's own files and with its configuration locked. lazy: each view is created when a
+    statement run through stream_sql first names it (binding all of them costs more than a
+    one-line query, and proj_score's Python UDF makes DuckDB import numpy); else all now.
+    threads: DuckDB's worker threads (default: one per core), fixed before the lock."""
     import duckdb
 
-    from .views import _views, massive_views, projection_views, register_proj_score
+    from .views import _views, massive_views, projection_views
 
-    info = read_index_info(store.path)
+    # the views read the handle's rule's index, and the rule-independent tables (massive
+    # activations, vocabulary projection) from the index of the store's first rule
+    base, shared = rule_dir(store.path, store.rule), rule_dir(store.path, store.rules[0])
+    info = read_index_info(base)
     if info is None:
-        raise StoreError(f"{store.path}: no index (run `actdb index {store.path}`)")
+        what = "" if len(store.rules) == 1 else f" of rule {store.rule}"
+        raise StoreError(f"{index_path(base)}: no index{what} (run `actdb index {store.path}`)")
+    shared_info = info if shared == base else read_index_info(shared)
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
-    stmts = _views(store.path, store.manifest, info, pre=pre)
-    if index_file(store.path, INDEX_CAPTURE_DIR).exists():
-        stmts += massive_views(store.path, info)
-    if index_file(store.path, INDEX_PROJECTION_FILE).exists():
-        register_proj_score(con, store.path)
-        stmts += projection_views(store.path, info)
-    guard = parquet_guard(store, stmts, info)   # which files each view reads, checked before each query
-    try:
-        for stmt in stmts:
-            con.execute(stmt)
-    except duckdb.Error:
-        guard.verify_all()   # creating a view reads the Parquet footers: name a damaged file
-        raise
+    if threads is not None:
+        con.execute("SET threads = $n", {"n": int(threads)})
+    stmts = _views(store.path, store.manifest, info, pre=pre, index_root=base, rule=store.rule)
+    if shared_info is not None and index_file(shared, INDEX_CAPTURE_DIR).exists():
+        stmts += massive_views(shared, info)
+    if shared_info is not None and index_file(shared, INDEX_PROJECTION_FILE).exists():
+        stmts += projection_views(shared, info)
+    # which files each view reads, checked before each query
+    guard = parquet_guard(store, stmts, {index_path(base): info, index_path(shared): shared_info})
     confine(con, store.path)
+    views = _LazyViews(con, store, stmts, guard)
+    if not lazy:
+        views.ensure("SELECT * FROM duckdb_views()")
+    if not hasattr(store, "_lazy_views"):
+        store._lazy_views = weakref.WeakKeyDictionary()   # connection -> its views
+    store._lazy_views[con] = views
     return con
+
+
+# words through which a statement can reach any view by name (the catalogue, SQL in a string)
+_CATALOGUE = {"information_schema", "pg_catalog", "sqlite_master", "show", "pragma", "query", "query_table"}
+
+
+class _LazyViews:
+    """The view and macro statements of one connection, each run the first time a statement
+    names it (or a view that uses it); the creation order is kept, so dependencies come first."""
+
+    def __init__(self, con, store, stmts: list[str], guard) -> None:
+        self.con = weakref.ref(con)   # the connection's entry in store._lazy_views must not keep it alive
+        self.store, self.guard = store, guard
+        self.stmts = stmts
+        self.names = [created_name(s) for s in stmts]
+        self.deps = {name: names for name, (_, names) in view_dependencies(stmts).items()}
+        self.udf = {name for name, s in zip(self.names, stmts) if "proj_score(" in s}
+        self.done: set[str] = set()
+        self.proj_score = False
+
+    def ensure(self, sql: str) -> None:
+        words = {w.lower() for w in SQL_WORD.findall(sql)}
+        if words & _CATALOGUE or any(w.startswith("duckdb_") for w in words):
+            want = set(self.deps)
+        else:
+            want, todo = set(), [w for w in words if w in self.deps]
+            while todo:
+                name = todo.pop()
+                if name not in want:
+                    want.add(name)
+                    todo += self.deps[name]
+        want -= self.done
+        # proj_score exists where the store has a projection (some view uses it)
+        if self.udf and not self.proj_score and (want & self.udf or "proj_score" in words):
+            from .views import register_proj_score
+
+            register_proj_score(self.con(), self.store.path)
+            self.proj_score = True
+        import duckdb
+
+        for name, stmt in zip(self.names, self.stmts):
+            if name in want:
+                try:
+                    self.con().execute(stmt)
+                except duckdb.Error as e:
+                    self.guard.verify_all()   # creating a view reads the Parquet footers: name a damaged file
+                    raise StoreError(f"{self.store.path}: view {name}: {_one_line(e)}") from None
+                self.done.add(name)
+
+
+def ensure_views(store, con, sql: str) -> None:
+    """Create the views `sql` names on `con` (a connection from connect(store))."""
+    views = getattr(store, "_lazy_views", {}).get(con)
+    if views is not None:
+        views.ensure(sql)
 
 
 def confine(con, root: Path) -> None:
@@ -303,6 +369,7 @@ def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=Non
     as Arrow record batches. timeout: seconds (None or 0: no limit); timeout_hint names the
     knob in the message (the CLI says --timeout)."""
     con = con or connect(store)
+    ensure_views(store, con, sql)
     st = _check_read_only(con, sql)
     params = _bind(st, params)
     guard = parquet_guard(store)

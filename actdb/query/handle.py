@@ -4,11 +4,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..settings import RULE_PARAM
 from ..store.reader import StoreReader
 
 
 class Store(StoreReader):
-    """Read-only handle on a complete store: its files (StoreReader) and its SQL views."""
+    """Read-only handle on a complete store: its files (StoreReader) and its SQL views, those of
+    its fire rule (`rule`; a `rule` parameter of a call picks another recorded rule)."""
+
+    def with_rule(self, rule: str | None) -> "Store":
+        if rule is None or str(rule) == self.rule:
+            return self
+        cache = self.__dict__.setdefault("_rule_handles", {})   # one connection per rule and handle
+        if str(rule) not in cache:
+            cache[str(rule)] = super().with_rule(rule)
+        return cache[str(rule)]
+
+    def _ruled(self, params: dict[str, Any] | None) -> tuple["Store", dict[str, Any] | None]:
+        """The handle whose views answer a call, and the call's other parameters."""
+        if not params or RULE_PARAM not in params:
+            return self, params
+        rest = dict(params)
+        return self.with_rule(rest.pop(RULE_PARAM)), rest
 
     def _db(self):
         con = getattr(self, "_con", None)
@@ -35,14 +52,16 @@ class Store(StoreReader):
         Returns a Polars DataFrame (pyarrow Table with arrow=True)."""
         from .connection import run_sql
 
-        return _frame(run_sql(self, query, params, con=self._db(), timeout=timeout), arrow)
+        st, params = self._ruled(params)
+        return _frame(run_sql(st, query, params, con=st._db(), timeout=timeout), arrow)
 
     def query(self, name_or_file: str, params: dict[str, Any] | None = None, arrow: bool = False,
               timeout: float | None = None):
         """Run a saved query (a name from queries/ or a .sql file) with its header's defaults."""
         from .catalogue import run_saved
 
-        return _frame(run_saved(self, name_or_file, params, con=self._db(), timeout=timeout), arrow)
+        st, params = self._ruled(params)
+        return _frame(run_saved(st, name_or_file, params, con=st._db(), timeout=timeout), arrow)
 
     def stream(self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None,
                timeout_hint: str = "timeout", saved: bool = False):
@@ -52,7 +71,8 @@ class Store(StoreReader):
         from .connection import stream_sql
 
         run = stream_saved if saved else stream_sql
-        return run(self, query, params, con=self._db(), timeout=timeout, timeout_hint=timeout_hint)
+        st, params = self._ruled(params)
+        return run(st, query, params, con=st._db(), timeout=timeout, timeout_hint=timeout_hint)
 
 
 def _frame(table, arrow: bool):
@@ -64,6 +84,6 @@ def _frame(table, arrow: bool):
     return pl.from_arrow(table)
 
 
-def open(path: str | Path) -> Store:  # noqa: A001 - the public name is actdb.open
-    """Open a complete store read-only."""
-    return Store(path)
+def open(path: str | Path, rule: str | None = None) -> Store:  # noqa: A001 - the public name is actdb.open
+    """Open a complete store read-only; rule: the fire rule its views and masks read (default the first)."""
+    return Store(path, rule=rule)

@@ -132,6 +132,12 @@ def check_output(fmt: str, output: str | None) -> None:
         raise InputError("--format parquet: expected an output file (-o FILE), got none")
     if output:
         output_path(output)
+    if fmt in ("csv", "json"):
+        # Polars sets its own C-level SIGINT handler when first imported: imported while a
+        # statement runs, it would replace the watchdog's (connection._Watchdog), and Ctrl-C
+        # would then abort the process from inside Polars' CSV writer. Imported now, before
+        # the statement starts, the watchdog's handler is installed after it and wins.
+        import polars  # noqa: F401
 
 
 def _parquet(answer, output: str) -> None:

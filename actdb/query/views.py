@@ -4,7 +4,8 @@ parameters, and the saved queries of `queries/`.
 Views (SPEC §3): tokens, vocab, neurons, neuron_domains, layer_stats, neuron_tokens,
 neuron_bigrams, neuron_trigrams, token_counts, bigram_counts, trigram_counts, coverage,
 token_detectors, trigram_detectors, neuron_positions, position_counts, positional_neurons,
-ngram_layers, oscillatory_ranges, index_info. Thresholds are table macros whose defaults are
+ngram_layers, oscillatory_ranges, index_info (its `rule`: the fire rule the views answer for),
+fire_rules (every recorded rule with its per-layer thresholds). Thresholds are table macros whose defaults are
 the thresholds the index was built with (index.json, shown by `index_info`; the paper's unless
 `actdb index` was given others, see settings.IndexSettings):
 
@@ -84,21 +85,25 @@ def _checked(body: str, checks: dict[str, str]) -> str:
     return f"WITH _chk AS MATERIALIZED (SELECT {cond} AS ok) SELECT _b.* FROM _chk, ({body}) _b WHERE _chk.ok"
 
 
-def _views(root: Path, m, info: IndexInfo, pre: bool = True) -> list[str]:
+def _views(root: Path, m, info: IndexInfo, pre: bool = True, index_root: Path | None = None,
+           rule: str = "sign") -> list[str]:
     """SQL that creates the views and macros. pre: answer the recorded thresholds from the tables
     the index precomputed (index/coverage.parquet ...), other thresholds by a scan. Only values
-    of the validated record (store.index_info.IndexInfo) are written into the SQL."""
+    of the validated records (store.index_info.IndexInfo, the manifest) are written into the SQL.
+    index_root: the folder holding the index of fire rule `rule` (store.layout.rule_dir; default
+    the store: the sign rule)."""
     c: IndexConfig = info.config
+    index_root = root if index_root is None else index_root
     N = int(m.n_tokens)
     V = int(c.vocab_base)
     eps = _num(c.weak_eps)
-    if pre and not all(index_table(root, t).exists() for t in PRECOMPUTED):
+    if pre and not all(index_table(index_root, t).exists() for t in PRECOMPUTED):
         pre = False
     P = _num(c.p_cov)
     tokens = _lit(root / TOKENS_DIR / PART_GLOB)
 
     def rp(name: str) -> str:
-        return f"read_parquet({_lit(index_table(root, name))})"
+        return f"read_parquet({_lit(index_table(index_root, name))})"
 
     def decode(col: str, n: int) -> str:
         """token ids of an n-gram id, first to last; NULL for PAD, the slot before the sequence start."""
@@ -111,7 +116,8 @@ def _views(root: Path, m, info: IndexInfo, pre: bool = True) -> list[str]:
         f"CREATE VIEW ngram_layers AS SELECT unnest([{nl}])::INT AS layer",
         f"""CREATE VIEW index_info AS SELECT {int(c.version)} AS version,
             {int(c.top_k)}::INT AS top_k, [{nl.replace('NULL', '')}]::INT[] AS ngram_layers, {V}::BIGINT AS vocab_base,
-            {int(c.ngram_pad)}::BIGINT AS ngram_pad, {thr}""",
+            {int(c.ngram_pad)}::BIGINT AS ngram_pad, {_lit(rule)} AS rule, {thr}""",
+        _fire_rules_view(m),
         f"CREATE VIEW vocab AS SELECT token_id, token, piece FROM read_parquet({_lit(root / VOCAB_FILE)})",
         f"""CREATE VIEW tokens AS SELECT t.row, t.seq, t.pos, t.token_id, v.token, t.doc, t.domain::VARCHAR AS domain
             FROM read_parquet({tokens}) t LEFT JOIN vocab v USING (token_id)""",
@@ -229,6 +235,18 @@ def _views(root: Path, m, info: IndexInfo, pre: bool = True) -> list[str]:
         GROUP BY layer, neuron, grp""")
     v.append("CREATE VIEW oscillatory_ranges AS SELECT * FROM oscillatory_ranges_at()")
     return v
+
+
+def _fire_rules_view(m) -> str:
+    """fire_rules: rule, rank (1 = the views' default), definition, layer, threshold (NULL for sign)."""
+    rows = []
+    for rank, name in enumerate(m.rules, 1):
+        r = m.rule_record(name)
+        for i, layer in enumerate(m.layers):
+            t = repr(float(r.thresholds[i])) if r.thresholds else "NULL"
+            rows.append(f"({_lit(name)}, {rank}, {_lit(r.definition)}, {int(layer)}, {t}::DOUBLE)")
+    return ("CREATE VIEW fire_rules AS SELECT * FROM (VALUES " + ", ".join(rows) +
+            ") t(rule, rank, definition, layer, threshold)")
 
 
 def massive_views(root: Path, info: IndexInfo) -> list[str]:

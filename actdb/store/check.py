@@ -29,7 +29,7 @@ from ..io import file_digest
 from .index_info import index_path, read_index_info
 from .layout import (CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, CHECKSUMS_FILE, DOCS_FILE, INDEX_BUILD_DIR, INDEX_FILE,
                      INDEX_OLD_DIR, MANIFEST_FILE, MASKS_DIR, PROJECTION_FILE as FILE, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
-                     layer_name, part_name, token_parts)
+                     layer_name, part_name, rule_dir, rule_masks, token_parts)
 
 # where an unrecorded file would change answers: the token glob and zarr's chunk lookups
 WATCHED = (TOKENS_DIR, MASKS_DIR, CAPTURE_DIR)
@@ -129,7 +129,8 @@ def _check_recorded(root: Path, m: Manifest, r: Report) -> None:
         return
     files = json.loads(raw)["files"]
     _verify_files(root, files, r)
-    for top in WATCHED:
+    # every rule's masks are watched like the sign rule's
+    for top in dict.fromkeys([*WATCHED, *(rule_masks(root, rule).relative_to(root).as_posix() for rule in m.rules)]):
         for f in sorted((root / top).rglob("*")):
             rel = f.relative_to(root).as_posix()
             if not f.is_file() or rel in files:
@@ -168,8 +169,8 @@ def _arrays(root: Path, m: Manifest, r: Report) -> list[tuple[Path, Any]]:
 
     from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
 
-    names = [(MASKS_DIR, layer_name(l)) for l in m.layers]
-    names += [(CAPTURE_DIR, f"{kind}_{f}") for kind in m.capture for f in FIELDS]
+    names = [(rule_masks(root, rule).relative_to(root), layer_name(l)) for rule in m.rules for l in m.layers]
+    names += [(Path(CAPTURE_DIR), f"{kind}_{f}") for kind in m.capture for f in FIELDS]
     out = []
     for group, name in names:
         d = root / group / name
@@ -287,11 +288,17 @@ def _check_projection(root: Path, m: Manifest, r: Report) -> None:
 
 
 def _check_index(root: Path, m: Manifest, r: Report) -> None:
-    d = index_path(root)
+    for rule in m.rules:   # each fire rule has its index (SPEC §1.8)
+        _check_rule_index(root, m, r, rule)
+
+
+def _check_rule_index(root: Path, m: Manifest, r: Report, rule: str) -> None:
+    base = rule_dir(root, rule)
+    d = index_path(base)
     p = d / INDEX_FILE
     for left in (INDEX_BUILD_DIR, INDEX_OLD_DIR):
-        if (root / left).exists():
-            r.notes.append(f"{root / left}: left by an interrupted index rebuild (the next `actdb index` removes it)")
+        if (base / left).exists():
+            r.notes.append(f"{base / left}: left by an interrupted index rebuild (the next `actdb index` removes it)")
     if not p.exists():
         if d.exists():
             r.problem(d, f"index build not finished (resume it with `actdb index {root}`)")
@@ -299,14 +306,14 @@ def _check_index(root: Path, m: Manifest, r: Report) -> None:
             r.problem(d, f"no query index (build it with `actdb index {root}`)")
         return
     try:
-        info = read_index_info(root)
+        info = read_index_info(base)
     except ActdbError as e:   # names the file and what is wrong with it
         r.problems.append(str(e))
         return
     config = info.config
     # built for this store? (the same identity the index build records in its config)
     expected = {"n_tokens": m.n_tokens, "weights_sha256": m.weights_sha256, "layers": tuple(m.layers),
-                "seq_len": m.seq_len}
+                "seq_len": m.seq_len, "rule": rule}
     for key, want in expected.items():
         if getattr(config, key) != want:
             r.problem(d, f"stale index: {key}: built for {getattr(config, key)!r}, the store has {want!r} "

@@ -29,6 +29,7 @@ gap: bits skipped since the previous listed bit of the row (the first: since bit
 """
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -110,27 +111,82 @@ def _read_fields(stream: np.ndarray, off: np.ndarray, k: np.ndarray) -> np.ndarr
             ).astype(np.int64)
 
 
-def _encode_group(chunk: np.ndarray, rows: np.ndarray, mode: np.ndarray, coded: np.ndarray,
-                  k: np.ndarray, level: int) -> tuple[bytes, bytes]:
-    """Rice-code `rows` (ONES or ZEROS, coded > 0) of the chunk: (unary, rem) bytes. Rows
-    that show structure and are smaller under zstd are moved to RAW (mode, coded updated)."""
+def _jit():
+    """The compiled kernels (codec_jit), or None: numba missing, or ACTDB_CODEC_JIT=0 (the
+    numpy path, kept as the reference the kernels are tested against)."""
+    global _JIT
+    if _JIT is None:
+        _JIT = False
+        if os.environ.get("ACTDB_CODEC_JIT", "1") != "0":
+            try:
+                from . import codec_jit as _JIT
+            except ImportError:
+                pass
+    return _JIT or None
+
+
+_JIT = None
+
+
+def _gaps(chunk: np.ndarray, rows: np.ndarray, inv: np.ndarray, n: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per listed bit of `rows` (ZEROS rows inverted), the bits skipped since the row's previous
+    listed bit, rows in order (row i's from starts[i])."""
     n_bits = chunk.shape[1] * 8
     sub = chunk[rows]                                                     # [r, B] a copy
-    inv = mode[rows] == ZEROS
     sub[inv] = ~sub[inv]
     flat = set_bit_positions(sub.reshape(-1))                             # [fires] ascending
-    n = coded[rows]
-    starts = np.cumsum(n) - n
     gaps = np.empty_like(flat)
     gaps[1:] = flat[1:] - flat[:-1] - 1
     gaps[starts] = flat[starts] - np.arange(rows.size) * n_bits           # first fire of a row
+    return gaps
+
+
+def _rem_starts(kr: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Where each row's remainder fields start in the group's remainder stream (rows grouped by k
+    ascending, in order within a k)."""
+    order = np.argsort(kr, kind="stable")
+    row_bits = (n * kr)[order]
+    start = np.empty_like(kr)
+    start[order] = np.cumsum(row_bits) - row_bits
+    return start
+
+
+def _rice_jit(jit, words: np.ndarray, B: int, rows: np.ndarray, inv: np.ndarray, kr: np.ndarray, n: np.ndarray,
+              cost: np.ndarray) -> tuple[bytes, bytes, np.ndarray]:
+    """(unary, rem, n11) of `rows` by the compiled pass; cost += each row's sum of gap >> k."""
+    n_bits = 8 * B
+    u_max = int(((n_bits >> kr) + n).sum())        # sum(gap >> k) <= sum(gap) >> k <= n_bits >> k
+    r_bits = int((n * kr).sum())
+    unary, rem = np.zeros(u_max // 64 + 1, np.uint64), np.zeros(r_bits // 64 + 2, np.uint64)
+    n11 = np.zeros_like(n)
+    u_bits = jit.rice_rows(words, B, rows, inv, kr, _rem_starts(kr, n), unary, rem, cost, n11)
+    return unary.view(np.uint8)[:(u_bits + 7) // 8].tobytes(), rem.view(np.uint8)[:(r_bits + 7) // 8].tobytes(), n11
+
+
+def _encode_group(chunk: np.ndarray, words: np.ndarray | None, rows: np.ndarray, mode: np.ndarray,
+                  coded: np.ndarray, k: np.ndarray, level: int) -> tuple[bytes, bytes]:
+    """Rice-code `rows` (ONES or ZEROS, coded > 0) of the chunk: (unary, rem) bytes. Rows
+    that show structure and are smaller under zstd are moved to RAW (mode, coded updated).
+    words: the chunk as codec_jit.chunk_words() for the compiled path, else None."""
+    n_bits = chunk.shape[1] * 8
+    jit = _jit() if words is not None else None
+    inv = mode[rows] == ZEROS
+    n = coded[rows]
     kr = rice_k(n, n_bits)
-    kf = np.repeat(kr, n)
-    cost = np.add.reduceat(gaps >> kf, starts) + n * (kr + 1)              # exact Rice bits per row
-    # structure test: first-order entropy from adjacent pairs (a zero gap after a fire)
-    adj = gaps == 0
-    adj[starts] = False
-    n11 = np.add.reduceat(adj, starts)
+    cost = n * (kr + 1)                                                   # exact Rice bits per row
+    if jit is not None:
+        # one pass writes the streams while it measures the rows; redone without the rows that
+        # the structure trial below moves to zstd, if any
+        streams = _rice_jit(jit, words, chunk.shape[1], rows, inv, kr, n, cost)
+        n11 = streams[2]
+    else:
+        starts = np.cumsum(n) - n
+        gaps = _gaps(chunk, rows, inv, n, starts)
+        cost += np.add.reduceat(gaps >> np.repeat(kr, n), starts)
+        # structure test: first-order entropy from adjacent pairs (a zero gap after a fire)
+        adj = gaps == 0
+        adj[starts] = False
+        n11 = np.add.reduceat(adj, starts)
     h1 = n * _entropy(n11 / n) + (n_bits - n) * _entropy((n - n11) / np.maximum(n_bits - n, 1))
     h0 = n_bits * _entropy(n / n_bits)
     for j in np.flatnonzero(STRUCTURE_MARGIN * cost > np.minimum(h0, h1)):
@@ -138,22 +194,31 @@ def _encode_group(chunk: np.ndarray, rows: np.ndarray, mode: np.ndarray, coded: 
             mode[rows[j]], coded[rows[j]] = RAW, 0
     keep = mode[rows] != RAW
     if not keep.all():
-        fire_keep = np.repeat(keep, n)
-        gaps, kr, n, rows = gaps[fire_keep], kr[keep], n[keep], rows[keep]
-        kf = np.repeat(kr, n)
+        if jit is None:
+            gaps = gaps[np.repeat(keep, n)]
+        else:
+            streams = _rice_jit(jit, words, chunk.shape[1], rows[keep], inv[keep], kr[keep], n[keep], cost[keep])
+        kr, n, rows, cost = kr[keep], n[keep], rows[keep], cost[keep]
     k[rows] = kr
+    if jit is not None:
+        return streams[0], streams[1]
+    u_bits, r_bits = int((cost - n * kr).sum()), int((n * kr).sum())  # sum(gap >> k) + an end bit per code; k per code
+    unary, rem = np.zeros((u_bits + 7) // 8, np.uint8), np.zeros((r_bits + 7) // 8, np.uint8)
+    kf = np.repeat(kr, n)
     q = gaps >> kf
-    unary = np.zeros(int(q.sum()) + q.size, dtype=bool)
-    unary[np.cumsum(q + 1) - 1] = True
+    bits = np.zeros(int(q.sum()) + q.size, dtype=bool)
+    bits[np.cumsum(q + 1) - 1] = True
+    unary[:] = np.packbits(bits, bitorder="little")
     perm, kvals, sizes = _k_order(kr, n)
     g_sorted = gaps[perm]
-    rem, at = [], 0
+    parts, at = [], 0
     for kv, m in zip(kvals.tolist(), sizes.tolist()):
         if kv:
-            rem.append(_pack_low_bits(g_sorted[at:at + m], kv))
+            parts.append(_pack_low_bits(g_sorted[at:at + m], kv))
         at += m
-    rem_bits = np.concatenate(rem) if rem else np.zeros(0, np.uint8)
-    return (np.packbits(unary, bitorder="little").tobytes(), np.packbits(rem_bits, bitorder="little").tobytes())
+    if parts:
+        rem[:] = np.packbits(np.concatenate(parts), bitorder="little")
+    return unary.tobytes(), rem.tobytes()
 
 
 def encode(chunk: np.ndarray, level: int = 1) -> bytes:
@@ -161,7 +226,9 @@ def encode(chunk: np.ndarray, level: int = 1) -> bytes:
     chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
     R, B = chunk.shape
     n_bits = B * 8
-    counts = np.bitwise_count(chunk).sum(axis=1, dtype=np.int64)          # [R] set bits
+    jit = _jit()
+    words = jit.chunk_words(chunk) if jit is not None else None
+    counts = jit.row_counts(words) if jit is not None else np.bitwise_count(chunk).sum(axis=1, dtype=np.int64)  # [R]
     mode = np.full(R, RAW, dtype=np.uint8)
     mode[counts <= RICE_MAX_DENSITY * n_bits] = ONES
     mode[counts >= (1 - RICE_MAX_DENSITY) * n_bits] = ZEROS
@@ -177,7 +244,7 @@ def encode(chunk: np.ndarray, level: int = 1) -> bytes:
     bounds = np.flatnonzero(new) if cand.size else np.zeros(1, np.int64)
     end_row, streams = [], []
     for g0, g1 in zip(bounds[:-1], bounds[1:]):
-        streams += _encode_group(chunk, cand[g0:g1], mode, coded, k, level)
+        streams += _encode_group(chunk, words, cand[g0:g1], mode, coded, k, level)
         end_row.append(int(cand[g1 - 1]) + 1)
     G = len(end_row)
     sizes = np.array([len(b) for b in streams], dtype="<u4").reshape(G, 2)
@@ -201,18 +268,14 @@ def _nth_set_bit(stream: np.ndarray, cum: np.ndarray, t: int) -> int:
 
 
 def _decode_group(unary: np.ndarray, rem: np.ndarray, n: np.ndarray, kr: np.ndarray, n_bits: int,
-                  j0: int = 0, j1: int | None = None) -> np.ndarray:
-    """One group's streams -> bool [j1 - j0, n_bits]: the listed bits of the group's coded rows
-    j0..j1 (before ZEROS rows are inverted). Only those rows' codes are decoded."""
+                  inv: np.ndarray, j0: int = 0, j1: int | None = None) -> np.ndarray:
+    """One group's streams -> uint8 [j1 - j0, n_bits / 8]: the group's coded rows j0..j1, ZEROS
+    rows (inv, one flag per row asked for) inverted back. Only those rows' codes are decoded."""
     j1 = n.size if j1 is None else j1
+    bit_start = _rem_starts(kr, n)
+    if int((n * kr).sum()) > 8 * rem.size:
+        raise _bad(f"expected {int((n * kr).sum())} remainder bits, got {8 * rem.size}")
     starts = np.cumsum(n) - n
-    # where each row's fields start in the remainder stream (rows grouped by k there)
-    order = np.argsort(kr, kind="stable")
-    row_bits = (n * kr)[order]
-    bit_start = np.empty_like(kr)
-    bit_start[order] = np.cumsum(row_bits) - row_bits
-    if row_bits.sum() > 8 * rem.size:
-        raise _bad(f"expected {int(row_bits.sum())} remainder bits, got {8 * rem.size}")
     t0, t1 = int(starts[j0]), int(starts[j1 - 1] + n[j1 - 1])        # codes of rows j0..j1
     if j0 == 0 and j1 == n.size:
         ends, prev = set_bit_positions(unary), -1
@@ -241,7 +304,9 @@ def _decode_group(unary: np.ndarray, rem: np.ndarray, n: np.ndarray, kr: np.ndar
     bitmap = np.zeros((n.size, n_bits), dtype=bool)
     pos += np.repeat(np.arange(n.size) * n_bits, n)                       # bit index in the bitmap
     bitmap.reshape(-1)[pos] = True
-    return bitmap
+    out = np.packbits(bitmap, axis=1, bitorder="little")
+    out[inv] = ~out[inv]
+    return out
 
 
 def decode(data: bytes | memoryview | np.ndarray, rows: tuple[int, int] | None = None) -> np.ndarray:
@@ -260,6 +325,9 @@ def decode(data: bytes | memoryview | np.ndarray, rows: tuple[int, int] | None =
         raise _bad(f"header: {e}") from None
     if header.size != 6 * R + 12 * G:
         raise _bad(f"expected a header of {6 * R + 12 * G} bytes, got {header.size}")
+    jit = _jit()
+    if jit is not None:
+        return _decode_jit(jit, buf, o + hn, R, B, G, header, rows)
     mode, k = header[:R], header[R:2 * R].astype(np.int64)
     coded = header[2 * R:6 * R].view("<u4").astype(np.int64)
     end_row, ub, rb = (header[6 * R + 4 * G * i:6 * R + 4 * G * (i + 1)].view("<u4").astype(np.int64) for i in range(3))
@@ -278,15 +346,8 @@ def decode(data: bytes | memoryview | np.ndarray, rows: tuple[int, int] | None =
     out = np.zeros((r1 - r0, B), dtype=np.uint8)
 
     raw = mode == RAW
-    if raw.any():
-        try:
-            raw_b = np.frombuffer(_zstd.decompress(buf[raw_at:]), dtype=np.uint8)
-        except RuntimeError as e:
-            raise _bad(f"raw rows: {e}") from None
-        if raw_b.size != int(raw.sum()) * B:
-            raise _bad(f"expected {int(raw.sum()) * B} raw bytes, got {raw_b.size}")
-        first_raw = int(raw[:r0].sum())
-        out[raw[r0:r1]] = raw_b.reshape(-1, B)[first_raw:first_raw + int(raw[r0:r1].sum())]
+    if raw[r0:r1].any() or (rows is None and raw.any()):   # a row range leaves other rows' bytes alone
+        _raw_rows(buf[raw_at:], raw, B, r0, r1, out)
 
     coded_rows = ((mode == ONES) | (mode == ZEROS)) & (coded > 0)
     if coded_rows[end_row[-1] if G else 0:].any():
@@ -300,11 +361,46 @@ def decode(data: bytes | memoryview | np.ndarray, rows: tuple[int, int] | None =
         j0, j1 = np.searchsorted(grp, r0), np.searchsorted(grp, r1)        # those asked for
         if j1 > j0:
             sel = grp[j0:j1]
-            sub = np.packbits(_decode_group(unary, rem, coded[grp], k[grp], n_bits, int(j0), int(j1)),
-                              axis=1, bitorder="little")
-            inv = mode[sel] == ZEROS
-            sub[inv] = ~sub[inv]
-            out[sel - r0] = sub
+            out[sel - r0] = _decode_group(unary, rem, coded[grp], k[grp], n_bits, mode[sel] == ZEROS,
+                                          int(j0), int(j1))
     ones = (mode[r0:r1] == ZEROS) & (coded[r0:r1] == 0)
     out[ones] = 0xFF                                                     # rows that always fire
     return out
+
+
+def _decode_jit(jit, buf: np.ndarray, o: int, R: int, B: int, G: int, header: np.ndarray,
+                rows: tuple[int, int] | None) -> np.ndarray:
+    """decode() by the compiled kernels: the same checks and messages, header fields unconverted."""
+    r0, r1 = (0, R) if rows is None else rows
+    if not 0 <= r0 <= r1 <= R:
+        raise ValueError(f"bitrows chunk: rows: expected 0 <= r0 <= r1 <= {R}, got {r0}..{r1}")
+    mode, k = header[:R], header[R:2 * R]
+    coded = header[2 * R:6 * R].view("<u4")
+    end_row, ub, rb = (header[6 * R + 4 * G * i:6 * R + 4 * G * (i + 1)].view("<u4") for i in range(3))
+    out = np.zeros((r1 - r0, B), dtype=np.uint8)
+    err, g, need = jit.decode_chunk(buf, o, R, B, mode, k, coded, end_row, ub, rb, r0, r1, out)
+    if err != jit.OK:
+        raise _bad({jit.BAD_MODE: f"expected modes <= {RAW} and k <= 30, got {int(mode.max())} and {int(k.max())}",
+                    jit.BAD_GROUPS: f"expected group rows ascending within 1..{R}, got {end_row.tolist()}",
+                    jit.OUTSIDE_GROUPS: "a Rice-coded row lies outside every group",
+                    jit.TRUNCATED: f"expected at least {need} bytes, got {buf.size}",
+                    jit.UNARY_SHORT: f"group {g}: its unary stream ends before its last Rice code",
+                    jit.OUTSIDE_ROW: f"group {g}: a Rice-coded bit falls outside its row",
+                    jit.REM_SHORT: f"group {g}: its remainder stream is shorter than its codes",
+                    jit.CODES_EXTRA: f"group {g}: its unary stream lists more Rice codes than its rows"}[err])
+    raw = mode == RAW
+    if raw[r0:r1].any() or (rows is None and raw.any()):   # a row range leaves other rows' bytes alone
+        _raw_rows(buf[need:], raw, B, r0, r1, out)
+    return out
+
+
+def _raw_rows(data: np.ndarray, raw: np.ndarray, B: int, r0: int, r1: int, out: np.ndarray) -> None:
+    """The RAW rows among r0..r1 from the chunk's zstd tail into out[row - r0]."""
+    try:
+        raw_b = np.frombuffer(_zstd.decompress(data), dtype=np.uint8)
+    except RuntimeError as e:
+        raise _bad(f"raw rows: {e}") from None
+    if raw_b.size != int(raw.sum()) * B:
+        raise _bad(f"expected {int(raw.sum()) * B} raw bytes, got {raw_b.size}")
+    first_raw = int(raw[:r0].sum())
+    out[raw[r0:r1]] = raw_b.reshape(-1, B)[first_raw:first_raw + int(raw[r0:r1].sum())]

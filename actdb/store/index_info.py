@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import InputError, StoreError
 from ..io import atomic_write_text
-from ..settings import THRESHOLDS, IndexSettings, range_problem, threshold_range
+from ..settings import THRESHOLDS, IndexSettings, parse_fire_rule, range_problem, threshold_range
 from .layout import INDEX_DIR, INDEX_FILE
 from .record import check_version, from_dict, parse_json, read_text
 
@@ -39,6 +39,7 @@ class IndexConfig:
     weights_sha256: str
     prefix: bool                     # the tokenizer puts a prefix token (BOS) at position 0
     top_k: int
+    rule: str = "sign"               # the fire rule whose masks it counts (SPEC §1.8); older indexes: sign
     # the thresholds, defaults from settings.IndexSettings (the one table of the paper's values)
     p_cov: float = _DEFAULTS.p_cov
     tok_max_cov: int = _DEFAULTS.tok_max_cov
@@ -69,6 +70,11 @@ class IndexConfig:
                list(self.layers))
         expect(set(self.ngram_layers) <= set(self.layers), "ngram_layers", f"among the layers {list(self.layers)}",
                list(self.ngram_layers))
+        try:
+            canonical = parse_fire_rule(self.rule).name
+        except InputError:
+            canonical = None
+        expect(canonical == self.rule, "rule", "sign, abs>T or top:Q", self.rule)
         for name, value in self.thresholds().items():
             bad = range_problem(threshold_range(name), value)
             expect(bad is None, name, bad or "", value)

@@ -23,6 +23,9 @@ class IngestState:
     identity: dict[str, Any]                 # settings, weights and corpus a resume must match
     tokenized: dict[str, Any] | None = None  # phase 1's counts once its tables are written
     blocks_done: int = 0                     # mask blocks committed, in order
+    # per top:Q rule, its per-layer thresholds, fixed by the first block and committed with it:
+    # a resumed ingest reads them back instead of recomputing them
+    thresholds: dict[str, Any] = field(default_factory=dict)
     format_version: int = STATE_VERSION
 
     def replace(self, **kw: Any) -> "IngestState":
@@ -44,6 +47,10 @@ class IngestState:
     def validate(self, source: str) -> None:
         if self.blocks_done < 0:
             raise StoreError(f"{source}: blocks_done: expected an integer >= 0, got {self.blocks_done!r}")
+        for rule, values in self.thresholds.items():
+            if not (isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     and v >= 0 for v in values)):
+                raise StoreError(f"{source}: thresholds.{rule}: expected a list of numbers >= 0, got {values!r}")
         if self.tokenized is not None:
             for k in TOKENIZED_COUNTS:
                 v = self.tokenized.get(k)

@@ -4,7 +4,9 @@
       manifest.json              present only once the store is complete (written last)
       ingest-state.json          while ingesting: settings identity + committed progress
       .actdb.lock                the writer's lock (ingest, index, --overwrite); readers never take it
-      masks/layer_LL             Zarr v3 uint8 [d_ffn, ceil(n_tokens/8)], see bits.py
+      masks/layer_LL             Zarr v3 uint8 [d_ffn, ceil(n_tokens/8)], see bits.py (the sign rule)
+      rules/SLUG/masks/layer_LL  the same for each other fire rule (SLUG: rule_slug, e.g. top-0.999)
+      rules/SLUG/index/          that rule's query index (and its _index_build/, _index_old/)
       capture/KIND_FIELD         Zarr v3 magnitude capture (massive activations)
       tokens/part-BBBBBB.parquet one part per block: row, seq, pos, token_id, doc, domain
       docs.parquet               doc, doc_id, domain, source
@@ -37,11 +39,13 @@ PROJECTION_FILE = "projection.safetensors"
 INDEX_DIR = "index"
 INDEX_BUILD_DIR = "_index_build"
 INDEX_OLD_DIR = "_index_old"
+RULES_DIR = "rules"
+SIGN_RULE = "sign"   # the rule of SPEC §1.1, whose masks and index stay at the top of the store
 
 # everything directly under STORE/ that actdb writes; --overwrite removes these and nothing else
 STORE_ENTRIES = (MANIFEST_FILE, STATE_FILE, LOCK_FILE, CHECKSUMS_FILE, PENDING_CHECKSUMS, STAGING, MASKS_DIR,
                  CAPTURE_DIR, TOKENS_DIR, DOCS_FILE, VOCAB_FILE, PROJECTION_FILE, INDEX_DIR, INDEX_BUILD_DIR,
-                 INDEX_OLD_DIR)
+                 INDEX_OLD_DIR, RULES_DIR)
 # what a write cut short leaves beside an entry: io.atomic_path's .NAME.PID.tmp, the token
 # tables' docs.tmp.parquet
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
@@ -66,6 +70,21 @@ INDEX_PARTS = "_parts"
 INDEX_TMP = "_tmp"
 INDEX_CAPTURE_DIR = "capture"
 INDEX_PROJECTION_FILE = "vocab_projection.parquet"
+
+
+def rule_slug(rule: str) -> str:
+    """A fire rule's folder name: abs>0.1 -> abs-gt-0.1, top:0.999 -> top-0.999 (one per rule)."""
+    return rule.replace(">", "-gt-").replace(":", "-")
+
+
+def rule_dir(root: Path, rule: str) -> Path:
+    """Where a rule's masks/ and index/ live: the store itself for the sign rule (as in stores
+    written before rules existed), else STORE/rules/SLUG."""
+    return Path(root) if rule == SIGN_RULE else Path(root) / RULES_DIR / rule_slug(rule)
+
+
+def rule_masks(root: Path, rule: str) -> Path:
+    return rule_dir(root, rule) / MASKS_DIR
 
 
 def layer_name(layer: int) -> str:

@@ -10,15 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import InputError, StoreError
 from ..io import atomic_write_text
-from .layout import MANIFEST_FILE
+from ..settings import parse_fire_rule
+from .layout import MANIFEST_FILE, SIGN_RULE
 from .record import check_version, from_dict, parse_json, read_text
 
+# 3: several fire rules (`fire_rules`, SPEC §1.8), each rule's masks beside the sign rule's;
 # 2: mask chunks may use the actdb.bitrows codec (`codec` says which); 1: zstd only.
-# An older actdb refuses a version-2 store with "upgrade actdb" instead of a zarr error.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Versions 1 and 2 read as one sign rule. An older actdb refuses a newer store with "upgrade
+# actdb" instead of a zarr error.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,13 @@ class CorpusFile:
     path: str
     sha256: str
     bytes: int
+
+
+@dataclass(frozen=True)
+class FireRuleRecord:
+    name: str                          # canonical rule text: sign, abs>0.1, top:0.999
+    definition: str                    # in words
+    thresholds: tuple[float, ...] = ()  # per recorded layer (in the order of `layers`); () for sign
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class Manifest:
     capture: tuple[str, ...] = ()    # magnitude capture kinds: resid, ffn (see capture.py)
     capture_topk: int = 0
     checksums_sha256: str = ""       # of checksums.json (store.py); "" for stores written without one
+    fire_rules: tuple[FireRuleRecord, ...] = ()   # in order, the first the default; () = sign only (v1, v2)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -92,6 +103,32 @@ class Manifest:
         expect(self.n_tokens >= 0, "n_tokens", ">= 0", self.n_tokens)
         expect(self.block_tokens > 0 and self.block_tokens % 8 == 0, "block_tokens", "a positive multiple of 8", self.block_tokens)
         expect(self.seq_len >= 2, "seq_len", ">= 2", self.seq_len)
+        names = [r.name for r in self.fire_rules]
+        expect(len(set(names)) == len(names), "fire_rules", "distinct rules", names)
+        for r in self.fire_rules:
+            try:
+                canonical = parse_fire_rule(r.name)
+            except InputError:
+                canonical = None
+            expect(canonical is not None and canonical.name == r.name, "fire_rules.name",
+                   "sign, abs>T or top:Q", r.name)
+            want = 0 if r.name == SIGN_RULE else len(self.layers)
+            expect(len(r.thresholds) == want and all(t >= 0 for t in r.thresholds),
+                   f"fire_rules[{r.name}].thresholds", f"{want} numbers >= 0 (one per recorded layer)",
+                   r.thresholds)
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The recorded fire rules' names, in order (a store before version 3: sign)."""
+        return tuple(r.name for r in self.fire_rules) or (SIGN_RULE,)
+
+    def rule_record(self, rule: str) -> FireRuleRecord:
+        for r in self.fire_rules:
+            if r.name == rule:
+                return r
+        if rule == SIGN_RULE and not self.fire_rules:
+            return FireRuleRecord(SIGN_RULE, self.fire_rule)
+        raise InputError(f"rule: expected one of the recorded rules {', '.join(self.rules)}, got {rule!r}")
 
     def write(self, store: Path) -> None:
         atomic_write_text(Path(store) / MANIFEST_FILE, self.to_json())

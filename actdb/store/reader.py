@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from .layout import (CHECKSUMS_FILE, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
-                     layer_name, part_name, token_parts)
+from .layout import (CHECKSUMS_FILE, DOCS_FILE, MANIFEST_FILE, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
+                     layer_name, part_name, rule_masks, token_parts)
 from .manifest import Manifest
 
 if TYPE_CHECKING:
@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 
 
 class StoreReader:
-    """Read-only handle on a complete store's files: manifest, tokens, masks (`actdb.open` adds SQL)."""
+    """Read-only handle on a complete store's files: manifest, tokens, masks (`actdb.open` adds SQL).
+    `rule`: the fire rule whose masks (and views) it reads; default the store's first."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, rule: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such store")
@@ -30,8 +31,20 @@ class StoreReader:
                 raise StoreError(f"{self.path}: ingest not finished (run `actdb ingest ... --resume` to complete it)")
             raise StoreError(f"{self.path}: not an actdb store (no {MANIFEST_FILE})")
         self.manifest = Manifest.read(self.path)
-        self._arrays: dict[int, Any] = {}
+        self.rule = self.manifest.rules[0] if rule is None else self.manifest.rule_record(str(rule)).name
+        self._arrays: dict[tuple[str, int], Any] = {}
         self._check_parts()
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The store's fire rules, in order (the first is the default)."""
+        return self.manifest.rules
+
+    def with_rule(self, rule: str | None):
+        """A handle of the same kind on the same store reading fire rule `rule` (None: this one)."""
+        if rule is None or str(rule) == self.rule:
+            return self
+        return type(self)(self.path, rule=str(rule))
 
     def _check_parts(self) -> None:
         """A missing or extra token part would silently change every count over tokens."""
@@ -67,7 +80,7 @@ class StoreReader:
         files = self.checksum_records()
         if files is None:
             return None
-        prefix = f"{MASKS_DIR}/{layer_name(layer)}/"
+        prefix = f"{(rule_masks(self.path, self.rule) / layer_name(layer)).relative_to(self.path).as_posix()}/"
         return {k[len(prefix):] for k in files if k.startswith(prefix)}
 
     def __repr__(self) -> str:
@@ -80,7 +93,8 @@ class StoreReader:
         return [
             f"store        {self.path}",
             f"model        {m.model} ({m.model_class}, {m.architecture}, weights sha256 {m.weights_sha256[:12]})",
-            f"fired        {m.fire_rule}",
+            *[f"fired        {r}: {m.rule_record(r).definition}" + (" (default)" if i == 0 else "")
+              for i, r in enumerate(m.rules)],
             f"layers       {len(m.layers)} of {m.n_layers} recorded, {m.d_ffn} neurons each, d_model {m.d_model}",
             f"tokens       {m.n_tokens:,} in {m.n_sequences:,} sequences ({m.mode}, seq_len {m.seq_len}) "
             f"from {m.n_docs:,} documents",
@@ -113,10 +127,12 @@ class StoreReader:
         return pl.read_parquet(self.path / VOCAB_FILE)
 
     def packed(self, layer: int):
-        """The mask array of a layer, uint8 [d_ffn, ceil(n_tokens/8)], read through CheckedArray."""
+        """The mask array of a layer under this handle's rule, uint8 [d_ffn, ceil(n_tokens/8)], read
+        through CheckedArray."""
         if layer not in self.manifest.layers:
             raise StoreError(f"layer {layer}: expected one of the recorded layers {list(self.manifest.layers)}, got {layer}")
-        arr = self._arrays.get(layer)
+        arr = self._arrays.get((self.rule, layer))
+        masks = rule_masks(self.path, self.rule)
         if arr is None:
             import zarr
             from zarr.storage import LocalStore
@@ -125,14 +141,14 @@ class StoreReader:
             from .chunks import CheckedArray
 
             try:
-                arr = zarr.open_array(LocalStore(self.path / MASKS_DIR, read_only=True), path=layer_name(layer), mode="r")
+                arr = zarr.open_array(LocalStore(masks, read_only=True), path=layer_name(layer), mode="r")
             except Exception as e:  # zarr raises several types for a missing or bad array
-                raise StoreError(f"{self.path / MASKS_DIR / layer_name(layer)}: cannot open mask array ({e})") from None
+                raise StoreError(f"{masks / layer_name(layer)}: cannot open mask array ({e})") from None
             expected = (self.manifest.d_ffn, (self.n_tokens + 7) // 8)
             if tuple(arr.shape) != expected:
-                raise StoreError(f"{self.path / MASKS_DIR / layer_name(layer)}: shape: expected {expected}, got {tuple(arr.shape)}")
-            arr = self._arrays[layer] = CheckedArray(arr, self.path / MASKS_DIR / layer_name(layer),
-                                                     self._recorded(layer))
+                raise StoreError(f"{masks / layer_name(layer)}: shape: expected {expected}, got {tuple(arr.shape)}")
+            arr = self._arrays[(self.rule, layer)] = CheckedArray(arr, masks / layer_name(layer),
+                                                                  self._recorded(layer))
         return arr
 
     def masks(self, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:

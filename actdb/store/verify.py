@@ -23,12 +23,12 @@ from typing import Any, Iterable
 
 from ..errors import StoreError
 from ..io import sha256_file
-from .layout import CHECKSUMS_FILE, INDEX_DIR, INDEX_FILE, TOKENS_DIR
+from .layout import CHECKSUMS_FILE, INDEX_DIR, INDEX_FILE, TOKENS_DIR, rule_dir
 
 # table functions through which SQL reaches files or other SQL by name: check every file
 _REACH_ANYTHING = {"read_parquet", "parquet_scan", "query", "query_table", "parquet_metadata",
                    "parquet_file_metadata", "parquet_kv_metadata", "parquet_schema", "read_blob", "glob"}
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+SQL_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _READ_PARQUET = re.compile(r"read_parquet\(\s*'((?:[^']|'')*)'")
 
 
@@ -36,19 +36,21 @@ class ParquetGuard:
     """The recorded digests of a store's Parquet files and the files behind each SQL view."""
 
     def __init__(self, root: str | Path, checksum_files: dict[str, Any] | None, info: Any,
-                 statements: Iterable[str] = ()) -> None:
+                 statements: Iterable[str] = (), index_dirs: Iterable[tuple[Path, Any]] = ()) -> None:
         """statements: the CREATE VIEW / CREATE MACRO SQL of the connection (read here, not from
         DuckDB's catalogue: duckdb_functions() alone takes ~30 ms); without them every query
         checks every file. checksum_files: checksums.json's records (StoreReader.checksum_records);
-        info: the index record (store.index_info.IndexInfo) or None."""
+        info: the index record (store.index_info.IndexInfo) of STORE/index/, or None; index_dirs:
+        other (index folder, record) pairs the views read (another fire rule's index)."""
         self.root = Path(root)
         self._records: dict[str, tuple[dict[str, Any], str]] = {}   # normalised path -> (digest, where recorded)
         self._areas: list[str] = []    # folders whose every Parquet file must be recorded
         self._ok: dict[str, tuple[int, int, int]] = {}   # verified: path -> (size, mtime_ns, inode)
-        self._deps = _dependencies(statements)   # name -> (read_parquet paths, names it uses)
-        index_dir = self.root / INDEX_DIR
-        if info is not None and info.files:
-            for rel, digest in info.files.items():
+        self._deps = view_dependencies(statements)   # name -> (read_parquet paths, names it uses)
+        for index_dir, rec in [(self.root / INDEX_DIR, info), *index_dirs]:
+            if rec is None or not rec.files:
+                continue
+            for rel, digest in rec.files.items():
                 p = index_dir / rel if (index_dir / rel).exists() or not (self.root / rel).exists() else self.root / rel
                 self._records[_norm(p)] = (digest, str(index_dir / INDEX_FILE))
             self._areas.append(_norm(index_dir))
@@ -104,7 +106,7 @@ class ParquetGuard:
 
     def verify_for_sql(self, sql: str) -> None:
         """Check the files a statement can read through the views and macros it names."""
-        words = {w.lower() for w in _WORD.findall(sql)}
+        words = {w.lower() for w in SQL_WORD.findall(sql)}
         deps = self._deps
         if not deps or words & _REACH_ANYTHING or ".parquet" in sql.lower():
             self.verify_all()
@@ -124,7 +126,13 @@ class ParquetGuard:
 _CREATE = re.compile(r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:VIEW|MACRO)\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
 
 
-def _dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
+def created_name(stmt: str) -> str | None:
+    """The (lower-case) name a CREATE VIEW / CREATE MACRO statement creates, else None."""
+    m = _CREATE.match(stmt)
+    return m.group(1).lower() if m else None
+
+
+def view_dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
     """name -> (read_parquet paths, other names) of each view and macro the statements create."""
     bodies: dict[str, str] = {}
     for stmt in statements:
@@ -133,7 +141,7 @@ def _dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[st
             name = m.group(1).lower()
             bodies[name] = bodies.get(name, "") + " " + stmt[m.end():]
     return {name: ({p.replace("''", "'") for p in _READ_PARQUET.findall(body)},
-                   {w.lower() for w in _WORD.findall(body)} & set(bodies) - {name})
+                   {w.lower() for w in SQL_WORD.findall(body)} & set(bodies) - {name})
             for name, body in bodies.items()}
 
 
@@ -141,15 +149,29 @@ def _norm(path: str | Path) -> str:
     return os.path.normpath(os.path.abspath(str(path)))
 
 
-def parquet_guard(store: Any, statements: Iterable[str] | None = None, info: Any = None) -> ParquetGuard:
+def parquet_guard(store: Any, statements: Iterable[str] | None = None,
+                  indexes: dict[Path, Any] | None = None) -> ParquetGuard:
     """The guard of a store handle: made anew when the views are (re)created with `statements`
-    (and `info`, the index record they were made from), otherwise the handle's existing one (or
-    one that checks every file)."""
+    (and `indexes`, {index folder: record} of the indexes they read), otherwise the handle's
+    existing one (or one that checks every file)."""
     guard = getattr(store, "_parquet_guard", None)
     if guard is None or statements is not None:
-        if info is None:
-            from .index_info import read_index_info
-
-            info = read_index_info(store.path)
-        guard = store._parquet_guard = ParquetGuard(store.path, store.checksum_records(), info, statements or ())
+        if indexes is None:
+            indexes = _indexes(store)
+        top = Path(store.path) / INDEX_DIR
+        guard = store._parquet_guard = ParquetGuard(
+            store.path, store.checksum_records(), indexes.get(top), statements or (),
+            [(d, rec) for d, rec in indexes.items() if d != top])
     return guard
+
+
+def _indexes(store: Any) -> dict[Path, Any]:
+    """{index folder: record} of the handle's rule and of the store's first rule (which holds the
+    rule-independent tables)."""
+    from .index_info import index_path, read_index_info
+
+    out = {}
+    for rule in dict.fromkeys((store.rule, store.rules[0])):
+        base = rule_dir(store.path, rule)
+        out[index_path(base)] = read_index_info(base)
+    return out

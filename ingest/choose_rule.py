@@ -1,0 +1,60 @@
+"""The measurement behind the demo's magnitude rule for SmolLM2 (docs/FINDINGS.md, "Fire rules"):
+one ingest of the first --tokens tokens of the demo corpus under sign and every candidate rule (one
+forward), then, per rule, what the paper's questions give: fire rate, dead neurons, token detectors
+and the tokens they detect, the suppression share, positional neurons.
+
+    python ingest/choose_rule.py --tokens 8192
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corpus_demo import DOMAINS, build_corpus  # noqa: E402
+from demo import CHARS_PER_TOKEN, ROOT, models  # noqa: E402
+
+CANDIDATES = ("top:0.99", "top:0.995", "top:0.999", "abs>0.5")
+QUESTIONS = {
+    "fire rate": "SELECT avg(freq) FROM neurons",
+    "dead %": "SELECT 100 * avg(dead::INT) FROM neurons",
+    "token detectors": "SELECT count(*) FROM token_detectors",
+    "detected tokens": "SELECT count(DISTINCT id) FROM (SELECT unnest(token_ids) AS id FROM token_detectors)",
+    "suppressing %": "SELECT 100 * avg(suppresses::INT) FROM detector_suppression",
+    "positional": "SELECT count(*) FROM positional_neurons",
+}
+
+
+def main() -> None:
+    import actdb
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--out", default=str(ROOT / "demo-out" / "choose-rule"))
+    ap.add_argument("--rules", default=",".join(CANDIDATES))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = out / "corpus.jsonl"
+    build_corpus(corpus, ROOT / ".cache", chars_per_domain=int(args.tokens * CHARS_PER_TOKEN / len(DOMAINS) * 1.25),
+                 seed=0)
+    model = models(ROOT / ".cache", ["smollm2"])["smollm2"]
+    rules = ["sign", *args.rules.split(",")]
+    actdb_bin = str(Path(sys.executable).with_name("actdb"))
+    subprocess.run([actdb_bin, "ingest", str(model), str(corpus), "-o", str(out / "store"), "--max-tokens",
+                    str(args.tokens), "--overwrite", "--no-progress", *[a for r in rules for a in ("--fire-rule", r)]],
+                   check=True)
+    st = actdb.open(out / "store")
+    print("| rule | " + " | ".join(QUESTIONS) + " |")
+    print("|---|" + "---|" * len(QUESTIONS))
+    for rule in st.rules:
+        vals = [st.sql(q, {"rule": rule}).item() for q in QUESTIONS.values()]
+        print(f"| `{rule}` | " + " | ".join("—" if v is None else f"{v:.4g}" if isinstance(v, float) else f"{v:,}"
+                                             for v in vals) + " |")
+
+
+if __name__ == "__main__":
+    main()
