@@ -9,6 +9,12 @@ two workers ever write the same file. The driver records each finished block's c
 blocks done in order (ingest-state.json), so a resumed run, with or without Ray, redoes exactly the
 blocks not yet marked; the manifest is written last by the caller.
 
+Fire rules: every worker writes every rule's masks of its block. A top:Q rule's per-layer
+thresholds are fixed by the first block of tokens, so while they are not yet known (a fresh
+ingest) block 0 runs alone, on one worker, which fixes and returns them; the driver commits them
+with block 0 (ingest-state.json, as the single process does) and hands them to every worker for
+the other blocks. A resumed run reads them from the ingest state.
+
 A killed worker process is restarted by Ray and its blocks are redone (max_restarts,
 max_task_retries); a worker that fails for good (its constructor or a block raises) stops the run
 with one line naming the worker and the block.
@@ -27,10 +33,11 @@ import torch
 from ..cluster import MAX_RESTARTS, Shape, connected, failure, worker_shape
 from ..errors import StoreError
 from ..io import atomic_write_text
-from ..settings import IngestSettings, RaySettings, parse_layer_list
+from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
-from ..store.layout import CAPTURE_KINDS as KINDS, STAGING
+from ..store.layout import CAPTURE_KINDS as KINDS, STAGING, rule_dir
 from ..store.writer import MaskWriter, write_state
+from .rules import magnitude_rules, top_thresholds
 
 PROBE_FILE = "ray-probe"   # under _staging/: a token the driver writes and every worker must read back
 # tests: "BLOCK:DIR" makes the worker that writes block BLOCK's masks pause there (once), after
@@ -91,37 +98,53 @@ class BlockWorker:
         dt = getattr(torch, dtype)
         self.lm = load_model(Path(model_dir), config, device, dt, should_offload(s.offload, config, dt, device))
         self.tokenizer = load_tokenizer(Path(model_dir))
-        masks = MaskWriter(self.root, self.layers, self.d_ffn, n_tokens, s.block_tokens, s.neuron_chunk, s.codec,
-                           s.zstd_level, create=False)
+        self.rules = [parse_fire_rule(r) for r in s.fire_rule]
+        masks = {r.name: MaskWriter(rule_dir(self.root, r.name), self.layers, self.d_ffn, n_tokens, s.block_tokens,
+                                    s.neuron_chunk, s.codec, s.zstd_level, create=False) for r in self.rules}
+        if pause:   # the first rule's masks written, the others' and the capture not yet
+            first = self.rules[0].name
+            masks[first] = _PausingMasks(masks[first], pause)
         captures = CaptureWriter(self.root, KINDS[s.capture], len(self.layers), n_tokens, s.capture_topk,
                                  s.block_tokens, create=False)
-        self.writers = (_PausingMasks(masks, pause) if pause else masks, captures)
+        self.writers = (masks, captures)
 
     def ready(self) -> str:
         return self.where
 
-    def run_block(self, index: int) -> tuple[int, float]:
-        """Forward and write block `index`; returns (index, forward seconds)."""
-        start = index * self.s.block_tokens
-        stop = min(self.n_tokens, start + self.s.block_tokens)
+    def run_block(self, index: int, thresholds: dict[str, list[float]]) -> tuple[int, float, dict[str, list[float]]]:
+        """Forward and write block `index`, under the top:Q rules' `thresholds` (only block 0 may
+        go without them: it fixes them); returns (index, forward seconds, the top:Q thresholds)."""
+        bt = self.s.block_tokens
+        mags = magnitude_rules(self.rules, len(self.layers), self.d_ffn, min(bt, self.n_tokens), thresholds)
+        unfixed = [name for name, m in mags.items() if not m.fixed]
+        if index and unfixed:   # the driver's order broken: thresholds come from block 0 only
+            raise RuntimeError(f"block {index} was handed out before block 0 fixed {', '.join(unfixed)}")
+        start = index * bt
+        stop = min(self.n_tokens, start + bt)
         fwd = self.forward(self.root, self.lm, self.layers, self.d_ffn, self.s, None, self.writers, self.tokenizer,
-                           start, self.n_tokens, stop_row=stop)
-        return index, fwd
+                           start, self.n_tokens, self.rules, mags, stop_row=stop)
+        return index, fwd, top_thresholds(mags)
 
 
 def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettings, state: IngestState,
                    writers: tuple, n_tokens: int, dtype: str, forward: Callable, commit: Callable
-                   ) -> tuple[float, float, tuple[str, ...]]:
+                   ) -> tuple[float, float, tuple[str, ...], dict[str, list[float]]]:
     """Forward and commit every block not yet done on Ray workers; returns (forward seconds, Ray
-    start-up seconds, a line per worker with its share). forward, commit: pipeline's _forward_all
-    and commit_files, the single process's own (handed in: the pipeline imports this module)."""
+    start-up seconds, a line per worker with its share, the top:Q rules' thresholds). forward,
+    commit: pipeline's _forward_all and commit_files, the single process's own (handed in: the
+    pipeline imports this module)."""
     from tqdm import tqdm
 
     bt = s.block_tokens
     n_blocks = -(-n_tokens // bt)
     todo = list(range(state.blocks_done, n_blocks))
     if not todo:   # killed after the last block, before the manifest: nothing to forward
-        return 0.0, 0.0, ()
+        return 0.0, 0.0, (), dict(state.thresholds)
+    unfixed = [r.name for r in map(parse_fire_rule, s.fire_rule)
+               if r.kind == "top" and r.name not in state.thresholds]
+    if unfixed and todo[0] != 0:
+        raise StoreError(f"{root}: the ingest state has blocks done but no thresholds for {', '.join(unfixed)}; "
+                         f"start the ingest again with --overwrite")
     t0 = time.perf_counter()
     token = uuid.uuid4().hex
     atomic_write_text(root / STAGING / PROBE_FILE, token)
@@ -138,15 +161,15 @@ def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettin
             names = _start(ray, actors, root)
             startup = time.perf_counter() - t0
             t1 = time.perf_counter()
-            shares = _dispatch(ray, actors, names, todo, root, state, writers, bt, n_tokens, s.progress, shape,
-                               commit, tqdm)
+            shares, thresholds = _dispatch(ray, actors, names, todo, root, state, writers, bt, n_tokens,
+                                           s.progress, shape, commit, tqdm, bool(unfixed))
             fwd = time.perf_counter() - t1
         finally:
             for a in actors:   # a failed run: the others stop writing before the driver returns
                 ray.kill(a, no_restart=True)
     total = max(sum(b for b, _ in shares.values()), 1)
     lines = [f"{names[i]}: {b} blocks, {t:,} tokens ({100 * b / total:.0f} %)" for i, (b, t) in shares.items()]
-    return fwd, startup, (f"{shape.describe()}; Ray start-up {startup:.1f} s", *lines)
+    return fwd, startup, (f"{shape.describe()}; Ray start-up {startup:.1f} s", *lines), thresholds
 
 
 def _start(ray: Any, actors: list, root: Path) -> list[str]:
@@ -164,31 +187,39 @@ def _start(ray: Any, actors: list, root: Path) -> list[str]:
 
 
 def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: Path, state: IngestState,
-              writers: tuple, bt: int, n_tokens: int, progress: bool, shape: Shape, commit_files, tqdm
-              ) -> dict[int, tuple[int, int]]:
+              writers: tuple, bt: int, n_tokens: int, progress: bool, shape: Shape, commit_files, tqdm,
+              first_alone: bool) -> tuple[dict[int, tuple[int, int]], dict[str, list[float]]]:
     """Hand out the blocks (two queued per worker, so it never waits for the driver), commit each
-    as it finishes and mark blocks done in order. Returns {worker: (blocks, tokens)}."""
+    as it finishes and mark blocks done in order; with first_alone (top:Q thresholds not yet
+    fixed), block 0 runs alone and its thresholds go with every other block, committed with it.
+    Returns ({worker: (blocks, tokens)}, the top:Q thresholds)."""
     queue = list(reversed(todo))
     inflight: dict[Any, tuple[int, int]] = {}
+    load = [0] * len(actors)
     shares = {i: (0, 0) for i in range(len(actors))}
     finished: set[int] = set()
+    thresholds = dict(state.thresholds)
 
-    def submit(i: int) -> None:
-        if queue:
-            index = queue.pop()
-            inflight[actors[i].run_block.remote(index)] = (i, index)
+    def fill() -> None:
+        for _ in range(2):
+            for i in range(len(actors)):
+                if not queue or (first_alone and inflight):
+                    return
+                if load[i] < 2:
+                    index = queue.pop()
+                    inflight[actors[i].run_block.remote(index, thresholds)] = (i, index)
+                    load[i] += 1
 
-    for i in range(len(actors)):
-        submit(i)
-        submit(i)
+    fill()
     bar = tqdm(total=n_tokens, initial=state.blocks_done * bt, unit="tok", unit_scale=True,
                desc=f"forward ({shape.describe()})", disable=not progress, dynamic_ncols=True)
     try:
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
             i, index = inflight.pop(ready[0])
+            load[i] -= 1
             try:
-                ray.get(ready[0])
+                _, _, fixed = ray.get(ready[0])
             except Exception as e:  # noqa: BLE001 - a worker failed for good: one line, nothing more marked
                 kept = (f"blocks 0..{state.blocks_done - 1} are committed and --resume continues from there"
                         if state.blocks_done else "no block is committed")
@@ -196,6 +227,9 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
                                  f"{min(n_tokens, (index + 1) * bt) - 1:,}): {failure(e)}; the store is not "
                                  f"complete; {kept}") from None
             commit_files(root, writers, index)
+            if index == 0:
+                thresholds.update(fixed)
+                first_alone = False
             finished.add(index)
             rows = min(n_tokens, (index + 1) * bt) - index * bt
             b, t = shares[i]
@@ -204,10 +238,10 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
                 done = state.blocks_done
                 while done in finished:
                     done += 1
-                state = state.replace(blocks_done=done)
+                state = state.replace(blocks_done=done, thresholds=thresholds)
                 write_state(root, state)
             bar.update(rows)
-            submit(i)
+            fill()
     finally:
         bar.close()
-    return shares
+    return shares, thresholds
