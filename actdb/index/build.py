@@ -223,7 +223,8 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         if ray is not None and ray.on:
             from .ray_index import run_units_on_ray
 
-            run_units_on_ray(ray, st.path, root, pending, ngram_layers, config, vocab, tok, finished, build_unit)
+            run_units_on_ray(ray, st.path, st.rule, root, pending, ngram_layers, config, vocab, tok, finished,
+                             build_unit)
         else:
             _run_units(run, pending, n_workers, finished)
     finally:

@@ -16,18 +16,18 @@ from ..errors import StoreError
 from ..settings import RaySettings
 
 
-def _unit_task(build_unit: Callable, store_path: str, root: str, unit: tuple[int, int, int], ngram: bool,
-               config: Any, vocab: Any, tok: Any) -> str:
+def _unit_task(build_unit: Callable, store_path: str, rule: str, root: str, unit: tuple[int, int, int],
+               ngram: bool, config: Any, vocab: Any, tok: Any) -> str:
     from ..store.reader import StoreReader
 
-    return build_unit(StoreReader(store_path), tok, Path(root), unit, ngram, config, vocab)
+    return build_unit(StoreReader(store_path, rule=rule), tok, Path(root), unit, ngram, config, vocab)
 
 
-def run_units_on_ray(rs: RaySettings, store_path: Path, root: Path, units: list, ngram_layers: tuple[int, ...],
-                     config: Any, vocab: Any, tok: Any, finished: Callable[[str], None],
-                     build_unit: Callable) -> None:
-    """Run every unit as a Ray task, at most --ray-workers (default: the cluster's CPUs) at once;
-    finished(name) in this thread as each completes."""
+def run_units_on_ray(rs: RaySettings, store_path: Path, rule: str, root: Path, units: list,
+                     ngram_layers: tuple[int, ...], config: Any, vocab: Any, tok: Any,
+                     finished: Callable[[str], None], build_unit: Callable) -> None:
+    """Run every unit of `rule`'s index as a Ray task, at most --ray-workers (default: the
+    cluster's CPUs) at once; finished(name) in this thread as each completes."""
     with connected(rs) as ray:
         n = rs.ray_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(_unit_task).options(num_cpus=1, max_retries=MAX_RESTARTS)
@@ -38,7 +38,7 @@ def run_units_on_ray(rs: RaySettings, store_path: Path, root: Path, units: list,
         def submit() -> None:
             if queue:
                 u = queue.pop()
-                inflight[task.remote(build_unit, str(store_path), str(root), u, u[0] in ngram_layers,
+                inflight[task.remote(build_unit, str(store_path), rule, str(root), u, u[0] in ngram_layers,
                                      *shared)] = u
         for _ in range(n):
             submit()
@@ -49,9 +49,9 @@ def run_units_on_ray(rs: RaySettings, store_path: Path, root: Path, units: list,
                 try:
                     name = ray.get(ready[0])
                 except Exception as e:  # noqa: BLE001 - one line; finished units stay recorded
-                    raise StoreError(f"{store_path}: index unit layer {layer} neurons {n0}..{n1 - 1} failed on "
-                                     f"Ray: {failure(e)}; the index is not complete, `actdb index` finishes "
-                                     f"it") from None
+                    raise StoreError(f"{store_path}: index unit layer {layer} neurons {n0}..{n1 - 1} (rule "
+                                     f"{rule}) failed on Ray: {failure(e)}; the index is not complete, "
+                                     f"`actdb index` finishes it") from None
                 finished(name)
                 submit()
         finally:
