@@ -1,6 +1,8 @@
 """Ingest and index on Ray (SPEC §5): a store made on a local 3-worker CPU cluster is byte-identical
 to one made by a single process, through a worker killed mid-block, a killed driver resumed with and
-without Ray, and a worker failing for good stops in one line with nothing marked complete."""
+without Ray, and a worker failing for good stops in one line with nothing marked complete. Every
+store here has three fire rules (SPEC §1.8): the sign, a top:Q rule (its thresholds fixed by block 0,
+then handed to the workers, or read back from the ingest state on --resume) and an abs>T rule."""
 from __future__ import annotations
 
 import json
@@ -22,11 +24,14 @@ from actdb.errors import InputError, StoreError
 from actdb.ingest.pipeline import ingest
 from actdb.ingest.ray_ingest import PAUSE_ENV, check_store_visible
 from actdb.settings import IngestSettings, RaySettings
+from actdb.store.layout import rule_slug
 from tiny import make_corpus
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
-OPTS = dict(seq_len=24, batch_size=3, block_tokens=256, capture="resid+ffn")
-CLI_OPTS = ["--seq-len", "24", "--batch-size", "3", "--block-tokens", "256", "--capture", "resid+ffn", "--no-progress"]
+RULES = ("sign", "top:0.9", "abs>0.05")
+OPTS = dict(seq_len=24, batch_size=3, block_tokens=256, capture="resid+ffn", fire_rule=RULES)
+CLI_OPTS = ["--seq-len", "24", "--batch-size", "3", "--block-tokens", "256", "--capture", "resid+ffn", "--no-progress",
+            *(a for r in RULES for a in ("--fire-rule", r))]
 # what differs between a Ray store and a single-process one: the writer's lock, and the manifest's engine
 NOT_COMPARED = {".actdb.lock", "manifest.json"}
 
@@ -57,12 +62,14 @@ def settings(mdir: Path, corpus: Path, out: Path, **kw) -> IngestSettings:
 def files(root: Path, without: str) -> dict[str, bytes]:
     out = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()
            and p.name not in NOT_COMPARED}
-    return {k: p.read_bytes() for k, p in out.items() if not (without and k.startswith(without))}
+    # `without`: a folder of the store's and of every rule's (index/: the sign's and rules/*/index/)
+    return {k: p.read_bytes() for k, p in out.items() if not (without and (k.startswith(without)
+                                                                              or f"/{without}" in k))}
 
 
 def assert_same_store(got: Path, ref: Path, engine: str | None = "ray", without: str = "") -> None:
-    """Byte for byte: masks, capture, token parts, tables, checksums, index (but files under
-    `without`); the manifest equal but for the engine it names."""
+    """Byte for byte: every rule's masks, capture, token parts, tables, checksums, indexes (but
+    files under `without`); the manifest equal but for the engine it names."""
     a, b = files(got, without), files(ref, without)
     assert sorted(a) == sorted(b)
     differ = [k for k in a if a[k] != b[k]]
@@ -73,6 +80,14 @@ def assert_same_store(got: Path, ref: Path, engine: str | None = "ray", without:
     assert m_got.pop("extra") == ({"engine": engine} if engine else {})
     m_ref.pop("extra")
     assert m_got == m_ref
+    # every rule's masks and index beside the sign's; the top:Q thresholds recorded per layer
+    for r in m_got["fire_rules"][1:]:
+        slug = f"rules/{rule_slug(r['name'])}/"
+        assert any(k.startswith(slug + "masks/") for k in a) and (without or any(k.startswith(slug + "index/")
+                                                                                  for k in a))
+    assert [r["name"] for r in m_got["fire_rules"]] == list(RULES)
+    top = m_got["fire_rules"][1]["thresholds"]
+    assert len(top) == len(m_got["layers"]) and len(set(top)) > 1 and all(t > 0 for t in top)
 
 
 def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 240) -> int:
