@@ -10,7 +10,7 @@ import click
 
 from ._version import __version__
 from .errors import ActdbError
-from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings, ServeSettings
+from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings, RaySettings, ServeSettings
 
 
 def _one_line_errors(fn):
@@ -48,9 +48,18 @@ def _settings_options(fn, cls: type = IngestSettings):
             continue
         base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
         ctype = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else base
+        extra = {"is_flag": False, "flag_value": f.metadata["flag_value"]} if "flag_value" in f.metadata else {}
         fn = click.option(flag, f.name, type=ctype, default=f.default, show_default=True,
-                          multiple=bool(f.metadata.get("multiple")), help=f.metadata["help"])(fn)
+                          multiple=bool(f.metadata.get("multiple")), help=f.metadata["help"], **extra)(fn)
     return fn
+
+
+_ray_options = functools.partial(_settings_options, cls=RaySettings)
+
+
+def _ray_settings(options: dict) -> RaySettings:
+    """Take the RaySettings fields (--ray, --ray-workers, --gpus-per-worker) out of `options`."""
+    return RaySettings(**{f.name: options.pop(f.name) for f in dataclasses.fields(RaySettings)})
 
 
 def _query_options(fn):
@@ -73,13 +82,15 @@ def main() -> None:
 @click.argument("corpus", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, help="Output store folder.")
 @_settings_options
+@_ray_options
 @_one_line_errors
 def ingest(model: str, corpus: tuple[str, ...], out: str, **options) -> None:
     """Run MODEL over CORPUS files and record every FFN neuron's firing per token."""
     from .ingest.pipeline import ingest as run
 
+    ray = _ray_settings(options)
     settings = IngestSettings(model=model, corpus=tuple(corpus), out=out, **options)
-    summary = run(settings)
+    summary = run(settings, ray)
     for line in summary.lines():
         click.echo(line)
 
@@ -100,12 +111,14 @@ def info(store: str) -> None:
 @click.argument("store")
 @functools.partial(_settings_options, cls=IndexSettings)
 @click.option("--rule", default=None, help="Build only this fire rule's index (default: every recorded rule).")
+@_ray_options
 @_one_line_errors
 def index(store: str, rule: str | None, **options) -> None:
     """Build (or resume) the query index of STORE: per-neuron counts as Parquet, per fire rule."""
     from .index.build import build_index
 
-    root = build_index(store, settings=IndexSettings(**options), rule=rule)
+    ray = _ray_settings(options)
+    root = build_index(store, settings=IndexSettings(**options), rule=rule, ray=ray)
     click.echo(f"index        {root}")
 
 

@@ -270,7 +270,8 @@ POSITIONAL = ("model", "corpus", "out")
 
 
 def settings_table(cls: type = IngestSettings) -> str:
-    """Markdown table of the settings of `cls` (IngestSettings, IndexSettings, QuerySettings or ServeSettings), for the README."""
+    """Markdown table of the settings of `cls` (IngestSettings, IndexSettings, RaySettings,
+    QuerySettings or ServeSettings), for the README."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(cls):
         if f.name in POSITIONAL:
@@ -280,6 +281,36 @@ def settings_table(cls: type = IngestSettings) -> str:
             default = " ".join(default)
         rows.append(f"| `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """`--ray` on `actdb ingest` and `actdb index`: where the work runs. Not part of what a store
+    records (a store made on Ray equals one made by one process), so resuming with or without Ray is
+    the same ingest."""
+    ray: str | None = _opt(None, "Spread the forward passes (ingest) or the index units over a Ray cluster: 'auto' "
+                           "(the cluster of RAY_ADDRESS or `ray start` on this machine, else a local one) or its "
+                           "ADDRESS (host:port). Needs `pip install 'actdb[ray]'` and a store on a filesystem every "
+                           "worker sees.", flag_value="auto")
+    ray_workers: int = _opt(0, "Ray worker actors (ingest) or index tasks at once (0: one per GPU, or with "
+                            "--gpus-per-worker 0 one per CPU of the cluster).")
+    gpus_per_worker: float = _opt(0.0, "GPUs each ingest worker holds (0: CPU workers, which share the cluster's CPUs).")
+
+    def __post_init__(self) -> None:
+        from .errors import InputError
+
+        if self.ray is not None and not self.ray.strip():
+            raise InputError("--ray: expected 'auto' or a cluster ADDRESS, got ''")
+        if isinstance(self.ray_workers, bool) or not isinstance(self.ray_workers, int) or self.ray_workers < 0:
+            raise InputError(f"--ray-workers: expected 0 (one per GPU or CPU) or a positive number, got {self.ray_workers!r}")
+        if not (isinstance(self.gpus_per_worker, (int, float)) and self.gpus_per_worker >= 0):
+            raise InputError(f"--gpus-per-worker: expected a number >= 0, got {self.gpus_per_worker!r}")
+        if self.ray is None and (self.ray_workers or self.gpus_per_worker):
+            raise InputError("--ray-workers and --gpus-per-worker: expected them with --ray, got them without")
+
+    @property
+    def on(self) -> bool:
+        return self.ray is not None
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from actdb.settings import IndexSettings, IngestSettings, QuerySettings, ServeSettings, settings_table
+from actdb.settings import IndexSettings, IngestSettings, QuerySettings, RaySettings, ServeSettings, settings_table
 
 
 @pytest.mark.parametrize("marker, cls", [("settings-table", IngestSettings), ("index-settings-table", IndexSettings),
+                                         ("ray-settings-table", RaySettings),
                                          ("query-settings-table", QuerySettings),
                                          ("serve-settings-table", ServeSettings)])
 def test_readme_settings_table_is_current(marker, cls):

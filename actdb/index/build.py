@@ -60,7 +60,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError, StoreError
 from ..io import PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs, file_digest, write_parquet
-from ..settings import IndexSettings, parse_layer_list
+from ..settings import IndexSettings, RaySettings, parse_layer_list
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
 from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
                             INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE,
@@ -135,14 +135,15 @@ def _holding_writer_lock(build):
 @_holding_writer_lock
 def build_index(store_path: str | Path, layers: Iterable[int] | str | None = None,
                 settings: IndexSettings | None = None, neuron_chunk: int | None = None, rule: str | None = None,
-                **options: Any) -> Path:
+                ray: RaySettings | None = None, **options: Any) -> Path:
     """Build (or resume, or leave as is when complete) the index of a store.
 
     settings (or its fields as keyword options: progress, force, top_k, memory_mb, workers, device,
     the thresholds): see settings.IndexSettings. layers: the layers that get bigram/trigram tables
     (a list, or the --layers grammar; default: the first half of the network); every recorded
     layer gets fires, domains, positions and tokens. neuron_chunk: an upper bound on the neurons
-    per unit (tests). The files do not depend on the workers, the device or the memory budget.
+    per unit (tests). ray (--ray): the units run as Ray tasks (ray_index.py), every rule's. The
+    files do not depend on the workers, the device, the memory budget or Ray.
 
     A first build is made in place (STORE/index/) and resumes where a killed one stopped. A
     rebuild over a complete index (--force, or other settings) is made beside it, in
@@ -164,9 +165,9 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     st = Store(store_path, rule=rule)
     m = st.manifest
     if rule is None and len(st.rules) > 1:
-        first = build_index(store_path, layers, s, neuron_chunk, rule=st.rules[0])
+        first = build_index(store_path, layers, s, neuron_chunk, rule=st.rules[0], ray=ray)
         for other in st.rules[1:]:
-            build_index(store_path, layers, s, neuron_chunk, rule=other)
+            build_index(store_path, layers, s, neuron_chunk, rule=other, ray=ray)
         return first
     shared = st.rule == st.rules[0]   # the rule-independent tables live in the first rule's index
     rule_base = rule_dir(st.path, st.rule)
@@ -211,21 +212,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
                desc="index" if len(st.rules) == 1 else f"index {st.rule}", disable=not s.progress, dynamic_ncols=True)
 
     def run(unit: tuple[int, int, int]) -> str:
-        layer, n0, n1 = unit
-        ngram = layer in ngram_layers
-        counts = count_unit(st.packed(layer), tok, n0, n1, ngram, m.block_tokens, device)
-        tables = unit_tables(layer, n0, counts, tok, ngram, config, vocab)
-        del counts
-        name = _unit_name(layer, n0)
-        # a unit's folder appears whole or not at all (a resumed build trusts what it finds)
-        d, tmpd = root / INDEX_PARTS / name, root / INDEX_PARTS / f".{name}.tmp"
-        shutil.rmtree(tmpd, ignore_errors=True)
-        tmpd.mkdir()
-        for tname, t in tables.items():
-            pq.write_table(t, tmpd / f"{tname}.parquet", **_PART_OPTIONS)
-        shutil.rmtree(d, ignore_errors=True)
-        tmpd.rename(d)
-        return name
+        return build_unit(st, tok, root, unit, unit[0] in ngram_layers, config, vocab, device)
 
     def finished(name: str) -> None:   # main thread only: the state file has one writer
         done.add(name)
@@ -235,7 +222,13 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
 
     pending = [u for u in units if _unit_name(*u[:2]) not in done]
     try:
-        _run_units(run, pending, n_workers, finished)
+        if ray is not None and ray.on:
+            from .ray_index import run_units_on_ray
+
+            run_units_on_ray(ray, st.path, st.rule, root, pending, ngram_layers, config, vocab, tok, finished,
+                             build_unit)
+        else:
+            _run_units(run, pending, n_workers, finished)
     finally:
         bar.close()
     files = _assemble(root, [_unit_name(l, n0) for l, n0, _ in units], tok)
@@ -328,6 +321,27 @@ def _run_units(run, units: list, n_workers: int, finished) -> None:
             raise
     if error is not None:
         raise error
+
+
+def build_unit(st, tok: TokenArrays, root: Path, unit: tuple[int, int, int], ngram: bool, config: IndexConfig,
+               vocab: np.ndarray, device: str = "cpu") -> str:
+    """Count one (layer, neuron chunk) unit (on `device`, count.count_unit) and write its parts to
+    index/_parts/UNIT/; returns its name. Called in a thread of the build, or in a Ray task
+    (ray_index.py, on the worker's CPU)."""
+    layer, n0, n1 = unit
+    counts = count_unit(st.packed(layer), tok, n0, n1, ngram, st.manifest.block_tokens, device)
+    tables = unit_tables(layer, n0, counts, tok, ngram, config, vocab)
+    del counts
+    name = _unit_name(layer, n0)
+    # a unit's folder appears whole or not at all (a resumed build trusts what it finds)
+    d, tmpd = root / INDEX_PARTS / name, root / INDEX_PARTS / f".{name}.tmp"
+    shutil.rmtree(tmpd, ignore_errors=True)
+    tmpd.mkdir()
+    for tname, t in tables.items():
+        pq.write_table(t, tmpd / f"{tname}.parquet", **_PART_OPTIONS)
+    shutil.rmtree(d, ignore_errors=True)
+    tmpd.rename(d)
+    return name
 
 
 def _unit_name(layer: int, n0: int) -> str:

@@ -89,7 +89,19 @@ class TokenArrays:
         for a in out.values():
             a.flush()
         del out
-        self.cols = {k: np.load(tmp / f"col_{k}.npy", mmap_mode="r") for k in self.KEYS}
+        self.tmp = tmp
+        self.cols = self._open_cols()
+
+    def _open_cols(self) -> dict[str, np.ndarray]:
+        return {k: np.load(self.tmp / f"col_{k}.npy", mmap_mode="r") for k in self.KEYS}
+
+    # pickled for a Ray task (index/ray_index.py) without the column files, which it maps again
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "cols"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.cols = self._open_cols()
 
     def _parts(self):
         """(table, pos, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..settings import IngestSettings
+    from ..settings import IngestSettings, RaySettings
 
 
-def run(settings: "IngestSettings"):
-    """Run `actdb ingest` from Python; see actdb.IngestSettings for the options."""
+def run(settings: "IngestSettings", ray: "RaySettings | None" = None):
+    """Run `actdb ingest` from Python; see actdb.IngestSettings for the options, and
+    actdb.settings.RaySettings for `ray` (on a Ray cluster)."""
     from .pipeline import ingest
 
-    return ingest(settings)
+    return ingest(settings, ray)

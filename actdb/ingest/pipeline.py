@@ -28,7 +28,7 @@ import torch
 from .._version import __version__
 from .adapters import adapter_for, get_module
 from .capture import CaptureWriter, RowAccumulator, magnitude_stats, save_projection
-from .rules import MagnitudeRule, definition
+from .rules import MagnitudeRule, definition, magnitude_rules, top_thresholds
 from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
@@ -36,7 +36,7 @@ from ..store.manifest import FORMAT_VERSION, CorpusFile, FireRuleRecord, Manifes
 from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
-from ..settings import IngestSettings, parse_fire_rule, parse_layer_list
+from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
 from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS,
                             PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STATE_FILE, VOCAB_FILE, rule_dir,
@@ -62,6 +62,8 @@ class IngestSummary:
     resumed_from: int
     index_seconds: float = 0.0
     max_tokens: int | None = None   # set when the budget was cut to whole sequences (below it)
+    workers: tuple[str, ...] = ()   # on Ray: the workers, then a line per worker with its share
+    startup_seconds: float = 0.0    # on Ray: connecting and starting the workers (in `seconds` too)
 
     def lines(self) -> list[str]:
         bits = self.n_tokens * len(self.layers) * self.d_ffn
@@ -77,7 +79,7 @@ class IngestSummary:
                                                         if self.index_seconds else ""),
             f"masks      {self.mask_bytes / 1e6:,.2f} MB on disk, {8 * self.mask_bytes / max(bits, 1):.3f} bits per "
             f"(token, neuron)",
-        ]
+        ] + [f"worker     {w}" for w in self.workers]
 
 
 class StopForward(Exception):
@@ -130,17 +132,28 @@ def _check_identity(old: dict[str, Any], new: dict[str, Any]) -> None:
             raise InputError(f"--resume: {k}: expected {old.get(k)!r} (as in the interrupted ingest), got {v!r}")
 
 
-def ingest(settings: IngestSettings) -> IngestSummary:
-    """Run a whole ingest (or finish an interrupted one) and return its summary."""
+def ingest(settings: IngestSettings, ray: RaySettings | None = None) -> IngestSummary:
+    """Run a whole ingest (or finish an interrupted one) and return its summary; with `ray`
+    (--ray), the forward passes (and the index) run on a Ray cluster (ray_ingest.py)."""
     if not settings.out:
         raise InputError("no output store given")
+    ray = ray or RaySettings()
+    if ray.on:   # one connection for the forward passes and the index; a missing Ray before any write
+        from ..cluster import connected
+
+        with connected(ray):
+            return _locked_ingest(settings, ray)
+    return _locked_ingest(settings, ray)
+
+
+def _locked_ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     root = Path(settings.out).resolve()   # ".", "./x/", "x/../x", a symlink: one folder, one behaviour
     check_target(root)   # before anything is written there: no lock file in a folder that is not ours
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         with writer_lock(root, "ingest"):
-            return _ingest(settings.replace(out=str(root)))
+            return _ingest(settings.replace(out=str(root)), ray)
     except OSError as e:  # disk full, no permission...: one line, and say whether it can be resumed
         where = f" ({e.filename})" if e.filename else ""
         hint = "; the store can be resumed with --resume" if (root / STATE_FILE).exists() else ""
@@ -153,7 +166,7 @@ def ingest(settings: IngestSettings) -> IngestSummary:
                 pass
 
 
-def _ingest(settings: IngestSettings) -> IngestSummary:
+def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     t0 = time.perf_counter()
     s = settings
     if not s.out:
@@ -169,7 +182,8 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
     n_layers = config.num_hidden_layers
     layers = parse_layer_list(s.layers, n_layers)
     device = choose_device(s.device)
-    dtype = choose_dtype(s.dtype, config, device)
+    # with GPU workers on Ray, 'auto' is chosen for their device, not the driver's
+    dtype = choose_dtype(s.dtype, config, torch.device("cuda") if ray.gpus_per_worker else device)
     d_ffn = adapter.d_ffn(config)
     s = s.replace(block_tokens=block_tokens_for(s, len(layers), d_ffn))
     if not s.progress:
@@ -216,7 +230,8 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
         prefix_tokens=special.prefix, suffix_tokens=special.suffix, separator_token=special.separator,
         corpus=tuple(corpus), max_tokens=s.max_tokens, n_tokens=n_tokens, n_sequences=n_seqs,
         n_docs=tok["n_docs"], block_tokens=s.block_tokens, neuron_chunk=s.neuron_chunk,
-        codec=codec_name(s.codec, s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk)
+        codec=codec_name(s.codec, s.zstd_level), capture=KINDS[s.capture], capture_topk=s.capture_topk,
+        extra={"engine": "ray"} if ray.on else {})
     manifest.validate()
 
     start_row = state.blocks_done * s.block_tokens
@@ -231,10 +246,20 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
         save_projection(root, lm.model, lm, layers, lm.streamer)
     record_checksums(root, "projection", [root / PROJECTION_FILE])
     first_rows = min(s.block_tokens, n_tokens)
-    mags = {r.name: MagnitudeRule(r, len(layers), d_ffn, first_rows, state.thresholds.get(r.name))
-            for r in rules if r.kind != "sign"}
-    fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
-                               n_tokens, rules, mags)
+    shares: tuple[str, ...] = ()
+    startup = 0.0
+    if ray.on:
+        from .ray_ingest import forward_on_ray
+
+        # top:Q thresholds: block 0 is forwarded first and the others under its thresholds
+        fwd_seconds, startup, shares, thresholds = forward_on_ray(
+            root, model_dir, s, ray, state, (writer, captures), n_tokens, identity["dtype"], _forward_all,
+            commit_files)
+        mags = magnitude_rules(rules, len(layers), d_ffn, first_rows, thresholds)
+    else:
+        mags = magnitude_rules(rules, len(layers), d_ffn, first_rows, state.thresholds)
+        fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
+                                   n_tokens, rules, mags)
     records = tuple(FireRuleRecord(r.name, definition(r, adapter, first_rows, manifest.fire_rule),
                                    tuple(mags[r.name].values) if r.name in mags else ()) for r in rules)
     manifest = dataclasses.replace(manifest, fire_rules=records, checksums_sha256=seal_checksums(root))
@@ -251,20 +276,37 @@ def _ingest(settings: IngestSettings) -> IngestSummary:
 
         t_index = time.perf_counter()
         try:
-            build_index(root, progress=s.progress)
+            # counted where the forward ran: on a GPU the index keeps pace with it (SPEC §4)
+            on = str(device) if str(device).startswith("cuda") else "cpu"
+            build_index(root, progress=s.progress, ray=ray, device=on)
         except ActdbError as e:
             raise StoreError(f"{root}: the store is complete, but building its index failed ({e}); "
                              f"run `actdb index {root}` to retry") from None
         index_seconds = time.perf_counter() - t_index
     return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, seconds,
                          fwd_seconds, mask_bytes, offload, start_row, index_seconds,
-                         s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None)
+                         s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None, shares, startup)
+
+
+def write_block(writers: tuple, index: int, masks: dict[str, np.ndarray], stats: dict) -> None:
+    """Write block `index`'s chunk files: each rule's masks [layers, d_ffn, bytes] and capture rows."""
+    for rule, w in writers[0].items():
+        w.write_block(index, masks[rule])
+    writers[1].write_block(index, stats)
+
+
+def commit_files(root: Path, writers: tuple, index: int) -> None:
+    """Record the checksums of block `index`'s files (every rule's), before the block is marked done."""
+    files = [f for w in writers[0].values() for f in w.block_files(index)]
+    record_checksums(root, f"block-{index:06d}", files +
+                     block_chunk_files(root / CAPTURE_DIR, writers[1].arrays, index))
 
 
 class _Writer(threading.Thread):
-    """Writes and commits blocks in order while the forward passes go on."""
+    """Writes and commits blocks in order while the forward passes go on (with state None, only
+    writes them: a Ray worker's, which its driver commits)."""
 
-    def __init__(self, root: Path, writers: tuple, state: IngestState) -> None:
+    def __init__(self, root: Path, writers: tuple, state: IngestState | None) -> None:
         super().__init__(daemon=True)
         self.root, self.writers, self.state = root, writers, state
         self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
@@ -279,13 +321,10 @@ class _Writer(threading.Thread):
                 continue
             index, masks, stats, thresholds = item
             try:
-                files = []
-                for rule, w in self.writers[0].items():
-                    w.write_block(index, masks[rule])
-                    files += w.block_files(index)
-                self.writers[1].write_block(index, stats)
-                record_checksums(self.root, f"block-{index:06d}", files +
-                                 block_chunk_files(self.root / CAPTURE_DIR, self.writers[1].arrays, index))
+                write_block(self.writers, index, masks, stats)
+                if self.state is None:   # a Ray worker's blocks: the driver commits them
+                    continue
+                commit_files(self.root, self.writers, index)
                 # top:Q thresholds are fixed once block 0 is: they are committed with it
                 self.state = self.state.replace(blocks_done=index + 1, thresholds=thresholds)
                 write_state(self.root, self.state)
@@ -311,7 +350,13 @@ class _Writer(threading.Thread):
 
 
 def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writers: tuple,
-                 tokenizer, start_row: int, n_tokens: int, rules: list, mags: dict[str, MagnitudeRule]) -> float:
+                 tokenizer, start_row: int, n_tokens: int, rules: list, mags: dict[str, MagnitudeRule],
+                 stop_row: int | None = None) -> float:
+    """Forward rows start_row.. (a block boundary) and write every rule's masks of their blocks
+    (mags: the magnitude rules among them, magnitude_rules), committing each block unless state
+    is None; stop_row (a block boundary, or n_tokens): the blocks before it only, from the same
+    batches as a whole run (a Ray worker's block). A top:Q rule in mags not yet fixed is fixed by
+    block 0, which must then be among the blocks forwarded."""
     from tqdm import tqdm
 
     staging = root / STAGING
@@ -319,6 +364,8 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     offsets = np.fromfile(staging / "seq_offsets.i64", dtype=np.int64)
     n_seqs = len(offsets) - 1
     B = s.batch_size
+    stop_row = n_tokens if stop_row is None else stop_row
+    n_batches = int(np.searchsorted(offsets, stop_row - 1, side="right") - 1) // B + 1 if stop_row else 0
     first_seq = int(np.searchsorted(offsets, start_row, side="right") - 1) if start_row < n_tokens else n_seqs
     first_batch = first_seq // B
     skip = start_row - int(offsets[min(first_batch * B, n_seqs)]) if start_row < n_tokens else 0
@@ -327,8 +374,8 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     kinds = KINDS[s.capture]
     rows_acc = RowAccumulator(skip)
     stats_out: dict[str, list] = {kind: [None] * len(layers) for kind in kinds}
-    assemblers = {name: BlockAssembler(len(layers), d_ffn, s.block_tokens // 8, first_block=state.blocks_done)
-                  for name in names}
+    assemblers = {name: BlockAssembler(len(layers), d_ffn, s.block_tokens // 8,
+                                       first_block=start_row // s.block_tokens) for name in names}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = lm.device
     current: dict[str, Any] = {}
@@ -380,13 +427,14 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     def emit(blocks: dict[str, list]) -> None:
         # every rule's assembler received the same bytes, so they complete the same blocks
         for k, (index, _) in enumerate(blocks[names[0]]):
+            if index * s.block_tokens >= stop_row:   # rows of the next block in the last batch
+                continue
             masks = {name: blocks[name][k][1] for name in names}
             if index == 0:
                 for name, rule in mags.items():
                     rule.patch_first_block(masks[name])
             n = min(s.block_tokens, n_tokens - index * s.block_tokens)
-            thresholds = {name: list(r.values) for name, r in mags.items() if r.rule.kind == "top" and r.fixed}
-            out.put((index, masks, rows_acc.take(n) if kinds else {}, thresholds))
+            out.put((index, masks, rows_acc.take(n) if kinds else {}, top_thresholds(mags)))
 
     def push_all(parts: dict[str, list]) -> None:
         if all(parts[name] for name in names):
@@ -397,7 +445,7 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     bar = tqdm(total=n_tokens, initial=start_row, unit="tok", unit_scale=True, desc="forward",
                disable=not s.progress, dynamic_ncols=True)
     try:
-        for b in range(first_batch, (n_seqs + B - 1) // B):
+        for b in range(first_batch, n_batches):
             lo, hi = b * B, min((b + 1) * B, n_seqs)
             lengths = np.diff(offsets[lo:hi + 1])
             width = int(lengths.max())
@@ -427,11 +475,12 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
                 packed_out[name][:] = [None] * len(layers)
             fwd += time.perf_counter() - t
             bar.update(int(offsets[hi] - max(offsets[lo], start_row)))
-        push_all({name: [p for p in (q.finish(d_ffn, device) for q in packers[name]) if p is not None]
-                  for name in names})
-        last = {name: assemblers[name].finish() for name in names}
-        if last[names[0]] is not None:
-            emit({name: [last[name]] for name in names})
+        if stop_row == n_tokens:   # a Ray worker's block before the last ends on a block boundary
+            push_all({name: [p for p in (q.finish(d_ffn, device) for q in packers[name]) if p is not None]
+                      for name in names})
+            last = {name: assemblers[name].finish() for name in names}
+            if last[names[0]] is not None:
+                emit({name: [last[name]] for name in names})
     finally:
         bar.close()
         for h in handles:

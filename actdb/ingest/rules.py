@@ -136,6 +136,19 @@ class MagnitudeRule:
         self.calib = None   # done: free the candidates
 
 
+def magnitude_rules(rules: list, n_layers: int, d_ffn: int, first_rows: int,
+                    thresholds: dict[str, list[float]]) -> dict[str, MagnitudeRule]:
+    """The abs>T and top:Q rules by name; a top:Q rule without recorded thresholds is fixed by
+    the first block (`first_rows` tokens) of the forward it runs in."""
+    return {r.name: MagnitudeRule(r, n_layers, d_ffn, first_rows, thresholds.get(r.name))
+            for r in rules if r.kind != "sign"}
+
+
+def top_thresholds(mags: dict[str, MagnitudeRule]) -> dict[str, list[float]]:
+    """The fixed per-layer thresholds of the top:Q rules, as the ingest state records them."""
+    return {name: list(r.values) for name, r in mags.items() if r.rule.kind == "top" and r.fixed}
+
+
 def definition(rule: FireRule, adapter, first_block_rows: int, sign_text: str) -> str:
     """A rule in words, for the manifest."""
     if rule.kind == "sign":
