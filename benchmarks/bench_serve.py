@@ -59,7 +59,11 @@ def urls(st, name: str) -> list[tuple[str, str]]:
     """(page kind, URL) of every page type, HTML and JSON."""
     m = st.manifest
     mid = m.layers[len(m.layers) // 2]
-    det = st.sql("SELECT layer, neuron FROM token_detectors ORDER BY layer, neuron LIMIT 1").row(0)
+    det = st.sql("SELECT layer, neuron FROM token_detectors ORDER BY layer, neuron LIMIT 1")
+    # a store with no detector (SmolLM2 under the sign rule): the neuron fewest tokens cover
+    det = det.row(0) if det.height else st.sql(
+        "SELECT layer, neuron FROM coverage WHERE n = 1 AND n_covering > 0 ORDER BY n_covering, layer, neuron "
+        "LIMIT 1").row(0)
     busy = st.sql("SELECT layer, neuron FROM neurons WHERE layer = $l ORDER BY fires DESC LIMIT 1", {"l": mid}).row(0)
     tok = st.sql("SELECT v.token FROM token_counts JOIN vocab v USING (token_id) ORDER BY count DESC LIMIT 1 "
                  "OFFSET 5").item()
@@ -131,6 +135,8 @@ def main() -> None:
     for root in roots:
         st = actdb.open(root)
         m = st.manifest
+        if args.store and len(st.rules) > 1:
+            print(f"(rule {st.rule}; the store has {', '.join(st.rules)})")
         print(f"\n## {m.model}: {len(m.layers)} x {m.d_ffn} neurons, {m.n_tokens:,} tokens, vocabulary {m.vocab_size:,}\n")
         rows = time_pages(st, args.repeat)
         print(table(["page", "URL", "first ms", "warm median ms", "warm max ms"], rows), flush=True)
