@@ -29,13 +29,14 @@ def make_hostile(path: Path):
     return actdb.open(path)
 
 
-def make_probe_store(path: Path, model_dir: Path, corpus: Path):
+def make_probe_store(path: Path, model_dir: Path, corpus: Path, rules: tuple[str, ...] = ("sign",)):
     """A tiny LLaMA ingested one document per sequence, batch 1 (no padding), so a probe of a
-    document's text must give exactly the store's masks of its sequence."""
+    document's text must give exactly the store's masks of its sequence (under each rule)."""
     import actdb
 
     actdb.ingest.run(actdb.IngestSettings(model=str(model_dir), corpus=(str(corpus),), out=str(path), seq_len=32,
-                                          mode="document", batch_size=1, block_tokens=256, progress=False))
+                                          mode="document", batch_size=1, block_tokens=256, progress=False,
+                                          fire_rule=rules))
     return actdb.open(path)
 
 

@@ -420,3 +420,27 @@ def test_readme_lists_every_route(served):
             continue
         html_twin = path[4:] if path.startswith("/api/s/") else path
         assert f"`{path}" in readme or f"`{html_twin}" in readme, path
+
+
+def test_probe_fires_as_the_store_recorded_under_magnitude_rules(tmp_path, model_dirs):
+    """The probe reads the handle's fire rule: under top:Q and abs>T it compares |h| (the output
+    projection's input) with the layer's recorded threshold, and its fires equal that rule's masks."""
+    import actdb
+    from serve_stores import make_probe_store, probe_corpus
+
+    corpus = probe_corpus(tmp_path / "corpus.jsonl")
+    path = make_probe_store(tmp_path / "store", model_dirs("llama"), corpus, ("sign", "top:0.9", "abs>0.05")).path
+    texts = corpus_texts(corpus)
+    for rule in ("top:0.9", "abs>0.05"):
+        st = actdb.open(path, rule=rule)
+        (name,) = store_names([st])
+        tok = st.tokens().sort("row")
+        with TestClient(create_app([st], SETTINGS)) as c:
+            for doc in (0, 5):
+                rows = np.flatnonzero(tok["doc"].to_numpy() == doc)
+                for layer in st.manifest.layers:
+                    masks = st.masks(layer)[rows]                       # [tokens, d_ffn] of this rule
+                    r = c.get(f"/api/s/{name}/probe", params={"text": texts[doc], "layer": layer})
+                    assert r.status_code == 200, r.text
+                    assert [t["n_fired"] for t in r.json()["tokens"]] == masks.sum(axis=1).tolist(), (rule, layer)
+        assert 0 < st.masks(st.manifest.layers[0]).mean() < 0.5, rule   # the rule is not the sign's

@@ -82,9 +82,17 @@ class Probe:
         dtype = choose_dtype(m.dtype if m.dtype in ("float32", "bfloat16", "float16") else "auto", config, device)
         lm = load_model(model_dir, config, device, dtype, offload=False)
         rule = adapter.fire_rule(type(get_module(lm.layers[0], adapter.act)).__name__)
-        if rule != m.fire_rule:
+        if rule != m.fire_rule:   # the sign rule's meaning for this activation
             raise InputError(f"{m.model}: fire rule {rule!r} is not the store's {m.fire_rule!r}")
         return lm, load_tokenizer(model_dir)
+
+    def _rule(self, i: int) -> float | None:
+        """None for the sign rule; else the float32 cut of the handle's magnitude rule at the
+        i-th recorded layer (ingest/rules.py: x > t <=> x > floor32(t) for a float32 x)."""
+        from ..ingest.rules import floor32
+
+        rec = {r.name: r for r in self.store.manifest.fire_rules}.get(self.store.rule)
+        return None if rec is None or not rec.thresholds else floor32(rec.thresholds[i])
 
     def run(self, text: str, layer: int) -> ProbeResult:
         if self._why is not None:
@@ -112,12 +120,20 @@ class Probe:
             if i is None:
                 raise InputError(f"layer {layer}: not recorded in this store")
             got: dict[str, torch.Tensor] = {}
+            rule = self._rule(i)
+            if rule is None:   # sign (SPEC §1.1): the activation's output > 0
+                def hook(module, inputs, output):
+                    got["fired"] = (output > 0).reshape(-1, output.shape[-1])   # [seq, d_ffn] bool
+                    raise _Stop
 
-            def hook(module, inputs, output):
-                got["fired"] = (output > 0).reshape(-1, output.shape[-1])   # [seq, d_ffn] bool
-                raise _Stop
+                h = get_module(lm.layers[layer], lm.adapter.act).register_forward_hook(hook)
+            else:              # a magnitude rule (SPEC §1.8): |h| > the layer's recorded threshold,
+                def hook(module, inputs):   # h the output projection's input, compared as ingest does
+                    x = inputs[0]
+                    got["fired"] = (x.float().abs() > rule).reshape(-1, x.shape[-1])   # [seq, d_ffn] bool
+                    raise _Stop
 
-            h = get_module(lm.layers[layer], lm.adapter.act).register_forward_hook(hook)
+                h = get_module(lm.layers[layer], lm.adapter.fc_out).register_forward_pre_hook(hook)
             try:
                 x = torch.tensor([ids], dtype=torch.long, device=lm.device)  # [1, seq]
                 with torch.inference_mode():
