@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PY = str(ROOT / ".venv" / "bin" / "python")
-ACTDB = str(ROOT / ".venv" / "bin" / "actdb")
+# the interpreter: $ACTDB_PYTHON, else the repo's .venv/ (ingest/demo.sh makes it), else the one running this
+# (a worktree without its own .venv/); actdb's console script sits beside it
+_VENV_PY = ROOT / ".venv" / "bin" / "python"
+PY = os.environ.get("ACTDB_PYTHON") or (str(_VENV_PY) if _VENV_PY.exists() else sys.executable)
+ACTDB = str(Path(PY).with_name("actdb"))
 MB = 1 << 20
 WORK = ROOT / ".cache" / "bench"
 

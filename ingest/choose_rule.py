@@ -4,6 +4,7 @@ forward), then, per rule, what the paper's questions give: fire rate, dead neuro
 and the tokens they detect, the suppression share, positional neurons.
 
     python ingest/choose_rule.py --tokens 8192
+    python ingest/choose_rule.py --table-only   # the table again, from the store the last run left
 """
 from __future__ import annotations
 
@@ -23,20 +24,15 @@ QUESTIONS = {
     "dead %": "SELECT 100 * avg(dead::INT) FROM neurons",
     "token detectors": "SELECT count(*) FROM token_detectors",
     "detected tokens": "SELECT count(DISTINCT id) FROM (SELECT unnest(token_ids) AS id FROM token_detectors)",
+    "detectors firing >= 10 times": "SELECT count(*) FROM token_detectors JOIN neurons USING (layer, neuron) "
+                                    "WHERE fires >= 10",
+    "median fires per neuron": "SELECT median(fires) FROM neurons",
     "suppressing %": "SELECT 100 * avg(suppresses::INT) FROM detector_suppression",
     "positional": "SELECT count(*) FROM positional_neurons",
 }
 
 
-def main() -> None:
-    import actdb
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--out", default=str(ROOT / "demo-out" / "choose-rule"))
-    ap.add_argument("--rules", default=",".join(CANDIDATES))
-    args = ap.parse_args()
-    out = Path(args.out)
+def ingest(out: Path, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "corpus.jsonl"
     build_corpus(corpus, ROOT / ".cache", chars_per_domain=int(args.tokens * CHARS_PER_TOKEN / len(DOMAINS) * 1.25),
@@ -47,7 +43,22 @@ def main() -> None:
     subprocess.run([actdb_bin, "ingest", str(model), str(corpus), "-o", str(out / "store"), "--max-tokens",
                     str(args.tokens), "--overwrite", "--no-progress", *[a for r in rules for a in ("--fire-rule", r)]],
                    check=True)
+
+
+def main() -> None:
+    import actdb
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--out", default=str(ROOT / "demo-out" / "choose-rule"))
+    ap.add_argument("--rules", default=",".join(CANDIDATES))
+    ap.add_argument("--table-only", action="store_true", help="no ingest: the table of the store in --out")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if not args.table_only:
+        ingest(out, args)
     st = actdb.open(out / "store")
+    print(f"{st.manifest.n_tokens:,} tokens")
     print("| rule | " + " | ".join(QUESTIONS) + " |")
     print("|---|" + "---|" * len(QUESTIONS))
     for rule in st.rules:
