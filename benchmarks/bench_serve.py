@@ -123,16 +123,15 @@ def main() -> None:
     import actdb
 
     print(f"# bench_serve {stamp()}")
-    for shape, n in ((SMOLLM2, args.smol_tokens), (OPT125M, args.opt_tokens)) if not args.store else ():
-        root = Path(args.work) / f"{shape.name}-{n}"
+    synthetic = [] if args.store else [(shape, n, Path(args.work) / f"{shape.name}-{n}")
+                                       for shape, n in ((SMOLLM2, args.smol_tokens), (OPT125M, args.opt_tokens))]
+    for shape, n, root in synthetic:
         if not (args.reuse and (root / "index" / "index.json").exists()):
             import shutil
 
             shutil.rmtree(root, ignore_errors=True)
             print(f"{shape.name}: built in", build(root, shape, n), flush=True)
-    roots = [Path(p) for p in args.store] or [Path(args.work) / f"{shape.name}-{n}" for shape, n in
-                                              ((SMOLLM2, args.smol_tokens), (OPT125M, args.opt_tokens))]
-    for root in roots:
+    for root in [Path(p) for p in args.store] or [r for _, _, r in synthetic]:
         st = actdb.open(root)
         m = st.manifest
         if args.store and len(st.rules) > 1:

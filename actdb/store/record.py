@@ -93,20 +93,18 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise StoreError(f"{where}: expected an object, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise StoreError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise StoreError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise StoreError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise StoreError(f"{where}: expected a string, got {value!r}")
-        return value
+    if tp in _SCALARS:
+        what, ok = _SCALARS[tp]
+        if not ok(value):
+            raise StoreError(f"{where}: expected {what}, got {value!r}")
+        return float(value) if tp is float else value
     return value
+
+
+# JSON scalar types: what the message names, and the check (JSON true is no integer here)
+_SCALARS: dict[type, tuple[str, Any]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
