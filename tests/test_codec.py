@@ -53,6 +53,11 @@ CASES = {
                                                          np.eye(1, 8192, 8191, dtype=bool)[0],
                                                          np.eye(1, 8192, 0, dtype=bool)[0]]),
     "markov runs": lambda rng: markov(rng, 32, 8192, 0.05, 12.0),
+    # rows the structure trial moves to zstd between Rice rows of other k: the encoder cuts
+    # their codes out of streams it has already written
+    "markov among iid rows": lambda rng: np.where(
+        (np.arange(48) % 3 == 1)[:, None], markov(rng, 48, 8192, 0.04, 10.0),
+        rng.random((48, 8192)) < np.exp(rng.uniform(-7, -2, 48))[:, None]),
     "odd shape": lambda rng: rng.random((3, 8 * 37)) < 0.05,
 }
 

@@ -152,15 +152,39 @@ def _rem_starts(kr: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 
 def _rice_jit(jit, words: np.ndarray, B: int, rows: np.ndarray, inv: np.ndarray, kr: np.ndarray, n: np.ndarray,
-              cost: np.ndarray) -> tuple[bytes, bytes, np.ndarray]:
-    """(unary, rem, n11) of `rows` by the compiled pass; cost += each row's sum of gap >> k."""
+              cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The compiled pass over `rows`: (unary words, rem words, u_at, rem_start, n11), where row
+    i's unary codes are bits u_at[i]..u_at[i + 1] and its remainders start at rem_start[i];
+    cost += each row's sum of gap >> k."""
     n_bits = 8 * B
     u_max = int(((n_bits >> kr) + n).sum())        # sum(gap >> k) <= sum(gap) >> k <= n_bits >> k
     r_bits = int((n * kr).sum())
-    unary, rem = np.zeros(u_max // 64 + 1, np.uint64), np.zeros(r_bits // 64 + 2, np.uint64)
-    n11 = np.zeros_like(n)
-    u_bits = jit.rice_rows(words, B, rows, inv, kr, _rem_starts(kr, n), unary, rem, cost, n11)
-    return unary.view(np.uint8)[:(u_bits + 7) // 8].tobytes(), rem.view(np.uint8)[:(r_bits + 7) // 8].tobytes(), n11
+    # one spare zero word past each stream's end, read by copy_bits' two-word windows
+    unary, rem = np.zeros(u_max // 64 + 2, np.uint64), np.zeros(r_bits // 64 + 2, np.uint64)
+    n11, u_at, rem_start = np.zeros_like(n), np.zeros(n.size + 1, np.int64), _rem_starts(kr, n)
+    jit.rice_rows(words, B, rows, inv, kr, rem_start, unary, rem, n11, u_at)
+    cost += np.diff(u_at) - n                     # a row's unary bits: sum(gap >> k), and a one per code
+    return unary, rem, u_at, rem_start, n11
+
+
+def _stream_bytes(words: np.ndarray, n_bits: int) -> bytes:
+    return words.view(np.uint8)[:(n_bits + 7) // 8].tobytes()
+
+
+def _jit_streams(jit, streams: tuple, keep: np.ndarray, kr: np.ndarray, n: np.ndarray) -> tuple[bytes, bytes]:
+    """(unary, rem) bytes of _rice_jit's streams for the rows kept. Dropped rows' bit segments
+    are cut out, which gives what a pass over the kept rows alone would write: their codes do
+    not depend on the other rows, and the remainder stream keeps its order (by k, then row)."""
+    unary, rem, u_at, rem_start, _ = streams
+    if keep.all():
+        return _stream_bytes(unary, int(u_at[-1])), _stream_bytes(rem, int((n * kr).sum()))
+    ku = np.flatnonzero(keep)
+    u_new = np.zeros_like(unary)
+    u_bits = jit.copy_bits(unary, u_at[ku], u_at[ku + 1] - u_at[ku], u_new)
+    in_order = ku[np.argsort(rem_start[ku], kind="stable")]               # kept rows in stream order
+    r_new = np.zeros_like(rem)
+    r_bits = jit.copy_bits(rem, rem_start[in_order], (n * kr)[in_order], r_new)
+    return _stream_bytes(u_new, u_bits), _stream_bytes(r_new, r_bits)
 
 
 def _encode_group(chunk: np.ndarray, words: np.ndarray | None, rows: np.ndarray, mode: np.ndarray,
@@ -175,10 +199,10 @@ def _encode_group(chunk: np.ndarray, words: np.ndarray | None, rows: np.ndarray,
     kr = rice_k(n, n_bits)
     cost = n * (kr + 1)                                                   # exact Rice bits per row
     if jit is not None:
-        # one pass writes the streams while it measures the rows; redone without the rows that
-        # the structure trial below moves to zstd, if any
+        # one pass writes the streams while it measures the rows; the rows that the structure
+        # trial below moves to zstd are then cut out of them
         streams = _rice_jit(jit, words, chunk.shape[1], rows, inv, kr, n, cost)
-        n11 = streams[2]
+        n11 = streams[4]
     else:
         starts = np.cumsum(n) - n
         gaps = _gaps(chunk, rows, inv, n, starts)
@@ -193,15 +217,12 @@ def _encode_group(chunk: np.ndarray, words: np.ndarray | None, rows: np.ndarray,
         if cost[j] / 8 >= len(_zstd.compress(chunk[rows[j]], level)):
             mode[rows[j]], coded[rows[j]] = RAW, 0
     keep = mode[rows] != RAW
-    if not keep.all():
-        if jit is None:
-            gaps = gaps[np.repeat(keep, n)]
-        else:
-            streams = _rice_jit(jit, words, chunk.shape[1], rows[keep], inv[keep], kr[keep], n[keep], cost[keep])
-        kr, n, rows, cost = kr[keep], n[keep], rows[keep], cost[keep]
-    k[rows] = kr
+    k[rows[keep]] = kr[keep]
     if jit is not None:
-        return streams[0], streams[1]
+        return _jit_streams(jit, streams, keep, kr, n)
+    if not keep.all():
+        gaps = gaps[np.repeat(keep, n)]
+        kr, n, cost = kr[keep], n[keep], cost[keep]
     u_bits, r_bits = int((cost - n * kr).sum()), int((n * kr).sum())  # sum(gap >> k) + an end bit per code; k per code
     unary, rem = np.zeros((u_bits + 7) // 8, np.uint8), np.zeros((r_bits + 7) // 8, np.uint8)
     kf = np.repeat(kr, n)

@@ -64,47 +64,119 @@ def row_counts(chunk64):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def rice_rows(chunk64, B, rows, inv, kr, rem_start, unary, rem, cost, n11):  # pragma: no cover - compiled
+def rice_rows(chunk64, B, rows, inv, kr, rem_start, unary, rem, n11, u_at):  # pragma: no cover - compiled
     """One pass over the rows to be Rice-coded (ZEROS rows inverted; chunk64: chunk_words() of a
     chunk B bytes wide): per listed bit, its gap (bits skipped since the row's previous listed
     bit) goes to the unary stream (gap >> k zero bits, then a one; rows in order) and its low k
     bits to the remainder stream at the row's rem_start; both zeroed uint64 word streams.
-    cost[i] += the sum of gap >> kr[i]; n11[i] = zero gaps after the row's first listed bit.
-    Returns the unary stream's length in bits."""
+    n11[i] = zero gaps after the row's first listed bit; u_at[i] = where row i's unary codes
+    start (u_at[rows.size]: the stream's length in bits; a row's length is the sum of its
+    gap >> k, plus one bit per code). Both streams are built in a register word, stored once
+    per 64 bits."""
     W = chunk64.shape[1]
     tail = _ALL if B % 8 == 0 else (np.uint64(1) << np.uint64(8 * (B % 8))) - np.uint64(1)
-    u = 0
+    pos = np.empty(64 * W + 8, np.int32)         # one row's listed bits (slack for the unrolled writes)
+    uw, us, uacc = 0, 0, np.uint64(0)          # unary: word index, bits used in it, its bits
     for i in range(rows.size):
         r, k = rows[i], kr[i]
-        x = _ALL if inv[i] else np.uint64(0)
+        u_at[i] = 64 * uw + us
+        m = _listed_bits(chunk64[r], _ALL if inv[i] else np.uint64(0), tail, pos)
         mask = (1 << k) - 1
-        rp, prev, c, z = rem_start[i], -1, 0, 0
-        for j in range(W):
-            w = chunk64[r, j] ^ x
-            if j == W - 1:
-                w &= tail   # padding past the row's last byte lists nothing, inverted or not
-            while w:
-                pos = 64 * j + np.int64(trailing_zeros(w))
-                gap = pos - prev - 1
-                q = gap >> k
-                c += q
-                z += gap == 0
-                u += q
-                unary[u >> 6] |= np.uint64(1) << np.uint64(u & 63)
-                u += 1
-                if k:
-                    v, s = np.uint64(gap & mask), np.uint64(rp & 63)
-                    rem[rp >> 6] |= v << s
-                    if s + np.uint64(k) > 64:
-                        rem[(rp >> 6) + 1] |= v >> (np.uint64(64) - s)
-                    rp += k
-                if prev < 0 and gap == 0:   # the first listed bit follows no other
-                    z -= 1
-                prev = pos
-                w &= w - np.uint64(1)
-        cost[i] += c
-        n11[i] = z
-    return u
+        rw, rs, racc = rem_start[i] >> 6, rem_start[i] & 63, np.uint64(0)   # remainder: the same
+        prev, z = -1, 0
+        for t in range(m):
+            p = np.int64(pos[t])
+            gap = p - prev - 1
+            prev = p
+            z += gap == 0
+            q = gap >> k
+            us += q
+            if us >= 64:   # the zero bits fill this word (and maybe more): store it, skip the rest
+                unary[uw] = uacc
+                uw += us >> 6
+                us &= 63
+                uacc = np.uint64(0)
+            uacc |= np.uint64(1) << np.uint64(us)
+            us += 1
+            if us == 64:
+                unary[uw] = uacc
+                uw += 1
+                us = 0
+                uacc = np.uint64(0)
+            if k:
+                v = np.uint64(gap & mask)
+                racc |= v << np.uint64(rs)
+                rs += k
+                if rs >= 64:
+                    rem[rw] |= racc
+                    rw += 1
+                    rs -= 64
+                    racc = v >> np.uint64(k - rs) if rs else np.uint64(0)
+        if rs:
+            rem[rw] |= racc   # rows share boundary words: every store is an OR into the zeroed stream
+        n11[i] = z - (m > 0 and pos[0] == 0)   # the first listed bit follows no other
+    if us:
+        unary[uw] = uacc
+    u_at[rows.size] = 64 * uw + us
+    return u_at[rows.size]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _listed_bits(row64, x, tail, pos):  # pragma: no cover - compiled
+    """The set bits of row64 ^ x (its last word masked by tail) into pos, ascending; returns how
+    many. Four writes per word are unconditional (pos has slack), so a word with up to four set
+    bits takes no data-dependent branch: mispredicted loop exits, one per word, were most of the
+    encoder's time at a few percent firing."""
+    W, m = row64.size, 0
+    for j in range(W):
+        w = row64[j] ^ x
+        if j == W - 1:
+            w &= tail   # padding past the row's last byte lists nothing, inverted or not
+        if w == 0:
+            continue
+        base = np.int32(64 * j)
+        cnt = np.int64(_popcount(w))
+        pos[m] = base + np.int32(trailing_zeros(w))
+        w &= w - np.uint64(1)
+        pos[m + 1] = base + np.int32(trailing_zeros(w))
+        w &= w - np.uint64(1)
+        pos[m + 2] = base + np.int32(trailing_zeros(w))
+        w &= w - np.uint64(1)
+        pos[m + 3] = base + np.int32(trailing_zeros(w))
+        w &= w - np.uint64(1)
+        t = m + 4
+        while w:
+            pos[t] = base + np.int32(trailing_zeros(w))
+            w &= w - np.uint64(1)
+            t += 1
+        m += cnt
+    return m
+
+
+@njit(cache=True, nogil=True)
+def copy_bits(src, starts, lens, dst):  # pragma: no cover - compiled
+    """Bit segments [starts[i], starts[i] + lens[i]) of the uint64 word stream src, one after
+    the other from bit 0 of dst (zeroed; src has a zero word past its last bit). Returns the
+    bits written."""
+    d = 0
+    for i in range(starts.size):
+        a, left = starts[i], lens[i]
+        while left > 0:
+            aw, ab = a >> 6, np.uint64(a & 63)
+            v = src[aw] >> ab
+            if ab:
+                v |= src[aw + 1] << (np.uint64(64) - ab)
+            nb = min(left, 64)
+            if nb < 64:
+                v &= (np.uint64(1) << np.uint64(nb)) - np.uint64(1)
+            dw, db = d >> 6, np.uint64(d & 63)
+            dst[dw] |= v << db
+            if db and np.int64(db) + nb > 64:
+                dst[dw + 1] |= v >> (np.uint64(64) - db)
+            a += nb
+            d += nb
+            left -= nb
+    return d
 
 
 @njit(cache=True, nogil=True, inline="always")
