@@ -13,6 +13,10 @@ from .errors import ActdbError
 from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings, RaySettings, ServeSettings
 
 
+class _Interrupted(click.ClickException):
+    exit_code = 130   # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
 def _one_line_errors(fn):
     # only an ingest (and the index it builds) has anything to resume
     stopped = "interrupted (an ingest continues with --resume)" if fn.__name__ in ("ingest", "index") \
@@ -25,7 +29,7 @@ def _one_line_errors(fn):
         except ActdbError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            raise click.ClickException(stopped) from None
+            raise _Interrupted(stopped) from None
         except Exception as e:
             if os.environ.get("ACTDB_DEBUG"):
                 raise

@@ -190,7 +190,7 @@ def test_ctrl_c_prints_interrupted(store, tmp_path, sql):
     t0 = time.perf_counter()
     p.send_signal(signal.SIGINT)
     text, _ = p.communicate(timeout=50)
-    assert text == "Error: interrupted\n" and p.returncode == 1
+    assert text == "Error: interrupted\n" and p.returncode == 130
     assert time.perf_counter() - t0 < 45      # the statement was stopped, not left to its 60 s limit
     assert list(tmp_path.iterdir()) == []      # no partial output file
 
@@ -354,5 +354,5 @@ def test_ctrl_c_while_polars_writes_goes_to_the_watchdog(store, tmp_path, fmt):
                        text=True, timeout=120, cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = (p.stdout + p.stderr).splitlines()
     assert lines and lines[0] == "python's", lines[:20]
-    assert lines[-1] == "Error: interrupted" and p.returncode == 1, lines[-20:]
+    assert lines[-1] == "Error: interrupted" and p.returncode == 130, lines[-20:]
     assert not out.exists()
