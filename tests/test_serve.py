@@ -444,3 +444,35 @@ def test_probe_fires_as_the_store_recorded_under_magnitude_rules(tmp_path, model
                     assert r.status_code == 200, r.text
                     assert [t["n_fired"] for t in r.json()["tokens"]] == masks.sum(axis=1).tolist(), (rule, layer)
         assert 0 < st.masks(st.manifest.layers[0]).mean() < 0.5, rule   # the rule is not the sign's
+
+
+def test_every_fire_rule_is_served_and_linked(tmp_path, model_dirs):
+    """A store recorded under several fire rules is served once per rule (what `actdb serve`
+    opens): each name reads its own rule's masks, says that rule in words, and links to the
+    same store and neuron under the other rule."""
+    import actdb
+    from actdb.serve.app import open_every_rule
+    from serve_stores import make_probe_store, probe_corpus
+
+    path = make_probe_store(tmp_path / "store", model_dirs("llama"), probe_corpus(tmp_path / "corpus.jsonl"),
+                            ("sign", "top:0.9")).path
+    stores = open_every_rule([str(path)])
+    names = store_names(stores)
+    assert [s.rule for s in stores] == ["sign", "top:0.9"] and names == ["store", "store-top-0.9"]
+    m = stores[0].manifest
+    layer = m.layers[0]
+    with TestClient(create_app(stores, SETTINGS)) as c:
+        listed = api(c, "/stores")["stores"]
+        assert [(s["name"], s["rule"], s["fire_rule"]) for s in listed] == [
+            (names[0], "sign", m.fire_rule), (names[1], "top:0.9", m.fire_rules[1].definition)]
+        fires = {}
+        for name, rule in zip(names, ("sign", "top:0.9")):
+            want = actdb.open(path, rule=rule).masks(layer).sum(axis=0)      # [d_ffn] fires of that rule
+            got = [api(c, f"/s/{name}/neuron/{layer}/{n}")["fires"] for n in range(4)]
+            assert got == want[:4].tolist(), rule
+            fires[rule] = got
+        assert fires["sign"] != fires["top:0.9"]                               # the pages do differ by rule
+        d = api(c, f"/s/{names[1]}/neuron/{layer}/2")
+        assert d["other_rules"] == [{"rule": "sign", "store": names[0]}] and "|h|" in d["fire_rule"]
+        assert f'href="/s/{names[1]}/neuron/{layer}/2"' in get(c, f"/s/{names[0]}/neuron/{layer}/2").text
+        assert f'href="/s/{names[0]}"' in get(c, f"/s/{names[1]}").text

@@ -51,10 +51,13 @@ def _slug(text: str) -> str:
 
 
 def store_names(stores: list) -> list[str]:
-    """URL names of the stores: the folder's name, made unique with -2, -3 …"""
+    """URL names of the stores: the folder's name, and for a handle on another fire rule than
+    the store's first, the rule after it (smollm2-top-0.995); made unique with -2, -3 …"""
     out: list[str] = []
     for st in stores:
         base = _slug(Path(st.path).resolve().name)
+        if st.rules and st.rule != st.rules[0]:
+            base = f"{base}-{_slug(st.rule)}"
         name, i = base, 2
         while name in out:
             name, i = f"{base}-{i}", i + 1
@@ -84,6 +87,9 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     if not stores:
         raise InputError("serve: expected at least one store")
     explorers = {n: Explorer(st, n, settings) for n, st in zip(store_names(stores), stores)}
+    for ex in explorers.values():
+        ex.siblings = [(o.rule, o.name) for o in explorers.values()
+                       if o is not ex and Path(o.base.path).resolve() == Path(ex.base.path).resolve()]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["pct"] = lambda v, d=2: "—" if v is None else f"{100 * v:.{d}f} %"
@@ -213,15 +219,25 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     return _SecurityHeaders(app)
 
 
+def open_every_rule(paths: list[str]) -> list:
+    """A handle per store and fire rule, the store's first rule first: each is served under its
+    own name (store_names), and its pages link to the others."""
+    from ..query.handle import open as open_store
+
+    out = []
+    for p in paths:
+        first = open_store(p)
+        out += [first] + [open_store(p, rule=r) for r in first.rules[1:]]
+    return out
+
+
 def serve(paths: list[str], settings: ServeSettings, echo: Callable[[str], None] = print) -> None:
     """Open the stores, bind, print the URL and serve until Ctrl-C."""
     import socket
 
     import uvicorn
 
-    from ..query.handle import open as open_store
-
-    stores = [open_store(p) for p in paths]
+    stores = open_every_rule(paths)
     app = create_app(stores, settings)
     if not settings.loopback:
         echo(f"warning: listening on {settings.host}, not loopback: anyone who can reach this machine can read "

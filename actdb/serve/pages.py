@@ -71,6 +71,8 @@ class Explorer:
     def __init__(self, store, name: str, settings: ServeSettings) -> None:
         self.base, self.name, self.s = store, name, settings
         self.manifest = store.manifest
+        self.rule = store.rule
+        self.siblings: list[tuple[str, str]] = []   # (rule, explorer name) of the store's other rules served
         # every view made now (a lazy connection makes a view when a statement names it), on
         # the one connection whose cursors the request threads use
         self.views = store.views()
@@ -85,6 +87,14 @@ class Explorer:
         self._token_counts: dict[int, int] | None = None
         self._layers: OrderedDict[int, Any] = OrderedDict()
         self._by_text: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
+
+    def rule_data(self) -> dict[str, Any]:
+        """The handle's fire rule in words (SPEC §1.1 for sign, §1.8 for the magnitude rules), and
+        the explorers of the same store under its other rules."""
+        rec = {r.name: r for r in self.manifest.fire_rules}.get(self.rule)
+        words = self.manifest.fire_rule if rec is None or rec.name == "sign" else rec.definition
+        return {"rule": self.rule, "fire_rule": words,
+                "other_rules": [{"rule": r, "store": n} for r, n in self.siblings]}
 
     # ------------------------------------------------------------ store access
     def st(self, console: bool = False):
@@ -223,7 +233,7 @@ def _store_summary(ex: Explorer) -> dict[str, Any]:
     layers = ex.q("SELECT layer, n_neurons, n_dead, dead_frac, mean_freq_alive FROM layer_stats ORDER BY layer")
     return {
         "name": ex.name, "path": str(ex.base.path), "model": m.model, "model_class": m.model_class,
-        "family": m.family, "fire_rule": m.fire_rule, "n_layers": m.n_layers, "layers": list(m.layers),
+        "family": m.family, **ex.rule_data(), "n_layers": m.n_layers, "layers": list(m.layers),
         "d_ffn": m.d_ffn, "n_tokens": m.n_tokens, "n_sequences": m.n_sequences, "n_docs": m.n_docs,
         "seq_len": m.seq_len, "mode": m.mode,
         "corpus": [{"path": c.path, "bytes": c.bytes} for c in m.corpus],
@@ -471,7 +481,7 @@ def neuron_page(ex: Explorer, layer: int, neuron: int, page: int = 1) -> dict[st
     r = _side_by_side(jobs)
     one = r["one"][0]
     out: dict[str, Any] = {"store": ex.name, "layer": layer, "neuron": neuron, "model": m.model,
-                           "fire_rule": m.fire_rule, "n_tokens": m.n_tokens,
+                           **ex.rule_data(), "n_tokens": m.n_tokens,
                            **{k: one[k] for k in ("fires", "freq", "dead")},
                            "domains": r["domains"], "coverage": r["coverage"]}
     out["token_detector"] = {"tokens": one["td_tokens"], "token_ids": one["td_ids"], "share": one["td_share"]} \
