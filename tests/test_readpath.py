@@ -92,6 +92,36 @@ def test_confinement_cannot_be_undone(store):
         st.sql("SELECT * FROM read_text('/etc/passwd')")
 
 
+def test_links_in_a_store_lead_nowhere(probe_store, tmp_path):
+    """Symbolic links put into a store (actdb writes none): a link to a file outside is refused
+    like the file itself, and so is a Parquet link where a view's glob looks; a link back up the
+    tree (a loop) does not send the file checks into an endless walk."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(probe_store.path, copy)   # an ingested store: its write-time records name every file
+    (tmp_path / "secret.csv").write_text("secret\n42\n")
+    (copy / "tokens" / "secret.csv").symlink_to(tmp_path / "secret.csv")
+    (copy / "tokens" / "up").symlink_to(tmp_path)                         # a loop: up/store/tokens/up/...
+
+    def sql(q: str) -> subprocess.CompletedProcess:   # a process, with a timeout: a regression hangs
+        return subprocess.run([sys.executable, "-m", "actdb.cli", "sql", str(copy), q], capture_output=True,
+                              text=True, timeout=120)
+
+    for q in (f"SELECT * FROM read_csv('{copy}/tokens/secret.csv')", f"SELECT * FROM read_csv('{copy}/tokens/up/secret.csv')"):
+        r = sql(q)
+        assert r.returncode == 1 and "Permission Error" in r.stderr and r.stderr.count("\n") == 1, (q, r.stderr)
+    assert sql("SELECT count(*) AS n FROM tokens").returncode == 0
+    pl.DataFrame({"secret": [42]}).write_parquet(tmp_path / "secret.parquet")
+    (copy / "tokens" / "zz.parquet").symlink_to(tmp_path / "secret.parquet")
+    r = sql(f"SELECT * FROM read_parquet('{copy}/tokens/*.parquet')")
+    # DuckDB refuses the link's target; where the store has its write-time records, the file
+    # checks name the link first
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "zz.parquet" in r.stderr, r.stderr
+    assert "Permission Error" in r.stderr or "a symbolic link where actdb writes only files" in r.stderr, r.stderr
+    assert "42" not in r.stdout
+
+
 def test_relative_store_path_is_confined_too(store, monkeypatch):
     monkeypatch.chdir(store.parent)
     st = actdb.open(store.name)

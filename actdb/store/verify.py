@@ -73,9 +73,12 @@ class ParquetGuard:
         """Every recorded Parquet file, and no unrecorded one where a view's glob would read it."""
         self.verify(self._records)
         for area in self._areas:
-            self.verify(glob.glob(os.path.join(area, "**", "*.parquet"), recursive=True))
+            self.verify(_parquet_files(area))
 
     def _verify_one(self, path: str) -> None:
+        if os.path.islink(path):   # actdb writes no links: one could lead a view's glob out of the store
+            raise StoreError(f"{path}: a symbolic link where actdb writes only files; not answering from it; "
+                             f"run `actdb check {self.root}`")
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -175,3 +178,9 @@ def _indexes(store: Any) -> dict[Path, Any]:
         base = rule_dir(store.path, rule)
         out[index_path(base)] = read_index_info(base)
     return out
+
+
+def _parquet_files(area: str) -> list[str]:
+    """The Parquet files under a folder, links included but not followed (a glob's `**`
+    follows linked folders, and a link back up makes that endless)."""
+    return [os.path.join(d, f) for d, _, files in os.walk(area) for f in files if f.endswith(".parquet")]
