@@ -93,6 +93,7 @@ def main() -> None:
     if forward:
         res.update(forward)
         res["index_over_forward"] = round(index_s / forward["forward_s"], 3)
+        res["index_cpu_over_ingest_cpu"] = round(res["index_cpu_s"] / forward["ingest_cpu_s"], 3)
     print(json.dumps(res))
 
 
@@ -104,8 +105,10 @@ def ingest_forward(args, store: Path) -> dict:
     s = IngestSettings(model=args.model, corpus=(args.corpus,), out=str(store), seq_len=args.seq_len,
                        batch_size=args.batch_size, max_tokens=args.tokens, index=False, progress=False,
                        device="cpu")
+    t0, c0 = time.perf_counter(), time.process_time()
     summary = ingest(s)
-    forward = {"forward_s": round(summary.forward_seconds, 1), "ingest_tokens": summary.n_tokens}
+    forward = {"forward_s": round(summary.forward_seconds, 1), "ingest_tokens": summary.n_tokens,
+               "ingest_s": round(time.perf_counter() - t0, 1), "ingest_cpu_s": round(time.process_time() - c0, 1)}
     (store.parent / f"{store.name}.forward.json").write_text(json.dumps(forward))
     return forward
 
