@@ -93,7 +93,8 @@ def main() -> None:
     if forward:
         res.update(forward)
         res["index_over_forward"] = round(index_s / forward["forward_s"], 3)
-        res["index_cpu_over_ingest_cpu"] = round(res["index_cpu_s"] / forward["ingest_cpu_s"], 3)
+        if "ingest_cpu_s" in forward:   # forward.json files of older runs lack it
+            res["index_cpu_over_ingest_cpu"] = round(res["index_cpu_s"] / forward["ingest_cpu_s"], 3)
     print(json.dumps(res))
 
 
