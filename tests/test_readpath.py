@@ -122,6 +122,21 @@ def test_links_in_a_store_lead_nowhere(probe_store, tmp_path):
     assert "42" not in r.stdout
 
 
+def test_a_view_the_store_lacks_says_why(store):
+    """The known store has no projection weights: naming a vocabulary-projection view or macro
+    says so in one line (CLI and library), where DuckDB says only that no such table exists;
+    a name that is no view at all keeps DuckDB's message."""
+    st = actdb.open(store)
+    for sql in ("SELECT * FROM vocab_projection", "SELECT count(*) FROM detector_suppression_at(max_cov := 3)"):
+        with pytest.raises(actdb.InputError, match=r"^(vocab_projection|detector_suppression_at): this store has "
+                                                   r"no vocabulary projection \(.*projection.safetensors"):
+            st.sql(sql)
+    out = one_line_error(run("sql", store, "SELECT * FROM detector_suppression"))
+    assert out.startswith("Error: detector_suppression: this store has no vocabulary projection"), out
+    with pytest.raises(actdb.InputError, match="Catalog Error: Table with name no_such_view does not exist"):
+        st.sql("SELECT * FROM no_such_view")
+
+
 def test_relative_store_path_is_confined_too(store, monkeypatch):
     monkeypatch.chdir(store.parent)
     st = actdb.open(store.name)

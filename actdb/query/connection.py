@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -36,14 +37,20 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
     if threads is not None:
         con.execute("SET threads = $n", {"n": int(threads)})
     stmts = _views(store.path, store.manifest, info, pre=pre, index_root=base, rule=store.rule)
-    if shared_info is not None and index_file(shared, INDEX_CAPTURE_DIR).exists():
-        stmts += massive_views(shared, info)
-    if shared_info is not None and index_file(shared, INDEX_PROJECTION_FILE).exists():
-        stmts += projection_views(shared, info)
+    # views a store may lack, and why: a statement naming one is told that, not DuckDB's "does not exist"
+    absent: dict[str, str] = {}
+    for views_of, file, why in ((massive_views, INDEX_CAPTURE_DIR, ABSENT_CAPTURE),
+                                (projection_views, INDEX_PROJECTION_FILE, ABSENT_PROJECTION)):
+        these = views_of(shared, info)
+        if shared_info is not None and index_file(shared, file).exists():
+            stmts += these
+        else:
+            absent.update(dict.fromkeys((created_name(v) for v in these), why))
     # which files each view reads, checked before each query
     guard = parquet_guard(store, stmts, {index_path(base): info, index_path(shared): shared_info})
     confine(con, store.path)
     views = _LazyViews(con, store, stmts, guard)
+    views.absent = absent
     if not lazy:
         views.ensure("SELECT * FROM duckdb_views()")
     if not hasattr(store, "_lazy_views"):
@@ -51,6 +58,12 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
     store._lazy_views[con] = views
     return con
 
+
+ABSENT_CAPTURE = ("this store's index has no captured activations (record them with `actdb ingest --capture "
+                  "resid`, the default)")
+ABSENT_PROJECTION = ("this store has no vocabulary projection (its model's output projection and unembedding, "
+                     "projection.safetensors, were not recorded)")
+_NO_SUCH = re.compile(r"with name (\w+) does not exist", re.IGNORECASE)
 
 # words through which a statement can reach any view by name (the catalogue, SQL in a string)
 _CATALOGUE = {"information_schema", "pg_catalog", "sqlite_master", "show", "pragma", "query", "query_table"}
@@ -69,6 +82,7 @@ class _LazyViews:
         self.udf = {name for name, s in zip(self.names, stmts) if "proj_score(" in s}
         self.done: set[str] = set()
         self.proj_score = False
+        self.absent: dict[str, str] = {}   # view -> why this store lacks it
 
     def ensure(self, sql: str) -> None:
         words = {w.lower() for w in SQL_WORD.findall(sql)}
@@ -137,6 +151,13 @@ def _check_read_only(con, sql: str):
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
+
+
+def _absent_view(msg: str, absent: dict[str, str]) -> str:
+    """DuckDB's "... with name X does not exist" for a view this store lacks -> why it lacks it."""
+    m = _NO_SUCH.search(msg) if "Catalog Error" in msg else None
+    name = m.group(1).lower() if m else None
+    return f"{name}: {absent[name]}" if name in absent else msg
 
 
 def coerce_param(value: Any) -> Any:
@@ -262,9 +283,9 @@ class Result:
     QueryTimeout or KeyboardInterrupt. Close it (or use `with`) to stop early."""
 
     def __init__(self, con, sql: str, params: dict[str, Any], timeout: float | None, timeout_hint: str,
-                 batch_rows: int, guard=None) -> None:
+                 batch_rows: int, guard=None, absent: dict[str, str] | None = None) -> None:
         self._con, self._sql, self._params, self._batch_rows = con, sql, params or None, batch_rows
-        self._guard = guard
+        self._guard, self._absent = guard, absent or {}
         self._hint, self._timeout = timeout_hint, timeout
         self._reader = None
         self._executed = False
@@ -285,7 +306,7 @@ class Result:
             msg = _one_line(e)
             if "Permission Error" in msg:  # enable_external_access = false, see confine()
                 msg += " (SQL over a store reads only the store's own files)"
-            return InputError(msg)
+            return InputError(_absent_view(msg, self._absent))
         return e
 
     def _call(self, fn, *args):
@@ -374,7 +395,8 @@ def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=Non
     params = _bind(st, params)
     guard = parquet_guard(store)
     guard.verify_for_sql(sql)   # DuckDB does not check Parquet page CRCs: the sha256 of each file read
-    return Result(con, sql, params, timeout, timeout_hint, batch_rows, guard)
+    views = getattr(store, "_lazy_views", {}).get(con)
+    return Result(con, sql, params, timeout, timeout_hint, batch_rows, guard, views.absent if views else None)
 
 
 def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,
