@@ -11,6 +11,7 @@ Medians are lower medians (torch.median / kthvalue): element ceil(n/2) of the so
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -36,21 +37,17 @@ def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k:
     return _stats_torch(x, valid, lengths, k)
 
 
+@functools.cache
 def _jit():
     """capture_jit, or None: numba missing, or ACTDB_CAPTURE_JIT=0 (the torch/numpy path, kept
     as the reference the kernel is tested against and for NaN)."""
-    global _JIT
-    if _JIT is None:
-        _JIT = False
-        if os.environ.get("ACTDB_CAPTURE_JIT", "1") != "0":
-            try:
-                from . import capture_jit as _JIT
-            except ImportError:
-                pass
-    return _JIT or None
-
-
-_JIT = None
+    if os.environ.get("ACTDB_CAPTURE_JIT", "1") == "0":
+        return None
+    try:
+        from . import capture_jit
+    except ImportError:
+        return None
+    return capture_jit
 
 
 def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor] | None:
@@ -72,7 +69,7 @@ def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.T
     for j, m in enumerate(lengths):
         if not m:
             continue
-        if _JIT.row_topk(h[j, :m], a[j, :m], vals[lo:lo + m], dims[lo:lo + m]):
+        if _jit().row_topk(h[j, :m], a[j, :m], vals[lo:lo + m], dims[lo:lo + m]):
             return None
         rows = a[j, :m]                                                        # [m, d] |h| of sequence j
         rows.partition((d - 1) // 2, axis=-1)
