@@ -146,12 +146,12 @@ def test_medians_equal_sorting_with_padding_and_nan(lengths):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_stats_equal_the_torch_path(dtype):
-    """capture_jit's one-pass |h| and top-k, and the serial medians, against the torch/numpy
+    """The compiled one-pass |h| and top-k, and the serial medians, against the torch/numpy
     path: medians bit for bit, top-k values equal, dims equal where |h| has no ties (bf16 and
     rounded values have many, where the compiled path puts the lower dimension first)."""
     from actdb.ingest import capture
 
-    if capture._jit() is None:
+    if capture.compiled() is None:
         pytest.skip("numba missing")
     g = torch.Generator().manual_seed(7)
     for trial in range(20):

@@ -11,8 +11,6 @@ Medians are lower medians (torch.median / kthvalue): element ceil(n/2) of the so
 """
 from __future__ import annotations
 
-import functools
-import os
 import threading
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from ..io import atomic_path
 from ..store.layout import CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, CAPTURE_KINDS as KINDS, PROJECTION_FILE
 from .adapters import get_module
+from .packing import compiled
 
 
 
@@ -30,29 +29,16 @@ def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k:
     rows of each sequence j (as ingest's attention masks) -> per valid row stats."""
     b = len(lengths)
     x = h.detach().reshape(b, -1, h.shape[-1])                                 # [batch, seq, d]
-    if x.device.type == "cpu" and _jit() is not None:
+    if x.device.type == "cpu" and compiled() is not None:
         stats = _stats_jit(x.float().contiguous(), lengths, k)
         if stats is not None:
             return stats
     return _stats_torch(x, valid, lengths, k)
 
 
-@functools.cache
-def _jit():
-    """capture_jit, or None: numba missing, or ACTDB_CAPTURE_JIT=0 (the torch/numpy path, kept
-    as the reference the kernel is tested against and for NaN)."""
-    if os.environ.get("ACTDB_CAPTURE_JIT", "1") == "0":
-        return None
-    try:
-        from . import capture_jit
-    except ImportError:
-        return None
-    return capture_jit
-
-
 def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor] | None:
     """magnitude_stats on CPU over valid rows only: |h| and the top-k in one compiled pass per
-    row (capture_jit), the medians by numpy's (SIMD) partition; x: [batch, seq, d] float32,
+    row (ingest/kernels.py), the medians by numpy's (SIMD) partition; x: [batch, seq, d] float32,
     contiguous. None when a row holds a NaN (the torch path, whose NaN answers these are not).
     Serial in the calling thread: right after torch's ops its OpenMP workers still spin, so
     a thread pool here took the same wall time for twice the CPU (benchmarks/RESULTS.md, 16.4)."""
@@ -69,7 +55,7 @@ def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.T
     for j, m in enumerate(lengths):
         if not m:
             continue
-        if _jit().row_topk(h[j, :m], a[j, :m], vals[lo:lo + m], dims[lo:lo + m]):
+        if compiled().row_topk(h[j, :m], a[j, :m], vals[lo:lo + m], dims[lo:lo + m]):
             return None
         rows = a[j, :m]                                                        # [m, d] |h| of sequence j
         rows.partition((d - 1) // 2, axis=-1)

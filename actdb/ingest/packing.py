@@ -7,9 +7,33 @@ zero bytes (zero chunks are not even written) and one neuron reads without the o
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import torch
 
+_WEIGHTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    w = _WEIGHTS.get(device)
+    if w is None:
+        w = _WEIGHTS[device] = (2 ** torch.arange(8, dtype=torch.uint8, device=device)).view(1, 8, 1)
+    return w
+
+
+@functools.cache
+def compiled():
+    """The compiled kernels (ingest/kernels.py), or None: numba missing, or ACTDB_INGEST_JIT=0
+    (the torch paths, kept as the reference the kernels are tested against)."""
+    if os.environ.get("ACTDB_INGEST_JIT", "1") == "0":
+        return None
+    try:
+        from . import kernels
+    except ImportError:
+        return None
+    return kernels
 
 
 def pack_rows(fired: torch.Tensor) -> torch.Tensor:
@@ -17,12 +41,14 @@ def pack_rows(fired: torch.Tensor) -> torch.Tensor:
     n, f = fired.shape
     if n % 8:
         raise ValueError(f"pack_rows: expected a multiple of 8 rows, got {n}")
-    # bool is one byte of 0/1: a view, no conversion; then 7 shift-ors over [n/8, d_ffn] slices,
-    # 2x cheaper on CPU than a multiply by bit weights and a sum over the 8-row axis
-    x = fired.contiguous().view(torch.uint8).view(n // 8, 8, f)             # [n/8, 8, d_ffn]
-    packed = x[:, 0].clone()                                                 # [n/8, d_ffn]
-    for bit in range(1, 8):
-        packed |= x[:, bit] << bit
+    jit = compiled() if fired.device.type == "cpu" else None
+    if jit is not None:
+        # one serial pass over the bool bytes (a view, no conversion) on CPU
+        packed = torch.empty(n // 8, f, dtype=torch.uint8)                    # [n/8, d_ffn]
+        jit.pack_bytes(fired.contiguous().view(torch.uint8).numpy(), packed.numpy())
+    else:
+        x = fired.view(n // 8, 8, f).to(torch.uint8)                        # [n/8, 8, d_ffn]
+        packed = (x * _bit_weights(fired.device)).sum(dim=1, dtype=torch.uint8)  # [n/8, d_ffn]
     return packed.t().contiguous()                                           # [d_ffn, n/8]
 
 

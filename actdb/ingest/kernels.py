@@ -1,12 +1,14 @@
-"""Compiled (numba) kernel of the magnitude capture on CPU (capture.magnitude_stats): |h| and
-the top-k by |h| of each token row in one pass over the row, where torch made two (abs, topk)
-on both cores for twice the CPU. The medians stay with numpy's partition, which is SIMD and
-8x faster than a scalar quickselect here.
+"""Compiled (numba) kernels of the ingest hooks on CPU, one call each where torch made several
+small parallel ops (each an OpenMP fork and join; under load or beside the writer thread those
+cost more than the work: benchmarks/RESULTS.md, issue 16.4). Loaded by packing.compiled().
 
+pack_bytes: fire bits packed 8 rows to a byte, bit for bit those of packing.pack_rows.
+row_topk (capture.magnitude_stats): |h| and the top-k by |h| of each token row in one pass.
 Values equal torch.topk's; among values tied in |h| the lower dimension comes first (torch
 leaves the order of ties unspecified, and its order differs from this one, e.g. among the
 zeros of a ReLU row with fewer than k positives). A row holding a NaN is reported, and the
 caller then uses the torch path, whose NaN answers (torch.topk, torch.median) these are not.
+The medians stay with numpy's partition, which is SIMD and 8x faster than a scalar quickselect.
 """
 from __future__ import annotations
 
@@ -47,3 +49,15 @@ def row_topk(h: np.ndarray, a: np.ndarray, vals: np.ndarray, dims: np.ndarray) -
             dims[r, t] = ti[t]
             vals[r, t] = row[ti[t]]
     return nan
+
+
+@njit(cache=True, nogil=True)
+def pack_bytes(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """x: [n, d] uint8 of 0/1 (a bool array's bytes), n a multiple of 8 -> out [n/8, d]:
+    bit b of out[g, f] = x[8g + b, f] (little-endian bit order), token-major like x, so
+    both are read and written along contiguous rows."""
+    for g in range(out.shape[0]):
+        r = 8 * g
+        for f in range(x.shape[1]):
+            out[g, f] = (x[r, f] | (x[r + 1, f] << 1) | (x[r + 2, f] << 2) | (x[r + 3, f] << 3) | (x[r + 4, f] << 4)
+                         | (x[r + 5, f] << 5) | (x[r + 6, f] << 6) | (x[r + 7, f] << 7))
