@@ -7,10 +7,11 @@ zero bytes (zero chunks are not even written) and one neuron reads without the o
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import torch
-
-
 
 _WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
@@ -22,13 +23,32 @@ def _bit_weights(device: torch.device) -> torch.Tensor:
     return w
 
 
+@functools.cache
+def compiled():
+    """The compiled kernels (ingest/kernels.py), or None: numba missing, or ACTDB_INGEST_JIT=0
+    (the torch paths, kept as the reference the kernels are tested against)."""
+    if os.environ.get("ACTDB_INGEST_JIT", "1") == "0":
+        return None
+    try:
+        from . import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
 def pack_rows(fired: torch.Tensor) -> torch.Tensor:
     """[n, d_ffn] bool, n a multiple of 8 -> [d_ffn, n/8] uint8, on fired's device."""
     n, f = fired.shape
     if n % 8:
         raise ValueError(f"pack_rows: expected a multiple of 8 rows, got {n}")
-    x = fired.view(n // 8, 8, f).to(torch.uint8)                            # [n/8, 8, d_ffn]
-    packed = (x * _bit_weights(fired.device)).sum(dim=1, dtype=torch.uint8)  # [n/8, d_ffn]
+    jit = compiled() if fired.device.type == "cpu" else None
+    if jit is not None:
+        # one serial pass over the bool bytes (a view, no conversion) on CPU
+        packed = torch.empty(n // 8, f, dtype=torch.uint8)                    # [n/8, d_ffn]
+        jit.pack_bytes(fired.contiguous().view(torch.uint8).numpy(), packed.numpy())
+    else:
+        x = fired.view(n // 8, 8, f).to(torch.uint8)                        # [n/8, 8, d_ffn]
+        packed = (x * _bit_weights(fired.device)).sum(dim=1, dtype=torch.uint8)  # [n/8, d_ffn]
     return packed.t().contiguous()                                           # [d_ffn, n/8]
 
 
