@@ -30,7 +30,7 @@ def compiled():
     if os.environ.get("ACTDB_INGEST_JIT", "1") == "0":
         return None
     try:
-        from . import kernels
+        import actdb.ingest.kernels as kernels   # not `from . import`: that names the package, whose __init__ imports this
     except ImportError:
         return None
     return kernels
