@@ -49,8 +49,7 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
     # which files each view reads, checked before each query
     guard = parquet_guard(store, stmts, {index_path(base): info, index_path(shared): shared_info})
     confine(con, store.path)
-    views = _LazyViews(con, store, stmts, guard)
-    views.absent = absent
+    views = _LazyViews(con, store, stmts, guard, absent)
     if not lazy:
         views.ensure("SELECT * FROM duckdb_views()")
     if not hasattr(store, "_lazy_views"):
@@ -73,7 +72,7 @@ class _LazyViews:
     """The view and macro statements of one connection, each run the first time a statement
     names it (or a view that uses it); the creation order is kept, so dependencies come first."""
 
-    def __init__(self, con, store, stmts: list[str], guard) -> None:
+    def __init__(self, con, store, stmts: list[str], guard, absent: dict[str, str]) -> None:
         self.con = weakref.ref(con)   # the connection's entry in store._lazy_views must not keep it alive
         self.store, self.guard = store, guard
         self.stmts = stmts
@@ -82,7 +81,7 @@ class _LazyViews:
         self.udf = {name for name, s in zip(self.names, stmts) if "proj_score(" in s}
         self.done: set[str] = set()
         self.proj_score = False
-        self.absent: dict[str, str] = {}   # view -> why this store lacks it
+        self.absent = absent   # view -> why this store lacks it
 
     def ensure(self, sql: str) -> None:
         words = {w.lower() for w in SQL_WORD.findall(sql)}

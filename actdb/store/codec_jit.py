@@ -118,7 +118,6 @@ def rice_rows(chunk64, B, rows, inv, kr, rem_start, unary, rem, n11, u_at):  # p
     if us:
         unary[uw] = uacc
     u_at[rows.size] = 64 * uw + us
-    return u_at[rows.size]
 
 
 @njit(cache=True, nogil=True, inline="always")

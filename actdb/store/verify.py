@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -76,16 +77,16 @@ class ParquetGuard:
             self.verify(_parquet_files(area))
 
     def _verify_one(self, path: str) -> None:
-        if os.path.islink(path):   # actdb writes no links: one could lead a view's glob out of the store
-            raise StoreError(f"{path}: a symbolic link where actdb writes only files; not answering from it; "
-                             f"run `actdb check {self.root}`")
         try:
-            st = os.stat(path)
+            st = os.lstat(path)   # one call per file and statement: of a file it is its stat, and it shows a link
         except FileNotFoundError:
             if path in self._records:
                 raise StoreError(f"{path}: missing (recorded in {self._records[path][1]}); "
                                  f"run `actdb check {self.root}`") from None
             return   # a file no view reads
+        if stat.S_ISLNK(st.st_mode):   # actdb writes no links: one could lead a view's glob out of the store
+            raise StoreError(f"{path}: a symbolic link where actdb writes only files; not answering from it; "
+                             f"run `actdb check {self.root}`")
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
         if self._ok.get(path) == key:
             return
