@@ -520,6 +520,30 @@ def test_index_threads_equal_one_thread_and_resume(tmp_path, monkeypatch):
     same_index(a, c)
 
 
+def test_units_are_recorded_as_they_end():
+    """Each finished unit is recorded while the others still run (a killed build resumes from
+    them, and the progress bar moves), not once all have ended."""
+    import threading
+
+    from actdb.index.build import _run_units
+
+    first_recorded = threading.Event()
+    got = []
+
+    def run(u):
+        if u == 1:
+            assert first_recorded.wait(20), "unit 0 ended but was not recorded while unit 1 ran"
+        return u
+
+    def finished(name):
+        got.append(name)
+        if name == 0:
+            first_recorded.set()
+
+    _run_units(run, [0, 1], 2, finished)
+    assert got == [0, 1]
+
+
 def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
     """A tiny memory budget counts one neuron per unit and gives the same index."""
     import actdb.index.build as ix

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import actdb.index.count as count
+from actdb import jit
 from actdb.errors import InputError
 from actdb.index.build import build_index
 from actdb.index.tokens import TokenArrays
@@ -65,7 +66,7 @@ def test_torch_counts_equal_numpy_and_direct(store, ngram, tmp_path, monkeypatch
         for n0, n1 in ((0, m.d_ffn), (3, 11)):
             by_numpy = count.count_unit(arr, tok, n0, n1, ngram, m.block_tokens, "cpu", NUMPY_ONLY)
             by_torch = count.count_unit(arr, tok, n0, n1, ngram, m.block_tokens, "cpu", TORCH_ONLY)
-            auto = count.count_unit(arr, tok, n0, n1, ngram, m.block_tokens)
+            auto = count.count_unit(arr, tok, n0, n1, ngram, m.block_tokens)   # the compiled kernel
             for got in (by_numpy, by_torch, auto):
                 assert got.dtype == np.int32
                 np.testing.assert_array_equal(got, want[n0:n1])
@@ -75,16 +76,25 @@ def test_torch_counts_equal_numpy_and_direct(store, ngram, tmp_path, monkeypatch
         monkeypatch.undo()
 
 
-@pytest.mark.parametrize("dense_at", [NUMPY_ONLY, TORCH_ONLY])
+@pytest.mark.parametrize("dense_at", [NUMPY_ONLY, TORCH_ONLY, count.DENSE_AT])
 def test_index_files_equal_either_path(store, dense_at, tmp_path, monkeypatch):
-    """The whole index, every file, whichever path counted it (the default picks per block)."""
+    """The whole index, every file, whether the compiled kernels (the default) or numpy and torch
+    (ACTDB_INDEX_JIT=0: counting with numpy, torch, or each block's faster one) built it."""
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(store, a, ignore=shutil.ignore_patterns("index"))
     shutil.copytree(store, b, ignore=shutil.ignore_patterns("index"))
     every = list(StoreReader(a).manifest.layers)   # n-gram columns on every layer too
+    assert count.compiled() is not None, "the compiled index kernels did not load"
     build_index(a, progress=False, layers=every)
-    monkeypatch.setattr(count, "DENSE_AT", dense_at)
-    build_index(b, progress=False, layers=every)
+    monkeypatch.setenv("ACTDB_INDEX_JIT", "0")
+    jit.compiled.cache_clear()
+    try:
+        assert count.compiled() is None
+        monkeypatch.setattr(count, "DENSE_AT", dense_at)
+        build_index(b, progress=False, layers=every)
+    finally:
+        monkeypatch.undo()
+        jit.compiled.cache_clear()
     same_index(a, b)
 
 

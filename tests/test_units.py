@@ -59,16 +59,16 @@ def test_packing_stream_round_trip(seed):
 
 @pytest.mark.parametrize("jit", ["1", "0"])   # the compiled kernel (CPU default) and the torch path
 def test_pack_rows_matches_numpy_packbits(jit, monkeypatch):
-    from actdb.ingest import packing
+    import actdb.jit
 
     monkeypatch.setenv("ACTDB_INGEST_JIT", jit)
-    packing.compiled.cache_clear()
+    actdb.jit.compiled.cache_clear()
     rng = np.random.default_rng(0)
     x = rng.random((64, 13)) < 0.3
     assert np.array_equal(pack_rows(torch.from_numpy(x)).numpy(), np.packbits(x.T, axis=1, bitorder="little"))
     t = torch.from_numpy(rng.random((32, 40)) < 0.5)[:, 3:16]                # a non-contiguous view
     assert np.array_equal(pack_rows(t).numpy(), np.packbits(t.numpy().T, axis=1, bitorder="little"))
-    packing.compiled.cache_clear()
+    actdb.jit.compiled.cache_clear()
     assert np.array_equal(unpack(np.packbits(x.T, axis=1, bitorder="little"), 50, 5), x[5:55].T)
 
 

@@ -51,6 +51,7 @@ import functools
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -231,18 +232,32 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
             _run_units(run, pending, n_workers, finished)
     finally:
         bar.close()
-    files = _assemble(root, [_unit_name(l, n0) for l, n0, _ in units], tok)
     # massive activations and vocabulary projection (SPEC §1.5, §1.7), before index.json marks it complete
+    from concurrent.futures import ThreadPoolExecutor
+
     from .massive import build_capture_index
     from .projection import build_projection_index
 
-    if shared:
-        build_capture_index(st.path, root, m)
-        files.update({f"{INDEX_CAPTURE_DIR}/{p.name}": file_digest(p)
-                      for p in sorted((root / INDEX_CAPTURE_DIR).glob("*.parquet"))})
-    if shared and (st.path / PROJECTION_FILE).exists():
-        build_projection_index(st.path, m.layers, progress=s.progress, out=root)
-        files[INDEX_PROJECTION_FILE] = file_digest(root / INDEX_PROJECTION_FILE)
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="actdb-projection") as ex:
+        # the projection (a matmul on every core) beside the assembly and the capture tables (one
+        # core, mostly Parquet): neither reads the other's files
+        projection = None
+        if shared and (st.path / PROJECTION_FILE).exists():
+            projection = ex.submit(build_projection_index, st.path, m.layers, progress=s.progress, out=root,
+                                   stop=stop)
+        try:
+            files = _assemble(root, [_unit_name(l, n0) for l, n0, _ in units], tok)
+            if shared:
+                build_capture_index(st.path, root, m)
+                files.update({f"{INDEX_CAPTURE_DIR}/{p.name}": file_digest(p)
+                              for p in sorted((root / INDEX_CAPTURE_DIR).glob("*.parquet"))})
+        except BaseException:   # an error or Ctrl-C: the projection stops at its next layer
+            stop.set()
+            raise
+        if projection is not None:
+            projection.result()
+            files[INDEX_PROJECTION_FILE] = file_digest(root / INDEX_PROJECTION_FILE)
     shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)
     shutil.rmtree(root / INDEX_TMP, ignore_errors=True)
     state_p.unlink(missing_ok=True)
@@ -298,14 +313,16 @@ def _run_units(run, units: list, n_workers: int, finished) -> None:
         for u in units:
             finished(run(u))
         return
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     error: BaseException | None = None
     with ThreadPoolExecutor(n_workers, thread_name_prefix="actdb-index") as ex:
         todo = {ex.submit(run, u) for u in units}
         try:
             while todo:
-                ready, todo = wait(todo, return_when=FIRST_EXCEPTION)
+                # each unit is recorded as it ends (FIRST_EXCEPTION waited for all of them, so a
+                # killed build had recorded nothing and the progress bar stood still)
+                ready, todo = wait(todo, return_when=FIRST_COMPLETED)
                 for f in ready:
                     if f.cancelled():
                         continue

@@ -8,13 +8,17 @@ Two ways to count a block of mask rows, equal cell for cell (tests/test_index_de
   the number of (neuron, token) pairs, so it wins once enough of them fire, and it is the one
   that runs on a GPU. float32 sums of 0/1 are exact below 2**24, so the float counts are moved
   into the integer total before any cell could reach that.
-On CPU each block takes the path that is faster at its fire rate (DENSE_AT, measured in
-benchmarks/RESULTS.md); on any other device every block is counted there.
+- compiled (numba, index/kernels.py, the CPU default): each neuron's set bits tallied straight
+  into the counts; its cost follows the fires at any fire rate, and it is faster than both
+  others at every rate measured (benchmarks/RESULTS.md, "Index kernels").
+On CPU without the kernels (ACTDB_INDEX_JIT=0) each block takes whichever of the other two is
+faster at its fire rate (DENSE_AT); on any other device every block is counted there.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..jit import compiled as _compiled
 from ..settings import choose_device
 from ..store.bits import unpack
 from .tokens import TokenArrays
@@ -23,6 +27,11 @@ from .tokens import TokenArrays
 # dense stores"): below it the sparse path's work, which follows the fires, is the smaller.
 DENSE_AT = 0.04
 FLOAT_EXACT = 2**24   # float32 holds every integer up to here
+
+
+def compiled():
+    """The index's compiled kernels (index/kernels.py), or None (ACTDB_INDEX_JIT=0, no numba)."""
+    return _compiled("actdb.index.kernels", "ACTDB_INDEX_JIT")
 
 
 def chunk_size(width: int, d_ffn: int, store_chunk: int, memory_mb: float, cap: int | None) -> int:
@@ -45,13 +54,17 @@ def count_unit(arr, tok: TokenArrays, n0: int, n1: int, ngram: bool, block: int,
     """Exact counts [n1-n0, width] of one neuron chunk over all tokens.
 
     device: where the dense path runs ("cpu", "cuda", ...). dense_at: the fire rate from which a
-    block takes the dense path (default: DENSE_AT on CPU, 0, every block, elsewhere)."""
-    if dense_at is None:
-        dense_at = DENSE_AT if device == "cpu" else 0.0
+    block takes the dense path (default: DENSE_AT on CPU, 0, every block, elsewhere); on CPU
+    with the compiled kernels and no dense_at given, every block is counted by the kernel."""
     ch, W = n1 - n0, tok.width(ngram)
     keys = tok.keys(ngram)
     cells = ch * W
     counts = np.zeros(cells, np.int32 if tok.n < 2**31 else np.int64)  # a cell counts at most n tokens
+    jit = compiled() if device == "cpu" and dense_at is None else None
+    if jit is not None:
+        return _count_compiled(jit, arr, tok, n0, n1, keys, block, counts.reshape(ch, W))
+    if dense_at is None:
+        dense_at = DENSE_AT if device == "cpu" else 0.0
     sparse = _SparseCounts(counts, ch, W, len(keys))
     dense = None
     for s0 in range(0, tok.n, block):
@@ -68,6 +81,19 @@ def count_unit(arr, tok: TokenArrays, n0: int, n1: int, ngram: bool, block: int,
     counts = counts.reshape(ch, W)
     if dense is not None:
         counts += dense.result()
+    return counts
+
+
+def _count_compiled(jit, arr, tok: TokenArrays, n0: int, n1: int, keys: tuple[str, ...], block: int,
+                    counts: np.ndarray) -> np.ndarray:
+    for s0 in range(0, tok.n, block):
+        s1 = min(tok.n, s0 + block)
+        raw = np.asarray(arr[n0:n1, s0 // 8:(s1 + 7) // 8])                   # [ch, bytes] bits of the rows
+        pad = -raw.shape[1] % 8
+        if pad or not raw.flags.c_contiguous:   # whole little-endian 64-bit words per row
+            raw = np.concatenate([raw, np.zeros((raw.shape[0], pad), np.uint8)], axis=1)
+        cols = np.stack([tok.cols[k][s0:s1] for k in keys])                    # [keys, rows]
+        jit.count_fires(raw.view("<u8"), s1 - s0, cols, counts)
     return counts
 
 

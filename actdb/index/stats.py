@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .count import compiled
+
+
 @dataclass
 class SegmentStats:
     total: np.ndarray        # [ch] n-gram fires
@@ -29,10 +32,28 @@ def _rank_in_row(rows: np.ndarray) -> np.ndarray:
 
 
 def segment_stats(seg: np.ndarray, k: int, p: float) -> SegmentStats:
-    """seg: [ch, W] exact fires of each neuron (row) on each n-gram (column)."""
+    """seg: [ch, W] exact fires of each neuron (row) on each n-gram (column). The compiled
+    kernel (index/kernels.py) where it loads; the numpy path (its reference) otherwise."""
+    jit = compiled()
+    return _segment_stats_compiled(jit, seg, k, p) if jit is not None else _segment_stats_numpy(seg, k, p)
+
+
+def _segment_stats_compiled(jit, seg: np.ndarray, k: int, p: float) -> SegmentStats:
+    ch = seg.shape[0]
+    total, n_distinct, n_cov, top_n = (np.empty(ch, np.int64) for _ in range(4))
+    top_col, top_val = np.empty((ch, k), np.int64), np.empty((ch, k), np.int64)
+    jit.segment_stats_rows(seg, k, float(p), total, n_distinct, n_cov, top_col, top_val, top_n)
+    keep = np.arange(k)[None, :] < top_n[:, None]                         # [ch, k] the filled slots
+    rank = np.broadcast_to(np.arange(1, k + 1, dtype=np.int64), (ch, k))
+    cum = np.cumsum(np.where(keep, top_val, 0), axis=1)   # the top entries are the first ranks of the row
+    return SegmentStats(total, n_distinct, n_cov, np.repeat(np.arange(ch, dtype=np.int64), top_n), top_col[keep],
+                        top_val[keep], rank[keep], cum[keep])
+
+
+def _segment_stats_numpy(seg: np.ndarray, k: int, p: float) -> SegmentStats:
     used = np.flatnonzero(seg.any(axis=0))
     if len(used) < seg.shape[1] // 2:          # sparse chunk: sort only the columns some neuron fires on
-        st = segment_stats(np.ascontiguousarray(seg[:, used]), k, p)
+        st = _segment_stats_numpy(np.ascontiguousarray(seg[:, used]), k, p)
         st.top_col = used[st.top_col]
         return st
     ch, W = seg.shape

@@ -7,11 +7,10 @@ zero bytes (zero chunks are not even written) and one neuron reads without the o
 """
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 import torch
+
+from ..jit import compiled as _compiled
 
 _WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
@@ -23,17 +22,10 @@ def _bit_weights(device: torch.device) -> torch.Tensor:
     return w
 
 
-@functools.cache
 def compiled():
     """The compiled kernels (ingest/kernels.py), or None: numba missing, or ACTDB_INGEST_JIT=0
     (the torch paths, kept as the reference the kernels are tested against)."""
-    if os.environ.get("ACTDB_INGEST_JIT", "1") == "0":
-        return None
-    try:
-        import actdb.ingest.kernels as kernels   # not `from . import`: that names the package, whose __init__ imports this
-    except ImportError:
-        return None
-    return kernels
+    return _compiled("actdb.ingest.kernels", "ACTDB_INGEST_JIT")
 
 
 def pack_rows(fired: torch.Tensor) -> torch.Tensor:
