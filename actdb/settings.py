@@ -215,8 +215,8 @@ class IndexSettings:
     memory_mb: float = _opt(512.0, "Memory for the counts of the units counted at once (split between the "
                             "workers); sets how many neurons a unit counts.")
     workers: int = _opt(0, "Units counted at once, in threads (0: one per available core).")
-    device: str = _opt("cpu", "Where the fires are counted: 'cpu' (each block by the faster of numpy and torch at its "
-                       "fire rate), 'cuda', 'cuda:1', ... (torch on that device), or 'auto' (cuda if available). "
+    device: str = _opt("cpu", "Where the fires are counted: 'cpu' (compiled kernels; numpy and torch with "
+                       "ACTDB_INDEX_JIT=0), 'cuda', 'cuda:1', ... (torch on that device), or 'auto' (cuda if available). "
                        "The files do not depend on it.")
     p_cov: float = _thr(0.95, "share", "Coverage: the fewest n-grams that account for this share of a neuron's "
                         "fires (coverage, detectors' p_cov).")

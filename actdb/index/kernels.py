@@ -44,10 +44,11 @@ def count_fires(words: np.ndarray, n_rows: int, cols: np.ndarray, counts: np.nda
                 f += 1
         while f > 0 and fired[f - 1] >= n_rows:
             f -= 1
-        # read the neuron's row of counts in order first: a streamed read brings it into the
-        # cache at memory bandwidth, where the scattered adds would each wait on a miss (2x
-        # faster on n-gram rows of 240 KB; benchmarks/RESULTS.md, "Index kernels")
-        if f:
+        # read the neuron's row of counts in order first when the adds will reach most of its
+        # cache lines anyway: a streamed read brings it in at memory bandwidth, where the
+        # scattered adds would each wait on a miss (1.6x faster on the demo's dense n-gram rows of
+        # 240 KB; benchmarks/RESULTS.md, "Index kernels"); sparse rows skip it
+        if f * nk >= cj.shape[0] // 16:
             touch = 0
             for c in range(0, cj.shape[0], 16):
                 touch += cj[c]
