@@ -84,6 +84,19 @@ def test_resume_reads_the_thresholds_back(model_dirs, corpus_file, tmp_path, mon
             assert np.array_equal(store.with_rule(rule).masks(l), whole.with_rule(rule).masks(l)), (rule, l)
 
 
+def test_resume_refuses_blocks_without_thresholds(model_dirs, corpus_file, tmp_path, monkeypatch):
+    """A state with blocks done but no top:Q thresholds (damaged: they are committed with block 0)
+    stops the resume with one line, instead of fixing them from a later block."""
+    interrupted(model_dirs("opt"), corpus_file, tmp_path / "s", monkeypatch, after_blocks=2)
+    p = tmp_path / "s" / "ingest-state.json"
+    state = json.loads(p.read_text())
+    state["thresholds"] = {}
+    p.write_text(json.dumps(state))
+    with pytest.raises(actdb.StoreError, match=r"ingest-state.json: 2 blocks done but no thresholds for top:0.9; "
+                                               r"start the ingest again with --overwrite"):
+        ingest_rules(model_dirs("opt"), corpus_file, tmp_path / "s", resume=True)
+
+
 def test_resume_refuses_other_rules(model_dirs, corpus_file, tmp_path, monkeypatch):
     interrupted(model_dirs("opt"), corpus_file, tmp_path / "s", monkeypatch, after_blocks=1)
     with pytest.raises(actdb.InputError, match="fire_rules: expected"):

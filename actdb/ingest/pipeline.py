@@ -246,6 +246,12 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
         save_projection(root, lm.model, lm, layers, lm.streamer)
     record_checksums(root, "projection", [root / PROJECTION_FILE])
     first_rows = min(s.block_tokens, n_tokens)
+    # thresholds are committed with block 0, so blocks done without them is a damaged state: a
+    # resume would fix them from a later block, and the masks would mix two thresholds
+    unfixed = [r.name for r in rules if r.kind == "top" and r.name not in state.thresholds]
+    if unfixed and state.blocks_done:
+        raise StoreError(f"{root / STATE_FILE}: {state.blocks_done} blocks done but no thresholds for "
+                         f"{', '.join(unfixed)}; start the ingest again with --overwrite")
     shares: tuple[str, ...] = ()
     startup = 0.0
     if ray.on:

@@ -140,11 +140,10 @@ def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettin
     todo = list(range(state.blocks_done, n_blocks))
     if not todo:   # killed after the last block, before the manifest: nothing to forward
         return 0.0, 0.0, (), dict(state.thresholds)
+    # top:Q rules not yet fixed: block 0 goes first and fixes them (pipeline refuses a state with
+    # blocks done and no thresholds)
     unfixed = [r.name for r in map(parse_fire_rule, s.fire_rule)
                if r.kind == "top" and r.name not in state.thresholds]
-    if unfixed and todo[0] != 0:
-        raise StoreError(f"{root}: the ingest state has blocks done but no thresholds for {', '.join(unfixed)}; "
-                         f"start the ingest again with --overwrite")
     t0 = time.perf_counter()
     token = uuid.uuid4().hex
     atomic_write_text(root / STAGING / PROBE_FILE, token)
