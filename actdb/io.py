@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -87,11 +88,15 @@ def write_parquet(table: Any, path: Path, **options: Any) -> None:
         pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, deadline: float | None = None) -> str:
+    """The file's sha256 (hex). deadline: a time.monotonic() past which it raises TimeoutError
+    (checked between 1 MiB reads)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(path)
     return h.hexdigest()
 
 

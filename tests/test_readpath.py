@@ -172,6 +172,20 @@ def test_statement_timeout(store):
     assert "--timeout" in one_line_error(run("sql", store, "SELECT 1", "--timeout", "-1"))
 
 
+def test_file_checks_count_against_the_time_limit(tmp_path):
+    """The sha256 checks of a statement's files run within its time limit: past it, one line
+    says so (no statement started), and the next statement with time enough answers."""
+    p = make_known(tmp_path / "s")
+    build_index(p, progress=False)
+    st = actdb.open(p)
+    with pytest.raises(QueryTimeout, match=r"^query stopped after 1e-09 s \(timeout\) while checking the store's "
+                                           r"files against their records \(0 checked; `actdb check .*` checks them all"):
+        st.sql("SELECT count(*) AS n FROM neurons", timeout=1e-9)
+    assert st.sql("SELECT count(*) AS n FROM neurons", timeout=30)["n"][0] > 0
+    out = one_line_error(run("sql", p, "SELECT count(*) FROM neurons", "--timeout", "0.000000001"))
+    assert out.startswith("Error: query stopped after 1e-09 s (--timeout) while checking the store's files"), out
+
+
 def test_query_settings_table_in_readme():
     readme = (ROOT / "README.md").read_text()
     start = readme.index("<!-- query-settings-table -->") + len("<!-- query-settings-table -->")

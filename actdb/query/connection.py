@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -11,7 +12,7 @@ from typing import Any, Iterator, Mapping
 from ..errors import InputError, StoreError
 from ..store.index_info import index_path, read_index_info
 from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file, rule_dir
-from ..store.verify import SQL_WORD, created_name, parquet_guard, view_dependencies
+from ..store.verify import SQL_WORD, CheckTimeout, created_name, parquet_guard, view_dependencies
 
 
 def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = None):
@@ -218,7 +219,6 @@ class _Watchdog:
 
     def _run(self) -> None:
         import select
-        import time
 
         deadline = None if self.seconds is None else time.monotonic() + self.seconds
         while not self._done.is_set():
@@ -282,13 +282,16 @@ class Result:
     QueryTimeout or KeyboardInterrupt. Close it (or use `with`) to stop early."""
 
     def __init__(self, con, sql: str, params: dict[str, Any], timeout: float | None, timeout_hint: str,
-                 batch_rows: int, guard=None, absent: dict[str, str] | None = None) -> None:
+                 batch_rows: int, guard=None, absent: dict[str, str] | None = None,
+                 seconds: float | None = None) -> None:
+        """timeout: the statement's time limit as given (for the message); seconds: what is left
+        of it once the file checks are done (default: all of it)."""
         self._con, self._sql, self._params, self._batch_rows = con, sql, params or None, batch_rows
         self._guard, self._absent = guard, absent or {}
         self._hint, self._timeout = timeout_hint, timeout
         self._reader = None
         self._executed = False
-        self._dog = _Watchdog(con, timeout).__enter__()
+        self._dog = _Watchdog(con, timeout if seconds is None else seconds).__enter__()
 
     def _translate(self, e: BaseException) -> BaseException:
         import duckdb
@@ -393,9 +396,18 @@ def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=Non
     st = _check_read_only(con, sql)
     params = _bind(st, params)
     guard = parquet_guard(store)
-    guard.verify_for_sql(sql)   # DuckDB does not check Parquet page CRCs: the sha256 of each file read
+    # DuckDB does not check Parquet page CRCs: the sha256 of each file read, within the time limit
+    deadline = time.monotonic() + timeout if timeout else None
+    try:
+        guard.verify_for_sql(sql, deadline)
+    except CheckTimeout as e:
+        raise QueryTimeout(f"query stopped after {timeout:g} s ({timeout_hint}) while checking the store's files "
+                           f"against their records ({e.checked} checked; `actdb check {store.path}` checks them "
+                           f"all, without a limit)") from None
     views = getattr(store, "_lazy_views", {}).get(con)
-    return Result(con, sql, params, timeout, timeout_hint, batch_rows, guard, views.absent if views else None)
+    left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+    return Result(con, sql, params, timeout, timeout_hint, batch_rows, guard, views.absent if views else None,
+                  seconds=left)
 
 
 def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,

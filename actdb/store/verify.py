@@ -12,6 +12,7 @@ then reads the file again anyway. Kept cheap by being lazy: a query checks only 
 behind the views and macros it names (anything that can reach other files, such as
 read_parquet or query_table, checks every file), each file once per handle (again if its
 size, mtime or inode changes). Readers write nothing, so nothing is cached on disk.
+The checks of a statement count against its time limit (a deadline: CheckTimeout).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import glob
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,6 +33,15 @@ _REACH_ANYTHING = {"read_parquet", "parquet_scan", "query", "query_table", "parq
                    "parquet_file_metadata", "parquet_kv_metadata", "parquet_schema", "read_blob", "glob"}
 SQL_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _READ_PARQUET = re.compile(r"read_parquet\(\s*'((?:[^']|'')*)'")
+
+
+class CheckTimeout(StoreError):
+    """The file checks ran past their deadline; `checked` files were verified (and are remembered
+    by this guard)."""
+
+    def __init__(self, checked: int) -> None:
+        super().__init__(f"the file checks ran past their deadline ({checked} files checked)")
+        self.checked = checked
 
 
 class ParquetGuard:
@@ -64,19 +75,20 @@ class ParquetGuard:
 
     # ------------------------------------------------------------ files
 
-    def verify(self, paths: Iterable[str | Path]) -> None:
-        """Check each file (or glob) against its record; raises StoreError naming the first that differs."""
+    def verify(self, paths: Iterable[str | Path], deadline: float | None = None) -> None:
+        """Check each file (or glob) against its record; raises StoreError naming the first that
+        differs. deadline: a time.monotonic() past which it raises CheckTimeout."""
         for pattern in paths:
             for path in sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else [str(pattern)]:
-                self._verify_one(_norm(path))
+                self._verify_one(_norm(path), deadline)
 
-    def verify_all(self) -> None:
+    def verify_all(self, deadline: float | None = None) -> None:
         """Every recorded Parquet file, and no unrecorded one where a view's glob would read it."""
-        self.verify(self._records)
+        self.verify(self._records, deadline)
         for area in self._areas:
-            self.verify(_parquet_files(area))
+            self.verify(_parquet_files(area), deadline)
 
-    def _verify_one(self, path: str) -> None:
+    def _verify_one(self, path: str, deadline: float | None = None) -> None:
         try:
             st = os.lstat(path)   # one call per file and statement: of a file it is its stat, and it shows a link
         except FileNotFoundError:
@@ -101,19 +113,26 @@ class ParquetGuard:
             raise StoreError(f"{path}: size: expected {digest.get('bytes') if isinstance(digest, dict) else '?'} "
                              f"bytes (recorded in {where}), got {st.st_size}; not answering from it; "
                              f"run `actdb check {self.root}`")
-        if sha256_file(Path(path)) != digest.get("sha256"):
+        if deadline is not None and time.monotonic() > deadline:
+            raise CheckTimeout(len(self._ok))
+        try:
+            sha = sha256_file(Path(path), deadline)
+        except TimeoutError:
+            raise CheckTimeout(len(self._ok)) from None
+        if sha != digest.get("sha256"):
             raise StoreError(f"{path}: sha256 differs from the one recorded in {where} (the file changed "
                              f"since it was written); not answering from it; run `actdb check {self.root}`")
         self._ok[path] = key
 
     # ------------------------------------------------------------ SQL
 
-    def verify_for_sql(self, sql: str) -> None:
-        """Check the files a statement can read through the views and macros it names."""
+    def verify_for_sql(self, sql: str, deadline: float | None = None) -> None:
+        """Check the files a statement can read through the views and macros it names (by
+        `deadline`, a time.monotonic(), if given: else CheckTimeout)."""
         words = {w.lower() for w in SQL_WORD.findall(sql)}
         deps = self._deps
         if not deps or words & _REACH_ANYTHING or ".parquet" in sql.lower():
-            self.verify_all()
+            self.verify_all(deadline)
             return
         todo, seen, files = [w for w in words if w in deps], set(), set()
         while todo:
@@ -124,7 +143,7 @@ class ParquetGuard:
             patterns, names = deps[name]
             files |= patterns
             todo += names
-        self.verify(sorted(files))
+        self.verify(sorted(files), deadline)
 
 
 _CREATE = re.compile(r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:VIEW|MACRO)\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
