@@ -55,7 +55,7 @@ def _top_bottom(s: np.ndarray, k: int, jit) -> tuple[np.ndarray, np.ndarray]:
     core, 1.5x faster than two torch.topk calls, whose spinning thread pool also slowed the
     matmul: benchmarks/RESULTS.md, "Index kernels"); torch for rows with a NaN and without
     the kernels (its order among equal scores is unspecified)."""
-    if jit is not None and not np.isnan(s).any():
+    if jit is not None and k > 0 and not np.isnan(s).any():
         top, bot = np.empty((len(s), k), np.int64), np.empty((len(s), k), np.int64)
         jit.top_bottom_k(np.ascontiguousarray(s), top, bot)
         return top, bot
