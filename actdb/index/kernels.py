@@ -32,8 +32,9 @@ def count_fires(words: np.ndarray, n_rows: int, cols: np.ndarray, counts: np.nda
     for j in range(words.shape[0]):
         row = words[j]
         cj = counts[j]
-        # the neuron's fired rows first (four unconditional steps per word: no branch per bit
-        # in words with up to four fires), then one tight gather-and-add loop per key
+        # the neuron's fired rows first (lowest set bit, cleared, per step), then one tight
+        # gather-and-add loop per key: independent adds, where one loop over keys per fire ran
+        # 1.6x slower (benchmarks/RESULTS.md, "Index kernels")
         f = 0
         for b in range(row.shape[0]):
             w = row[b]
