@@ -34,7 +34,7 @@ def count_fires(words: np.ndarray, n_rows: int, cols: np.ndarray, counts: np.nda
         cj = counts[j]
         # the neuron's fired rows first (lowest set bit, cleared, per step), then one tight
         # gather-and-add loop per key: independent adds, where one loop over keys per fire ran
-        # 1.6x slower (benchmarks/RESULTS.md, "Index kernels")
+        # 1.24x slower (233 against 188 ms on 16,384 rows x 1536 neurons of the demo's layer 20)
         f = 0
         for b in range(row.shape[0]):
             w = row[b]
