@@ -141,7 +141,7 @@ def test_each_file_is_checked_once_per_handle(store, tmp_path, monkeypatch):
     shutil.copytree(store, s)
     hashed = []
     real = verify.sha256_file
-    monkeypatch.setattr(verify, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    monkeypatch.setattr(verify, "sha256_file", lambda p, deadline=None: hashed.append(Path(p).name) or real(p, deadline))
     st = actdb.open(s)
     st.sql("SELECT sum(fires) FROM neurons")
     st.sql("SELECT count(*) FROM neurons WHERE dead")
