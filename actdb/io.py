@@ -90,14 +90,15 @@ def write_parquet(table: Any, path: Path, **options: Any) -> None:
 
 def sha256_file(path: Path, deadline: float | None = None) -> str:
     """The file's sha256 (hex). deadline: a time.monotonic() past which it raises TimeoutError
-    (checked between 1 MiB reads)."""
+    (checked before each 1 MiB read)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        while deadline is None or time.monotonic() <= deadline:
+            block = f.read(1 << 20)
+            if not block:
+                return h.hexdigest()
             h.update(block)
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(path)
-    return h.hexdigest()
+    raise TimeoutError(path)
 
 
 def file_digest(path: Path) -> dict[str, Any]:

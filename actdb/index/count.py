@@ -67,9 +67,7 @@ def count_unit(arr, tok: TokenArrays, n0: int, n1: int, ngram: bool, block: int,
         dense_at = DENSE_AT if device == "cpu" else 0.0
     sparse = _SparseCounts(counts, ch, W, len(keys))
     dense = None
-    for s0 in range(0, tok.n, block):
-        s1 = min(tok.n, s0 + block)
-        raw = np.asarray(arr[n0:n1, s0 // 8:(s1 + 7) // 8])
+    for s0, s1, raw in _blocks(arr, tok.n, n0, n1, block):
         cols = [np.array(tok.cols[k][s0:s1]) for k in keys]   # a copy: torch takes writable arrays only
         if raw.size and _fire_rate(raw, ch, s1 - s0) >= dense_at:
             if dense is None:
@@ -84,14 +82,18 @@ def count_unit(arr, tok: TokenArrays, n0: int, n1: int, ngram: bool, block: int,
     return counts
 
 
+def _blocks(arr, n: int, n0: int, n1: int, block: int):
+    """(s0, s1, bits [n1-n0, bytes] of rows s0..s1) for each block of `block` rows of neurons n0..n1."""
+    for s0 in range(0, n, block):
+        s1 = min(n, s0 + block)
+        yield s0, s1, np.asarray(arr[n0:n1, s0 // 8:(s1 + 7) // 8])
+
+
 def _count_compiled(jit, arr, tok: TokenArrays, n0: int, n1: int, keys: tuple[str, ...], block: int,
                     counts: np.ndarray) -> np.ndarray:
-    for s0 in range(0, tok.n, block):
-        s1 = min(tok.n, s0 + block)
-        raw = np.asarray(arr[n0:n1, s0 // 8:(s1 + 7) // 8])                   # [ch, bytes] bits of the rows
-        pad = -raw.shape[1] % 8
-        if pad or not raw.flags.c_contiguous:   # whole little-endian 64-bit words per row
-            raw = np.concatenate([raw, np.zeros((raw.shape[0], pad), np.uint8)], axis=1)
+    for s0, s1, raw in _blocks(arr, tok.n, n0, n1, block):
+        # whole little-endian 64-bit words per row, in one contiguous buffer
+        raw = np.ascontiguousarray(np.pad(raw, ((0, 0), (0, -raw.shape[1] % 8))))
         cols = np.stack([tok.cols[k][s0:s1] for k in keys])                    # [keys, rows]
         jit.count_fires(raw.view("<u8"), s1 - s0, cols, counts)
     return counts

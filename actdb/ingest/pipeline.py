@@ -28,7 +28,7 @@ import torch
 from .._version import __version__
 from .adapters import adapter_for, get_module
 from .capture import CaptureWriter, RowAccumulator, magnitude_stats, save_projection
-from .rules import MagnitudeRule, definition, magnitude_rules, top_thresholds
+from .rules import MagnitudeRule, definition, magnitude_rules, top_thresholds, unfixed_top_rules
 from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
@@ -248,7 +248,7 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     first_rows = min(s.block_tokens, n_tokens)
     # thresholds are committed with block 0, so blocks done without them is a damaged state: a
     # resume would fix them from a later block, and the masks would mix two thresholds
-    unfixed = [r.name for r in rules if r.kind == "top" and r.name not in state.thresholds]
+    unfixed = unfixed_top_rules(rules, state.thresholds)
     if unfixed and state.blocks_done:
         raise StoreError(f"{root / STATE_FILE}: {state.blocks_done} blocks done but no thresholds for "
                          f"{', '.join(unfixed)}; start the ingest again with --overwrite")

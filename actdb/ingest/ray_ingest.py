@@ -37,7 +37,7 @@ from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer
 from ..store.ingest_state import IngestState
 from ..store.layout import CAPTURE_KINDS as KINDS, STAGING, rule_dir
 from ..store.writer import MaskWriter, write_state
-from .rules import magnitude_rules, top_thresholds
+from .rules import magnitude_rules, top_thresholds, unfixed_top_rules
 
 PROBE_FILE = "ray-probe"   # under _staging/: a token the driver writes and every worker must read back
 # tests: "BLOCK:DIR" makes the worker that writes block BLOCK's masks pause there (once), after
@@ -142,8 +142,7 @@ def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettin
         return 0.0, 0.0, (), dict(state.thresholds)
     # top:Q rules not yet fixed: block 0 goes first and fixes them (pipeline refuses a state with
     # blocks done and no thresholds)
-    unfixed = [r.name for r in map(parse_fire_rule, s.fire_rule)
-               if r.kind == "top" and r.name not in state.thresholds]
+    unfixed = unfixed_top_rules(map(parse_fire_rule, s.fire_rule), state.thresholds)
     t0 = time.perf_counter()
     token = uuid.uuid4().hex
     atomic_write_text(root / STAGING / PROBE_FILE, token)

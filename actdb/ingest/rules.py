@@ -19,6 +19,7 @@ resumed ingest reads them back.
 from __future__ import annotations
 
 import math
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -142,6 +143,11 @@ def magnitude_rules(rules: list, n_layers: int, d_ffn: int, first_rows: int,
     the first block (`first_rows` tokens) of the forward it runs in."""
     return {r.name: MagnitudeRule(r, n_layers, d_ffn, first_rows, thresholds.get(r.name))
             for r in rules if r.kind != "sign"}
+
+
+def unfixed_top_rules(rules: Iterable[FireRule], thresholds: dict[str, Any]) -> list[str]:
+    """The top:Q rules whose thresholds are not recorded yet (block 0 fixes them)."""
+    return [r.name for r in rules if r.kind == "top" and r.name not in thresholds]
 
 
 def top_thresholds(mags: dict[str, MagnitudeRule]) -> dict[str, list[float]]:
