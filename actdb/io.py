@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from . import faults
 
 
 def fsync_dir(path: Path) -> None:
@@ -20,6 +23,9 @@ def fsync_dir(path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
 
 
 def tmp_path(path: Path) -> Path:
@@ -38,11 +44,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        faults.point("atomic-tmp", path.name)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    faults.point("atomic-done", path.name)
     fsync_dir(path.parent)
+
+
+def temporary_of(name: str) -> str | None:
+    """The file a name is atomic_path's temporary of (.NAME.PID.tmp -> NAME), else None: what a
+    writer killed mid-write leaves behind. Only a writer holding the store's lock may remove one."""
+    m = _TEMPORARY.fullmatch(name)
+    return m["name"] if m else None
+
+
+def remove_temporaries(folder: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """Remove the temporaries that killed writers left anywhere under `folder`: atomic_path's, and
+    files ending in one of `suffixes` (zarr's .partial chunk writes). The caller holds the store's
+    writer lock, so none of them belongs to a live writer. Returns what went."""
+    gone = []
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            if temporary_of(name) is not None or name.endswith(suffixes or ("\0",)):
+                p = Path(dirpath) / name
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
 
 
 def exchange_dirs(a: Path, b: Path) -> bool:

@@ -4,11 +4,11 @@ layer-list grammar, and `actdb index --force` that never leaves a store without 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from actdb.settings import IndexSettings, parse_layer_list
 from actdb.store.index_info import read_index_info
 from actdb.store.ingest_state import IngestState
 from actdb.store.writer import read_state, write_state
+from crash import run_to_fault, traced_points
 from test_index import make_known
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
@@ -294,31 +295,24 @@ def test_swap_killed_between_renames_recovers(built, tmp_path):
 
 
 def test_sigkill_during_force_rebuild_old_index_answers(built, tmp_path):
-    """`actdb index --force` killed at points of the rebuild (by what it has written beside the index):
-    the old index answers after every kill, and a final rebuild completes it."""
+    """`actdb index --force` killed at seeded fault points of the rebuild (actdb.faults: inside an
+    atomic write, after one, after a unit): the old index answers after every kill, and a final
+    rebuild completes it."""
     p = copy(built, tmp_path / "s")
     before = answers(p)
-    record = (p / "index" / "index.json").read_bytes()
     build = p / "_index_build"
-
-    def n_files() -> int:
-        try:
-            return sum(1 for f in build.rglob("*") if f.is_file())
-        except FileNotFoundError:
-            return 0
-
-    killed = 0
-    for point in (2, 6, 12):
-        proc = subprocess.Popen([ACTDB, "index", str(p), "--force", "--no-progress", "--workers", "1",
-                                 "--memory-mb", "0.001"], stderr=subprocess.DEVNULL)
-        while n_files() < point and proc.poll() is None:
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed += proc.returncode == -signal.SIGKILL
+    cmd = [ACTDB, "index", str(p), "--force", "--no-progress", "--workers", "1", "--memory-mb", "0.001"]
+    r = run_to_fault(cmd, trace=tmp_path / "trace")   # a rebuild over the same index, traced
+    assert r.returncode == 0, r.stderr
+    record = (p / "index" / "index.json").read_bytes()
+    points = [f for f, _ in traced_points(tmp_path / "trace", before="index.json")]
+    rng = random.Random(5)
+    for fault in sorted(rng.sample(points, 3), key=points.index):
+        proc = run_to_fault(cmd, fault=fault)
+        assert proc.returncode == -signal.SIGKILL, (fault, proc.stderr)
+        assert build.exists()
         assert (p / "index" / "index.json").read_bytes() == record
         assert answers(p) == before
-    assert killed >= 2, "the rebuild should be killed mid-way"
     r = subprocess.run([ACTDB, "index", str(p), "--force", "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert not build.exists() and answers(p) == before

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 import actdb
 from actdb.cli import main
+from actdb.io import temporary_of
+from crash import run_to_fault, traced_points
 from test_ingest_masks import run_ingest
 from tiny import make_corpus
 
@@ -31,10 +33,14 @@ def blocks_done(store: Path) -> int:
 
 @pytest.fixture(scope="module")
 def big(model_dirs, tmp_path_factory):
-    """A corpus of ~60 blocks and its uninterrupted store."""
+    """A corpus of ~60 blocks, its uninterrupted store, and the fault points that ingest reached
+    (actdb.faults: "NAME:N" with the detail of each, in order)."""
     d = tmp_path_factory.mktemp("resume")
     corpus = make_corpus(d / "big.jsonl", n_docs=500, seed=0)
-    return corpus, run_ingest(model_dirs("opt"), corpus, d / "whole", batch_size=8)
+    r = run_to_fault([ACTDB, "ingest", str(model_dirs("opt")), str(corpus), "-o", str(d / "whole"), *ARGS],
+                     trace=d / "trace")
+    assert r.returncode == 0, r.stderr
+    return corpus, actdb.open(d / "whole"), traced_points(d / "trace")
 
 
 class Reader(threading.Thread):
@@ -75,26 +81,25 @@ class Reader(threading.Thread):
 
 @pytest.mark.parametrize("seed,phase", [(0, "tokenize"), (1, "forward"), (2, "forward")])
 def test_sigkill_then_resume_equals_uninterrupted(seed, phase, model_dirs, big, tmp_path):
-    """Killed at a seeded point (while tokenizing, or at a seeded block plus a seeded delay so
-    the kill lands mid-block), resumed, the store equals an uninterrupted run; a reader
-    watching throughout never sees a torn store."""
-    corpus, ref = big
+    """Killed at a seeded fault point (while writing the token tables, or in the forward passes:
+    between the layers of a mask block or inside the write of the ingest state), resumed, the
+    store equals an uninterrupted run; a reader watching throughout never sees a torn store.
+    Where the kill lands is chosen by the test (actdb.faults), never by timing."""
+    corpus, ref, points = big
     mdir = model_dirs("opt")
     store = tmp_path / "killed"
     rng = random.Random(seed)
+    tables = next(i for i, (_, detail) in enumerate(points) if detail == "tables.json")
+    if phase == "tokenize":
+        candidates = [p for p, detail in points[:tables] if detail.startswith("part-")]
+    else:
+        candidates = [p for p, detail in points[tables + 1:]
+                      if p.startswith("mask-layer") or (p.startswith("atomic-tmp") and detail == "ingest-state.json")]
+    fault = rng.choice(candidates[:len(candidates) * 3 // 4])   # not among the last blocks
     reader = Reader(store, ref)
     reader.start()
-    proc = subprocess.Popen([ACTDB, "ingest", str(mdir), str(corpus), "-o", str(store), *ARGS],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    target = 0 if phase == "tokenize" else rng.randint(2, 12)  # in committed blocks
-    while blocks_done(store) < target:
-        assert proc.poll() is None, f"ingest ended before the kill: {proc.stdout.read().decode()[-500:]}"
-        assert time.time() < deadline
-        time.sleep(0.002)
-    time.sleep(rng.uniform(0, 0.3 if phase == "tokenize" else 0.05))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = run_to_fault([ACTDB, "ingest", str(mdir), str(corpus), "-o", str(store), *ARGS], fault)
+    assert proc.returncode == -signal.SIGKILL, (fault, proc.stderr[-1000:])
     done = blocks_done(store)
     assert not (store / "manifest.json").exists(), "a killed ingest must not look complete"
     assert reader.opened == 0
@@ -117,6 +122,7 @@ def test_sigkill_then_resume_equals_uninterrupted(seed, phase, model_dirs, big, 
     for layer in ref.manifest.layers:
         assert np.array_equal(got.masks(layer), ref.masks(layer)), f"layer {layer}"
     assert not list(store.rglob("*.partial")) and not (store / "_staging").exists()
+    assert not [p for p in store.rglob(".*.tmp") if temporary_of(p.name)], "a stale temporary outlived the resume"
     # the checksums recorded across the kill and the resume are those of the final files
     check = CliRunner().invoke(main, ["check", str(store)])
     probs = [l for l in check.output.splitlines() if l.startswith("problem")]

@@ -59,8 +59,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import faults
 from ..errors import InputError, StoreError
-from ..io import PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs, file_digest, write_parquet
+from ..io import (PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs, file_digest, remove_temporaries,
+                  write_parquet)
 from ..settings import IndexSettings, RaySettings, parse_layer_list
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
 from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
@@ -175,6 +177,8 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     ngram_layers = _ngram_layers(layers if layers is not None else s.layers, m)
     live = index_path(rule_base)
     _recover(rule_base)
+    if live.exists():   # what a killed build's atomic writes left (we hold the writer lock)
+        remove_temporaries(live)
     vocab_t = pq.read_table(st.path / VOCAB_FILE, columns=["token_id", "token"])
     pad = int(max(m.vocab_size, vocab_t.num_rows, 1))   # PAD digit of n-gram ids: past every token id
     base = pad + 1
@@ -358,6 +362,7 @@ def build_unit(st, tok: TokenArrays, root: Path, unit: tuple[int, int, int], ngr
         pq.write_table(t, tmpd / f"{tname}.parquet", **_PART_OPTIONS)
     shutil.rmtree(d, ignore_errors=True)
     tmpd.rename(d)
+    faults.point("unit-done", name)
     return name
 
 

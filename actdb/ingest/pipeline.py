@@ -32,6 +32,7 @@ from .rules import MagnitudeRule, definition, magnitude_rules, top_thresholds, u
 from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
+from ..io import remove_temporaries
 from ..store.manifest import FORMAT_VERSION, CorpusFile, FireRuleRecord, Manifest
 from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
@@ -196,8 +197,8 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     identity = _identity(s, corpus, weights, layers, dtype)
     if state is not None:
         _check_identity(state.identity, identity)
-        for leftover in root.rglob("*.partial"):  # a zarr chunk write cut short by the kill
-            leftover.unlink()
+        # writes cut short by the kill: zarr's chunk files, atomic_path's temporaries
+        remove_temporaries(root, suffixes=(".partial",))
     else:
         root.mkdir(parents=True, exist_ok=True)
         state = IngestState(identity=identity)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ..errors import ActdbError
 from .manifest import Manifest
-from ..io import file_digest
+from ..io import file_digest, temporary_of
 from .index_info import index_path, read_index_info
 from .layout import (CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, CHECKSUMS_FILE, DOCS_FILE, INDEX_BUILD_DIR, INDEX_FILE,
                      INDEX_OLD_DIR, MANIFEST_FILE, MASKS_DIR, PROJECTION_FILE as FILE, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
@@ -299,6 +299,10 @@ def _check_rule_index(root: Path, m: Manifest, r: Report, rule: str) -> None:
     for left in (INDEX_BUILD_DIR, INDEX_OLD_DIR):
         if (base / left).exists():
             r.notes.append(f"{base / left}: left by an interrupted index rebuild (the next `actdb index` removes it)")
+    if d.exists():   # no reader looks at these: a note, not a problem
+        for f in sorted(d.rglob(".*.tmp")):
+            if temporary_of(f.name) is not None:
+                r.notes.append(f"{f}: temporary file left by an interrupted write (the next `actdb index` removes it)")
     if not p.exists():
         if d.exists():
             r.problem(d, f"index build not finished (resume it with `actdb index {root}`)")

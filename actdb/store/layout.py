@@ -21,8 +21,9 @@
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from ..io import temporary_of
 
 MANIFEST_FILE = "manifest.json"
 STATE_FILE = "ingest-state.json"
@@ -46,9 +47,8 @@ SIGN_RULE = "sign"   # the rule of SPEC §1.1, whose masks and index stay at the
 STORE_ENTRIES = (MANIFEST_FILE, STATE_FILE, LOCK_FILE, CHECKSUMS_FILE, PENDING_CHECKSUMS, STAGING, MASKS_DIR,
                  CAPTURE_DIR, TOKENS_DIR, DOCS_FILE, VOCAB_FILE, PROJECTION_FILE, INDEX_DIR, INDEX_BUILD_DIR,
                  INDEX_OLD_DIR, RULES_DIR)
-# what a write cut short leaves beside an entry: io.atomic_path's .NAME.PID.tmp, the token
-# tables' docs.tmp.parquet
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
+# what a write cut short leaves beside an entry: io.atomic_path's .NAME.PID.tmp (io.temporary_of),
+# the token tables' docs.tmp.parquet
 DOCS_TMP = "docs.tmp.parquet"
 
 
@@ -56,8 +56,7 @@ def is_store_entry(name: str) -> bool:
     """Whether a name directly under STORE/ is one actdb writes (an entry or its temporary)."""
     if name in STORE_ENTRIES or name == DOCS_TMP:
         return True
-    m = _TEMPORARY.fullmatch(name)
-    return m is not None and m["name"] in STORE_ENTRIES
+    return temporary_of(name) in STORE_ENTRIES
 
 # magnitude capture (ingest/capture.py): arrays CAPTURE_DIR/{kind}_{field}
 CAPTURE_KINDS = {"resid+ffn": ("resid", "ffn"), "resid": ("resid",), "none": ()}

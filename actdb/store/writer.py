@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .. import faults
 from ..errors import StoreError
 from ..io import atomic_write_text, file_digest
 from ..settings import MASK_CODECS
@@ -185,6 +186,7 @@ class MaskWriter:
         start = index * self.block_bytes
         for i, arr in enumerate(self.arrays.values()):
             arr[:, start:start + data.shape[-1]] = data[i]
+            faults.point("mask-layer", f"{index}")   # a block half written: some layers, not all
 
     def block_files(self, index: int) -> list[Path]:
         """The chunk files block `index` may have written (all-zero chunks are not)."""
