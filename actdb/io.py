@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import faults
+from .faults import point as fault_point
 
 
 def fsync_dir(path: Path) -> None:
@@ -44,12 +44,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        faults.point("atomic-tmp", path.name)
+        fault_point("atomic-tmp", path.name)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    faults.point("atomic-done", path.name)
+    fault_point("atomic-done", path.name)
     fsync_dir(path.parent)
 
 
@@ -128,6 +128,15 @@ def sha256_file(path: Path, deadline: float | None = None) -> str:
                 return h.hexdigest()
             h.update(block)
     raise TimeoutError(path)
+
+
+def stat_key(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a file, None when it is gone: a file written again differs."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def file_digest(path: Path) -> dict[str, Any]:

@@ -47,3 +47,15 @@ def probe_store(tmp_path_factory, model_dirs):
     st = make_probe_store(tmp_path_factory.mktemp("probe") / "store", model_dirs("llama"), corpus)
     st.corpus = corpus
     return st
+
+
+@pytest.fixture(scope="session")
+def indexed_store(model_dirs, corpus_file, tmp_path_factory) -> Path:
+    """A tiny OPT store with two fire rules (sign, top:0.9), several token parts and mask blocks,
+    magnitude capture and projection weights, indexed: every kind of file a store has. Tests
+    copy it before changing anything."""
+    from test_ingest_masks import run_ingest
+
+    p = tmp_path_factory.mktemp("indexed") / "s"
+    run_ingest(model_dirs("opt"), corpus_file, p, block_tokens=64, fire_rule=("sign", "top:0.9"), index=True)
+    return p

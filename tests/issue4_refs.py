@@ -2,8 +2,6 @@
 and numpy references for the saved queries of SPEC §1.5 and §1.7."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 import zarr
@@ -11,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from actdb.ingest.capture import CaptureWriter
 from actdb.store.manifest import Manifest
+from records import record_files
 
 MASSIVE_DIM, DECOY_DIM, K = 3, 9, 2
 NAMES = ("detector_projection_examples", "detector_suppression_share", "massive_top_magnitudes",
@@ -45,7 +44,8 @@ def plant(root, pos: np.ndarray, d_model: int = 6, seed: int = 0) -> None:
         w.write_block(b, {"resid_topk_value": vals[:, lo:hi], "resid_topk_dim": dims[:, lo:hi].astype(np.int32),
                           "resid_median": np.abs(vals[:, lo:hi]).mean(2).astype(np.float32),
                           "resid_seq_median": seq_med[:, lo:hi]})
-    dataclasses.replace(m, capture=("resid",), capture_topk=K).write(root)
+    record_files(root, [root / "projection.safetensors", *(f for f in (root / "capture").rglob("*") if f.is_file())],
+                 capture=("resid",), capture_topk=K)
 
 
 def _capture(st, kind="resid"):

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import actdb
 from actdb.cli import main
 from actdb.io import file_digest
+from records import record_files, rewrite_record
 from test_ingest_masks import run_ingest
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
@@ -80,7 +81,7 @@ def test_damaged_mask_chunk(damage, store):
     assert code != 0 and any(p.startswith(f"{chunk}: ") for p in problems(out)), out
     # the Python read path raises, naming the chunk, instead of returning other bits
     st = actdb.open(store)
-    with pytest.raises(actdb.StoreError, match=f"{chunk}: .*(corrupt|missing)"):
+    with pytest.raises(actdb.StoreError, match=f"{chunk}: .*(corrupt|missing|sha256 differs)"):
         st.neuron_masks(1, slice(None))
     # the other layers still read
     assert st.neuron_masks(0, slice(None)).shape[1] == st.n_tokens
@@ -130,10 +131,13 @@ def test_damaged_files_are_named(target, damage, store):
 
 
 def test_manifest_newer_version_and_garbage(store):
-    raw = json.loads((store / "manifest.json").read_text())
-    (store / "manifest.json").write_text(json.dumps({**raw, "format_version": 7}))
+    text = (store / "manifest.json").read_text()
+    (store / "manifest.json").write_text(text.replace('"format_version": 4', '"format_version": 7'))
     code, out = check(store)
-    assert code != 0 and "format_version: expected 1 or 2 or 3, got 7 (written by a newer actdb" in out
+    assert code != 0 and "manifest.json: checksum differs from the record's content" in out
+    rewrite_record(store / "manifest.json", lambda raw: {**raw, "format_version": 7})
+    code, out = check(store)
+    assert code != 0 and "format_version: expected 1 or 2 or 3 or 4, got 7 (written by a newer actdb" in out
     res = CliRunner().invoke(main, ["info", str(store)])
     assert res.exit_code != 0 and "newer actdb" in res.output and "Traceback" not in res.output
     (store / "manifest.json").write_bytes(b"\x00\xff{")
@@ -156,36 +160,33 @@ def test_row_counts_across_tables(store):
     docs = store / "docs.parquet"
     t = pq.read_table(docs)
     pq.write_table(t.slice(0, t.num_rows - 1), docs)
-    rec = json.loads((store / "checksums.json").read_text())
-    rec["files"]["docs.parquet"] = file_digest(docs)
-    text = json.dumps(rec, indent=0, sort_keys=True)
-    (store / "checksums.json").write_text(text)
-    import hashlib
-
-    m = json.loads((store / "manifest.json").read_text())
-    m["checksums_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    (store / "manifest.json").write_text(json.dumps(m))
+    record_files(store, [docs])
     code, out = check(store)
-    assert problems(out) == [f"{docs}: rows: expected {t.num_rows} (n_docs), got {t.num_rows - 1}"], out
+    # the index, built from the store as it was, is no longer this store's either
+    found = problems(out)
+    assert len(found) == 2 and found[0] == f"{docs}: rows: expected {t.num_rows} (n_docs), got {t.num_rows - 1}", out
+    assert found[1].startswith(f"{store / 'index'}: not this store's index: store: built for the store "), out
 
 
 def test_index_missing_stale_and_its_files(store):
     info_p = store / "index" / "index.json"
     info = json.loads(info_p.read_text())
     # the files index.json records (relative to index/) are verified; recorded here if the build did not
-    if not info.get("files"):
-        info["files"] = {p.relative_to(store / "index").as_posix(): file_digest(p)
-                         for p in sorted((store / "index").rglob("*.parquet"))}
-        info_p.write_text(json.dumps(info))
-    assert check(store)[0] == 0
+    assert info["files"] and check(store)[0] == 0
     victim = store / "index" / sorted(info["files"])[0]
     flip(victim, 0.3)
     code, out = check(store)
     assert code != 0 and any(p.startswith(f"{victim}: sha256 differs") for p in problems(out)), out
-    # stale: built for another store
-    info_p.write_text(json.dumps({**info, "config": {**info["config"], "n_tokens": 5}}))
+    # a record edited by hand is refused; one built for another store (checksum and all) is named so
+    info_p.write_text(info_p.read_text().replace('"n_tokens": ', '"n_tokens": 1', 1))
     code, out = check(store)
-    assert code != 0 and "stale index: n_tokens: built for 5" in out
+    assert code != 0 and "index.json: checksum differs from the record's content" in out
+    rewrite_record(info_p, lambda raw: {**raw, "config": {**raw["config"], "n_tokens": 5}})
+    code, out = check(store)
+    assert code != 0 and "not this store's index: n_tokens: built for 5" in out
+    rewrite_record(info_p, lambda raw: {**raw, "config": {**info["config"], "store": "sha256:" + "0" * 64}})
+    code, out = check(store)
+    assert code != 0 and "not this store's index: store: built for the store sha256:000" in out
     shutil.rmtree(store / "index")
     code, out = check(store)
     assert code != 0 and f"{store / 'index'}: no query index (build it with `actdb index" in out
@@ -210,6 +211,11 @@ def test_store_without_checksums_is_verified_by_decoding(tmp_path):
     root = write_store(tmp_path / "syn", rng.integers(0, 20, n), [16] * 12 + [8], lambda l, a, b: rng.random((24, b - a)) < 0.3,
                        layers=(0, 1), n_layers=2, d_ffn=24, seq_len=16, vocab=[f"w{i}" for i in range(20)],
                        block_tokens=64, neuron_chunk=8)
+    # as an older actdb wrote it: a format 3 manifest, without its checksum or checksums.json
+    (root / "checksums.json").unlink()
+    raw = json.loads((root / "manifest.json").read_text())
+    raw.pop("checksum")
+    (root / "manifest.json").write_text(json.dumps({**raw, "format_version": 3, "checksums_sha256": ""}))
     code, out = check(root)
     assert problems(out) == [f"{root / 'index'}: no query index (build it with `actdb index {root}`)"], out
     assert "no checksums recorded" in out

@@ -20,9 +20,11 @@ from actdb.index.build import build_index
 from actdb.query.connection import connect
 from actdb.settings import IndexSettings, parse_layer_list
 from actdb.store.index_info import read_index_info
+from actdb.store.record import seal
 from actdb.store.ingest_state import IngestState
 from actdb.store.writer import read_state, write_state
 from crash import run_to_fault, traced_points
+from records import rewrite_record
 from test_index import make_known
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
@@ -144,14 +146,13 @@ def test_saved_query_parameter_out_of_range_is_one_line(built):
 # ---------------------------------------------------------------- the index record
 
 def _rewrite_config(p: Path, **changes) -> Path:
+    """index.json with `changes` to its config, checksum and all (as a buggy actdb would write it)."""
     f = p / "index" / "index.json"
-    raw = json.loads(f.read_text())
-    for k, v in changes.items():
-        if v is None:
-            raw["config"].pop(k)
-        else:
-            raw["config"][k] = v
-    f.write_text(json.dumps(raw))
+
+    def change(raw):
+        config = {k: v for k, v in {**raw["config"], **changes}.items() if v is not None}
+        return {**raw, "config": config}
+    rewrite_record(f, change)
     return f
 
 
@@ -165,6 +166,10 @@ def _rewrite_config(p: Path, **changes) -> Path:
 ])
 def test_bad_index_record_values_never_reach_sql(built, tmp_path, key, value, expected):
     p = copy(built, tmp_path / "s")
+    f = p / "index" / "index.json"
+    f.write_text(f.read_text().replace('"top_k": ', '"top_k": 1', 1))   # edited: the checksum says so
+    with pytest.raises(actdb.StoreError, match="index.json: checksum differs from the record's content"):
+        actdb.open(p).sql("SELECT 1")
     f = _rewrite_config(p, **{key: value})
     with pytest.raises(actdb.StoreError) as e:
         actdb.open(p).sql("SELECT 1")
@@ -172,17 +177,18 @@ def test_bad_index_record_values_never_reach_sql(built, tmp_path, key, value, ex
 
 
 def test_old_index_records(built, tmp_path):
-    """Versions 2 and 3 (n-grams without PAD, SPEC §1.3 before its amendment) are never read
-    with other semantics: they say to rebuild, and a plain `actdb index` rebuilds as version 4."""
+    """Older versions (n-grams without PAD before 4, no checksum or store identity before 5) are
+    never read with other semantics: they say to rebuild, and a plain `actdb index` rebuilds as
+    version 5."""
     p = copy(built, tmp_path / "s")
-    for version in (1, 2, 3):
+    for version in (1, 2, 3, 4):
         f = _rewrite_config(p, version=version)
         with pytest.raises(actdb.StoreError) as e:
             actdb.open(p).sql("SELECT 1")
-        assert str(e.value) == (f"{f}: config: version: expected 4, got {version} (an index of an older actdb: "
+        assert str(e.value) == (f"{f}: config: version: expected 5, got {version} (an index of an older actdb: "
                                 "rebuild it with `actdb index STORE --force`)")
     build_index(p, progress=False)
-    assert read_index_info(p).config.version == 4 and answers(p) == answers(built)
+    assert read_index_info(p).config.version == 5 and answers(p) == answers(built)
 
 
 def test_ingest_state_is_validated(tmp_path):
@@ -194,19 +200,24 @@ def test_ingest_state_is_validated(tmp_path):
     write_state(tmp_path, done)
     assert read_state(tmp_path) == done
     f = tmp_path / "ingest-state.json"
+    # blocks_done raised by hand: the checksum refuses it (a resume would leave blocks of zeros)
+    f.write_text(f.read_text().replace('"blocks_done": 1', '"blocks_done": 2'))
+    with pytest.raises(actdb.StoreError, match="ingest-state.json: checksum differs from the record's content"):
+        read_state(tmp_path)
     for raw, expected in [
             ({"identity": {}, "blocks_done": "3"}, "blocks_done: expected an integer, got '3'"),
             ({"identity": {}, "blocks_done": -1}, "blocks_done: expected an integer >= 0, got -1"),
             ({"identity": {}, "tokenized": {"n_tokens": None}}, "tokenized.n_tokens: expected an integer >= 0, got None"),
             ({"blocks_done": 0}, "identity: expected a value, got nothing"),
-            ({"identity": {}, "format_version": 9}, "format_version: expected 1, got 9 (written by a newer actdb")]:
-        f.write_text(json.dumps(raw))
+            ({"identity": {}, "format_version": 9}, "format_version: expected 2, got 9 (written by a newer actdb")]:
+        f.write_text(seal({"format_version": 2, **raw}))   # checksum and all: the checks below it
         with pytest.raises(actdb.StoreError) as e:
             read_state(tmp_path)
         assert str(e.value).startswith(f"{f}: ") and expected in str(e.value), str(e.value)
-    # written before the format version existed
+    # of an older actdb (version 1, or before the version field): start again, said in one line
     f.write_text(json.dumps({"identity": {"a": 1}, "tokenized": None, "blocks_done": 2}))
-    assert read_state(tmp_path) == IngestState(identity={"a": 1}, blocks_done=2)
+    with pytest.raises(actdb.StoreError, match="format_version: expected 2, got 1 .*--overwrite"):
+        read_state(tmp_path)
 
 
 # ---------------------------------------------------------------- one layer grammar

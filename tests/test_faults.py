@@ -115,7 +115,7 @@ def test_sigkill_during_manifest_writes_readers_see_old_or_new(tmp_path):
     from actdb.store.manifest import Manifest
     from test_units import manifest
 
-    raw = manifest().to_json()
+    raw = json.dumps(manifest().to_dict())
     rng = random.Random(3)
     for kind in ("atomic-tmp", "atomic-done", "atomic-tmp"):
         n = rng.randint(2, 60)

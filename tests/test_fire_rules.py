@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 import actdb
 from actdb.cli import main
+from records import rewrite_record
 from reference import reference_hidden, reference_masks, reference_rule_masks
 from test_ingest_masks import FAMILIES, assert_same, run_ingest
 
@@ -88,10 +89,7 @@ def test_resume_refuses_blocks_without_thresholds(model_dirs, corpus_file, tmp_p
     """A state with blocks done but no top:Q thresholds (damaged: they are committed with block 0)
     stops the resume with one line, instead of fixing them from a later block."""
     interrupted(model_dirs("opt"), corpus_file, tmp_path / "s", monkeypatch, after_blocks=2)
-    p = tmp_path / "s" / "ingest-state.json"
-    state = json.loads(p.read_text())
-    state["thresholds"] = {}
-    p.write_text(json.dumps(state))
+    rewrite_record(tmp_path / "s" / "ingest-state.json", lambda state: {**state, "thresholds": {}})
     with pytest.raises(actdb.StoreError, match=r"ingest-state.json: 2 blocks done but no thresholds for top:0.9; "
                                                r"start the ingest again with --overwrite"):
         ingest_rules(model_dirs("opt"), corpus_file, tmp_path / "s", resume=True)

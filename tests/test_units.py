@@ -126,9 +126,20 @@ def test_manifest_round_trip_and_validation():
     m = manifest()
     again = Manifest.from_json(m.to_json())
     assert again == m and isinstance(again.corpus[0], CorpusFile) and again.layers == (0, 1)
-    raw = json.loads(m.to_json())
-    with pytest.raises(StoreError, match="format_version: expected 1 or 2 or 3, got 4 .*newer actdb"):
-        Manifest.from_dict({**raw, "format_version": 4})
+    raw = m.to_dict()
+    with pytest.raises(StoreError, match="format_version: expected 1 or 2 or 3 or 4, got 5 .*newer actdb"):
+        Manifest.from_dict({**raw, "format_version": 5})
+    # the file carries its checksum: an edited or damaged one is refused, whatever it changed
+    text = m.to_json()
+    assert json.loads(text)["checksum"].startswith("sha256:")
+    with pytest.raises(StoreError, match="checksum differs from the record's content"):
+        Manifest.from_json(text.replace('"n_tokens": 100', '"n_tokens": 101'))
+    with pytest.raises(StoreError, match="checksum: expected the record's sha256, got nothing"):
+        Manifest.from_json(json.dumps(raw))
+    # older formats carried none, and still read; claiming an older format does not drop the check
+    assert Manifest.from_json(json.dumps({**raw, "format_version": 3})).format_version == 3
+    with pytest.raises(StoreError, match="checksum differs"):
+        Manifest.from_json(text.replace('"format_version": 4', '"format_version": 3'))
     # version 1 (zstd-only masks, before the bitrows codec) still reads
     assert Manifest.from_dict({**raw, "format_version": 1}).format_version == 1
     # versions 1 and 2 (before fire rules) read as one sign rule

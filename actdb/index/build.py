@@ -51,6 +51,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterable
@@ -59,12 +60,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import faults
+from ..faults import point as fault_point
 from ..errors import InputError, StoreError
 from ..io import (PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs, file_digest, remove_temporaries,
                   write_parquet)
 from ..settings import IndexSettings, RaySettings, parse_layer_list
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
+from ..store.record import parse_json, read_text, seal, unseal
 from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
                             INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE,
                             rule_dir)
@@ -179,12 +181,13 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     _recover(rule_base)
     if live.exists():   # what a killed build's atomic writes left (we hold the writer lock)
         remove_temporaries(live)
-    vocab_t = pq.read_table(st.path / VOCAB_FILE, columns=["token_id", "token"])
+    vocab_t = st.table(VOCAB_FILE, columns=["token_id", "token"], arrow=True)
     pad = int(max(m.vocab_size, vocab_t.num_rows, 1))   # PAD digit of n-gram ids: past every token id
     base = pad + 1
     config = IndexConfig(version=INDEX_VERSION, layers=tuple(m.layers), ngram_layers=ngram_layers, vocab_base=base,
                          ngram_pad=pad, n_tokens=m.n_tokens, seq_len=m.seq_len, weights_sha256=m.weights_sha256,
-                         prefix=bool(m.prefix_tokens), top_k=s.top_k, rule=st.rule, **s.thresholds())
+                         prefix=bool(m.prefix_tokens), top_k=s.top_k, store=m.identity, rule=st.rule,
+                         **s.thresholds())
     config_json = _as_json(config)
     try:
         info = read_index_info(rule_base)
@@ -198,7 +201,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         shutil.rmtree(live, ignore_errors=True)   # a partial build: nothing answers from it
     root.mkdir(parents=True, exist_ok=True)
     state_p = root / STATE
-    state = json.loads(state_p.read_text()) if state_p.exists() else None
+    state = _read_state(state_p)
     tok = TokenArrays(st, m, base, root / INDEX_TMP)
     if state is None or state.get("config") != config_json:
         shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)
@@ -206,7 +209,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         chunks = {str(ng): chunk_size(tok.width(ng), m.d_ffn, m.neuron_chunk, s.memory_mb / n_workers, neuron_chunk)
                   for ng in (False, True)}
         state = {"config": config_json, "chunks": chunks, "done": []}
-        atomic_write_text(state_p, json.dumps(state))
+        atomic_write_text(state_p, seal(state))
     (root / INDEX_PARTS).mkdir(exist_ok=True)
     done = set(state["done"])
     units = [(l, n0, min(m.d_ffn, n0 + state["chunks"][str(l in ngram_layers)])) for l in m.layers
@@ -222,7 +225,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     def finished(name: str) -> None:   # main thread only: the state file has one writer
         done.add(name)
         state["done"] = sorted(done)
-        atomic_write_text(state_p, json.dumps(state))
+        atomic_write_text(state_p, seal(state))
         bar.update(1)
 
     pending = [u for u in units if _unit_name(*u[:2]) not in done]
@@ -248,12 +251,12 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         # core, mostly Parquet): neither reads the other's files
         projection = None
         if shared and (st.path / PROJECTION_FILE).exists():
-            projection = ex.submit(build_projection_index, st.path, m.layers, progress=s.progress, out=root,
+            projection = ex.submit(build_projection_index, st, m.layers, progress=s.progress, out=root,
                                    stop=stop)
         try:
             files = _assemble(root, [_unit_name(l, n0) for l, n0, _ in units], tok)
             if shared:
-                build_capture_index(st.path, root, m)
+                build_capture_index(st, root)
                 files.update({f"{INDEX_CAPTURE_DIR}/{p.name}": file_digest(p)
                               for p in sorted((root / INDEX_CAPTURE_DIR).glob("*.parquet"))})
         except BaseException:   # an error or Ctrl-C: the projection stops at its next layer
@@ -269,6 +272,22 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     if beside:
         _swap_in(live, root)
     return live
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    """A resumable build's state (index/_state.json); None when there is none, or when it is not
+    one this build wrote whole (edited, damaged, of another version): the build then starts over,
+    which gives the same files."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        state = unseal(parse_json(text, str(path), "an index build state"), str(path))
+    except StoreError as e:
+        print(f"actdb index: {e}; starting the build over", file=sys.stderr)
+        return None
+    ok = isinstance(state, dict) and isinstance(state.get("done"), list) and isinstance(state.get("chunks"), dict)
+    return state if ok else None
 
 
 def _recover(store: Path) -> None:
@@ -362,7 +381,7 @@ def build_unit(st, tok: TokenArrays, root: Path, unit: tuple[int, int, int], ngr
         pq.write_table(t, tmpd / f"{tname}.parquet", **_PART_OPTIONS)
     shutil.rmtree(d, ignore_errors=True)
     tmpd.rename(d)
-    faults.point("unit-done", name)
+    fault_point("unit-done", name)
     return name
 
 
@@ -374,15 +393,23 @@ def _assemble(root: Path, names: list[str], tok: TokenArrays) -> dict[str, dict[
     """Concatenate the units' parts (in layer, neuron order) and write the global counts;
     returns {file: digest} of everything written."""
     files = {}
+    missing = [n for n in names if not (root / INDEX_PARTS / n).is_dir()]
+    if missing:   # recorded as done but not there: a state that does not match the parts
+        raise StoreError(f"{root / INDEX_PARTS / missing[0]}: missing, although {root / STATE} records it as done; "
+                         f"run `actdb index` again with --force")
     for t in TABLES:
         out = root / f"{t}.parquet"
         with atomic_path(out) as tmp:
             writer, pending, n_pending = None, [], 0
             for name in names:
                 p = root / INDEX_PARTS / name / f"{t}.parquet"
-                if not p.exists():
+                if not p.exists():   # the n-gram tables exist for n-gram layers only
                     continue
-                part = pq.read_table(p)
+                try:   # the parts were written with page checksums: a damaged one is not assembled
+                    part = pq.read_table(p, page_checksum_verification=True)
+                except (OSError, pa.ArrowException) as e:
+                    raise StoreError(f"{p}: unreadable part of the build ({e}); run `actdb index` again with "
+                                     "--force") from None
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, part.schema, **PARQUET_OPTIONS)
                 pending.append(part)

@@ -13,30 +13,29 @@ import numpy as np
 import pyarrow as pa
 
 from ..io import write_parquet
-from ..store.layout import CAPTURE_DIR, INDEX_CAPTURE_DIR, part_name
+from ..store.layout import INDEX_CAPTURE_DIR, part_name
 
 
-def build_capture_index(root: Path, index_dir: Path, manifest) -> None:
-    """index_dir/capture/part-BBBBBB.parquet from the store's capture at `root`."""
-    import zarr
-
+def build_capture_index(store, index_dir: Path) -> None:
+    """index_dir/capture/part-BBBBBB.parquet from the capture of a store handle (a StoreReader, whose
+    reads check every chunk against its record)."""
+    manifest = store.manifest
     out = Path(index_dir) / INDEX_CAPTURE_DIR
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     if not manifest.capture:
         write_parquet(_empty(), out / part_name(0))
         return
-    cap = zarr.open_group(root / CAPTURE_DIR, mode="r")
     n, bt = manifest.n_tokens, manifest.block_tokens
     layers = np.asarray(manifest.layers, dtype=np.int32)
     for b, lo in enumerate(range(0, n, bt)):
         hi = min(lo + bt, n)
         parts = []
         for kind in manifest.capture:
-            v = cap[f"{kind}_topk_value"][:, lo:hi]              # [layers, rows, k]
-            d = cap[f"{kind}_topk_dim"][:, lo:hi]
-            med = cap[f"{kind}_median"][:, lo:hi]                # [layers, rows]
-            smed = cap[f"{kind}_seq_median"][:, lo:hi]
+            v = store.capture(kind, "topk_value")[:, lo:hi]     # [layers, rows, k]
+            d = store.capture(kind, "topk_dim")[:, lo:hi]
+            med = store.capture(kind, "median")[:, lo:hi]       # [layers, rows]
+            smed = store.capture(kind, "seq_median")[:, lo:hi]
             L, R, K = v.shape
             parts.append(pa.table({
                 "kind": pa.array([kind] * (L * R * K)).dictionary_encode(),

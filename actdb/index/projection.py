@@ -17,7 +17,7 @@ from .count import compiled
 K_MAX = 50
 
 
-def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 256, progress: bool = False,
+def build_projection_index(store, layers, k_max: int = K_MAX, chunk: int = 256, progress: bool = False,
                            out: Path | None = None, stop: threading.Event | None = None) -> None:
     """index/vocab_projection.parquet (in `out`, default STORE/index/): layer, neuron, token_id,
     score, rank (1..k top, -1..-k bottom). stop: when set (the build beside it failed), returns
@@ -25,7 +25,7 @@ def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 
     from tqdm import tqdm
 
     jit = compiled()
-    proj = Projection(root)
+    proj = Projection(store)
     w_u = proj.w_u[proj.valid]                                   # [real vocab, d_model]
     ids = np.flatnonzero(proj.valid).astype(np.int32)
     k = min(k_max, len(ids))
@@ -46,7 +46,7 @@ def build_projection_index(root: Path, layers, k_max: int = K_MAX, chunk: int = 
                     "token_id": ids[sel].ravel(),
                     "score": s[rows, sel].ravel().astype(np.float32),
                     "rank": np.tile(np.arange(1, k + 1, dtype=np.int32) * sign, n)}))
-    write_parquet(pa.concat_tables(tables), Path(out if out is not None else root / INDEX_DIR) / INDEX_PROJECTION_FILE)
+    write_parquet(pa.concat_tables(tables), Path(out if out is not None else store.path / INDEX_DIR) / INDEX_PROJECTION_FILE)
 
 
 def _top_bottom(s: np.ndarray, k: int, jit) -> tuple[np.ndarray, np.ndarray]:

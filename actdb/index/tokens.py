@@ -43,6 +43,7 @@ class TokenArrays:
         full_seqs = []
         uniq = {name: DistinctCounter() for name in ("token", "bigram", "trigram")}
         self.n = 0
+        st.verify_files(self.parts)   # each pass reads the parts checked against their records
         for t, pos, grams in self._parts():
             domains.update(pc.unique(t.column("domain").cast(pa.string())).to_pylist())
             full_seqs.append(t.column("seq").to_numpy()[pos == T - 1])
@@ -72,6 +73,7 @@ class TokenArrays:
         self.pos_full_n = np.zeros(T, np.int64)
         dom_set = pa.array(self.domains, pa.string())
         r0 = 0
+        st.verify_files(self.parts)   # each pass reads the parts checked against their records
         for t, pos, grams in self._parts():
             r1 = r0 + t.num_rows
             full = np.isin(t.column("seq").to_numpy(), self._full)

@@ -32,7 +32,7 @@ from .rules import MagnitudeRule, definition, magnitude_rules, top_thresholds, u
 from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
-from ..io import remove_temporaries
+from ..io import file_digest, remove_temporaries
 from ..store.manifest import FORMAT_VERSION, CorpusFile, FireRuleRecord, Manifest
 from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
@@ -40,11 +40,11 @@ from .packing import BlockAssembler, RowPacker
 from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
 from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS,
-                            PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STATE_FILE, VOCAB_FILE, rule_dir,
+                            PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGED_IDS, STAGED_OFFSETS, STAGING, STATE_FILE, VOCAB_FILE, rule_dir,
                             token_parts)
 from ..store.lock import writer_lock
 from ..store.writer import (MaskWriter, block_chunk_files, check_target, codec_name,
-                    read_state, record_checksums, remove_store, seal_checksums, write_state)
+                    pending_checksums, read_state, record_checksums, remove_store, seal_checksums, write_state)
 from .tables import write_token_tables
 
 
@@ -111,6 +111,24 @@ def _prepare_store(root: Path, s: IngestSettings) -> IngestState | None:
     if state is None and s.resume:
         raise StoreError(f"{root}: no interrupted ingest to resume")
     return state
+
+
+def _check_staging(root: Path, tokenized: dict[str, Any]) -> None:
+    """The staged token ids and sequence offsets are what tokenization wrote (their digests are
+    in the ingest state): a resumed forward never runs on changed ids."""
+    recorded = tokenized.get("staging")
+    if not isinstance(recorded, dict) or set(recorded) != {STAGED_IDS, STAGED_OFFSETS}:
+        raise StoreError(f"{root / STATE_FILE}: tokenized.staging: expected the digests of {STAGED_IDS} and "
+                         f"{STAGED_OFFSETS}, got {recorded!r}; start the ingest again with --overwrite")
+    for name, want in recorded.items():
+        p = root / STAGING / name
+        try:
+            got = file_digest(p)
+        except OSError as e:
+            raise StoreError(f"{p}: unreadable ({e.strerror or e}); start the ingest again with --overwrite") from None
+        if got != want:
+            raise StoreError(f"{p}: differs from the digest recorded in {STATE_FILE} (changed since tokenization); "
+                             "start the ingest again with --overwrite")
 
 
 def _identity(s: IngestSettings, corpus: list[CorpusFile], weights: str, layers: tuple[int, ...],
@@ -199,6 +217,7 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
         _check_identity(state.identity, identity)
         # writes cut short by the kill: zarr's chunk files, atomic_path's temporaries
         remove_temporaries(root, suffixes=(".partial",))
+        pending_checksums(root)   # the committed steps' records, refused now if damaged, not at the end
     else:
         root.mkdir(parents=True, exist_ok=True)
         state = IngestState(identity=identity)
@@ -208,11 +227,14 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     if state.tokenized is None:
         docs = read_documents(files, s.domain, s.skip_empty)
         limit = doc_token_limit(special, s.seq_len, s.mode, s.max_tokens)
-        state = state.replace(tokenized=write_token_tables(
-            root, tokenizer, tokenize_documents(docs, tokenizer, max_doc_tokens=limit), special, s))
+        counts = write_token_tables(root, tokenizer, tokenize_documents(docs, tokenizer, max_doc_tokens=limit),
+                                    special, s)
+        state = state.replace(tokenized={**counts, "staging": {name: file_digest(root / STAGING / name)
+                                                               for name in (STAGED_IDS, STAGED_OFFSETS)}})
         record_checksums(root, "tables", [*token_parts(root), root / DOCS_FILE, root / VOCAB_FILE])
         write_state(root, state)
     tok = state.tokenized
+    _check_staging(root, tok)
     n_tokens, n_seqs = tok["n_tokens"], tok["n_sequences"]
     if n_tokens == 0:
         if tok.get("budget_cut"):
@@ -367,8 +389,8 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     from tqdm import tqdm
 
     staging = root / STAGING
-    token_ids = np.memmap(staging / "token_ids.i32", dtype=np.int32, mode="r")
-    offsets = np.fromfile(staging / "seq_offsets.i64", dtype=np.int64)
+    token_ids = np.memmap(staging / STAGED_IDS, dtype=np.int32, mode="r")
+    offsets = np.fromfile(staging / STAGED_OFFSETS, dtype=np.int64)
     n_seqs = len(offsets) - 1
     B = s.batch_size
     stop_row = n_tokens if stop_row is None else stop_row

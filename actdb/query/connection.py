@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import InputError, StoreError
-from ..store.index_info import index_path, read_index_info
+from ..store.index_info import bound_index_info, index_path
 from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file, rule_dir
 from ..store.verify import SQL_WORD, CheckTimeout, created_name, parquet_guard, view_dependencies
 
@@ -28,11 +28,12 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
     # the views read the handle's rule's index, and the rule-independent tables (massive
     # activations, vocabulary projection) from the index of the store's first rule
     base, shared = rule_dir(store.path, store.rule), rule_dir(store.path, store.rules[0])
-    info = read_index_info(base)
+    store.check_current()
+    info = bound_index_info(store.path, base, store.manifest, store.rule)
     if info is None:
         what = "" if len(store.rules) == 1 else f" of rule {store.rule}"
         raise StoreError(f"{index_path(base)}: no index{what} (run `actdb index {store.path}`)")
-    shared_info = info if shared == base else read_index_info(shared)
+    shared_info = info if shared == base else bound_index_info(store.path, shared, store.manifest, store.rules[0])
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
     if threads is not None:
@@ -48,11 +49,11 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
         else:
             absent.update(dict.fromkeys((created_name(v) for v in these), why))
     # which files each view reads, checked before each query
-    guard = parquet_guard(store, stmts, {index_path(base): info, index_path(shared): shared_info})
+    guard = parquet_guard(store, stmts)
     confine(con, store.path)
     views = _LazyViews(con, store, stmts, guard, absent)
     if not lazy:
-        views.ensure("SELECT * FROM duckdb_views()")
+        views.ensure(_EVERY_VIEW)
     if not hasattr(store, "_lazy_views"):
         store._lazy_views = weakref.WeakKeyDictionary()   # connection -> its views
     store._lazy_views[con] = views
@@ -63,6 +64,7 @@ ABSENT_CAPTURE = ("this store's index has no captured activations (record them w
                   "resid`, the default)")
 ABSENT_PROJECTION = ("this store has no vocabulary projection (its model's output projection and unembedding, "
                      "projection.safetensors, were not recorded)")
+_EVERY_VIEW = "SELECT * FROM duckdb_views()"   # a statement that names the catalogue makes every view
 _NO_SUCH = re.compile(r"with name (\w+) does not exist", re.IGNORECASE)
 
 # words through which a statement can reach any view by name (the catalogue, SQL in a string)
@@ -100,7 +102,7 @@ class _LazyViews:
         if self.udf and not self.proj_score and (want & self.udf or "proj_score" in words):
             from .views import register_proj_score
 
-            register_proj_score(self.con(), self.store.path)
+            register_proj_score(self.con(), self.store)
             self.proj_score = True
         import duckdb
 
@@ -119,6 +121,11 @@ def ensure_views(store, con, sql: str) -> None:
     views = getattr(store, "_lazy_views", {}).get(con)
     if views is not None:
         views.ensure(sql)
+
+
+def ensure_all_views(store, con) -> None:
+    """Create every view and macro of `store` on `con` now (its cursors see only those made)."""
+    ensure_views(store, con, _EVERY_VIEW)
 
 
 def confine(con, root: Path) -> None:
@@ -283,11 +290,11 @@ class Result:
 
     def __init__(self, con, sql: str, params: dict[str, Any], timeout: float | None, timeout_hint: str,
                  batch_rows: int, guard=None, absent: dict[str, str] | None = None,
-                 seconds: float | None = None) -> None:
+                 seconds: float | None = None, store=None) -> None:
         """timeout: the statement's time limit as given (for the message); seconds: what is left
         of it once the file checks are done (default: all of it)."""
         self._con, self._sql, self._params, self._batch_rows = con, sql, params or None, batch_rows
-        self._guard, self._absent = guard, absent or {}
+        self._guard, self._absent, self._store = guard, absent or {}, store
         self._hint, self._timeout = timeout_hint, timeout
         self._reader = None
         self._executed = False
@@ -303,6 +310,8 @@ class Result:
         if _interrupted(e):
             return KeyboardInterrupt()
         if isinstance(e, (duckdb.Error, OSError)):
+            if self._store is not None:
+                _raise_if_rebuilt(self._store)
             if self._guard is not None:
                 self._guard.verify_all()   # a damaged file the statement reached anyway is named, not DuckDB's error
             msg = _one_line(e)
@@ -391,6 +400,7 @@ def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=Non
     """Start one read-only statement with named parameters ($name) bound; its answer streams
     as Arrow record batches. timeout: seconds (None or 0: no limit); timeout_hint names the
     knob in the message (the CLI says --timeout)."""
+    store.check_current()
     con = con or connect(store)
     ensure_views(store, con, sql)
     st = _check_read_only(con, sql)
@@ -404,10 +414,21 @@ def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=Non
         raise QueryTimeout(f"query stopped after {timeout:g} s ({timeout_hint}) while checking the store's files "
                            f"against their records ({e.checked} checked; `actdb check {store.path}` checks them "
                            f"all, without a limit)") from None
+    except StoreError:
+        _raise_if_rebuilt(store)
+        raise
     views = getattr(store, "_lazy_views", {}).get(con)
     left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
     return Result(con, sql, params, timeout, timeout_hint, batch_rows, guard, views.absent if views else None,
-                  seconds=left)
+                  seconds=left, store=store)
+
+
+def _raise_if_rebuilt(store) -> None:
+    """A statement that failed because the index was swapped under it says so (the handle
+    answers from the new index at its next statement)."""
+    if getattr(store, "rebuilt", lambda: False)():
+        raise StoreError(f"{store.path}: the index was rebuilt while the statement ran; run it again "
+                         "(it will answer from the new index)")
 
 
 def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,

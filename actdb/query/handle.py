@@ -1,11 +1,14 @@
 """`actdb.open`: the read-only store handle with its SQL views."""
 from __future__ import annotations
 
+import copy
+import threading
 from pathlib import Path
 from typing import Any
 
 from ..settings import RULE_PARAM
 from ..store.reader import StoreReader
+from .connection import ensure_all_views
 
 
 class Store(StoreReader):
@@ -27,22 +30,93 @@ class Store(StoreReader):
         rest = dict(params)
         return self.with_rule(rest.pop(RULE_PARAM)), rest
 
-    def _db(self):
-        con = getattr(self, "_con", None)
-        if con is None:
-            from .connection import connect
+    generation = 0   # how many times the handle reconnected to a rebuilt index
 
-            con = self._con = connect(self)
-        return con
+    # the file records of the connection's views (store/verify.py), kept by the handle that owns
+    # the connection: a thread's handle uses its parent's, made anew with each reconnection
+    def _get_guard(self):
+        return (self.__dict__.get("_parent") or self).__dict__.get("_guard")
+
+    def _set_guard(self, guard) -> None:
+        (self.__dict__.get("_parent") or self).__dict__["_guard"] = guard
+
+    _parquet_guard = property(_get_guard, _set_guard)
+
+    def _connect(self):
+        from .connection import connect
+
+        return connect(self)
+
+    def _index_key(self) -> tuple:
+        """The identity (stat) of the index records this handle's views read: another after an
+        `actdb index --force` swapped a rebuilt index in."""
+        from ..io import stat_key
+        from ..store.index_info import index_path
+        from ..store.layout import INDEX_FILE, rule_dir
+
+        return tuple(stat_key(index_path(rule_dir(self.path, r)) / INDEX_FILE)
+                     for r in dict.fromkeys((self.rule, self.rules[0])))
+
+    def _db(self):
+        """This handle's DuckDB connection with its views; made again (views, file records and all)
+        when the index was rebuilt since, so a long-lived handle (a running `actdb serve`) answers
+        from the new index, never from a mix."""
+        parent = self.__dict__.get("_parent")
+        if parent is not None:   # a thread's handle: a cursor of its parent's connection
+            pcon = parent._db()
+            if self.__dict__.get("_from") is not pcon:
+                self._con, self._from = pcon.cursor(), pcon
+                self.__dict__.pop("_views", None)
+            return self._con
+        with self._lock():
+            con = self.__dict__.get("_con")
+            key = self._index_key()
+            if con is not None and key != self.__dict__.get("_con_key"):
+                self.check_current()   # a store written again is an error, not a reconnect
+                con.close()
+                for name in ("_con", "_views", "_guard"):
+                    self.__dict__.pop(name, None)
+                self.generation += 1
+                con = None
+            if con is None:
+                con = self._con = self._connect()
+                self._con_key = key
+                if self.__dict__.get("_shared"):   # a cursor sees only the views made on its connection
+                    ensure_all_views(self, con)
+            return con
+
+    def _lock(self) -> threading.Lock:
+        return self.__dict__.setdefault("_reconnect", threading.Lock())
+
+    def thread_handle(self) -> "Store":
+        """A handle for another thread on the same database (its own DuckDB cursor, so a long
+        statement in one thread never blocks another), following this one across a rebuild."""
+        con = self._db()
+        with self._lock():
+            if not self.__dict__.get("_shared"):
+                self._shared = True
+                ensure_all_views(self, con)
+        h = copy.copy(self)
+        h.__dict__.pop("_con", None)
+        h.__dict__.pop("_from", None)
+        h._parent = self
+        return h
 
     def views(self) -> set[str]:
         """Names of the SQL views this store offers (capture and projection views only where
-        the store has them); read once per handle."""
-        names = getattr(self, "_views", None)
+        the store has them); read once per handle and connection."""
+        self._db()   # after a rebuild, the views of the new index
+        names = self.__dict__.get("_views")
         if names is None:
-            names = self._views = set(self.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal")
-                                      ["view_name"].to_list())
+            names = set(self.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal")["view_name"].to_list())
+            self._views = names
         return names
+
+    def rebuilt(self) -> bool:
+        """Whether the index was swapped since this handle's connection was made (a statement
+        that failed meanwhile is told so, not that a file changed)."""
+        root = self.__dict__.get("_parent") or self
+        return self._index_key() != root.__dict__.get("_con_key")
 
     def sql(self, query: str, params: dict[str, Any] | None = None, arrow: bool = False,
             timeout: float | None = None):

@@ -265,7 +265,7 @@ def massive_views(root: Path, info: IndexInfo) -> list[str]:
     ]
 
 
-def register_proj_score(con, root: Path) -> None:
+def register_proj_score(con, store) -> None:
     """proj_score(layer, neuron, token_id) -> DOUBLE on a DuckDB connection."""
     import duckdb
 
@@ -278,7 +278,7 @@ def register_proj_score(con, root: Path) -> None:
         from ..store.projection import Projection
 
         nonlocal proj
-        proj = proj or Projection(root)
+        proj = proj or Projection(store)
         return pa.array(proj.scores(layer.to_numpy(zero_copy_only=False), neuron.to_numpy(zero_copy_only=False),
                                     token_id.to_numpy(zero_copy_only=False)), pa.float64())
 

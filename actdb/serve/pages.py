@@ -12,7 +12,6 @@ every time.
 """
 from __future__ import annotations
 
-import copy
 import io
 import math
 import threading
@@ -55,11 +54,8 @@ class _ConsoleStore(Store):
     """The console's own database, one DuckDB thread: a long console query takes one core
     and leaves the others to the pages."""
 
-    def _db(self):
-        con = getattr(self, "_con", None)
-        if con is None:
-            con = self._con = connect(self, threads=1)
-        return con
+    def _connect(self):
+        return connect(self, threads=1)
 
 
 class Explorer:
@@ -78,11 +74,16 @@ class Explorer:
         self.views = store.views()
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._generation = store.generation
+        self._console = None
+        self._probe = None
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        """Forget what was read from the index (a rebuild swapped in another one)."""
         self._arrays: dict[str, np.ndarray] | None = None
         self._vocab: list[str] | None = None
         self._figures: dict[str, bytes] = {}
-        self._probe = None
-        self._console = None
         self._summary: dict[str, Any] | None = None
         self._token_counts: dict[int, int] | None = None
         self._layers: OrderedDict[int, Any] = OrderedDict()
@@ -113,9 +114,14 @@ class Explorer:
                 base = self._console
             else:
                 base = self.base
-            h = copy.copy(base)
-            h._con = base._db().cursor()
+            h = base.thread_handle()
             setattr(self._local, key, h)
+        h._db()   # the index may have been rebuilt: the caches below are of the old one
+        if self.base.generation != self._generation:
+            with self._lock:
+                if self.base.generation != self._generation:
+                    self._reset_caches()
+                    self._generation = self.base.generation
         return h
 
     def q(self, sql: str, **params: Any):

@@ -314,12 +314,7 @@ def _check_rule_index(root: Path, m: Manifest, r: Report, rule: str) -> None:
     except ActdbError as e:   # names the file and what is wrong with it
         r.problems.append(str(e))
         return
-    config = info.config
-    # built for this store? (the same identity the index build records in its config)
-    expected = {"n_tokens": m.n_tokens, "weights_sha256": m.weights_sha256, "layers": tuple(m.layers),
-                "seq_len": m.seq_len, "rule": rule}
-    for key, want in expected.items():
-        if getattr(config, key) != want:
-            r.problem(d, f"stale index: {key}: built for {getattr(config, key)!r}, the store has {want!r} "
-                         f"(rebuild it with `actdb index {root} --force`)")
+    why = info.config.mismatch(m, rule)   # built for this store and rule? (what every reader checks too)
+    if why is not None:
+        r.problem(d, f"not this store's index: {why} (rebuild it with `actdb index {root} --force`)")
     _verify_files(d, info.files, r, alt=root)

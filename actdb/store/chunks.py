@@ -1,7 +1,9 @@
 """Checked reads of mask chunks: never garbage, never a silent zero for a lost chunk."""
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -11,16 +13,22 @@ from ..errors import StoreError
 
 
 class CheckedArray:
-    """Read-only view of a mask array whose reads never return garbage: a chunk that fails
-    its crc32c or cannot be decoded, or one recorded at write time that is now missing (zarr
-    would read it as zeros), raises StoreError naming the file."""
+    """Read-only view of a mask (or capture) array whose reads never return garbage: a chunk
+    that fails its crc32c or cannot be decoded, one whose bytes are not the ones recorded at
+    write time (sha256 of checksums.json: a chunk copied in from another store has a valid
+    crc32c), one present but never recorded, or one recorded that is now missing (zarr would
+    read it as zeros), raises StoreError naming the file. Each chunk file is hashed once per
+    handle (again if its size, mtime or inode changes)."""
 
-    def __init__(self, arr: Any, directory: Path, recorded: set[str] | None) -> None:
+    def __init__(self, arr: Any, directory: Path, recorded: dict[str, Any] | None) -> None:
+        """recorded: {chunk key relative to the array's folder: {"bytes", "sha256"}} from
+        checksums.json; None for a store written without records (crc32c only)."""
         from zarr.codecs import BytesCodec, Crc32cCodec
 
         from .zarr_codec import BitRowsCodec
 
         self.arr, self.dir, self.recorded = arr, directory, recorded
+        self._ok: dict[str, tuple[int, int, int]] = {}
         self.shape, self.chunks, self.dtype = tuple(arr.shape), tuple(arr.chunks), arr.dtype
         # bitrows chunks are read here, not through zarr: decoding only the rows asked for makes
         # a read of a few neurons cheap (the index reads sub-chunk units, ~20 per chunk)
@@ -50,6 +58,36 @@ class CheckedArray:
     def _missing(self, rel: str) -> StoreError:
         return StoreError(f"{self.dir / rel}: mask chunk missing (recorded at write time); run `actdb check` on the store")
 
+    def _verify(self, rel: str, data: bytes | None = None) -> bool:
+        """Check chunk file `rel` against its record (its bytes `data` if already read); False when
+        it does not exist and was never written (all zero)."""
+        path = self.dir / rel
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if self.recorded is not None and rel in self.recorded:
+                raise self._missing(rel) from None
+            return False
+        if self.recorded is None:
+            return True
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._ok.get(rel) == key:
+            return True
+        want = self.recorded.get(rel)
+        if want is None:
+            raise StoreError(f"{path}: chunk not recorded at write time (readers would use it); "
+                             "run `actdb check` on the store")
+        if data is None:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise StoreError(f"{path}: unreadable chunk ({e.strerror or e})") from None
+        if len(data) != want.get("bytes") or hashlib.sha256(data).hexdigest() != want.get("sha256"):
+            raise StoreError(f"{path}: sha256 differs from the one recorded at write time (the chunk changed since, "
+                             "or was copied from another store); run `actdb check` on the store")
+        self._ok[rel] = key
+        return True
+
     def _read_rows(self, rows: slice, cols: slice) -> np.ndarray:
         """arr[rows, cols] of a bitrows array, chunk by chunk: each chunk file's crc32c checked,
         only the rows asked for decoded."""
@@ -67,11 +105,11 @@ class CheckedArray:
                 try:
                     data = (self.dir / rel).read_bytes()
                 except FileNotFoundError:
-                    if self.recorded is not None and rel in self.recorded:
-                        raise self._missing(rel) from None
+                    self._verify(rel)   # raises if it was recorded
                     continue                                          # never written: all zero
                 except OSError as e:
                     raise StoreError(f"{self.dir / rel}: unreadable mask chunk ({e.strerror or e})") from None
+                self._verify(rel, data)
                 lo, hi = max(r0, ci * rc) - ci * rc, min(r1, (ci + 1) * rc) - ci * rc
                 b0, b1 = max(c0, cj * cc) - cj * cc, min(c1, (cj + 1) * cc) - cj * cc
                 try:
@@ -89,6 +127,8 @@ class CheckedArray:
         if (self.direct and isinstance(sel, tuple) and len(sel) == 2
                 and all(isinstance(s, slice) and s.step in (None, 1) for s in sel)):
             return self._read_rows(*sel)
+        for key in self._chunks(sel):   # zarr reads the files itself: each checked first
+            self._verify(self.arr.metadata.encode_chunk_key(key))
         try:
             data = self.arr[sel]
         except Exception as e:  # zarr raises ValueError (crc32c), RuntimeError (zstd), ...
@@ -98,10 +138,5 @@ class CheckedArray:
                     self.arr[region]
                 except Exception as e_chunk:
                     raise self._corrupt(self._path(key), e_chunk) from None
-            raise StoreError(f"{self.dir}: reading the mask array failed ({e})") from None
-        if self.recorded is not None:
-            for key in self._chunks(sel):
-                rel = self.arr.metadata.encode_chunk_key(key)
-                if rel in self.recorded and not (self.dir / rel).exists():
-                    raise self._missing(rel) from None
+            raise StoreError(f"{self.dir}: reading the array failed ({e})") from None
         return np.asarray(data)

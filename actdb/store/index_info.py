@@ -15,14 +15,16 @@ from ..errors import InputError, StoreError
 from ..io import atomic_write_text
 from ..settings import THRESHOLDS, IndexSettings, parse_fire_rule, range_problem, threshold_range
 from .layout import INDEX_DIR, INDEX_FILE
-from .record import check_version, from_dict, parse_json, read_text
+from .record import check_version, from_dict, parse_json, read_text, seal, unseal
 
+# 5: the record carries its checksum (record.seal) and the identity of the store it was built from
+# (`store`: the manifest's content digest), so an index copied in from another store is refused;
 # 4: n-grams padded before the sequence start (SPEC §1.3 as amended), n-gram ids in base
 # vocabulary + 1 (`vocab_base`) with `ngram_pad` the PAD digit, and every threshold recorded.
 # Older indexes counted other n-grams: they are refused with "rebuild" (and rebuilt by
 # `actdb index`), never read with other semantics.
-INDEX_VERSION = 4
-READABLE_INDEX_VERSIONS = (4,)
+INDEX_VERSION = 5
+READABLE_INDEX_VERSIONS = (5,)
 _DEFAULTS = IndexSettings()
 
 
@@ -39,6 +41,7 @@ class IndexConfig:
     weights_sha256: str
     prefix: bool                     # the tokenizer puts a prefix token (BOS) at position 0
     top_k: int
+    store: str                       # Manifest.identity of the store it was built from
     rule: str = "sign"               # the fire rule whose masks it counts (SPEC §1.8); older indexes: sign
     # the thresholds, defaults from settings.IndexSettings (the one table of the paper's values)
     p_cov: float = _DEFAULTS.p_cov
@@ -54,6 +57,18 @@ class IndexConfig:
 
     def thresholds(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in THRESHOLDS}
+
+    def mismatch(self, manifest: Any, rule: str) -> str | None:
+        """Why this index does not answer for `rule` of the store with `manifest`, or None: what it
+        was built from must be that store (its identity, which covers every file) and that rule."""
+        for key, want in (("n_tokens", manifest.n_tokens), ("weights_sha256", manifest.weights_sha256),
+                          ("layers", tuple(manifest.layers)), ("seq_len", manifest.seq_len), ("rule", rule)):
+            if getattr(self, key) != want:
+                return f"{key}: built for {getattr(self, key)!r}, the store has {want!r}"
+        if self.store != manifest.identity:
+            return (f"store: built for the store {self.store[:19]}…, this one is {manifest.identity[:19]}… (an index "
+                    f"copied from another store, or a store written again)")
+        return None
 
     def validate(self, source: str) -> None:
         def expect(cond: bool, what: str, expected: str, got: Any) -> None:
@@ -86,7 +101,7 @@ class IndexInfo:
     files: dict[str, Any] = field(default_factory=dict)   # relative path -> {"bytes", "sha256"}
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+        return seal(json.loads(json.dumps(dataclasses.asdict(self))))
 
     @classmethod
     def from_json(cls, text: str, source: str) -> "IndexInfo":
@@ -98,7 +113,7 @@ class IndexInfo:
             raise StoreError(f"{source}: config: expected an object, got {config!r}")
         check_version(config, f"{source}: config", READABLE_INDEX_VERSIONS, INDEX_VERSION, key="version",
                       old_hint=" (an index of an older actdb: rebuild it with `actdb index STORE --force`)")
-        info = from_dict(cls, raw, source)
+        info = from_dict(cls, unseal(raw, source), source)
         files = info.files
         if not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
                    for v in files.values()):
@@ -122,3 +137,16 @@ def read_index_info(store_path: str | Path, index_dir: Path | None = None) -> In
     if text is None:
         return None
     return IndexInfo.from_json(text, str(p))
+
+
+def bound_index_info(root: str | Path, base: str | Path, manifest: Any, rule: str) -> IndexInfo | None:
+    """The index record of rule `rule` (its folder under `base`, store.layout.rule_dir) of the
+    store at `root`; None when there is none; a StoreError when it is bad or was built for
+    another store or rule: an index answers only for the store it was built from."""
+    info = read_index_info(base)
+    if info is not None:
+        why = info.config.mismatch(manifest, rule)
+        if why is not None:
+            raise StoreError(f"{index_path(base) / INDEX_FILE}: not this store's index ({why}); rebuild it with "
+                             f"`actdb index {root} --force`")
+    return info

@@ -11,10 +11,11 @@ from typing import Any
 from ..errors import StoreError
 from ..io import atomic_write_text
 from .layout import STATE_FILE
-from .record import check_version, from_dict, parse_json, read_text
+from .record import check_version, from_dict, parse_json, read_text, seal, unseal
 
-# 1: identity, tokenized, blocks_done. Files written before the version field read as 1.
-STATE_VERSION = 1
+# 2: the record carries its checksum (record.seal), `tokenized` the digests of the staging files;
+# 1: identity, tokenized, blocks_done (files written before the version field read as 1).
+STATE_VERSION = 2
 TOKENIZED_COUNTS = ("n_tokens", "n_sequences", "n_docs", "n_parts")
 
 
@@ -32,15 +33,16 @@ class IngestState:
         return dataclasses.replace(self, **kw)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+        return seal(json.loads(json.dumps(dataclasses.asdict(self))))
 
     @classmethod
     def from_json(cls, text: str, source: str) -> "IngestState":
         raw = parse_json(text, source, "an ingest state")
         if isinstance(raw, dict):
-            raw = {"format_version": STATE_VERSION, **raw}
-        check_version(raw, source, (STATE_VERSION,), STATE_VERSION)
-        st = from_dict(cls, raw, source)
+            raw = {"format_version": 1, **raw}
+        check_version(raw, source, (STATE_VERSION,), STATE_VERSION,
+                      old_hint=" (an ingest interrupted under an older actdb: start it again with --overwrite)")
+        st = from_dict(cls, unseal(raw, source), source)
         st.validate(source)
         return st
 

@@ -31,6 +31,8 @@ LOCK_FILE = ".actdb.lock"
 CHECKSUMS_FILE = "checksums.json"
 PENDING_CHECKSUMS = "_checksums"
 STAGING = "_staging"
+STAGED_IDS = "token_ids.i32"        # _staging/: every row's token id, int32, in row order
+STAGED_OFFSETS = "seq_offsets.i64"  # _staging/: each sequence's first row, int64, and the row count last
 MASKS_DIR = "masks"
 CAPTURE_DIR = "capture"
 TOKENS_DIR = "tokens"
@@ -67,6 +69,9 @@ INDEX_FILE = "index.json"
 INDEX_STATE = "_state.json"
 INDEX_PARTS = "_parts"
 INDEX_TMP = "_tmp"
+# folders of work in progress (a rebuild beside the index, a unit's parts, staged tokens, pending
+# records): no reader answers from their files
+TRANSIENT = frozenset({INDEX_BUILD_DIR, INDEX_OLD_DIR, INDEX_PARTS, INDEX_TMP, STAGING, PENDING_CHECKSUMS})
 INDEX_CAPTURE_DIR = "capture"
 INDEX_PROJECTION_FILE = "vocab_projection.parquet"
 

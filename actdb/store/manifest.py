@@ -14,14 +14,15 @@ from ..errors import InputError, StoreError
 from ..io import atomic_write_text
 from ..settings import parse_fire_rule
 from .layout import MANIFEST_FILE, SIGN_RULE
-from .record import check_version, from_dict, parse_json, read_text
+from .record import check_version, content_digest, from_dict, parse_json, read_text, seal, unseal
 
-# 3: several fire rules (`fire_rules`, SPEC §1.8), each rule's masks beside the sign rule's;
+# 4: the record carries its own checksum (record.seal); 3: several fire rules (`fire_rules`, SPEC §1.8), each rule's masks beside the sign rule's;
 # 2: mask chunks may use the actdb.bitrows codec (`codec` says which); 1: zstd only.
 # Versions 1 and 2 read as one sign rule. An older actdb refuses a newer store with "upgrade
 # actdb" instead of a zarr error.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+SEALED_SINCE = 4   # versions from this one on must carry their checksum
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,26 @@ class Manifest:
     fire_rules: tuple[FireRuleRecord, ...] = ()   # in order, the first the default; () = sign only (v1, v2)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON values, without its checksum."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return seal(self.to_dict(), indent=2)
+
+    @property
+    def identity(self) -> str:
+        """"sha256:HEX" of what the store holds: the manifest's content (its checksum records'
+        sha256 included, so every file of the store) but `extra`, which says how it was made (on
+        Ray or not) and not what it holds. An index records it (index_info.py)."""
+        return content_digest({k: v for k, v in self.to_dict().items() if k != "extra"})
 
     @classmethod
     def from_json(cls, text: str, source: str = MANIFEST_FILE) -> "Manifest":
-        return cls.from_dict(parse_json(text, source, "a manifest"), source)
+        raw = parse_json(text, source, "a manifest")
+        # the version first: a JSON file of another program is named for what it lacks
+        version = check_version(raw, source, READABLE_VERSIONS, FORMAT_VERSION)
+        return cls.from_dict(unseal(raw, source, required=version >= SEALED_SINCE), source)
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = MANIFEST_FILE) -> "Manifest":

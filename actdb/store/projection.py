@@ -12,7 +12,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ..errors import StoreError
 from .layout import PROJECTION_FILE as FILE, VOCAB_FILE
@@ -54,15 +53,19 @@ class SafetensorsFile:
 
 
 class Projection:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    """The projection weights of a store handle (a StoreReader), read once each, from files checked
+    against their records."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.root = Path(store.path)
         if not (self.root / FILE).exists():
             raise StoreError(f"{self.root / FILE}: missing (the store predates vocabulary projection)")
         self._w_out: dict[int, np.ndarray] = {}
 
     @cached_property
     def _tensors(self) -> "SafetensorsFile":
-        return SafetensorsFile(self.root / FILE)
+        return SafetensorsFile(self.store.projection_file())
 
     def w_out(self, layer: int) -> np.ndarray:
         """float32 [d_ffn, d_model], read once per layer."""
@@ -84,7 +87,7 @@ class Projection:
     @cached_property
     def valid(self) -> np.ndarray:
         """bool [vocab]: rows of the unembedding that are real tokens (not padding)."""
-        ids = pq.read_table(self.root / VOCAB_FILE, columns=["token_id"])["token_id"].to_numpy()
+        ids = self.store.table(VOCAB_FILE, columns=["token_id"], arrow=True)["token_id"].to_numpy()
         ok = np.zeros(self.w_u.shape[0], dtype=bool)
         ok[ids[ids < len(ok)]] = True
         return ok

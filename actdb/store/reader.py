@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import StoreError
-from .layout import (CHECKSUMS_FILE, DOCS_FILE, MANIFEST_FILE, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
-                     layer_name, part_name, rule_masks, token_parts)
+from ..io import file_digest, stat_key
+from .layout import (CAPTURE_DIR, CHECKSUMS_FILE, DOCS_FILE, MANIFEST_FILE, PROJECTION_FILE, STATE_FILE, TOKENS_DIR,
+                     VOCAB_FILE, layer_name, part_name, rule_masks, token_parts)
 from .manifest import Manifest
 
 if TYPE_CHECKING:
@@ -30,10 +31,27 @@ class StoreReader:
             if (self.path / STATE_FILE).exists():
                 raise StoreError(f"{self.path}: ingest not finished (run `actdb ingest ... --resume` to complete it)")
             raise StoreError(f"{self.path}: not an actdb store (no {MANIFEST_FILE})")
+        self._opened = stat_key(self.path / MANIFEST_FILE)
         self.manifest = Manifest.read(self.path)
         self.rule = self.manifest.rules[0] if rule is None else self.manifest.rule_record(str(rule)).name
-        self._arrays: dict[tuple[str, int], Any] = {}
+        self._arrays: dict[tuple[str, str], Any] = {}
         self._check_parts()
+
+    def check_current(self) -> None:
+        """Refuse to read on when the store was written again (ingest --overwrite) or removed since
+        this handle opened it: its files would not be the ones its manifest and records describe.
+        One stat; every read path calls it."""
+        if stat_key(self.path / MANIFEST_FILE) != self._opened:
+            raise StoreError(f"{self.path}: the store was written again or removed since this handle opened it; "
+                             f"open it again (`actdb.open`, or restart `actdb serve`)")
+
+    def verify_files(self, paths: Iterable[Path]) -> None:
+        """Check Parquet files of the store against their records before reading them (the
+        handle's guard, store/verify.py: each file once per handle)."""
+        from .verify import parquet_guard
+
+        self.check_current()
+        parquet_guard(self).verify(paths)
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -49,8 +67,12 @@ class StoreReader:
     def _check_parts(self) -> None:
         """A missing or extra token part would silently change every count over tokens."""
         m = self.manifest
-        want = {part_name(b) for b in range(-(-m.n_tokens // m.block_tokens))}
         have = {p.name for p in token_parts(self.path)}
+        n_parts = -(-m.n_tokens // m.block_tokens)
+        if n_parts > len(have) + 1:   # bounded work whatever the manifest says
+            raise StoreError(f"{self.path / TOKENS_DIR}: expected {n_parts} token parts (the manifest's n_tokens), "
+                             f"got {len(have)} (run `actdb check {self.path}`)")
+        want = {part_name(b) for b in range(n_parts)}
         if have != want:
             bad = sorted(want - have)
             what = f"missing {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") if bad \
@@ -75,13 +97,13 @@ class StoreReader:
             files = self._checksum_files = json.loads(raw)["files"]
         return files
 
-    def _recorded(self, layer: int) -> set[str] | None:
-        """Chunk keys of a layer's mask array recorded in checksums.json (None: none recorded)."""
+    def _recorded(self, array_dir: Path) -> dict[str, Any] | None:
+        """{chunk key: digest} of an array's chunks recorded in checksums.json (None: none recorded)."""
         files = self.checksum_records()
         if files is None:
             return None
-        prefix = f"{(rule_masks(self.path, self.rule) / layer_name(layer)).relative_to(self.path).as_posix()}/"
-        return {k[len(prefix):] for k in files if k.startswith(prefix)}
+        prefix = f"{array_dir.relative_to(self.path).as_posix()}/"
+        return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -114,25 +136,68 @@ class StoreReader:
         parts = token_parts(self.path)
         if not parts:
             raise StoreError(f"{self.path / TOKENS_DIR}: no token parts")
+        self.verify_files(parts)
         return pl.read_parquet(parts)
 
     def docs(self):
-        import polars as pl
-
-        return pl.read_parquet(self.path / DOCS_FILE)
+        """Documents as a Polars DataFrame: doc, doc_id, domain, source."""
+        return self.table(DOCS_FILE)
 
     def vocab(self):
+        """Vocabulary as a Polars DataFrame: token_id, token, piece."""
+        return self.table(VOCAB_FILE)
+
+    def table(self, name: str, columns: list[str] | None = None, arrow: bool = False):
+        """A Parquet file of the store (docs.parquet, vocab.parquet), checked against its record
+        first; a Polars DataFrame (pyarrow Table with arrow=True)."""
+        import pyarrow.parquet as pq
+
+        path = self.path / name
+        if not path.exists():
+            raise StoreError(f"{path}: missing; run `actdb check {self.path}`")
+        self.verify_files([path])
+        try:
+            t = pq.read_table(path, columns=columns)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{path}: unreadable ({e}); run `actdb check {self.path}`") from None
+        if arrow:
+            return t
         import polars as pl
 
-        return pl.read_parquet(self.path / VOCAB_FILE)
+        return pl.from_arrow(t)
+
+    def projection_file(self) -> Path:
+        """projection.safetensors, checked against its record (the vocabulary projection's input)."""
+        from ..io import sha256_file
+
+        self.check_current()
+        p = self.path / PROJECTION_FILE
+        want = (self.checksum_records() or {}).get(PROJECTION_FILE)
+        if want is not None and (not p.is_file() or p.stat().st_size != want.get("bytes")
+                                 or sha256_file(p) != want.get("sha256")):
+            raise StoreError(f"{p}: missing, or not the bytes recorded at write time; run `actdb check {self.path}`")
+        return p
 
     def packed(self, layer: int):
         """The mask array of a layer under this handle's rule, uint8 [d_ffn, ceil(n_tokens/8)], read
         through CheckedArray."""
         if layer not in self.manifest.layers:
             raise StoreError(f"layer {layer}: expected one of the recorded layers {list(self.manifest.layers)}, got {layer}")
-        arr = self._arrays.get((self.rule, layer))
-        masks = rule_masks(self.path, self.rule)
+        return self._array(rule_masks(self.path, self.rule), layer_name(layer),
+                           (self.manifest.d_ffn, (self.n_tokens + 7) // 8))
+
+    def capture(self, kind: str, field: str):
+        """A magnitude capture array (CAPTURE_DIR/KIND_FIELD, ingest/capture.py) through CheckedArray:
+        [recorded layers, n_tokens, ...]."""
+        if kind not in self.manifest.capture:
+            raise StoreError(f"capture {kind}: expected one of the captured kinds {list(self.manifest.capture)}")
+        return self._array(self.path / CAPTURE_DIR, f"{kind}_{field}", (len(self.manifest.layers), self.n_tokens))
+
+    def _array(self, group: Path, name: str, shape: tuple[int, ...]):
+        """Zarr array `name` of folder `group` as a CheckedArray (opened once per handle), whose
+        leading dimensions must be `shape`."""
+        self.check_current()
+        arr = self._arrays.get((str(group), name))
         if arr is None:
             import zarr
             from zarr.storage import LocalStore
@@ -140,15 +205,18 @@ class StoreReader:
             from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
             from .chunks import CheckedArray
 
+            meta = group / name / "zarr.json"
+            want = (self.checksum_records() or {}).get(meta.relative_to(self.path).as_posix())
+            if want is not None and (not meta.is_file() or file_digest(meta) != want):
+                raise StoreError(f"{meta}: missing, or not the bytes recorded at write time; "
+                                 f"run `actdb check {self.path}`")
             try:
-                arr = zarr.open_array(LocalStore(masks, read_only=True), path=layer_name(layer), mode="r")
+                arr = zarr.open_array(LocalStore(group, read_only=True), path=name, mode="r")
             except Exception as e:  # zarr raises several types for a missing or bad array
-                raise StoreError(f"{masks / layer_name(layer)}: cannot open mask array ({e})") from None
-            expected = (self.manifest.d_ffn, (self.n_tokens + 7) // 8)
-            if tuple(arr.shape) != expected:
-                raise StoreError(f"{masks / layer_name(layer)}: shape: expected {expected}, got {tuple(arr.shape)}")
-            arr = self._arrays[(self.rule, layer)] = CheckedArray(arr, masks / layer_name(layer),
-                                                                  self._recorded(layer))
+                raise StoreError(f"{group / name}: cannot open the array ({e})") from None
+            if tuple(arr.shape[:len(shape)]) != shape:
+                raise StoreError(f"{group / name}: shape: expected {shape}, got {tuple(arr.shape)}")
+            arr = self._arrays[(str(group), name)] = CheckedArray(arr, group / name, self._recorded(group / name))
         return arr
 
     def masks(self, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:

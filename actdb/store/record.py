@@ -4,6 +4,7 @@ the manifest, the ingest state and the index record share. Every bad value becom
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import types
 import typing
@@ -21,6 +22,46 @@ def parse_json(text: str, source: str, what: str) -> Any:
         raise StoreError(f"{source}: not valid JSON ({e})") from None
     except RecursionError:  # found by the fuzz test: deeply nested arrays
         raise StoreError(f"{source}: not {what} (JSON nested too deeply)") from None
+
+
+# Every JSON record actdb writes carries the sha256 of its own content under this key, so an
+# edited or damaged record (a flipped digit of a threshold, a removed file record, a raised
+# count) is refused instead of answered from. It is a guard against accidents, not an adversary:
+# whoever edits a record can recompute it, and `actdb check` says so.
+CHECKSUM_KEY = "checksum"
+
+
+def content_digest(raw: dict[str, Any]) -> str:
+    """"sha256:HEX" of a record's content (the checksum key left out), over a canonical JSON
+    form, so whitespace and key order do not matter."""
+    rest = {k: v for k, v in raw.items() if k != CHECKSUM_KEY}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal(raw: dict[str, Any], indent: int | None = 1) -> str:
+    """A record's JSON text with its checksum."""
+    return json.dumps({**raw, CHECKSUM_KEY: content_digest(raw)}, indent=indent, sort_keys=True)
+
+
+def unseal(raw: Any, source: str, required: bool = True) -> Any:
+    """A parsed record with its checksum verified and removed. Without one: refused when
+    `required` (records of this actdb always have one), else passed on (older formats)."""
+    if not isinstance(raw, dict):
+        return raw   # the record's own validation names what it expected
+    if CHECKSUM_KEY not in raw:
+        if required:
+            raise StoreError(f"{source}: {CHECKSUM_KEY}: expected the record's sha256, got nothing (the file was "
+                             "edited or damaged since actdb wrote it)")
+        return raw
+    try:
+        want = content_digest(raw)
+    except ValueError:   # NaN or Infinity: not JSON actdb writes
+        want = None
+    if raw[CHECKSUM_KEY] != want:
+        raise StoreError(f"{source}: {CHECKSUM_KEY} differs from the record's content (the file was edited or "
+                         "damaged since actdb wrote it); not reading it")
+    return {k: v for k, v in raw.items() if k != CHECKSUM_KEY}
 
 
 def read_text(path: Path) -> str | None:

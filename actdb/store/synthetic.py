@@ -2,6 +2,7 @@
 synthetic stores (OPT-125m shaped) for benchmarks. Same layout as `actdb ingest` writes."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -9,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 
 from .manifest import FORMAT_VERSION, Manifest
-from .writer import MaskWriter, codec_name
+from .writer import MaskWriter, codec_name, record_checksums, seal_checksums
 from ..io import write_parquet
-from .layout import DOCS_FILE, TOKENS_DIR, VOCAB_FILE, doc_schema, part_name, token_schema
+from .layout import DOCS_FILE, PENDING_CHECKSUMS, TOKENS_DIR, VOCAB_FILE, doc_schema, part_name, token_schema
 
 
 def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[int],
@@ -55,11 +56,14 @@ def write_store(path: str | Path, token_ids: np.ndarray, seq_lengths: Sequence[i
         packed = np.stack([np.packbits(np.asarray(mask_fn(l, s0, s1), dtype=bool), axis=1, bitorder="little")
                            for l in layers])
         writer.write_block(b, packed)
+    # the records a real ingest keeps, so a synthetic store is read with the same checks
+    record_checksums(root, "synthetic", sorted(p for p in root.rglob("*") if p.is_file()))
     Manifest(format_version=FORMAT_VERSION, actdb_version="synthetic", model=model, model_revision=None,
              weights_sha256="0" * 64, architecture="synthetic", model_class="Synthetic", family="opt",
              fire_rule="synthetic masks", n_layers=n_layers, layers=tuple(layers), d_ffn=d_ffn, d_model=d_ffn // 4 or 1,
              vocab_size=len(vocab), dtype="float32", seq_len=seq_len, mode=mode,
              prefix_tokens=tuple(prefix_tokens), suffix_tokens=(), separator_token=None, corpus=(),
              max_tokens=None, n_tokens=n, n_sequences=len(lens), n_docs=len(lens), block_tokens=block_tokens,
-             neuron_chunk=neuron_chunk, codec=codec_name(codec, level)).write(root)
+             neuron_chunk=neuron_chunk, codec=codec_name(codec, level), checksums_sha256=seal_checksums(root)).write(root)
+    shutil.rmtree(root / PENDING_CHECKSUMS)
     return root

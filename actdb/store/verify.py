@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from ..errors import StoreError
 from ..io import sha256_file
-from .layout import CHECKSUMS_FILE, INDEX_DIR, INDEX_FILE, TOKENS_DIR, rule_dir
+from .layout import CHECKSUMS_FILE, INDEX_FILE, TRANSIENT, rule_dir
 
 # table functions through which SQL reaches files or other SQL by name: check every file
 _REACH_ANYTHING = {"read_parquet", "parquet_scan", "query", "query_table", "parquet_metadata",
@@ -46,31 +46,31 @@ class CheckTimeout(StoreError):
 class ParquetGuard:
     """The recorded digests of a store's Parquet files and the files behind each SQL view."""
 
-    def __init__(self, root: str | Path, checksum_files: dict[str, Any] | None, info: Any,
-                 statements: Iterable[str] = (), index_dirs: Iterable[tuple[Path, Any]] = ()) -> None:
+    def __init__(self, root: str | Path, checksum_files: dict[str, Any] | None, indexes: dict[Path, Any],
+                 statements: Iterable[str] = ()) -> None:
         """statements: the CREATE VIEW / CREATE MACRO SQL of the connection (read here, not from
         DuckDB's catalogue: duckdb_functions() alone takes ~30 ms); without them every query
         checks every file. checksum_files: checksums.json's records (StoreReader.checksum_records);
-        info: the index record (store.index_info.IndexInfo) of STORE/index/, or None; index_dirs:
-        other (index folder, record) pairs the views read (another fire rule's index)."""
+        indexes: {index folder: its record (store.index_info.IndexInfo), or None} of every fire
+        rule: a folder whose record is missing, damaged or another store's has no file anyone
+        may read."""
         self.root = Path(root)
         self._records: dict[str, tuple[dict[str, Any], str]] = {}   # normalised path -> (digest, where recorded)
         self._areas: list[str] = []    # folders whose every Parquet file must be recorded
         self._ok: dict[str, tuple[int, int, int]] = {}   # verified: path -> (size, mtime_ns, inode)
         self._deps = view_dependencies(statements)   # name -> (read_parquet paths, names it uses)
-        for index_dir, rec in [(self.root / INDEX_DIR, info), *index_dirs]:
-            if rec is None or not rec.files:
-                continue
-            for rel, digest in rec.files.items():
+        for index_dir, rec in indexes.items():
+            self._areas.append(_norm(index_dir))
+            for rel, digest in (rec.files if rec is not None else {}).items():
                 p = index_dir / rel if (index_dir / rel).exists() or not (self.root / rel).exists() else self.root / rel
                 self._records[_norm(p)] = (digest, str(index_dir / INDEX_FILE))
-            self._areas.append(_norm(index_dir))
         if checksum_files is not None:
             where = str(self.root / CHECKSUMS_FILE)
             for rel, digest in checksum_files.items():
                 if rel.endswith(".parquet"):
                     self._records[_norm(self.root / rel)] = (digest, where)
-            self._areas.append(_norm(self.root / TOKENS_DIR))
+            # with records, any Parquet file in the store that none of them lists is refused
+            self._areas.append(_norm(self.root))
 
     # ------------------------------------------------------------ files
 
@@ -98,11 +98,16 @@ class ParquetGuard:
         if stat.S_ISLNK(st.st_mode):   # actdb writes no links: one could lead a view's glob out of the store
             raise StoreError(f"{path}: a symbolic link where actdb writes only files; not answering from it; "
                              f"run `actdb check {self.root}`")
+        if not stat.S_ISREG(st.st_mode):   # a FIFO would hang the reader, a device would never end
+            raise StoreError(f"{path}: expected a file, got a special file; not answering from it")
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
         if self._ok.get(path) == key:
             return
         rec = self._records.get(path)
         if rec is None:
+            if _in_transient(path):
+                raise StoreError(f"{path}: a file of a build or ingest in progress, which no view reads; "
+                                 "not answering from it")
             if any(path.startswith(a + os.sep) for a in self._areas):
                 raise StoreError(f"{path}: not recorded at write time (a view would read it); "
                                  f"expected only the files actdb wrote; run `actdb check {self.root}`")
@@ -169,35 +174,42 @@ def _norm(path: str | Path) -> str:
     return os.path.normpath(os.path.abspath(str(path)))
 
 
-def parquet_guard(store: Any, statements: Iterable[str] | None = None,
-                  indexes: dict[Path, Any] | None = None) -> ParquetGuard:
-    """The guard of a store handle: made anew when the views are (re)created with `statements`
-    (and `indexes`, {index folder: record} of the indexes they read), otherwise the handle's
-    existing one (or one that checks every file)."""
+def parquet_guard(store: Any, statements: Iterable[str] | None = None) -> ParquetGuard:
+    """The guard of a store handle (a StoreReader): made anew when the views are (re)created with
+    `statements`, otherwise the handle's existing one (or one that checks every file)."""
     guard = getattr(store, "_parquet_guard", None)
     if guard is None or statements is not None:
-        if indexes is None:
-            indexes = _indexes(store)
-        top = Path(store.path) / INDEX_DIR
-        guard = store._parquet_guard = ParquetGuard(
-            store.path, store.checksum_records(), indexes.get(top), statements or (),
-            [(d, rec) for d, rec in indexes.items() if d != top])
+        guard = store._parquet_guard = ParquetGuard(store.path, store.checksum_records(), index_records(store),
+                                                    statements or ())
     return guard
 
 
-def _indexes(store: Any) -> dict[Path, Any]:
-    """{index folder: record} of the handle's rule and of the store's first rule (which holds the
-    rule-independent tables)."""
-    from .index_info import index_path, read_index_info
+def index_records(store: Any) -> dict[Path, Any]:
+    """{index folder: record} of every fire rule of a store handle; None where the index is missing,
+    unfinished, damaged or built for another store (StoreError of index_info.bound_index_info)."""
+    from .index_info import bound_index_info, index_path
 
-    out = {}
-    for rule in dict.fromkeys((store.rule, store.rules[0])):
+    out: dict[Path, Any] = {}
+    for rule in store.rules:
         base = rule_dir(store.path, rule)
-        out[index_path(base)] = read_index_info(base)
+        try:
+            out[index_path(base)] = bound_index_info(store.path, base, store.manifest, rule)
+        except StoreError:
+            out[index_path(base)] = None
     return out
+
+
+def _in_transient(path: str) -> bool:
+    """Whether a path lies in one of actdb's folders of work in progress (store.layout.TRANSIENT)."""
+    return not TRANSIENT.isdisjoint(Path(path).parts)
 
 
 def _parquet_files(area: str) -> list[str]:
     """The Parquet files under a folder, links included but not followed (a glob's `**`
-    follows linked folders, and a link back up makes that endless)."""
-    return [os.path.join(d, f) for d, _, files in os.walk(area) for f in files if f.endswith(".parquet")]
+    follows linked folders, and a link back up makes that endless); not those of work in
+    progress (an index rebuild beside the index), which no view reads."""
+    out = []
+    for d, dirs, files in os.walk(area):
+        dirs[:] = [x for x in dirs if x not in TRANSIENT]
+        out += [os.path.join(d, f) for f in files if f.endswith(".parquet")]
+    return out

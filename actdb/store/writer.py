@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import faults
+from ..faults import point as fault_point
 from ..errors import StoreError
 from ..io import atomic_write_text, file_digest
 from ..settings import MASK_CODECS
@@ -29,6 +29,7 @@ from .ingest_state import IngestState, read_state as _read_state, write_state as
 from .layout import (CHECKSUMS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS, STATE_FILE,
                      is_store_entry, layer_name)
 from .manifest import Manifest
+from .record import parse_json, read_text, seal, unseal
 
 
 def codec_name(codec: str, level: int) -> str:
@@ -59,14 +60,24 @@ def record_checksums(root: Path, step: str, paths: Iterable[Path]) -> None:
         except FileNotFoundError:
             continue
     (root / PENDING_CHECKSUMS).mkdir(exist_ok=True)
-    atomic_write_text(root / PENDING_CHECKSUMS / f"{step}.json", json.dumps(files, sort_keys=True))
+    atomic_write_text(root / PENDING_CHECKSUMS / f"{step}.json", seal({"files": files}, indent=None))
+
+
+def pending_checksums(root: Path) -> dict[str, Any]:
+    """The committed steps' records merged ({relative path: digest}); a step record edited or
+    damaged since it was written is refused, naming it (a resume checks them before any work)."""
+    files: dict[str, Any] = {}
+    for p in sorted((root / PENDING_CHECKSUMS).glob("*.json")):
+        raw = unseal(parse_json(read_text(p) or "", str(p), "a checksum record"), str(p))
+        if not isinstance(raw, dict) or not isinstance(raw.get("files"), dict):
+            raise StoreError(f"{p}: expected a checksum record {{files: {{path: digest}}}}, got other JSON")
+        files.update(raw["files"])
+    return files
 
 
 def seal_checksums(root: Path) -> str:
     """Merge the steps' records into checksums.json; returns its sha256 (for the manifest)."""
-    files: dict[str, Any] = {}
-    for p in sorted((root / PENDING_CHECKSUMS).glob("*.json")):
-        files.update(json.loads(p.read_text(encoding="utf-8")))
+    files = pending_checksums(root)
     text = json.dumps({"algorithm": "sha256", "files": files}, indent=0, sort_keys=True)
     atomic_write_text(root / CHECKSUMS_FILE, text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -186,7 +197,7 @@ class MaskWriter:
         start = index * self.block_bytes
         for i, arr in enumerate(self.arrays.values()):
             arr[:, start:start + data.shape[-1]] = data[i]
-            faults.point("mask-layer", f"{index}")   # a block half written: some layers, not all
+            fault_point("mask-layer", f"{index}")   # a block half written: some layers, not all
 
     def block_files(self, index: int) -> list[Path]:
         """The chunk files block `index` may have written (all-zero chunks are not)."""
