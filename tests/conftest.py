@@ -47,3 +47,24 @@ def probe_store(tmp_path_factory, model_dirs):
     st = make_probe_store(tmp_path_factory.mktemp("probe") / "store", model_dirs("llama"), corpus)
     st.corpus = corpus
     return st
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, model_dirs, corpus_file) -> Path:
+    """A complete store of the tiny OPT model under two fire rules, with FFN capture and its
+    index: every kind of file actdb writes. Made once; a test that changes it works on a copy
+    (tiny_store_copy)."""
+    import actdb
+
+    out = tmp_path_factory.mktemp("tiny_store") / "store"
+    actdb.ingest.run(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
+                                          seq_len=16, block_tokens=256, fire_rule=("sign", "top:0.9"),
+                                          capture="resid+ffn", progress=False))
+    return out
+
+
+@pytest.fixture
+def tiny_store_copy(tiny_store, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_store, tmp_path / "store", symlinks=True))

@@ -1,0 +1,69 @@
+"""Edges a hostile run found: outputs aimed into a store, user files in actdb's folders, DuckDB's
+temp folder, the server's hosts, memory and parameters, and every error as one line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import actdb
+from actdb.cli import main
+from actdb.errors import InputError, StoreError
+
+ACTDB = str(Path(sys.executable).with_name("actdb"))
+
+
+def cli(*args) -> tuple[int, str]:
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in r.output and "internal error" not in r.output, r.output
+    return r.exit_code, r.output.strip()
+
+
+def error_line(out: str) -> str:
+    lines = [l for l in out.splitlines() if l.startswith("Error:")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def snapshot(d: Path) -> dict[str, bytes | None]:
+    """Every path under d (folders as None) with its bytes: compared whole, nothing may change."""
+    return {p.relative_to(d).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in sorted(d.rglob("*"))}
+
+
+def test_settings_refuse_non_finite_numbers_everywhere():
+    from actdb.settings import IndexSettings, IngestSettings, QuerySettings, RaySettings, ServeSettings
+
+    checked = 0
+    for cls in (IngestSettings, IndexSettings, QuerySettings, RaySettings, ServeSettings):
+        for f in dataclasses.fields(cls):
+            if isinstance(f.default, float):
+                for bad in (float("nan"), float("inf"), float("-inf")):
+                    extra = {"ray": "auto"} if cls is RaySettings else {}
+                    with pytest.raises(InputError, match=f"--{f.name.replace('_', '-')}: expected a finite number"):
+                        cls(**{f.name: bad, **extra})
+                checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--neuron-chunk", "0"], "--neuron-chunk: expected at least 1, got 0"),
+    (["--zstd-level", "99"], "--zstd-level: expected -7..22, got 99"),
+    (["--block-memory-mb", "nan"], "--block-memory-mb: expected a finite number, got nan"),
+])
+def test_bad_ingest_settings_are_one_line(args, says, model_dirs, corpus_file, tmp_path):
+    code, out = cli("ingest", model_dirs("opt"), corpus_file, "-o", tmp_path / "s", *args)
+    assert code != 0 and error_line(out) == f"Error: {says}"
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_no_time_limit_is_never_nan_or_inf(value, tiny_store):
+    code, out = cli("sql", tiny_store, "SELECT 1", "--timeout", value)
+    assert code != 0 and error_line(out) == f"Error: --timeout: expected a finite number, got {value}"
