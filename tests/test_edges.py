@@ -37,6 +37,33 @@ def snapshot(d: Path) -> dict[str, bytes | None]:
     return {p.relative_to(d).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in sorted(d.rglob("*"))}
 
 
+# ---------------------------------------------------------------- one line for every error
+
+def test_os_errors_are_one_line_naming_the_file(tiny_store, monkeypatch):
+    import actdb.query.handle
+
+    def denied(*a, **kw):
+        raise PermissionError(13, "Permission denied", "/somewhere/manifest.json")
+    monkeypatch.setattr(actdb.query.handle, "open", denied)
+    code, out = cli("info", tiny_store)
+    assert code != 0 and error_line(out) == "Error: /somewhere/manifest.json: Permission denied"
+
+
+def test_a_full_disk_on_output_is_one_line_and_leaves_nothing(tiny_store, tmp_path, monkeypatch):
+    import errno
+
+    import actdb.query.output as output
+
+    def full(answer, write):
+        write("x\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(output, "_csv", full)
+    out_dir = tmp_path / "o"
+    code, out = cli("sql", tiny_store, "SELECT 1 AS x", "-f", "csv", "-o", out_dir / "x.csv")
+    assert code != 0 and error_line(out) == f"Error: -o {out_dir / 'x.csv'}: cannot write it (No space left on device)"
+    assert list(out_dir.iterdir()) == []
+
+
 def test_settings_refuse_non_finite_numbers_everywhere():
     from actdb.settings import IndexSettings, IngestSettings, QuerySettings, RaySettings, ServeSettings
 
@@ -67,3 +94,12 @@ def test_bad_ingest_settings_are_one_line(args, says, model_dirs, corpus_file, t
 def test_no_time_limit_is_never_nan_or_inf(value, tiny_store):
     code, out = cli("sql", tiny_store, "SELECT 1", "--timeout", value)
     assert code != 0 and error_line(out) == f"Error: --timeout: expected a finite number, got {value}"
+
+
+def test_a_closed_pipe_exits_quietly_with_141(tiny_store):
+    p = subprocess.Popen([ACTDB, "sql", str(tiny_store), "SELECT * FROM range(2000000)", "-f", "csv"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"range\n"
+    p.stdout.close()   # as `| head -1` does: the rest (megabytes) cannot be written
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141 and err == b"", err
