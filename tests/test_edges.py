@@ -37,6 +37,42 @@ def snapshot(d: Path) -> dict[str, bytes | None]:
     return {p.relative_to(d).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in sorted(d.rglob("*"))}
 
 
+# ---------------------------------------------------------------- outputs never go into a store
+
+def test_outputs_inside_a_store_are_refused_and_nothing_is_written(tiny_store_copy, tmp_path):
+    s = tiny_store_copy
+    (tmp_path / "link").symlink_to(s / "index")
+    before = snapshot(s)
+    attempts = [
+        ("sql", s, "SELECT 1 AS x", "-o", s / "manifest.json"),
+        ("sql", s, "SELECT 1 AS x", "-f", "parquet", "-o", s / "index" / "x.parquet"),
+        ("sql", s, "SELECT 1 AS x", "-o", tmp_path / "link" / "x.csv"),            # a link into it
+        ("sql", s, "SELECT 1 AS x", "-o", s / "new" / ".." / "y.csv"),             # .. resolved
+        ("query", s, "dead_per_layer", "-o", s / "masks" / "q.csv"),
+        ("plot", s, "fig1a", "-o", s / ".." / s.name / "fig.png"),
+        ("plot", s, "all", "-o", s / "figures"),
+        ("report", s, "-o", s),                                                   # the store itself
+        ("report", s, "-o", s / "report"),
+    ]
+    for args in attempts:
+        code, out = cli(*args)
+        line = error_line(out)
+        assert code != 0 and "inside the actdb store" in line and "nothing was written" in line, (args, line)
+        assert snapshot(s) == before, args
+    code, out = cli("sql", s, "SELECT 1 AS x", "-f", "csv", "-o", tmp_path / "out" / "x.csv")   # outside: fine
+    assert code == 0 and (tmp_path / "out" / "x.csv").read_text() == "x\n1\n", out
+
+
+@pytest.mark.parametrize("marker", ["ingest-state.json", ".actdb.lock"])
+def test_a_store_being_written_is_a_store_for_outputs(marker, tiny_store, tmp_path):
+    d = tmp_path / "half"
+    (d / "tokens").mkdir(parents=True)
+    (d / marker).write_text("{}")
+    code, out = cli("sql", tiny_store, "SELECT 1 AS x", "-o", d / "tokens" / "x.csv")
+    assert code != 0 and f"(it holds {marker})" in error_line(out)
+    assert sorted(p.name for p in d.rglob("*")) == sorted([marker, "tokens"])
+
+
 # ---------------------------------------------------------------- one line for every error
 
 def test_os_errors_are_one_line_naming_the_file(tiny_store, monkeypatch):
@@ -62,6 +98,14 @@ def test_a_full_disk_on_output_is_one_line_and_leaves_nothing(tiny_store, tmp_pa
     code, out = cli("sql", tiny_store, "SELECT 1 AS x", "-f", "csv", "-o", out_dir / "x.csv")
     assert code != 0 and error_line(out) == f"Error: -o {out_dir / 'x.csv'}: cannot write it (No space left on device)"
     assert list(out_dir.iterdir()) == []
+
+
+def test_report_into_an_existing_file_is_refused(tiny_store, tmp_path):
+    f = tmp_path / "report.md"
+    f.write_text("my report")
+    code, out = cli("report", tiny_store, "-o", f)
+    assert code != 0 and "is a file; expected a folder for the report" in error_line(out)
+    assert f.read_text() == "my report"
 
 
 def test_settings_refuse_non_finite_numbers_everywhere():

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError
 from ..io import atomic_path
+from ..store.layout import check_outside_stores
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -32,7 +33,9 @@ def _frames(answer) -> Iterator:
 
 
 def output_path(output: str) -> Path:
-    """The file -o names: its folder is created (as `actdb plot` does); a folder is refused."""
+    """The file -o names: its folder is created (as `actdb plot` does); a folder, or a path inside
+    a store, is refused."""
+    check_outside_stores(output)
     p = Path(output)
     if p.is_dir():
         raise InputError(f"-o {output}: is a folder, expected a file name")

@@ -21,8 +21,12 @@
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Iterable
 
+from ..errors import InputError
 from ..io import temporary_of
 
 MANIFEST_FILE = "manifest.json"
@@ -57,6 +61,31 @@ def is_store_entry(name: str) -> bool:
     if name in STORE_ENTRIES or name == DOCS_TMP:
         return True
     return temporary_of(name) in STORE_ENTRIES
+
+# a folder holding any of these is a store, or one being written: user actions write nothing inside it
+STORE_MARKERS = (MANIFEST_FILE, STATE_FILE, LOCK_FILE)
+
+
+def enclosing_store(path: str | Path) -> tuple[Path, str] | None:
+    """(store folder, the marker it holds) when `path` is a store or lies anywhere inside one,
+    symlinks followed and `..` resolved (the path itself need not exist); else None."""
+    p = Path(path).resolve()
+    for folder in (p, *p.parents):
+        for marker in STORE_MARKERS:
+            if os.path.lexists(folder / marker):
+                return folder, marker
+    return None
+
+
+def check_outside_stores(path: str | Path, option: str = "-o") -> None:
+    """Refuse, in one line, an output path that is or lies inside a store: every output option
+    (sql, query, plot, report) asks this before it writes anything."""
+    found = enclosing_store(path)
+    if found is not None:
+        store, marker = found
+        raise InputError(f"{option} {path}: inside the actdb store {store} (it holds {marker}); expected a path "
+                         "outside any store; nothing was written")
+
 
 # magnitude capture (ingest/capture.py): arrays CAPTURE_DIR/{kind}_{field}
 CAPTURE_KINDS = {"resid+ffn": ("resid", "ffn"), "resid": ("resid",), "none": ()}
