@@ -73,6 +73,61 @@ def test_a_store_being_written_is_a_store_for_outputs(marker, tiny_store, tmp_pa
     assert sorted(p.name for p in d.rglob("*")) == sorted([marker, "tokens"])
 
 
+# ---------------------------------------------------------------- only actdb's files are deleted
+
+def test_every_file_actdb_writes_is_in_its_grammar(tiny_store):
+    from actdb.store.layout import STORE_ENTRIES, foreign_file, is_actdb_file
+
+    assert (tiny_store / "rules").is_dir() and (tiny_store / "capture").is_dir()
+    assert foreign_file(tiny_store, [tiny_store / e for e in STORE_ENTRIES]) is None
+    # what writes cut short leave, and an index build in progress
+    for rel in ["tokens/.part-000003.parquet.4242.tmp", "masks/layer_01/c/0/0.0123456789abcdef0123456789abcdef.partial",
+                "_staging/token_ids.i32", "_staging/seq_offsets.i64", "_checksums/block-000002.json",
+                "index/_state.json", "index/_tmp/col_trigram.npy", "rules/top-0.9/_index_build/_parts/"
+                ".l0001_n0000008.tmp/coverage.parquet", "index/.index.json.77.tmp", "capture/ffn_median/c/0/3"]:
+        assert is_actdb_file(rel), rel
+    for rel in ["index/notes.txt", "tokens/README.txt", "masks/layer_01/c/0/0/x", "index/_parts/mine.parquet",
+                "rules/top-0.9/index/notes.md", "_staging/data.csv", "index/.notes.txt.swp"]:
+        assert not is_actdb_file(rel), rel
+
+
+@pytest.mark.parametrize("where", ["index/notes.txt", "tokens/README.txt", "rules/top-0.9/index/x/y.txt"])
+def test_overwrite_and_index_force_refuse_a_user_file_in_actdb_folders(where, tiny_store_copy, model_dirs,
+                                                                      corpus_file):
+    s = tiny_store_copy
+    (s / where).parent.mkdir(parents=True, exist_ok=True)
+    (s / where).write_text("mine, not actdb's")
+    before = snapshot(s)
+    commands = [("ingest", model_dirs("opt"), corpus_file, "-o", s, "--seq-len", "16", "--overwrite", "--no-progress")]
+    if "/index/" in f"/{where}":   # a rebuild deletes the index's folders only
+        commands.append(("index", s, "--force", "--no-progress"))
+    for args in commands:
+        code, out = cli(*args)
+        line = error_line(out)
+        assert code != 0 and f"{where}: not written by actdb; move it out and run again; nothing was changed" in line, \
+            (args, line)
+        assert snapshot(s) == before, args
+    (s / where).unlink()
+    code, out = cli(*commands[-1])
+    assert code == 0, out
+
+
+def test_overwrite_of_a_half_written_store_still_works(tiny_store_copy, model_dirs, corpus_file):
+    """What a killed ingest and index build leave is actdb's: --overwrite removes it."""
+    s = tiny_store_copy
+    (s / "manifest.json").unlink()
+    (s / "ingest-state.json").write_text(json.dumps({"format_version": 1, "identity": {}, "blocks_done": 1}))
+    leftovers = ["tokens/.part-000001.parquet.4242.tmp", "masks/layer_00/c/0/0.0123456789abcdef0123456789abcdef.partial",
+                 "index/_parts/.l0000_n0000000.tmp/coverage.parquet", "index/_tmp/col_pos.npy", "_staging/token_ids.i32"]
+    for rel in leftovers:
+        (s / rel).parent.mkdir(parents=True, exist_ok=True)
+        (s / rel).write_bytes(b"cut short")
+    code, out = cli("ingest", model_dirs("opt"), corpus_file, "-o", s, "--seq-len", "16", "--overwrite", "--no-progress")
+    assert code == 0, out
+    assert not any((s / rel).exists() for rel in leftovers)
+    assert cli("check", s)[0] == 0
+
+
 # ---------------------------------------------------------------- one line for every error
 
 def test_os_errors_are_one_line_naming_the_file(tiny_store, monkeypatch):

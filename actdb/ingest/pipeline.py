@@ -40,8 +40,8 @@ from .packing import BlockAssembler, RowPacker
 from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
 from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS,
-                            PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STATE_FILE, VOCAB_FILE, rule_dir,
-                            token_parts)
+                            PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STAGING_IDS, STAGING_OFFSETS, STATE_FILE,
+                            VOCAB_FILE, rule_dir, token_parts)
 from ..store.lock import writer_lock
 from ..store.writer import (MaskWriter, block_chunk_files, check_target, codec_name,
                     read_state, record_checksums, remove_store, seal_checksums, write_state)
@@ -367,8 +367,8 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     from tqdm import tqdm
 
     staging = root / STAGING
-    token_ids = np.memmap(staging / "token_ids.i32", dtype=np.int32, mode="r")
-    offsets = np.fromfile(staging / "seq_offsets.i64", dtype=np.int64)
+    token_ids = np.memmap(staging / STAGING_IDS, dtype=np.int32, mode="r")
+    offsets = np.fromfile(staging / STAGING_OFFSETS, dtype=np.int64)
     n_seqs = len(offsets) - 1
     B = s.batch_size
     stop_row = n_tokens if stop_row is None else stop_row

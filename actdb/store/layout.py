@@ -18,6 +18,9 @@
       _index_old/                the old index for an instant of a swap without an atomic exchange
       _staging/                  token ids and sequence offsets for the forward passes
       _checksums/                while ingesting: the checksum records of each committed step
+
+Inside its folders actdb writes only the names of the grammar below (is_actdb_file): a
+rebuild or --overwrite deletes those folders, so anything else in them is refused first.
 """
 from __future__ import annotations
 
@@ -45,6 +48,9 @@ INDEX_DIR = "index"
 INDEX_BUILD_DIR = "_index_build"
 INDEX_OLD_DIR = "_index_old"
 RULES_DIR = "rules"
+STAGING_IDS = "token_ids.i32"       # _staging/: every sequence's token ids, back to back
+STAGING_OFFSETS = "seq_offsets.i64"  # _staging/: where each sequence starts in STAGING_IDS
+STAGING_PROBE = "ray-probe"          # _staging/: the token a Ray driver writes for its workers to read back
 SIGN_RULE = "sign"   # the rule of SPEC §1.1, whose masks and index stay at the top of the store
 
 # everything directly under STORE/ that actdb writes; --overwrite removes these and nothing else
@@ -98,6 +104,65 @@ INDEX_PARTS = "_parts"
 INDEX_TMP = "_tmp"
 INDEX_CAPTURE_DIR = "capture"
 INDEX_PROJECTION_FILE = "vocab_projection.parquet"
+INDEX_TABLES = ("neuron_fires", "neuron_domains", "neuron_positions", "positional", "neuron_tokens",
+                "neuron_bigrams", "neuron_trigrams", "coverage", "token_detectors", "trigram_detectors")
+INDEX_COUNTS = ("position_counts", "token_counts", "bigram_counts", "trigram_counts")
+
+
+def _grammar() -> re.Pattern:
+    """Every path (relative to STORE/, '/'-separated) that actdb writes inside its folders."""
+    chunks = r"(?:zarr\.json|c(?:/\d+)+)"                       # zarr v3: metadata, chunk keys
+    part = r"part-\d{6,}\.parquet"
+    table = "(?:" + "|".join(INDEX_TABLES + INDEX_COUNTS) + r")\.parquet"
+    index = (rf"(?:{re.escape(INDEX_FILE)}|{re.escape(INDEX_STATE)}|{table}|{re.escape(INDEX_PROJECTION_FILE)}"
+             rf"|{INDEX_CAPTURE_DIR}/{part}"
+             rf"|{INDEX_PARTS}/\.?l\d+_n\d+(?:\.tmp)?/{table}"     # a unit's parts (index/build.py)
+             rf"|{INDEX_TMP}/col_[a-z_]+\.npy)")                       # the token arrays (index/tokens.py)
+    rule = rf"(?:{RULES_DIR}/[A-Za-z0-9._-]+/)?"
+    staging = "|".join(map(re.escape, (STAGING_IDS, STAGING_OFFSETS, STAGING_PROBE)))
+    return re.compile("|".join([
+        rf"{rule}{MASKS_DIR}/(?:zarr\.json|layer_\d+/{chunks})",
+        rf"{CAPTURE_DIR}/(?:zarr\.json|[a-z]+_[a-z_]+/{chunks})",
+        rf"{TOKENS_DIR}/{part}",
+        rf"{STAGING}/(?:{staging})",
+        rf"{PENDING_CHECKSUMS}/[A-Za-z0-9_.-]+\.json",
+        rf"{rule}(?:{INDEX_DIR}|{INDEX_BUILD_DIR}|{INDEX_OLD_DIR})/{index}",
+    ]))
+
+
+_ACTDB_PATH = _grammar()
+_ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")   # zarr's write of a chunk, cut short
+
+
+def is_actdb_file(rel: str) -> bool:
+    """Whether actdb writes the file at `rel` (relative to STORE/, '/'-separated) inside one of its
+    folders, or a write of it cut short left it (io.atomic_path's temporary, zarr's .partial)."""
+    folder, _, name = rel.rpartition("/")
+    original = temporary_of(name)
+    if original is not None:
+        rel = f"{folder}/{original}" if folder else original
+    elif _ZARR_PARTIAL.fullmatch(name):
+        return folder.split("/", 1)[0] in (MASKS_DIR, CAPTURE_DIR, RULES_DIR)
+    return _ACTDB_PATH.fullmatch(rel) is not None
+
+
+def foreign_file(root: Path, folders: Iterable[Path]) -> Path | None:
+    """The first file (or link) under `folders` (actdb's folders of the store at `root`) that actdb
+    does not write, else None. Links are not followed."""
+    root = Path(root)
+    todo = sorted(Path(f) for f in folders)
+    while todo:
+        folder = todo.pop(0)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                todo.append(Path(e.path))
+            elif not is_actdb_file(Path(e.path).relative_to(root).as_posix()):
+                return Path(e.path)
+    return None
 
 
 def rule_slug(rule: str) -> str:
