@@ -128,6 +128,29 @@ def test_overwrite_of_a_half_written_store_still_works(tiny_store_copy, model_di
     assert cli("check", s)[0] == 0
 
 
+# ---------------------------------------------------------------- DuckDB's temp folder
+
+def test_user_sql_cannot_read_duckdbs_temp_folder(tiny_store, tmp_path, monkeypatch):
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.csv").write_text("a,b\n1,hunter2\n")
+    monkeypatch.chdir(tmp_path)   # DuckDB's default temp folder is .tmp/ in the current folder
+    code, out = cli("sql", tiny_store, "SELECT * FROM read_csv('.tmp/secret.csv')")
+    assert code != 0 and "hunter2" not in out and "reads only the store's own files" in error_line(out)
+
+
+def test_each_connection_has_a_private_temp_folder_removed_with_it(tiny_store):
+    import gc
+
+    from actdb.query.connection import connect
+
+    con = connect(actdb.open(tiny_store))
+    tmp = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])
+    assert tmp.is_dir() and (tmp.stat().st_mode & 0o777) == 0o700 and tmp != Path(".tmp").absolute()
+    del con
+    gc.collect()
+    assert not tmp.exists()
+
+
 # ---------------------------------------------------------------- one line for every error
 
 def test_os_errors_are_one_line_naming_the_file(tiny_store, monkeypatch):
