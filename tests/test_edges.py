@@ -225,3 +225,19 @@ def test_a_closed_pipe_exits_quietly_with_141(tiny_store):
     p.stdout.close()   # as `| head -1` does: the rest (megabytes) cannot be written
     err = p.stderr.read()
     assert p.wait(timeout=120) == 141 and err == b"", err
+
+
+def test_a_fifo_for_a_metadata_file_is_refused_not_waited_on(tiny_store_copy):
+    s = tiny_store_copy
+    for name in ("manifest.json", "checksums.json"):
+        saved = (s / name).read_bytes()
+        (s / name).unlink()
+        os.mkfifo(s / name)
+        for cmd in ("info", "check"):
+            r = subprocess.run([ACTDB, cmd, str(s)], capture_output=True, text=True, timeout=120)
+            if name == "manifest.json" or cmd == "check":
+                assert r.returncode != 0, (name, cmd, r.stdout)
+                assert f"{s / name}: expected a regular file, got a FIFO" in r.stdout + r.stderr, (name, cmd)
+            assert "Traceback" not in r.stderr
+        (s / name).unlink()
+        (s / name).write_bytes(saved)

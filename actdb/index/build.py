@@ -202,7 +202,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         shutil.rmtree(live, ignore_errors=True)   # a partial build: nothing answers from it
     root.mkdir(parents=True, exist_ok=True)
     state_p = root / STATE
-    state = json.loads(state_p.read_text()) if state_p.exists() else None
+    state = json.loads(read_text(state_p) or "null")
     tok = TokenArrays(st, m, base, root / INDEX_TMP)
     if state is None or state.get("config") != config_json:
         shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
+from ..io import check_regular_file
 from .layout import (CHECKSUMS_FILE, DOCS_FILE, MANIFEST_FILE, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
                      layer_name, part_name, rule_masks, token_parts)
 from .manifest import Manifest
@@ -67,6 +68,7 @@ class StoreReader:
         if files is None:
             p = self.path / CHECKSUMS_FILE
             try:
+                check_regular_file(p)
                 raw = p.read_bytes()
             except OSError as e:
                 raise StoreError(f"{p}: unreadable ({e.strerror or e}); run `actdb check {self.path}`") from None
