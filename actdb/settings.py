@@ -364,6 +364,8 @@ class ServeSettings:
                      "console reachable by others on the network (a warning says so).")
     port: int = _opt(8000, "Port to listen on (0: any free port).")
     timeout: float = _opt(10.0, "Seconds a query (a page's or the console's) may run before it is cut off.")
+    memory_mb: float = _opt(2048.0, "Memory (MiB) the SQL console's query engine may use; a console query that needs "
+                            "more stops with an error instead of growing the server.")
     max_rows: int = _opt(1000, "Rows the SQL console (page, JSON and CSV) answers; past them it is cut off and "
                          "says so.")
     page_size: int = _opt(100, "Neurons per page of a layer's table (and rows of a token's neuron lists).")
@@ -385,6 +387,8 @@ class ServeSettings:
             raise InputError(f"--port: expected 0..65535, got {self.port}")
         if self.timeout <= 0:
             raise InputError(f"--timeout: expected a positive number of seconds, got {self.timeout}")
+        if self.memory_mb <= 0:
+            raise InputError(f"--memory-mb: expected a positive number of MiB, got {self.memory_mb}")
         for name in ("max_rows", "page_size", "top", "contexts", "probe_max_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')}: expected at least 1, got {getattr(self, name)}")
@@ -394,3 +398,11 @@ class ServeSettings:
     @property
     def loopback(self) -> bool:
         return self.host in LOOPBACK or self.host.startswith("127.")
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """The Host header values the server answers: the loopback names and --host, an IPv6
+        address also in brackets (as a Host header writes it). Any other name reaching it is a
+        page of some other site whose name was made to resolve here (DNS rebinding)."""
+        names = {n for h in (*LOOPBACK, self.host) if "*" not in h for n in (h, f"[{h}]" if ":" in h else h)}
+        return sorted(names)

@@ -151,6 +151,95 @@ def test_each_connection_has_a_private_temp_folder_removed_with_it(tiny_store):
     assert not tmp.exists()
 
 
+# ---------------------------------------------------------------- the server
+
+@pytest.fixture
+def client_of():
+    """client_of(store, **settings) -> (TestClient, store name); closed at the end."""
+    from starlette.testclient import TestClient
+
+    from actdb.serve.app import create_app, store_names
+    from actdb.settings import ServeSettings
+
+    made = []
+
+    def make(store, **settings):
+        st = actdb.open(store)
+        c = TestClient(create_app([st], ServeSettings(**settings)), base_url="http://127.0.0.1",
+                       raise_server_exceptions=False)
+        made.append(c)
+        return c, store_names([st])[0]
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_only_loopback_and_host_names_are_answered(tiny_store, client_of):
+    c, n = client_of(tiny_store)
+    for host in ["127.0.0.1", "localhost:8000", "[::1]:8000", "127.0.0.1:8000"]:
+        assert c.get(f"/api/s/{n}/layer/0", headers={"host": host}).status_code == 200, host
+    for host in ["evil.example", "evil.example:8000", "10.1.2.3", "localhost.evil.example"]:
+        r = c.get(f"/api/s/{n}/sql?q=SELECT+1", headers={"host": host})
+        assert r.status_code == 400, host
+    c, n = client_of(tiny_store, host="10.1.2.3")
+    assert c.get(f"/api/s/{n}/layer/0", headers={"host": "10.1.2.3:8000"}).status_code == 200
+    assert c.get(f"/api/s/{n}/layer/0", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_a_console_query_past_the_memory_limit_is_a_4xx(tiny_store, client_of):
+    c, n = client_of(tiny_store, memory_mb=64, timeout=60)
+    big = "SELECT count(*) FROM (SELECT a.range AS x FROM range(3000000) a, range(30) b ORDER BY x DESC)"
+    r = c.get(f"/api/s/{n}/sql", params={"q": big})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == ("query stopped: it needs more memory than the query engine may use "
+                                 "(--memory-mb 64 of actdb serve)")
+    r = c.get(f"/s/{n}/sql", params={"q": big})
+    assert r.status_code == 400 and "--memory-mb 64" in r.text
+    assert c.get(f"/api/s/{n}/sql", params={"q": "SELECT 42 AS x"}).json()["rows"] == [[42]]   # it still answers
+
+
+BIG = str(10**30)
+
+
+@pytest.mark.parametrize("url, names", [
+    ("/layer/0?page=" + BIG, "page"), ("/layer/0?page=x", "page"), ("/layer/0?sort=drop", "sort"),
+    ("/layer/" + BIG, "layer"), ("/layer/x", "layer"), ("/layer/0?min_freq=x", "min_freq"),
+    ("/layer/0?desc=maybe", "desc"), ("/layer/0?detector=x", "detector"),
+    ("/neuron/0/" + BIG, "neuron"), ("/neuron/0/3?page=" + BIG, "page"), ("/neuron/0/3?page=-1", "page"),
+    ("/neuron/" + BIG + "/3", "layer"), ("/token?id=" + BIG, "token id"), ("/token?id=x", "token id"),
+    ("/doc/" + BIG, "document"), ("/doc/0?layer=0&neuron=" + BIG, "neuron"), ("/doc/0?layer=x&neuron=1", "layer"),
+    ("/sql?saved=nosuch", "saved query"), ("/sql?q=SELECT+nosuch", "nosuch"), ("/sql?q=SELECT+$x", "$x"),
+])
+def test_every_bad_parameter_is_a_4xx_naming_it(url, names, tiny_store, client_of):
+    c, n = client_of(tiny_store)
+    for pre in ("/api", ""):
+        r = c.get(f"{pre}/s/{n}{url}")
+        assert 400 <= r.status_code < 500, (pre, url, r.status_code, r.text[:300])
+        assert "Traceback" not in r.text and "internal error" not in r.text
+    assert names in r.text and names in c.get(f"/api/s/{n}{url}").json()["error"]
+
+
+def test_json_console_errors_use_http_statuses(tiny_store, client_of):
+    c, n = client_of(tiny_store, timeout=1)
+    r = c.get(f"/api/s/{n}/sql", params={"q": "SELECT nosuch"})
+    assert r.status_code == 400 and "nosuch" in r.json()["error"] and not r.json()["rows"]
+    r = c.get(f"/api/s/{n}/sql", params={"q": "SELECT count(*) FROM range(1000000000000) a WHERE hash(a.range) = 42"})
+    assert r.status_code == 408 and r.json()["error"] == "query interrupted after 1 s (--timeout of actdb serve)"
+    r = c.get(f"/api/s/{n}/sql.csv", params={"q": "SELECT nosuch"})
+    assert r.status_code == 400
+    r = c.get(f"/api/s/{n}/nosuch")
+    assert r.status_code == 404 and r.json()["error"]
+
+
+def test_a_store_file_gone_at_serve_time_is_a_503_naming_it(tiny_store_copy, client_of):
+    c, n = client_of(tiny_store_copy)
+    (tiny_store_copy / "docs.parquet").unlink()
+    for url in [f"/s/{n}/doc/1", f"/api/s/{n}/doc/1", f"/api/s/{n}/sql?q=SELECT+*+FROM+docs"]:
+        r = c.get(url)
+        assert r.status_code == 503, (url, r.status_code, r.text[:300])
+        assert f"{tiny_store_copy / 'docs.parquet'}: " in r.text and "Traceback" not in r.text, r.text[-500:]
+
+
 # ---------------------------------------------------------------- one line for every error
 
 def test_os_errors_are_one_line_naming_the_file(tiny_store, monkeypatch):

@@ -204,6 +204,10 @@ class QueryTimeout(InputError):
     """A statement ran past its time limit and was interrupted."""
 
 
+class QueryMemory(InputError):
+    """A statement needed more memory than its connection may use (connect's memory_mb)."""
+
+
 _WAKE = b"\xff"  # not a signal number
 
 
@@ -314,6 +318,8 @@ class Result:
             return QueryTimeout(f"query interrupted after {self._timeout:g} s ({self._hint})")
         if _interrupted(e):
             return KeyboardInterrupt()
+        if isinstance(e, duckdb.OutOfMemoryException):
+            return QueryMemory("query stopped: it needs more memory than the query engine may use")
         if isinstance(e, (duckdb.Error, OSError)):
             if self._guard is not None:
                 self._guard.verify_all()   # a damaged file the statement reached anyway is named, not DuckDB's error

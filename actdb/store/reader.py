@@ -119,14 +119,22 @@ class StoreReader:
         return pl.read_parquet(parts)
 
     def docs(self):
-        import polars as pl
-
-        return pl.read_parquet(self.path / DOCS_FILE)
+        return self._table(DOCS_FILE)
 
     def vocab(self):
+        return self._table(VOCAB_FILE)
+
+    def _table(self, name: str):
+        """A Parquet file of the store as a Polars DataFrame."""
         import polars as pl
 
-        return pl.read_parquet(self.path / VOCAB_FILE)
+        path = self.path / name
+        try:
+            check_regular_file(path)
+            return pl.read_parquet(path)
+        except OSError as e:   # deleted or unreadable since the store was opened
+            why = "missing" if isinstance(e, FileNotFoundError) else e.strerror or " ".join(str(e).split())
+            raise StoreError(f"{path}: cannot read it ({why}); run `actdb check {self.path}`") from None
 
     def packed(self, layer: int):
         """The mask array of a layer under this handle's rule, uint8 [d_ffn, ceil(n_tokens/8)], read
