@@ -330,3 +330,18 @@ def test_a_fifo_for_a_metadata_file_is_refused_not_waited_on(tiny_store_copy):
             assert "Traceback" not in r.stderr
         (s / name).unlink()
         (s / name).write_bytes(saved)
+
+
+def test_manifest_integers_have_bounds_and_the_checks_follow_the_files(tiny_store_copy):
+    s = tiny_store_copy
+    raw = json.loads((s / "manifest.json").read_text())
+    (s / "manifest.json").write_text(json.dumps({**raw, "n_tokens": 10**30}))
+    with pytest.raises(StoreError, match=r"n_tokens: expected 0 <= n_tokens < 2\*\*48, got 10{30}"):
+        actdb.open(s)
+    (s / "manifest.json").write_text(json.dumps({**raw, "n_tokens": 2**47}))   # in bounds, but no such parts
+    n_parts, have = -(-2**47 // raw["block_tokens"]), len(list((s / "tokens").iterdir()))
+    with pytest.raises(StoreError, match=f"expected {n_parts} token parts, got {have} \\(missing part-00000{have}"):
+        actdb.open(s)
+    # `actdb check` too lists only what is there, in one process with a time limit
+    r = subprocess.run([ACTDB, "check", str(s)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and f"expected {n_parts} token parts, got {have}" in r.stdout, r.stdout + r.stderr
