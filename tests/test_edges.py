@@ -345,3 +345,22 @@ def test_manifest_integers_have_bounds_and_the_checks_follow_the_files(tiny_stor
     # `actdb check` too lists only what is there, in one process with a time limit
     r = subprocess.run([ACTDB, "check", str(s)], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and f"expected {n_parts} token parts, got {have}" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_full_disk_during_the_index_is_one_line_not_sigbus(tiny_store_copy, monkeypatch):
+    """The index's memory-mapped token arrays reserve their disk space first: no room is an OSError
+    there, where writing the mapped pages would have died of SIGBUS."""
+    import errno
+
+    calls = []
+
+    def full(fd, offset, length):
+        calls.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    code, out = cli("index", tiny_store_copy, "--force", "--no-progress")
+    line = error_line(out)
+    assert code != 0 and calls and "cannot write the index: No space left on device" in line, line
+    assert "_tmp/col_" in line and ".npy" in line, line
+    monkeypatch.undo()
+    assert cli("index", tiny_store_copy, "--force", "--no-progress")[0] == 0   # and the rebuild goes on after
