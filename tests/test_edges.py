@@ -364,3 +364,25 @@ def test_a_full_disk_during_the_index_is_one_line_not_sigbus(tiny_store_copy, mo
     assert "_tmp/col_" in line and ".npy" in line, line
     monkeypatch.undo()
     assert cli("index", tiny_store_copy, "--force", "--no-progress")[0] == 0   # and the rebuild goes on after
+
+
+def test_a_ray_address_where_nothing_answers_is_refused_at_once(model_dirs, corpus_file, tmp_path):
+    """A TCP connect with a time limit before ray.init, which waits minutes on a dead address."""
+    import socket
+
+    from actdb.cluster import check_reachable
+
+    with socket.socket() as s:   # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(InputError, match=f"--ray 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(InputError, match="nothing answers"):
+        check_reachable(f"ray://127.0.0.1:{port}")
+    code, out = cli("ingest", model_dirs("opt"), corpus_file, "-o", tmp_path / "s", "--seq-len", "16",
+                    "--ray", f"127.0.0.1:{port}", "--no-progress")
+    assert code != 0 and "nothing answers" in error_line(out) and not (tmp_path / "s").exists()
+    with socket.socket() as s:   # something listening: no refusal (Ray then speaks its protocol)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
