@@ -386,3 +386,19 @@ def test_a_ray_address_where_nothing_answers_is_refused_at_once(model_dirs, corp
         s.bind(("127.0.0.1", 0))
         s.listen()
         check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+
+
+@pytest.mark.parametrize("bad", ['{"text": "the city"}\n{"text": "broken\n', '{"text": "the city"}\n{"body": "x"}\n'])
+def test_a_failed_ingest_into_a_new_folder_leaves_nothing(bad, model_dirs, corpus_file, tmp_path):
+    """A bad record found while tokenizing: what the ingest wrote goes (and the folder it made), so
+    the rerun starts afresh instead of refusing an interrupted store with nothing to resume."""
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text(bad)
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new" / "s", tmp_path / "empty"):
+        code, msg = cli("ingest", model_dirs("opt"), corpus, "-o", out, "--seq-len", "16", "--no-progress")
+        assert code != 0 and f"{corpus}:2" in error_line(msg) and "--resume" not in msg, msg
+        assert list(out.iterdir()) == [] if out.name == "empty" else not out.exists()
+        code, msg = cli("ingest", model_dirs("opt"), corpus_file, "-o", out, "--seq-len", "16", "--no-progress",
+                        "--no-index")
+        assert code == 0, msg

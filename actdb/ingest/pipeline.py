@@ -39,9 +39,9 @@ from .models import (check_seq_len, choose_device, choose_dtype, load_config, lo
 from .packing import BlockAssembler, RowPacker
 from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
-from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS,
-                            PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STAGING_IDS, STAGING_OFFSETS, STATE_FILE,
-                            VOCAB_FILE, rule_dir, token_parts)
+from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR,
+                            PENDING_CHECKSUMS, PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STAGING_IDS,
+                            STAGING_OFFSETS, STATE_FILE, VOCAB_FILE, rule_dir, token_parts)
 from ..store.lock import writer_lock
 from ..store.writer import (MaskWriter, block_chunk_files, check_target, codec_name,
                     read_state, record_checksums, remove_store, seal_checksums, write_state)
@@ -151,10 +151,16 @@ def _locked_ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     root = Path(settings.out).resolve()   # ".", "./x/", "x/../x", a symlink: one folder, one behaviour
     check_target(root)   # before anything is written there: no lock file in a folder that is not ours
     created = not root.exists()
+    fresh = created or not any(p.name != LOCK_FILE for p in root.iterdir())   # empty, a stale lock aside
     try:
         root.mkdir(parents=True, exist_ok=True)
         with writer_lock(root, "ingest"):
-            return _ingest(settings.replace(out=str(root)), ray)
+            try:
+                return _ingest(settings.replace(out=str(root)), ray)
+            except Exception:
+                if fresh:
+                    _discard_uncommitted(root)
+                raise
     except OSError as e:  # disk full, no permission...: one line, and say whether it can be resumed
         where = f" ({e.filename})" if e.filename else ""
         hint = "; the store can be resumed with --resume" if (root / STATE_FILE).exists() else ""
@@ -165,6 +171,20 @@ def _locked_ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
                 root.rmdir()
             except OSError:   # not empty: a store, or an interrupted one to resume
                 pass
+
+
+def _discard_uncommitted(root: Path) -> None:
+    """After a failed ingest into a new (or empty) folder: remove what it wrote if no mask block was
+    committed (a bad corpus record found while tokenizing, say), so that the rerun starts afresh
+    instead of refusing an interrupted store with nothing worth resuming. With blocks committed it
+    stays, to be resumed."""
+    try:
+        state = read_state(root)
+        if (root / MANIFEST_FILE).exists() or (state is not None and state.blocks_done > 0):
+            return
+        remove_store(root)
+    except (ActdbError, OSError):   # a damaged state, or a file that is not ours: leave everything
+        pass
 
 
 def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
