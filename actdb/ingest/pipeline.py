@@ -157,7 +157,7 @@ def _locked_ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
         with writer_lock(root, "ingest"):
             try:
                 return _ingest(settings.replace(out=str(root)), ray)
-            except Exception:
+            except InputError:
                 if fresh:
                     _discard_uncommitted(root)
                 raise
@@ -174,10 +174,11 @@ def _locked_ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
 
 
 def _discard_uncommitted(root: Path) -> None:
-    """After a failed ingest into a new (or empty) folder: remove what it wrote if no mask block was
-    committed (a bad corpus record found while tokenizing, say), so that the rerun starts afresh
-    instead of refusing an interrupted store with nothing worth resuming. With blocks committed it
-    stays, to be resumed."""
+    """After an ingest into a new (or empty) folder refused its input (a bad corpus record found while
+    tokenizing, a model that cannot be used): remove what it wrote if no mask block was committed.
+    The input must change before a rerun, and a resume of other input is refused, so the interrupted
+    store could only block the rerun. A failure of the disk (no space, say) or blocks committed
+    leave the store, to be resumed."""
     try:
         state = read_state(root)
         if (root / MANIFEST_FILE).exists() or (state is not None and state.blocks_done > 0):
