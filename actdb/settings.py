@@ -401,8 +401,17 @@ class ServeSettings:
 
     @property
     def allowed_hosts(self) -> list[str]:
-        """The Host header values the server answers: the loopback names and --host, an IPv6
-        address also in brackets (as a Host header writes it). Any other name reaching it is a
-        page of some other site whose name was made to resolve here (DNS rebinding)."""
-        names = {n for h in (*LOOPBACK, self.host) if "*" not in h for n in (h, f"[{h}]" if ":" in h else h)}
-        return sorted(names)
+        """The Host header values the server answers: the loopback names and --host (for a wildcard
+        --host, 0.0.0.0 or ::, also this machine's name and the addresses it resolves to), an IPv6
+        address also in brackets (as a Host header writes it). Any other name reaching it is a page
+        of some other site whose name was made to resolve here (DNS rebinding)."""
+        hosts = [*LOOPBACK, self.host]
+        if self.host in ("0.0.0.0", "::"):
+            import socket
+
+            try:
+                name = socket.gethostname()
+                hosts += [name, *(a[4][0] for a in socket.getaddrinfo(name, None))]
+            except OSError:   # a machine whose own name does not resolve: by address, then
+                pass
+        return sorted({n for h in hosts if "*" not in h for n in (h, f"[{h}]" if ":" in h else h)})

@@ -184,6 +184,11 @@ def test_only_loopback_and_host_names_are_answered(tiny_store, client_of):
     c, n = client_of(tiny_store, host="10.1.2.3")
     assert c.get(f"/api/s/{n}/layer/0", headers={"host": "10.1.2.3:8000"}).status_code == 200
     assert c.get(f"/api/s/{n}/layer/0", headers={"host": "evil.example"}).status_code == 400
+    import socket
+
+    c, n = client_of(tiny_store, host="0.0.0.0")   # every interface: this machine's name too
+    assert c.get(f"/api/s/{n}/layer/0", headers={"host": f"{socket.gethostname()}:8000"}).status_code == 200
+    assert c.get(f"/api/s/{n}/layer/0", headers={"host": "evil.example"}).status_code == 400
 
 
 def test_a_console_query_past_the_memory_limit_is_a_4xx(tiny_store, client_of):
