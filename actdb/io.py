@@ -127,7 +127,7 @@ def check_regular_file(path: Path) -> None:
     if not stat.S_ISREG(mode):
         kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
                 else "a socket" if stat.S_ISSOCK(mode) else "a device")
-        raise StoreError(f"{path}: expected a regular file, got {kind}")
+        raise StoreError(f"{path}: unreadable (expected a regular file, got {kind})")
 
 
 def sha256_file(path: Path, deadline: float | None = None) -> str:

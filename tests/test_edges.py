@@ -331,7 +331,7 @@ def test_a_fifo_for_a_metadata_file_is_refused_not_waited_on(tiny_store_copy):
             r = subprocess.run([ACTDB, cmd, str(s)], capture_output=True, text=True, timeout=120)
             if name == "manifest.json" or cmd == "check":
                 assert r.returncode != 0, (name, cmd, r.stdout)
-                assert f"{s / name}: expected a regular file, got a FIFO" in r.stdout + r.stderr, (name, cmd)
+                assert f"{s / name}: unreadable (expected a regular file, got a FIFO)" in r.stdout + r.stderr, (name, cmd)
             assert "Traceback" not in r.stderr
         (s / name).unlink()
         (s / name).write_bytes(saved)
