@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
+import sys
 import typing
 
 import click
@@ -25,17 +27,35 @@ def _one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+            sys.stdout.flush()   # a closed pipe is found here, not in Python's flush at exit
+            return out
         except ActdbError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             raise _Interrupted(stopped) from None
+        except BrokenPipeError:
+            # the reader went away (`actdb sql ... | head`): exit quietly, as a shell's tools do;
+            # stdout is pointed at devnull so that Python's flush at exit does not fail again
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):   # no file descriptor (output captured in a test)
+                pass
+            sys.exit(128 + signal.SIGPIPE)
+        except OSError as e:   # no permission, a full disk, ...: the file and the reason
+            raise click.ClickException(_os_error(e)) from None
         except Exception as e:
             if os.environ.get("ACTDB_DEBUG"):
                 raise
             raise click.ClickException(f"internal error: {type(e).__name__}: {e} "
                                        "(set ACTDB_DEBUG=1 for the traceback)") from None
     return wrapper
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError in one line: "PATH: reason"."""
+    why = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    return f"{e.filename}: {why}" if e.filename else why
 
 
 def _settings_options(fn, cls: type = IngestSettings):

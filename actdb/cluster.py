@@ -14,6 +14,8 @@ from .settings import RaySettings
 INSTALL_HINT = "pip install 'actdb[ray]'"
 # how often Ray restarts a killed worker actor (and retries its block) before the run stops
 MAX_RESTARTS = 3
+# seconds a cluster ADDRESS has to accept a TCP connection: ray.init waits minutes on a dead one
+CONNECT_TIMEOUT = 10.0
 
 
 def import_ray() -> Any:
@@ -33,6 +35,8 @@ def connected(rs: RaySettings) -> Iterator[Any]:
     mine = not ray.is_initialized()
     if mine:
         address = None if rs.ray == "auto" else rs.ray
+        if address is not None:
+            check_reachable(address)
         try:
             # worker logs stay in Ray's log folder: the CLI prints one progress bar and one summary
             ray.init(address=address, logging_level="error", log_to_driver=False)
@@ -43,6 +47,25 @@ def connected(rs: RaySettings) -> Iterator[Any]:
     finally:
         if mine:
             ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse, in one line, a cluster address (host:port, or ray://host:port) where nothing accepts
+    a TCP connection within `timeout` seconds. Anything else (a name Ray knows, like 'local') is
+    Ray's to judge."""
+    import socket
+
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    host = host.strip("[]")   # an IPv6 address in brackets
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise InputError(f"--ray {address}: nothing answers at {host}:{port} ({why}); expected the address of a "
+                         f"running Ray cluster (`ray start --head` prints it)") from None
 
 
 @dataclass(frozen=True)

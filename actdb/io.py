@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import StoreError
 from .faults import point as fault_point
 
 
@@ -117,9 +119,21 @@ def write_parquet(table: Any, path: Path, **options: Any) -> None:
         pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
 
 
+def check_regular_file(path: Path) -> None:
+    """Refuse, in one line, anything but a regular file where a store's file belongs, judged by
+    os.stat before any open: opening a FIFO waits for a writer forever, and a device may never
+    end. A missing file raises FileNotFoundError, for the caller to say so."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise StoreError(f"{path}: unreadable (expected a regular file, got {kind})")
+
+
 def sha256_file(path: Path, deadline: float | None = None) -> str:
     """The file's sha256 (hex). deadline: a time.monotonic() past which it raises TimeoutError
     (checked before each 1 MiB read)."""
+    check_regular_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while deadline is None or time.monotonic() <= deadline:

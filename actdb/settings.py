@@ -18,6 +18,22 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+ZSTD_LEVELS = (-7, 22)   # the levels both mask codecs accept (store/zarr_codec.py checks them too)
+
+
+def check_finite(settings: Any) -> None:
+    """Refuse a float setting that is nan or infinite (click's FLOAT takes both): every comparison
+    with nan is false, so a range check alone lets it through, and inf would mean "no limit"."""
+    import math
+
+    from .errors import InputError
+
+    for f in dataclasses.fields(settings):
+        v = getattr(settings, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InputError(f"--{f.name.replace('_', '-')}: expected a finite number, got {v}")
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     model: str = _opt("", "Hugging Face model id or local folder (from_pretrained).")
@@ -65,6 +81,7 @@ class IngestSettings:
     def __post_init__(self) -> None:
         from .errors import InputError
 
+        check_finite(self)
         if self.seq_len < 2:
             raise InputError(f"--seq-len: expected at least 2, got {self.seq_len}")
         if self.batch_size < 1:
@@ -75,6 +92,11 @@ class IngestSettings:
             raise InputError(f"--block-memory-mb: expected a positive number, got {self.block_memory_mb}")
         if self.capture_topk < 1:
             raise InputError(f"--capture-topk: expected at least 1, got {self.capture_topk}")
+        if self.neuron_chunk < 1:
+            raise InputError(f"--neuron-chunk: expected at least 1, got {self.neuron_chunk}")
+        lo, hi = ZSTD_LEVELS
+        if not lo <= self.zstd_level <= hi:
+            raise InputError(f"--zstd-level: expected {lo}..{hi}, got {self.zstd_level}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise InputError(f"--max-tokens: expected a positive number, got {self.max_tokens}")
         if self.resume and self.overwrite:
@@ -238,6 +260,7 @@ class IndexSettings:
     def __post_init__(self) -> None:
         from .errors import InputError
 
+        check_finite(self)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise InputError(f"--top-k: expected a positive number of n-grams per neuron, got {self.top_k!r}")
         if not (isinstance(self.memory_mb, (int, float)) and self.memory_mb > 0):
@@ -299,6 +322,7 @@ class RaySettings:
     def __post_init__(self) -> None:
         from .errors import InputError
 
+        check_finite(self)
         if self.ray is not None and not self.ray.strip():
             raise InputError("--ray: expected 'auto' or a cluster ADDRESS, got ''")
         if isinstance(self.ray_workers, bool) or not isinstance(self.ray_workers, int) or self.ray_workers < 0:
@@ -323,6 +347,7 @@ class QuerySettings:
     def __post_init__(self) -> None:
         from .errors import InputError
 
+        check_finite(self)
         if self.timeout < 0:
             raise InputError(f"--timeout: expected 0 (no limit) or a positive number of seconds, got {self.timeout}")
         if self.max_rows < 0:
@@ -339,6 +364,8 @@ class ServeSettings:
                      "console reachable by others on the network (a warning says so).")
     port: int = _opt(8000, "Port to listen on (0: any free port).")
     timeout: float = _opt(10.0, "Seconds a query (a page's or the console's) may run before it is cut off.")
+    memory_mb: float = _opt(2048.0, "Memory (MiB) the SQL console's query engine may use; a console query that needs "
+                            "more stops with an error instead of growing the server.")
     max_rows: int = _opt(1000, "Rows the SQL console (page, JSON and CSV) answers; past them it is cut off and "
                          "says so.")
     page_size: int = _opt(100, "Neurons per page of a layer's table (and rows of a token's neuron lists).")
@@ -355,10 +382,13 @@ class ServeSettings:
     def __post_init__(self) -> None:
         from .errors import InputError
 
+        check_finite(self)
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port: expected 0..65535, got {self.port}")
         if self.timeout <= 0:
             raise InputError(f"--timeout: expected a positive number of seconds, got {self.timeout}")
+        if self.memory_mb <= 0:
+            raise InputError(f"--memory-mb: expected a positive number of MiB, got {self.memory_mb}")
         for name in ("max_rows", "page_size", "top", "contexts", "probe_max_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')}: expected at least 1, got {getattr(self, name)}")
@@ -368,3 +398,20 @@ class ServeSettings:
     @property
     def loopback(self) -> bool:
         return self.host in LOOPBACK or self.host.startswith("127.")
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """The Host header values the server answers: the loopback names and --host (for a wildcard
+        --host, 0.0.0.0 or ::, also this machine's name and the addresses it resolves to), an IPv6
+        address also in brackets (as a Host header writes it). Any other name reaching it is a page
+        of some other site whose name was made to resolve here (DNS rebinding)."""
+        hosts = [*LOOPBACK, self.host]
+        if self.host in ("0.0.0.0", "::"):
+            import socket
+
+            try:
+                name = socket.gethostname()
+                hosts += [name, *(a[4][0] for a in socket.getaddrinfo(name, None))]
+            except OSError:   # a machine whose own name does not resolve: by address, then
+                pass
+        return sorted({n for h in hosts if "*" not in h for n in (h, f"[{h}]" if ":" in h else h)})

@@ -97,7 +97,7 @@ def time_pages(st, repeat: int) -> list[list]:
 
     (name,) = store_names([st])
     rows = []
-    with TestClient(create_app([st], ServeSettings())) as c:
+    with TestClient(create_app([st], ServeSettings()), base_url="http://127.0.0.1") as c:
         for kind, u in urls(st, name):
             r = c.get(u)
             assert r.status_code == 200, (u, r.status_code, r.text[:300])

@@ -50,12 +50,21 @@ def probe_store(tmp_path_factory, model_dirs):
 
 
 @pytest.fixture(scope="session")
-def indexed_store(model_dirs, corpus_file, tmp_path_factory) -> Path:
-    """A tiny OPT store with two fire rules (sign, top:0.9), several token parts and mask blocks,
-    magnitude capture and projection weights, indexed: every kind of file a store has. Tests
-    copy it before changing anything."""
-    from test_ingest_masks import run_ingest
+def tiny_store(tmp_path_factory, model_dirs, corpus_file) -> Path:
+    """A complete store of the tiny OPT model under two fire rules (sign, top:0.9), several token
+    parts and mask blocks, residual and FFN capture, projection weights and its index: every kind
+    of file actdb writes. Made once; a test that changes it works on a copy (tiny_store_copy)."""
+    import actdb
 
-    p = tmp_path_factory.mktemp("indexed") / "s"
-    run_ingest(model_dirs("opt"), corpus_file, p, block_tokens=64, fire_rule=("sign", "top:0.9"), index=True)
-    return p
+    out = tmp_path_factory.mktemp("tiny_store") / "store"
+    actdb.ingest.run(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
+                                          seq_len=24, block_tokens=64, fire_rule=("sign", "top:0.9"),
+                                          capture="resid+ffn", progress=False))
+    return out
+
+
+@pytest.fixture
+def tiny_store_copy(tiny_store, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_store, tmp_path / "store", symlinks=True))

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 import actdb
 from actdb.errors import ActdbError
@@ -98,8 +97,8 @@ def damaged(path: Path, rng: random.Random, kind: str) -> bytes:
     return json.dumps(raw, indent=1).encode()
 
 
-def test_every_record_and_table_of_a_store(indexed_store, tmp_path):
-    root = Path(shutil.copytree(indexed_store, tmp_path / "s"))
+def test_every_record_and_table_of_a_store(tiny_store, tmp_path):
+    root = Path(shutil.copytree(tiny_store, tmp_path / "s"))
     original = everything(root)
     rng = random.Random(SEED)
     records = sorted(p for p in root.rglob("*.json"))
@@ -163,10 +162,10 @@ def everything_but_views(root: Path) -> dict[str, str]:
     return out
 
 
-def test_state_of_an_interrupted_index_build(indexed_store, tmp_path):
+def test_state_of_an_interrupted_index_build(tiny_store, tmp_path):
     """A first index build killed after some units; its state damaged: the next build starts over
     or refuses, and never answers with units missing."""
-    root = Path(shutil.copytree(indexed_store, tmp_path / "s"))
+    root = Path(shutil.copytree(tiny_store, tmp_path / "s"))
     original = everything(root)
     shutil.rmtree(root / "index")
     cmd = [ACTDB, "index", "--rule", "sign", "--no-progress", "--workers", "1", "--memory-mb", "0.001"]

@@ -27,8 +27,8 @@ QUERIES = ["SELECT count(*), sum(fires) FROM neurons", "SELECT sum(n_covering) F
 
 
 @pytest.fixture
-def store(indexed_store, tmp_path) -> Path:
-    return Path(shutil.copytree(indexed_store, tmp_path / "s"))
+def store(tiny_store_copy) -> Path:
+    return tiny_store_copy
 
 
 def answers(p: Path, rule: str | None = None) -> list:

@@ -53,7 +53,8 @@ def imports(path: Path, modules: set[str]) -> set[str]:
                 src = ".".join(base + ([node.module] if node.module else []))
             else:
                 src = node.module or ""
-            names = [src] + [f"{src}.{a.name}" for a in node.names]
+            # `from .. import faults` imports the module actdb.faults, not the package root
+            names = [f"{src}.{a.name}" if f"{src}.{a.name}" in modules else src for a in node.names]
         else:
             continue
         for n in names:

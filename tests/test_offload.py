@@ -77,6 +77,19 @@ def test_config_wider_than_the_weights_is_refused(offload, model_dirs, corpus_fi
     assert not (tmp_path / "s" / "manifest.json").exists()
 
 
+@pytest.mark.parametrize("offload", ["on", "off"])
+def test_config_deeper_than_the_weights_is_refused(offload, model_dirs, corpus_file, tmp_path):
+    """num_hidden_layers 4 over weights of 3 layers: the fourth would be random (two ingests of one
+    model recorded different masks), so it is refused in both modes, saying which layers are missing."""
+    from test_cli_errors import ingest, one_error_line
+
+    mdir = _edited_copy(model_dirs("opt"), tmp_path / "m", num_hidden_layers=4)
+    code, out = ingest(mdir, corpus_file, out=tmp_path / "s", extra=["--offload", offload])
+    assert code != 0 and one_error_line(out) == (f"Error: {mdir}: config.json has 4 layers, the weights hold 3 "
+                                                 "(no weights for model.decoder.layers.3.*)")
+    assert not (tmp_path / "s").exists()
+
+
 def test_offload_checks_every_shape_before_the_first_forward(model_dirs, tmp_path):
     """The check runs when the streamer is built, so a mismatch in the last block is found
     before block 0 runs; a tensor missing from the checkpoint is named too."""

@@ -70,6 +70,7 @@ from ..store.record import parse_json, read_text, seal, unseal
 from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
                             INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE,
                             rule_dir)
+from ..store.writer import refuse_foreign_files
 from .count import chunk_size, count_unit, resolve_device
 from .reduce import EMPTY_SCHEMAS, NGRAMS, TABLES, unit_tables
 from .tokens import TokenArrays
@@ -178,6 +179,8 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     rule_base = rule_dir(st.path, st.rule)
     ngram_layers = _ngram_layers(layers if layers is not None else s.layers, m)
     live = index_path(rule_base)
+    # a rebuild deletes these folders: a user's file in them is refused before anything goes
+    refuse_foreign_files(st.path, [live, rule_base / INDEX_BUILD_DIR, rule_base / INDEX_OLD_DIR])
     _recover(rule_base)
     if live.exists():   # what a killed build's atomic writes left (we hold the writer lock)
         remove_temporaries(live)

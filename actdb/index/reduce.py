@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ..store.layout import INDEX_TABLES
 from .stats import detectors, positional_mi, segment_stats, switches
 from .tokens import TokenArrays
 
@@ -80,8 +81,7 @@ def unit_tables(layer: int, n0: int, c: np.ndarray, tok: TokenArrays, ngram: boo
     return out
 
 
-TABLES = ("neuron_fires", "neuron_domains", "neuron_positions", "positional", "neuron_tokens", "neuron_bigrams",
-          "neuron_trigrams", "coverage", "token_detectors", "trigram_detectors")
+TABLES = INDEX_TABLES
 EMPTY_SCHEMAS = {
     "neuron_bigrams": pa.schema([("layer", pa.int16()), ("neuron", pa.int32()), ("ngram", pa.int64()),
                                  ("fires", pa.int64()), ("rank", pa.int64()), ("cum", pa.int64()),

@@ -4,6 +4,8 @@ An n-gram id is the base-B number of its slots, first to last, B = `base` = voca
 token ids are digits 0..B-2 and B-1 is PAD, the slot before the start of a sequence."""
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +69,7 @@ class TokenArrays:
         # pass 2: each row's column ids, written straight into the memory-mapped files
         tmp.mkdir(parents=True, exist_ok=True)
         dt = np.int32 if off < 2**31 else np.int64
-        out = {k: np.lib.format.open_memmap(tmp / f"col_{k}.npy", mode="w+", dtype=dt, shape=(self.n,))
-               for k in self.KEYS}
+        out = {k: reserved_memmap(tmp / f"col_{k}.npy", dt, self.n) for k in self.KEYS}
         self.pos_n = np.zeros(T, np.int64)
         self.pos_full_n = np.zeros(T, np.int64)
         dom_set = pa.array(self.domains, pa.string())
@@ -129,6 +130,23 @@ class TokenArrays:
 
     def width(self, ngram: bool) -> int:
         return self.width_ngram if ngram else self.width_plain
+
+
+def reserved_memmap(path: Path, dtype: type, n: int) -> np.ndarray:
+    """A new .npy file of n values, memory-mapped for writing, its disk space reserved first: a
+    mapped write to a page the disk has no room for kills the process with SIGBUS, where a full
+    disk here is an OSError naming the file (one line, see index/build.py)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n,))
+    if not hasattr(os, "posix_fallocate"):   # no such call (macOS): written as before
+        return out
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):   # else a file system that cannot reserve
+            del out
+            raise OSError(e.errno, e.strerror, str(path)) from None
+    return out
 
 
 class DistinctCounter:

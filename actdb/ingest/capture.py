@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_path
-from ..store.layout import CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, CAPTURE_KINDS as KINDS, PROJECTION_FILE
+from ..store.layout import CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, PROJECTION_FILE
 from .adapters import get_module
 from .packing import compiled
 

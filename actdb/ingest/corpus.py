@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import codecs
 import functools
-import hashlib
 import json
 import re
 from collections import deque

@@ -151,11 +151,18 @@ def load_model(model_dir: Path, config, device: torch.device, dtype: torch.dtype
             layers = get_module(model.base_model, adapter.layers)
             streamer = LayerStreamer(model, layers, model_dir, device, dtype)
         else:
-            from .offload import check_shapes, empty_model
+            from .offload import check_shapes, empty_model, missing_weights
 
             # from_pretrained refuses a mismatch too, but in a multi-line report on stderr
-            check_shapes(empty_model(cls, config, dtype), model_dir, require_all=False)
-            model = cls.from_pretrained(model_dir, dtype=dtype)
+            skeleton = empty_model(cls, config, dtype)
+            skeleton_layers = get_module(skeleton.base_model, adapter.layers)
+            check_shapes(skeleton, model_dir, require_all=False)
+            model, info = cls.from_pretrained(model_dir, dtype=dtype, output_loading_info=True)
+            # what the weights lack, from_pretrained initialises at random: refused, as layer by layer
+            # (an LM head only feeds vocabulary projection)
+            missing = sorted(k for k in info["missing_keys"] if "lm_head" not in k)
+            if missing:
+                raise InputError(missing_weights(skeleton, model_dir, missing, skeleton_layers))
             model.to(device)
     except InputError:
         raise

@@ -43,28 +43,51 @@ def checkpoint_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_shapes(model: torch.nn.Module, model_dir: Path, require_all: bool) -> None:
+def check_shapes(model: torch.nn.Module, model_dir: Path, require_all: bool,
+                 layers: torch.nn.ModuleList | None = None) -> None:
     """Every tensor of a model skeleton (built from config.json) against the checkpoint's
     .safetensors shapes; a mismatch is one line naming the tensor and both shapes.
-    require_all: a parameter the checkpoint lacks is an error too (layer-by-layer mode has
-    no other source for it; from_pretrained reports and initialises it)."""
+    require_all: a parameter the checkpoint lacks is an error too (see missing_weights; layers:
+    the skeleton's blocks, to say so by layer)."""
     shapes = checkpoint_shapes(model_dir)
     if not shapes:
         return  # .bin or .gguf weights: from_pretrained checks those
     prefix = model.base_model_prefix
     items = [(n, t, True) for n, t in model.named_parameters()] + \
             [(n, t, False) for n, t in model.named_buffers()]
+    missing = []
     for name, tensor, is_param in items:
         key = checkpoint_key(name, prefix, shapes)
         if key is None:
             # buffers are mostly computed (rotary tables); an LM head only feeds vocabulary
             # projection, which falls back to the input embeddings
             if require_all and is_param and "lm_head" not in name:
-                raise InputError(f"{model_dir}: layer-by-layer mode: weight {name} not found in the checkpoint")
+                missing.append(name)
             continue
         if tuple(tensor.shape) != shapes[key]:
             raise InputError(f"{model_dir}: weight {key}: expected shape {list(tensor.shape)} (from config.json), "
                              f"the checkpoint has {list(shapes[key])}")
+    if missing:
+        raise InputError(missing_weights(model, model_dir, missing, layers))
+
+
+def missing_weights(model: torch.nn.Module, model_dir: Path, missing: list[str],
+                    layers: torch.nn.ModuleList | None = None) -> str:
+    """One line for the parameters of `model` (built from config.json) that its weights lack: a
+    model is refused then, whatever the loading mode, since a parameter without weights would be
+    random and two ingests of one model would record different masks. Whole blocks missing (a
+    config with more layers than the weights) are said as such."""
+    if layers is not None:
+        where = next(n for n, m in model.named_modules() if m is layers)
+        gone = set(missing)
+        empty = [i for i, block in enumerate(layers)
+                 if all(f"{where}.{i}.{n}" in gone for n, _ in block.named_parameters())]
+        if empty:
+            more = f" and {len(empty) - 1} more layer(s)" if len(empty) > 1 else ""
+            return (f"{model_dir}: config.json has {len(layers)} layers, the weights hold {len(layers) - len(empty)} "
+                    f"(no weights for {where}.{empty[0]}.*{more})")
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    return f"{model_dir}: weight {missing[0]} not found in the checkpoint{more}"
 
 
 class LayerStreamer:
@@ -85,7 +108,7 @@ class LayerStreamer:
         self.prefix = model.base_model_prefix
         # before the first forward: a block loaded lazily would otherwise fail mid-ingest or,
         # with a config wider than the weights, run on invented neurons
-        check_shapes(model, model_dir, require_all=True)
+        check_shapes(model, model_dir, require_all=True, layers=layers)
         self.resident = 0        # blocks whose weights are in memory now
         self.max_resident = 0    # the most there ever were at once (a test checks it is 1)
         self.loads = 0

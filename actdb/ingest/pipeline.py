@@ -39,9 +39,9 @@ from .models import (check_seq_len, choose_device, choose_dtype, load_config, lo
 from .packing import BlockAssembler, RowPacker
 from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
-from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS,
-                            PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGED_IDS, STAGED_OFFSETS, STAGING, STATE_FILE, VOCAB_FILE, rule_dir,
-                            token_parts)
+from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR,
+                            PENDING_CHECKSUMS, PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STAGING_IDS,
+                            STAGING_OFFSETS, STATE_FILE, VOCAB_FILE, rule_dir, token_parts)
 from ..store.lock import writer_lock
 from ..store.writer import (MaskWriter, block_chunk_files, check_target, codec_name,
                     pending_checksums, read_state, record_checksums, remove_store, seal_checksums, write_state)
@@ -117,9 +117,9 @@ def _check_staging(root: Path, tokenized: dict[str, Any]) -> None:
     """The staged token ids and sequence offsets are what tokenization wrote (their digests are
     in the ingest state): a resumed forward never runs on changed ids."""
     recorded = tokenized.get("staging")
-    if not isinstance(recorded, dict) or set(recorded) != {STAGED_IDS, STAGED_OFFSETS}:
-        raise StoreError(f"{root / STATE_FILE}: tokenized.staging: expected the digests of {STAGED_IDS} and "
-                         f"{STAGED_OFFSETS}, got {recorded!r}; start the ingest again with --overwrite")
+    if not isinstance(recorded, dict) or set(recorded) != {STAGING_IDS, STAGING_OFFSETS}:
+        raise StoreError(f"{root / STATE_FILE}: tokenized.staging: expected the digests of {STAGING_IDS} and "
+                         f"{STAGING_OFFSETS}, got {recorded!r}; start the ingest again with --overwrite")
     for name, want in recorded.items():
         p = root / STAGING / name
         try:
@@ -169,10 +169,16 @@ def _locked_ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     root = Path(settings.out).resolve()   # ".", "./x/", "x/../x", a symlink: one folder, one behaviour
     check_target(root)   # before anything is written there: no lock file in a folder that is not ours
     created = not root.exists()
+    fresh = created or not any(p.name != LOCK_FILE for p in root.iterdir())   # empty, a stale lock aside
     try:
         root.mkdir(parents=True, exist_ok=True)
         with writer_lock(root, "ingest"):
-            return _ingest(settings.replace(out=str(root)), ray)
+            try:
+                return _ingest(settings.replace(out=str(root)), ray)
+            except InputError:
+                if fresh:
+                    _discard_uncommitted(root)
+                raise
     except OSError as e:  # disk full, no permission...: one line, and say whether it can be resumed
         where = f" ({e.filename})" if e.filename else ""
         hint = "; the store can be resumed with --resume" if (root / STATE_FILE).exists() else ""
@@ -183,6 +189,21 @@ def _locked_ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
                 root.rmdir()
             except OSError:   # not empty: a store, or an interrupted one to resume
                 pass
+
+
+def _discard_uncommitted(root: Path) -> None:
+    """After an ingest into a new (or empty) folder refused its input (a bad corpus record found while
+    tokenizing, a model that cannot be used): remove what it wrote if no mask block was committed.
+    The input must change before a rerun, and a resume of other input is refused, so the interrupted
+    store could only block the rerun. A failure of the disk (no space, say) or blocks committed
+    leave the store, to be resumed."""
+    try:
+        state = read_state(root)
+        if (root / MANIFEST_FILE).exists() or (state is not None and state.blocks_done > 0):
+            return
+        remove_store(root)
+    except (ActdbError, OSError):   # a damaged state, or a file that is not ours: leave everything
+        pass
 
 
 def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
@@ -230,7 +251,7 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
         counts = write_token_tables(root, tokenizer, tokenize_documents(docs, tokenizer, max_doc_tokens=limit),
                                     special, s)
         state = state.replace(tokenized={**counts, "staging": {name: file_digest(root / STAGING / name)
-                                                               for name in (STAGED_IDS, STAGED_OFFSETS)}})
+                                                               for name in (STAGING_IDS, STAGING_OFFSETS)}})
         record_checksums(root, "tables", [*token_parts(root), root / DOCS_FILE, root / VOCAB_FILE])
         write_state(root, state)
     tok = state.tokenized
@@ -389,8 +410,8 @@ def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writer
     from tqdm import tqdm
 
     staging = root / STAGING
-    token_ids = np.memmap(staging / STAGED_IDS, dtype=np.int32, mode="r")
-    offsets = np.fromfile(staging / STAGED_OFFSETS, dtype=np.int64)
+    token_ids = np.memmap(staging / STAGING_IDS, dtype=np.int32, mode="r")
+    offsets = np.fromfile(staging / STAGING_OFFSETS, dtype=np.int64)
     n_seqs = len(offsets) - 1
     B = s.batch_size
     stop_row = n_tokens if stop_row is None else stop_row

@@ -35,11 +35,11 @@ from ..errors import StoreError
 from ..io import atomic_write_text
 from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
-from ..store.layout import CAPTURE_KINDS as KINDS, STAGING, rule_dir
+from ..store.layout import CAPTURE_KINDS as KINDS, STAGING, STAGING_PROBE, rule_dir
 from ..store.writer import MaskWriter, write_state
 from .rules import magnitude_rules, top_thresholds, unfixed_top_rules
 
-PROBE_FILE = "ray-probe"   # under _staging/: a token the driver writes and every worker must read back
+PROBE_FILE = STAGING_PROBE   # under _staging/: a token the driver writes and every worker must read back
 # tests: "BLOCK:DIR" makes the worker that writes block BLOCK's masks pause there (once), after
 # writing DIR/paused-BLOCK with its pid, so a test can kill it in the middle of the block
 PAUSE_ENV = "ACTDB_TEST_RAY_PAUSE"

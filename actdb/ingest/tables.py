@@ -16,7 +16,8 @@ from .corpus import Document, SpecialTokens, sequences
 from ..errors import InputError
 from ..settings import IngestSettings
 from ..io import PARQUET_OPTIONS, atomic_path, write_parquet
-from ..store.layout import DOCS_FILE, STAGED_IDS, STAGED_OFFSETS, STAGING, TOKENS_DIR, VOCAB_FILE, doc_schema, part_name, token_schema
+from ..store.layout import (DOCS_FILE, STAGING, STAGING_IDS, STAGING_OFFSETS, TOKENS_DIR, VOCAB_FILE, doc_schema,
+                            part_name, token_schema)
 
 def write_token_tables(root: Path, tokenizer, tokenized: Iterable[tuple[Document, list[int]]],
                        special: SpecialTokens, s: IngestSettings) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def _write_tables(root: Path, tokenized: Iterable[tuple[Document, list[int]]], s
         pending = [rest] if rest.shape[1] else []
         n_pending = rest.shape[1]
 
-    with open(staging / STAGED_IDS, "wb") as f_ids, open(staging / STAGED_OFFSETS, "wb") as f_off:
+    with open(staging / STAGING_IDS, "wb") as f_ids, open(staging / STAGING_OFFSETS, "wb") as f_off:
         f_off.write(np.zeros(1, dtype=np.int64).tobytes())
         cut: dict[str, int] = {}
         for seq in sequences(numbered(), special, s.seq_len, s.mode, s.max_tokens, cut):

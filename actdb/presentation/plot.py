@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError
+from ..store.layout import check_outside_stores
 
 LAYER = "layer"
 PAPER = "Voita et al. 2023"
@@ -371,6 +372,7 @@ def plot(store, name: str, out: str | Path, params: dict[str, Any] | None = None
     """Draw one figure of FIGURES to a PNG file."""
     import matplotlib.pyplot as plt
 
+    check_outside_stores(out)
     out = Path(out)
     if out.is_dir():  # savefig would fail on it with IsADirectoryError, after the drawing
         raise InputError(f"-o {out}: is a folder; expected a PNG file for one figure (a folder is for 'all')")
@@ -397,6 +399,7 @@ def plot_all(store, out_dir: str | Path, progress: bool = True) -> tuple[list[Pa
     """Every figure the store can draw into out_dir/NAME.png; returns (files, skipped name -> why)."""
     from tqdm import tqdm
 
+    check_outside_stores(out_dir)
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise InputError(f"-o {out_dir}: is a file; expected a folder for 'all' (a PNG file is for one figure)")
     done, skipped = [], {}

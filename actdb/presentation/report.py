@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from ..io import atomic_write_text
-from ..store.layout import rule_slug
-from ..errors import ActdbError
+from ..store.layout import check_outside_stores, rule_slug
+from ..errors import ActdbError, InputError
 
 
 def _slug(text: str) -> str:
@@ -107,8 +107,14 @@ def write_report(stores: list, out: str | Path, title: str = "actdb report", not
     from ..query.catalogue import saved_queries
     from .plot import FIGURES, describe, plot_all
 
+    check_outside_stores(out)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out}: is a file; expected a folder for the report (report.md, figures, queries)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"-o {out}: cannot create the folder ({e.strerror or e})") from None
     lines = [f"# {title}", "", f"Written by actdb on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
     for note in notes or []:
         lines += [note, ""]

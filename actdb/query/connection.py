@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import weakref
@@ -15,12 +17,13 @@ from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file,
 from ..store.verify import SQL_WORD, CheckTimeout, created_name, parquet_guard, view_dependencies
 
 
-def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = None):
+def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = None, memory_mb: float | None = None):
     """An in-memory DuckDB connection for the views of `store` (an actdb.Store), confined to
     the store's own files and with its configuration locked. lazy: each view is created when a
     statement run through stream_sql first names it (binding all of them costs more than a
     one-line query, and proj_score's Python UDF makes DuckDB import numpy); else all now.
-    threads: DuckDB's worker threads (default: one per core), fixed before the lock."""
+    threads: DuckDB's worker threads (default: one per core), fixed before the lock; memory_mb: a
+    hard memory limit of its statements (see confine)."""
     import duckdb
 
     from .views import _views, massive_views, projection_views
@@ -50,7 +53,7 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
             absent.update(dict.fromkeys((created_name(v) for v in these), why))
     # which files each view reads, checked before each query
     guard = parquet_guard(store, stmts)
-    confine(con, store.path)
+    confine(con, store.path, memory_mb)
     views = _LazyViews(con, store, stmts, guard, absent)
     if not lazy:
         views.ensure(_EVERY_VIEW)
@@ -128,10 +131,19 @@ def ensure_all_views(store, con) -> None:
     ensure_views(store, con, _EVERY_VIEW)
 
 
-def confine(con, root: Path) -> None:
+def confine(con, root: Path, memory_mb: float | None = None) -> None:
     """Let SQL on `con` read only files under `root` (the views read the store's files when a
     query runs, so the store stays allowed): no other path, no URL, no extension, no writes,
-    and no SET that would undo it."""
+    and no SET that would undo it. memory_mb: the most memory its statements may take, with no
+    spilling to disk beyond it (a statement past it fails); None: DuckDB's default, spilling."""
+    # DuckDB lets SQL read its temporary folder (by default .tmp/ in the current folder, whatever
+    # the user keeps there): each connection gets a private one, removed when the connection goes
+    tmp = tempfile.mkdtemp(prefix="actdb-duckdb-")   # mode 0700
+    weakref.finalize(con, shutil.rmtree, tmp, ignore_errors=True)
+    con.execute("SET temp_directory = $t", {"t": tmp})
+    if memory_mb is not None:
+        con.execute("SET memory_limit = $m", {"m": f"{memory_mb:g}MiB"})
+        con.execute("SET max_temp_directory_size = '0MiB'")
     dirs = sorted({str(Path(root).absolute()).rstrip("/") + "/", str(Path(root).resolve()).rstrip("/") + "/"})
     con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
     con.execute("SET enable_external_access = false")
@@ -197,6 +209,10 @@ def _bind(st, params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 class QueryTimeout(InputError):
     """A statement ran past its time limit and was interrupted."""
+
+
+class QueryMemory(InputError):
+    """A statement needed more memory than its connection may use (connect's memory_mb)."""
 
 
 _WAKE = b"\xff"  # not a signal number
@@ -309,6 +325,8 @@ class Result:
             return QueryTimeout(f"query interrupted after {self._timeout:g} s ({self._hint})")
         if _interrupted(e):
             return KeyboardInterrupt()
+        if isinstance(e, duckdb.OutOfMemoryException):
+            return QueryMemory("query stopped: it needs more memory than the query engine may use")
         if isinstance(e, (duckdb.Error, OSError)):
             if self._store is not None:
                 _raise_if_rebuilt(self._store)

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError
 from ..io import atomic_path
+from ..store.layout import check_outside_stores
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -32,7 +33,9 @@ def _frames(answer) -> Iterator:
 
 
 def output_path(output: str) -> Path:
-    """The file -o names: its folder is created (as `actdb plot` does); a folder is refused."""
+    """The file -o names: its folder is created (as `actdb plot` does); a folder, or a path inside
+    a store, is refused."""
+    check_outside_stores(output)
     p = Path(output)
     if p.is_dir():
         raise InputError(f"-o {output}: is a folder, expected a file name")
@@ -153,12 +156,18 @@ def emit(answer, fmt: str, output: str | None, echo: Callable[[str], None], max_
     """Write an answer (a streaming connection.Result or a pyarrow Table) as table, CSV, JSON
     (an array of records) or Parquet, to the file `output` or through echo(text)."""
     check_output(fmt, output)
-    if fmt == "parquet":
-        return _parquet(answer, output)
-    with _sink(output, echo) as write:
-        if fmt == "csv":
-            _csv(answer, write)
-        elif fmt == "json":
-            _json(answer, write)
-        else:
-            _table(answer, write, max_rows)
+    try:
+        if fmt == "parquet":
+            return _parquet(answer, output)
+        with _sink(output, echo) as write:
+            if fmt == "csv":
+                _csv(answer, write)
+            elif fmt == "json":
+                _json(answer, write)
+            else:
+                _table(answer, write, max_rows)
+    except OSError as e:
+        if not output or isinstance(e, BrokenPipeError):   # stdout's errors are the CLI's to report
+            raise
+        # a full disk, no permission: the file and the reason (atomic_path removed the temporary)
+        raise InputError(f"-o {output}: cannot write it ({e.strerror or ' '.join(str(e).split())})") from None

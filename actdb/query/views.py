@@ -47,7 +47,6 @@ Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..settings import RANGES, THRESHOLDS, threshold_range
 from ..store.index_info import IndexConfig, IndexInfo

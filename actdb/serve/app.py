@@ -1,7 +1,9 @@
 """`actdb serve`: the Starlette app. Each page is one route answering HTML, and the same
 route under /api/ answering its data as JSON; the handlers only read the URL, call one
 function of pages.py and render its dict. Errors: 404 naming what was not found, 400 for
-input the user can fix, 500 as one line; never a traceback.
+input the user can fix (408 for a console query past its time limit), 503 for a store file
+gone or damaged since the server started, 500 as one line; never a traceback. Requests whose
+Host header is not loopback or --host get 400 (ServeSettings.allowed_hosts).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ActdbError, InputError
+from ..errors import ActdbError, InputError, StoreError
 from ..settings import ServeSettings
 from . import pages
 from .pages import Explorer, LayerQuery, NotFound
@@ -67,9 +69,12 @@ def store_names(stores: list) -> list[str]:
 
 def _int(value: str, what: str) -> int:
     try:
-        return int(value)
+        n = int(value)
     except (TypeError, ValueError):
         raise NotFound(f"{what} {value!r}: expected a number") from None
+    if not -2**63 <= n < 2**63:   # past what the views' integers hold
+        raise InputError(f"{what} {value!r}: expected a number below 2**63")
+    return n
 
 
 def create_app(stores: list, settings: ServeSettings | None = None):
@@ -77,6 +82,8 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     import jinja2
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Mount, Route
@@ -109,15 +116,22 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     def is_api(request: Request) -> bool:
         return request.url.path.startswith("/api/")
 
+    def status_of(data: dict) -> int:
+        """A console answer with an error is 400, 408 past its time limit; any other page is 200."""
+        if not data.get("error"):
+            return 200
+        return 408 if data.get("timed_out") else 400
+
     def page(template: str, fn: Callable[[Request], dict[str, Any]]):
         """A route endpoint: `fn` gives the data; HTML through `template`, or JSON under /api/.
         A plain function: Starlette runs it in a worker thread, so pages run side by side."""
         def endpoint(request: Request) -> Response:
             data = fn(request)
+            status = status_of(data)
             if is_api(request):
-                return JSONResponse(data)
+                return JSONResponse(data, status_code=status)
             return templates.TemplateResponse(request, template, {"d": data, "page_name": template[:-5]},
-                                              status_code=400 if data.get("error") else 200)
+                                              status_code=status)
         return endpoint
 
     # ------------------------------------------------------------ the pages' data (thin)
@@ -161,7 +175,7 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     def console_csv(request: Request) -> Response:
         answer = console_data(request)
         if answer["error"]:
-            return PlainTextResponse(answer["error"] + "\n", status_code=400)
+            return PlainTextResponse(answer["error"] + "\n", status_code=status_of(answer))
         headers = {"content-disposition": f'attachment; filename="{answer["store"]}-query.csv"'}
         if answer["truncated"]:
             headers["x-actdb-cut-off"] = f"first {answer['max_rows']} rows (--max-rows)"
@@ -209,12 +223,23 @@ def create_app(stores: list, settings: ServeSettings | None = None):
         msg = f"{request.url.path}: no such page" if exc.status_code == 404 else str(exc.detail)
         return error(request, exc.status_code, msg)
 
+    def unavailable(request, exc) -> Response:
+        # a store file deleted, cut or changed since the server started: the store's to mend, not the user's
+        if isinstance(exc, OSError):
+            why = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+            message = f"{exc.filename}: {why}" if exc.filename else why
+        else:
+            message = str(exc)
+        return error(request, 503, message)
+
     def internal(request, exc) -> Response:
         print(f"actdb serve: internal error on {request.url.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return error(request, 500, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}")
 
-    handlers = {NotFound: not_found, ActdbError: bad_input, HTTPException: http_error, Exception: internal}
-    app = Starlette(routes=routes, exception_handlers=handlers)
+    handlers = {NotFound: not_found, ActdbError: bad_input, StoreError: unavailable, OSError: unavailable,
+                HTTPException: http_error, Exception: internal}
+    app = Starlette(routes=routes, exception_handlers=handlers,
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)])
     app.state.explorers = explorers
     return _SecurityHeaders(app)
 

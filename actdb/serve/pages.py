@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ActdbError, InputError
-from ..query.connection import connect
+from ..query.connection import QueryMemory, QueryTimeout, connect
 from ..query.handle import Store
 from ..settings import ServeSettings
 
@@ -52,10 +52,15 @@ def _records(df) -> list[dict[str, Any]]:
 
 class _ConsoleStore(Store):
     """The console's own database, one DuckDB thread: a long console query takes one core
-    and leaves the others to the pages."""
+    and leaves the others to the pages; its memory is capped at --memory-mb, so one query
+    cannot grow the server without bound."""
+
+    def __init__(self, path, rule: str | None, memory_mb: float) -> None:
+        super().__init__(path, rule=rule)
+        self.memory_mb = memory_mb
 
     def _connect(self):
-        return connect(self, threads=1)
+        return connect(self, threads=1, memory_mb=self.memory_mb)
 
 
 class Explorer:
@@ -108,7 +113,7 @@ class Explorer:
             if console:
                 with self._lock:
                     if self._console is None:
-                        console = _ConsoleStore(self.base.path, rule=self.base.rule)
+                        console = _ConsoleStore(self.base.path, self.base.rule, self.s.memory_mb)
                         console.views()   # every view made now, on the connection its cursors share
                         self._console = console
                 base = self._console
@@ -400,9 +405,12 @@ def layer_page(ex: Explorer, layer: int, lq: LayerQuery) -> dict[str, Any]:
         df = df.sort([lq.sort, "neuron"], descending=[lq.desc, False], nulls_last=True)
     size = ex.s.page_size
     total = df.height
+    pages = max(1, -(-total // size))
+    if lq.page > pages:
+        raise NotFound(f"page {lq.page}: the table of layer {layer} has {pages} page(s)")
     rows = _records(df.slice((lq.page - 1) * size, size))
     return {"store": ex.name, "layer": layer, "layers": list(ex.manifest.layers), "columns": LAYER_COLUMNS,
-            "rows": rows, "total": total, "page": lq.page, "pages": max(1, -(-total // size)), "page_size": size,
+            "rows": rows, "total": total, "page": lq.page, "pages": pages, "page_size": size,
             "query": lq.args(), "has_massive": has_massive, "patterns": list(PATTERNS),
             "d_ffn": ex.manifest.d_ffn, "n_tokens": ex.manifest.n_tokens}
 
@@ -673,8 +681,10 @@ def console(ex: Explorer, sql: str | None, params: dict[str, str], saved: str | 
         with ex.st(console=True).stream(sql, params, timeout=ex.s.timeout, timeout_hint="--timeout of actdb serve") as res:
             out["columns"] = [{"name": n, "type": t} for n, t in res.columns]
             rows = res.fetch(ex.s.max_rows + 1)
-    except InputError as e:   # bad SQL, a refused file, a time limit: the user's to fix
-        out["error"] = str(e)
+    except InputError as e:   # bad SQL, a refused file, a time or memory limit: the user's to fix
+        out["error"] = str(e) + (f" (--memory-mb {ex.s.memory_mb:g} of actdb serve)"
+                                 if isinstance(e, QueryMemory) else "")
+        out["timed_out"] = isinstance(e, QueryTimeout)
         return out
     out["truncated"] = len(rows) > ex.s.max_rows
     out["rows"] = [[jsonable(v) for v in r] for r in rows[:ex.s.max_rows]]

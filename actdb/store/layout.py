@@ -18,11 +18,18 @@
       _index_old/                the old index for an instant of a swap without an atomic exchange
       _staging/                  token ids and sequence offsets for the forward passes
       _checksums/                while ingesting: the checksum records of each committed step
+
+Inside its folders actdb writes only the names of the grammar below (is_actdb_file): a
+rebuild or --overwrite deletes those folders, so anything else in them is refused first.
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Iterable
 
+from ..errors import InputError
 from ..io import temporary_of
 
 MANIFEST_FILE = "manifest.json"
@@ -31,8 +38,6 @@ LOCK_FILE = ".actdb.lock"
 CHECKSUMS_FILE = "checksums.json"
 PENDING_CHECKSUMS = "_checksums"
 STAGING = "_staging"
-STAGED_IDS = "token_ids.i32"        # _staging/: every row's token id, int32, in row order
-STAGED_OFFSETS = "seq_offsets.i64"  # _staging/: each sequence's first row, int64, and the row count last
 MASKS_DIR = "masks"
 CAPTURE_DIR = "capture"
 TOKENS_DIR = "tokens"
@@ -43,6 +48,9 @@ INDEX_DIR = "index"
 INDEX_BUILD_DIR = "_index_build"
 INDEX_OLD_DIR = "_index_old"
 RULES_DIR = "rules"
+STAGING_IDS = "token_ids.i32"       # _staging/: every sequence's token ids, back to back
+STAGING_OFFSETS = "seq_offsets.i64"  # _staging/: where each sequence starts in STAGING_IDS
+STAGING_PROBE = "ray-probe"          # _staging/: the token a Ray driver writes for its workers to read back
 SIGN_RULE = "sign"   # the rule of SPEC §1.1, whose masks and index stay at the top of the store
 
 # everything directly under STORE/ that actdb writes; --overwrite removes these and nothing else
@@ -60,6 +68,31 @@ def is_store_entry(name: str) -> bool:
         return True
     return temporary_of(name) in STORE_ENTRIES
 
+# a folder holding any of these is a store, or one being written: user actions write nothing inside it
+STORE_MARKERS = (MANIFEST_FILE, STATE_FILE, LOCK_FILE)
+
+
+def enclosing_store(path: str | Path) -> tuple[Path, str] | None:
+    """(store folder, the marker it holds) when `path` is a store or lies anywhere inside one,
+    symlinks followed and `..` resolved (the path itself need not exist); else None."""
+    p = Path(path).resolve()
+    for folder in (p, *p.parents):
+        for marker in STORE_MARKERS:
+            if os.path.lexists(folder / marker):
+                return folder, marker
+    return None
+
+
+def check_outside_stores(path: str | Path, option: str = "-o") -> None:
+    """Refuse, in one line, an output path that is or lies inside a store: every output option
+    (sql, query, plot, report) asks this before it writes anything."""
+    found = enclosing_store(path)
+    if found is not None:
+        store, marker = found
+        raise InputError(f"{option} {path}: inside the actdb store {store} (it holds {marker}); expected a path "
+                         "outside any store; nothing was written")
+
+
 # magnitude capture (ingest/capture.py): arrays CAPTURE_DIR/{kind}_{field}
 CAPTURE_KINDS = {"resid+ffn": ("resid", "ffn"), "resid": ("resid",), "none": ()}
 CAPTURE_FIELDS = ("topk_value", "topk_dim", "median", "seq_median")
@@ -74,6 +107,65 @@ INDEX_TMP = "_tmp"
 TRANSIENT = frozenset({INDEX_BUILD_DIR, INDEX_OLD_DIR, INDEX_PARTS, INDEX_TMP, STAGING, PENDING_CHECKSUMS})
 INDEX_CAPTURE_DIR = "capture"
 INDEX_PROJECTION_FILE = "vocab_projection.parquet"
+INDEX_TABLES = ("neuron_fires", "neuron_domains", "neuron_positions", "positional", "neuron_tokens",
+                "neuron_bigrams", "neuron_trigrams", "coverage", "token_detectors", "trigram_detectors")
+INDEX_COUNTS = ("position_counts", "token_counts", "bigram_counts", "trigram_counts")
+
+
+def _grammar() -> re.Pattern:
+    """Every path (relative to STORE/, '/'-separated) that actdb writes inside its folders."""
+    chunks = r"(?:zarr\.json|c(?:/\d+)+)"                       # zarr v3: metadata, chunk keys
+    part = r"part-\d{6,}\.parquet"
+    table = "(?:" + "|".join(INDEX_TABLES + INDEX_COUNTS) + r")\.parquet"
+    index = (rf"(?:{re.escape(INDEX_FILE)}|{re.escape(INDEX_STATE)}|{table}|{re.escape(INDEX_PROJECTION_FILE)}"
+             rf"|{INDEX_CAPTURE_DIR}/{part}"
+             rf"|{INDEX_PARTS}/\.?l\d+_n\d+(?:\.tmp)?/{table}"     # a unit's parts (index/build.py)
+             rf"|{INDEX_TMP}/col_[a-z_]+\.npy)")                       # the token arrays (index/tokens.py)
+    rule = rf"(?:{RULES_DIR}/[A-Za-z0-9._-]+/)?"
+    staging = "|".join(map(re.escape, (STAGING_IDS, STAGING_OFFSETS, STAGING_PROBE)))
+    return re.compile("|".join([
+        rf"{rule}{MASKS_DIR}/(?:zarr\.json|layer_\d+/{chunks})",
+        rf"{CAPTURE_DIR}/(?:zarr\.json|[a-z]+_[a-z_]+/{chunks})",
+        rf"{TOKENS_DIR}/{part}",
+        rf"{STAGING}/(?:{staging})",
+        rf"{PENDING_CHECKSUMS}/[A-Za-z0-9_.-]+\.json",
+        rf"{rule}(?:{INDEX_DIR}|{INDEX_BUILD_DIR}|{INDEX_OLD_DIR})/{index}",
+    ]))
+
+
+_ACTDB_PATH = _grammar()
+_ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")   # zarr's write of a chunk, cut short
+
+
+def is_actdb_file(rel: str) -> bool:
+    """Whether actdb writes the file at `rel` (relative to STORE/, '/'-separated) inside one of its
+    folders, or a write of it cut short left it (io.atomic_path's temporary, zarr's .partial)."""
+    folder, _, name = rel.rpartition("/")
+    original = temporary_of(name)
+    if original is not None:
+        rel = f"{folder}/{original}" if folder else original
+    elif _ZARR_PARTIAL.fullmatch(name):
+        return folder.split("/", 1)[0] in (MASKS_DIR, CAPTURE_DIR, RULES_DIR)
+    return _ACTDB_PATH.fullmatch(rel) is not None
+
+
+def foreign_file(root: Path, folders: Iterable[Path]) -> Path | None:
+    """The first file (or link) under `folders` (actdb's folders of the store at `root`) that actdb
+    does not write, else None. Links are not followed."""
+    root = Path(root)
+    todo = sorted(Path(f) for f in folders)
+    while todo:
+        folder = todo.pop(0)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                todo.append(Path(e.path))
+            elif not is_actdb_file(Path(e.path).relative_to(root).as_posix()):
+                return Path(e.path)
+    return None
 
 
 def rule_slug(rule: str) -> str:

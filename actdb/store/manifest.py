@@ -25,6 +25,12 @@ READABLE_VERSIONS = (1, 2, 3, 4)
 SEALED_SINCE = 4   # versions from this one on must carry their checksum
 
 
+# upper bounds (bits) of the manifest's integers
+_INT_BITS = {"n_tokens": 48, "n_sequences": 48, "n_docs": 48, "max_tokens": 48, "n_layers": 16, "d_ffn": 24,
+             "d_model": 24, "vocab_size": 32, "seq_len": 24, "block_tokens": 32, "neuron_chunk": 24,
+             "capture_topk": 16}
+
+
 @dataclass(frozen=True)
 class CorpusFile:
     path: str
@@ -118,6 +124,10 @@ class Manifest:
         expect(self.n_tokens >= 0, "n_tokens", ">= 0", self.n_tokens)
         expect(self.block_tokens > 0 and self.block_tokens % 8 == 0, "block_tokens", "a positive multiple of 8", self.block_tokens)
         expect(self.seq_len >= 2, "seq_len", ">= 2", self.seq_len)
+        # far above any real store: these numbers size loops and arrays before any file is read
+        for name, bits in _INT_BITS.items():
+            v = getattr(self, name)
+            expect(v is None or 0 <= v < 2**bits, name, f"0 <= {name} < 2**{bits}", v)
         names = [r.name for r in self.fire_rules]
         expect(len(set(names)) == len(names), "fire_rules", "distinct rules", names)
         for r in self.fire_rules:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
+from ..io import check_regular_file
 from .layout import PROJECTION_FILE as FILE, VOCAB_FILE
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
@@ -26,6 +27,7 @@ class SafetensorsFile:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
+            check_regular_file(self.path)
             with open(self.path, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
                 if n > 100 * 2**20:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from ..io import check_regular_file
 
 
 def parse_json(text: str, source: str, what: str) -> Any:
@@ -67,6 +68,7 @@ def unseal(raw: Any, source: str, required: bool = True) -> Any:
 def read_text(path: Path) -> str | None:
     """A metadata file's text; None when it does not exist, a StoreError when it cannot be read."""
     try:
+        check_regular_file(path)
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return None

@@ -27,7 +27,7 @@ from ..io import atomic_write_text, file_digest
 from ..settings import MASK_CODECS
 from .ingest_state import IngestState, read_state as _read_state, write_state as _write_state
 from .layout import (CHECKSUMS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS, STATE_FILE,
-                     is_store_entry, layer_name)
+                     foreign_file, is_store_entry, layer_name)
 from .manifest import Manifest
 from .record import parse_json, read_text, seal, unseal
 
@@ -134,7 +134,8 @@ def write_state(root: Path, state: IngestState) -> None:
 
 def check_target(root: Path) -> None:
     """Refuse, with one line and writing nothing, a folder an ingest may not write into: it must
-    be missing, empty, or an actdb store holding nothing but the entries of the store layout."""
+    be missing, empty, or an actdb store holding nothing but the entries of the store layout, and
+    in its folders nothing but the files actdb writes."""
     if not root.exists():
         return
     if not root.is_dir():
@@ -150,6 +151,16 @@ def check_target(root: Path) -> None:
     if foreign:
         raise StoreError(f"{root}: holds {foreign[0]!r}, which actdb did not write; expected a store with "
                          f"nothing else in it (move it out and run again); nothing was changed")
+    refuse_foreign_files(root, [root / n for n in names])
+
+
+def refuse_foreign_files(root: Path, folders: list[Path]) -> None:
+    """Refuse, deleting nothing, when a file under `folders` (actdb's own folders in the store at
+    `root`) is not one actdb writes (layout.is_actdb_file): --overwrite, a resumed ingest and an
+    index rebuild delete those folders, and a user's file must not go with them."""
+    bad = foreign_file(root, folders)
+    if bad is not None:
+        raise StoreError(f"{bad}: not written by actdb; move it out and run again; nothing was changed")
 
 
 def remove_store(root: Path) -> None:

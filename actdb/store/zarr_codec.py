@@ -16,6 +16,7 @@ from zarr.core.common import JSON, parse_named_configuration
 from zarr.registry import register_codec
 
 from . import codec
+from ..settings import ZSTD_LEVELS
 
 if TYPE_CHECKING:
     from typing import Self
@@ -34,8 +35,9 @@ class BitRowsCodec(BytesBytesCodec):
     level: int = 1
 
     def __init__(self, *, level: int = 1) -> None:
-        if not isinstance(level, int) or isinstance(level, bool) or not -7 <= level <= 22:
-            raise ValueError(f"{NAME}: level: expected an integer in -7..22, got {level!r}")
+        lo, hi = ZSTD_LEVELS
+        if not isinstance(level, int) or isinstance(level, bool) or not lo <= level <= hi:
+            raise ValueError(f"{NAME}: level: expected an integer in {lo}..{hi}, got {level!r}")
         object.__setattr__(self, "level", level)
 
     @classmethod
