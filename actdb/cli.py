@@ -215,7 +215,7 @@ def query(store: str | None, name: str | None, params, fmt: str, output: str | N
 def check(store: str) -> None:
     """Verify STORE: manifest, checksums of every file, row counts, index freshness.
     Prints each problem with its path; exits non-zero if there is any."""
-    from .store.check import check_store
+    from .store.audit import check_store
     from .errors import StoreError
 
     report = check_store(store)

@@ -8,8 +8,8 @@ never by when a timer happened to fire:
                               count the points of an uninterrupted run and pick among them
 
 The points (see their callers):
-    atomic-tmp    io.atomic_path: the new bytes are in the temporary file, not yet renamed over
-    atomic-done   io.atomic_path: renamed, the folder not yet synced
+    atomic-tmp    files.atomic_path: the new bytes are in the temporary file, not yet renamed over
+    atomic-done   files.atomic_path: renamed, the folder not yet synced
     unit-done     the index build: a unit's parts are in place, not yet recorded as done
     mask-layer    ingest: one layer of a mask block is written (detail: the block), the block
                   not yet committed

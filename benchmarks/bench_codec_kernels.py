@@ -1,4 +1,4 @@
-"""The bitrows codec's compiled kernels (actdb/store/codec_jit.py, numba) against its numpy
+"""The bitrows codec's compiled kernels (actdb/store/codec_kernels.py, numba) against its numpy
 path (the code before them, kept as the reference), in one run, on chunks of the sparse
 layers of the query store (bench_queries.py's OPT-125m-shaped store, SPEC §4: layer 2, median
 rate 0.4 %, and layer 9, median 2 %) at the store's default chunk shape, 512 neurons x
@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actdb.store import codec, codec_jit  # noqa: E402
+from actdb.store import codec, codec_kernels  # noqa: E402
 from bench_queries import layer_mask, layer_spec, stamp, token_ids  # noqa: E402
 
 ROWS, TOKENS = 512, 32768
@@ -55,7 +55,7 @@ def main() -> None:
                   for r in range(0, packed.shape[0], ROWS) for t in range(0, args.tokens, TOKENS)]
         mb = sum(c.nbytes for c in chunks) / 1e6
         res, enc = {}, {}
-        for name, jit in (("numpy", False), ("compiled", codec_jit)):
+        for name, jit in (("numpy", False), ("compiled", codec_kernels)):
             codec._JIT = jit
             enc[name] = [codec.encode(c) for c in chunks]
             e = enc[name]

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from actdb.io import file_digest
+from actdb.files import file_digest
 from actdb.store.manifest import Manifest
 from actdb.store.record import CHECKSUM_KEY, seal
 

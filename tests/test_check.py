@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import actdb
 from actdb.cli import main
-from actdb.io import file_digest
+from actdb.files import file_digest
 from records import record_files, rewrite_record
 from test_ingest_masks import run_ingest
 

@@ -190,23 +190,23 @@ def test_malformed_chunks_raise_one_line_value_errors(damage, path, monkeypatch)
 
 
 def set_path(monkeypatch, path: str) -> None:
-    """Run the codec by its compiled kernels (codec_jit) or by the numpy reference."""
+    """Run the codec by its compiled kernels (codec_kernels) or by the numpy reference."""
     if path == "compiled":
-        from actdb.store import codec_jit
-        monkeypatch.setattr(codec, "_JIT", codec_jit)
+        from actdb.store import codec_kernels
+        monkeypatch.setattr(codec, "_JIT", codec_kernels)
     else:
         monkeypatch.setattr(codec, "_JIT", False)
 
 
 def both(fn, *args, **kwargs):
     """fn(*args) by the numpy reference and by the compiled kernels."""
-    from actdb.store import codec_jit
+    from actdb.store import codec_kernels
 
     saved = codec._JIT
     try:
         codec._JIT = False
         ref = fn(*args, **kwargs)
-        codec._JIT = codec_jit
+        codec._JIT = codec_kernels
         return ref, fn(*args, **kwargs)
     finally:
         codec._JIT = saved

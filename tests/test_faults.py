@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import actdb
-from actdb.io import temporary_of
+from actdb.files import temporary_of
 from actdb.cli import main
 from crash import run_to_fault, traced_points
 from test_ingest_masks import run_ingest

@@ -102,7 +102,7 @@ def test_resume_refuses_other_rules(model_dirs, corpus_file, tmp_path, monkeypat
 
 
 def test_check_covers_every_rule(model_dirs, corpus_file, tmp_path):
-    from actdb.store.check import check_store
+    from actdb.store.audit import check_store
 
     ingest_rules(model_dirs("opt"), corpus_file, tmp_path / "s", index=True)
     report = check_store(tmp_path / "s")

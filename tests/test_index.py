@@ -71,7 +71,7 @@ def make_known(path: Path, prefix: bool = True) -> Path:
 @pytest.fixture(scope="session")
 def known_store(tmp_path_factory):
     p = make_known(tmp_path_factory.mktemp("known") / "store")
-    from issue4_refs import plant
+    from refs_projection_massive import plant
 
     plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())  # projection weights + capture
     build_index(p, progress=False, neuron_chunk=5)
@@ -386,7 +386,7 @@ def test_pad_slots(known_store, noprefix_store):
 def test_old_index_version_is_stale(tmp_path):
     """An index of version 2 or 3 (n-grams without PAD) is refused by the views and reported by
     check with the rebuild command; `actdb index` rebuilds it."""
-    from actdb.store.check import check_store
+    from actdb.store.audit import check_store
 
     p = make_known(tmp_path / "s", prefix=False)
     build_index(p, progress=False)

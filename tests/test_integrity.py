@@ -106,7 +106,7 @@ def test_another_stores_docs_are_refused_by_the_explorer(store, model_dirs, corp
                        max_tokens=200).path
     shutil.copyfile(other / "docs.parquet", store / "docs.parquet")
     st = actdb.open(store)
-    with TestClient(create_app([st]), raise_server_exceptions=False) as c:
+    with TestClient(create_app([st]), base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         r = c.get(f"/s/{store_names([st])[0]}/doc/0")
         assert r.status_code >= 400 and "docs.parquet" in r.text and "Traceback" not in r.text
 
@@ -277,7 +277,7 @@ def test_a_running_server_picks_up_a_rebuild(store):
     def coverage(handle):
         return handle.sql("SELECT n, n_covering FROM coverage WHERE layer = $l AND neuron = $n ORDER BY n",
                           {"l": layer, "n": neuron}).rows()
-    with TestClient(create_app([st]), raise_server_exceptions=False) as c:
+    with TestClient(create_app([st]), base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         before = [(x["n"], x["n_covering"]) for x in c.get(url).json()["coverage"]]
         assert before == coverage(st)
         r = subprocess.run([ACTDB, "index", str(store), "--force", "--no-progress", "--p-cov", "0.5"],

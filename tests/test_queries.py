@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import issue4_refs
+import refs_projection_massive
 from actdb.query.catalogue import saved_queries
 from test_index import gram_ids, known_ref, known_store, real_ref, real_store  # noqa: F401 (fixtures)
 
@@ -28,8 +28,8 @@ TRI_BINS = [(1, 50), (51, 100), (101, 200), (201, 500), (501, 1000), (1001, 5000
 
 
 def expected(name: str, ref, st) -> list[tuple]:
-    if name in issue4_refs.NAMES:
-        return issue4_refs.expected(name, ref, st)
+    if name in refs_projection_massive.NAMES:
+        return refs_projection_massive.expected(name, ref, st)
     L = ref.layers
     if name == "dead_per_layer":
         return [(l, ref.d, int((ref.fires(l) == 0).sum()), 100 * (ref.fires(l) == 0).mean()) for l in L]
@@ -138,7 +138,7 @@ def test_saved_queries_are_nontrivial_on_known_store(known_store):
     share = st.query("detector_suppression_share")
     assert share["n_detectors"][-1] >= 4 and 0 < share["share_suppressing"][-1] < 1
     sites = st.query("massive_sites")
-    assert sites["dim"].to_list() == [issue4_refs.MASSIVE_DIM], "the decoy fails the ratio test"
+    assert sites["dim"].to_list() == [refs_projection_massive.MASSIVE_DIM], "the decoy fails the ratio test"
     assert sites["share_first_position"][0] == 1.0 and sites["first_layer"][0] == 1
 
 

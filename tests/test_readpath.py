@@ -146,10 +146,10 @@ def test_relative_store_path_is_confined_too(store, monkeypatch):
 
 
 def test_proj_score_udf_still_works(tmp_path):
-    import issue4_refs
+    import refs_projection_massive
 
     p = make_known(tmp_path / "s")
-    issue4_refs.plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())
+    refs_projection_massive.plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())
     build_index(p, progress=False)
     st = actdb.open(p)
     s = st.sql("SELECT proj_score(0, 1, 3) AS s")["s"][0]
@@ -341,10 +341,10 @@ def test_read_path_imports_no_torch(store, args):
 def test_views_are_made_when_a_statement_names_them(tmp_path):
     """A one-line query binds only the views it names (and those they use); the rest, and
     proj_score, come when a later statement names them, with the confinement already locked."""
-    import issue4_refs
+    import refs_projection_massive
 
     p = make_known(tmp_path / "s")
-    issue4_refs.plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())
+    refs_projection_massive.plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())
     build_index(p, progress=False)
     code = ("import sys, actdb\nst = actdb.open(sys.argv[1])\n"
             "print(st.sql('SELECT count(*) AS n FROM layer_stats')['n'][0])\n"

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import actdb
 from actdb.cli import main
-from actdb.io import temporary_of
+from actdb.files import temporary_of
 from crash import run_to_fault, traced_points
 from test_ingest_masks import run_ingest
 from tiny import make_corpus

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from actdb.cli import main
 from actdb.errors import StoreError
-from actdb.store.check import check_store
+from actdb.store.audit import check_store
 from actdb.store.layout import LOCK_FILE, STORE_ENTRIES
 from actdb.store.lock import writer_lock
 from actdb.store.writer import check_target, is_store, remove_store

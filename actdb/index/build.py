@@ -62,7 +62,7 @@ import pyarrow.parquet as pq
 
 from ..faults import point as fault_point
 from ..errors import InputError, StoreError
-from ..io import (PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs, file_digest, remove_temporaries,
+from ..files import (PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs, file_digest, remove_temporaries,
                   write_parquet)
 from ..settings import IndexSettings, RaySettings, parse_layer_list
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
@@ -246,7 +246,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     from concurrent.futures import ThreadPoolExecutor
 
     from .massive import build_capture_index
-    from .projection import build_projection_index
+    from .vocab_projection import build_projection_index
 
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="actdb-projection") as ex:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..io import write_parquet
+from ..files import write_parquet
 from ..store.layout import INDEX_CAPTURE_DIR, part_name
 
 

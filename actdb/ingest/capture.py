@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import atomic_path
+from ..files import atomic_path
 from ..store.layout import CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, PROJECTION_FILE
 from .adapters import get_module
 from .packing import compiled

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import InputError
-from ..io import sha256_file  # noqa: F401  (corpus files are hashed for the manifest)
+from ..files import sha256_file  # noqa: F401  (corpus files are hashed for the manifest)
 
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "text", ".text": "text",
             ".md": "text", ".parquet": "parquet", ".py": "text"}

@@ -32,7 +32,7 @@ from .rules import MagnitudeRule, definition, magnitude_rules, top_thresholds, u
 from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
-from ..io import file_digest, remove_temporaries
+from ..files import file_digest, remove_temporaries
 from ..store.manifest import FORMAT_VERSION, CorpusFile, FireRuleRecord, Manifest
 from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)

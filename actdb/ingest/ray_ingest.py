@@ -32,7 +32,7 @@ import torch
 
 from ..cluster import MAX_RESTARTS, Shape, connected, failure, worker_shape
 from ..errors import StoreError
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
 from ..store.layout import CAPTURE_KINDS as KINDS, STAGING, STAGING_PROBE, rule_dir

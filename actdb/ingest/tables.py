@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from .corpus import Document, SpecialTokens, sequences
 from ..errors import InputError
 from ..settings import IngestSettings
-from ..io import PARQUET_OPTIONS, atomic_path, write_parquet
+from ..files import PARQUET_OPTIONS, atomic_path, write_parquet
 from ..store.layout import (DOCS_FILE, STAGING, STAGING_IDS, STAGING_OFFSETS, TOKENS_DIR, VOCAB_FILE, doc_schema,
                             part_name, token_schema)
 

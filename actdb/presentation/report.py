@@ -11,7 +11,7 @@ import re
 import time
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from ..store.layout import check_outside_stores, rule_slug
 from ..errors import ActdbError, InputError
 

@@ -14,7 +14,8 @@ from typing import Any, Iterator, Mapping
 from ..errors import InputError, StoreError
 from ..store.index_info import bound_index_info, index_path
 from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file, rule_dir
-from ..store.verify import SQL_WORD, CheckTimeout, created_name, parquet_guard, view_dependencies
+from ..store.parquet_guard import CheckTimeout, parquet_guard
+from .dependencies import created_name, files_read, view_dependencies, words
 
 
 def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = None, memory_mb: float | None = None):
@@ -52,7 +53,8 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
         else:
             absent.update(dict.fromkeys((created_name(v) for v in these), why))
     # which files each view reads, checked before each query
-    guard = parquet_guard(store, stmts)
+    guard = parquet_guard(store, fresh=True)
+    store._view_deps = view_dependencies(stmts)   # what each view reads, for the checks of a statement
     confine(con, store.path, memory_mb)
     views = _LazyViews(con, store, stmts, guard, absent)
     if not lazy:
@@ -83,18 +85,18 @@ class _LazyViews:
         self.store, self.guard = store, guard
         self.stmts = stmts
         self.names = [created_name(s) for s in stmts]
-        self.deps = {name: names for name, (_, names) in view_dependencies(stmts).items()}
+        self.deps = {name: names for name, (_, names) in store._view_deps.items()}
         self.udf = {name for name, s in zip(self.names, stmts) if "proj_score(" in s}
         self.done: set[str] = set()
         self.proj_score = False
         self.absent = absent   # view -> why this store lacks it
 
     def ensure(self, sql: str) -> None:
-        words = {w.lower() for w in SQL_WORD.findall(sql)}
-        if words & _CATALOGUE or any(w.startswith("duckdb_") for w in words):
+        named = words(sql)
+        if named & _CATALOGUE or any(w.startswith("duckdb_") for w in named):
             want = set(self.deps)
         else:
-            want, todo = set(), [w for w in words if w in self.deps]
+            want, todo = set(), [w for w in named if w in self.deps]
             while todo:
                 name = todo.pop()
                 if name not in want:
@@ -102,7 +104,7 @@ class _LazyViews:
                     todo += self.deps[name]
         want -= self.done
         # proj_score exists where the store has a projection (some view uses it)
-        if self.udf and not self.proj_score and (want & self.udf or "proj_score" in words):
+        if self.udf and not self.proj_score and (want & self.udf or "proj_score" in named):
             from .views import register_proj_score
 
             register_proj_score(self.con(), self.store)
@@ -427,7 +429,8 @@ def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=Non
     # DuckDB does not check Parquet page CRCs: the sha256 of each file read, within the time limit
     deadline = time.monotonic() + timeout if timeout else None
     try:
-        guard.verify_for_sql(sql, deadline)
+        files = files_read(sql, getattr(store, "_view_deps", None) or {})
+        guard.verify_all(deadline) if files is None else guard.verify(sorted(files), deadline)
     except CheckTimeout as e:
         raise QueryTimeout(f"query stopped after {timeout:g} s ({timeout_hint}) while checking the store's files "
                            f"against their records ({e.checked} checked; `actdb check {store.path}` checks them "

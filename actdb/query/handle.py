@@ -11,6 +11,16 @@ from ..store.reader import StoreReader
 from .connection import ensure_all_views
 
 
+def _owned_by_connection(key: str) -> property:
+    """An attribute kept by the handle that owns the DuckDB connection (its thread handles share it)."""
+    def get(self):
+        return (self.__dict__.get("_parent") or self).__dict__.get(key)
+
+    def put(self, value) -> None:
+        (self.__dict__.get("_parent") or self).__dict__[key] = value
+    return property(get, put)
+
+
 class Store(StoreReader):
     """Read-only handle on a complete store: its files (StoreReader) and its SQL views, those of
     its fire rule (`rule`; a `rule` parameter of a call picks another recorded rule)."""
@@ -32,15 +42,11 @@ class Store(StoreReader):
 
     generation = 0   # how many times the handle reconnected to a rebuilt index
 
-    # the file records of the connection's views (store/verify.py), kept by the handle that owns
-    # the connection: a thread's handle uses its parent's, made anew with each reconnection
-    def _get_guard(self):
-        return (self.__dict__.get("_parent") or self).__dict__.get("_guard")
-
-    def _set_guard(self, guard) -> None:
-        (self.__dict__.get("_parent") or self).__dict__["_guard"] = guard
-
-    _parquet_guard = property(_get_guard, _set_guard)
+    # the file records of the connection's views (store/parquet_guard.py) and what each view reads
+    # (query/dependencies.py) belong to the handle that owns the connection: a thread's handle uses
+    # its parent's, made anew with each reconnection
+    _parquet_guard = _owned_by_connection("_guard")
+    _view_deps = _owned_by_connection("_deps")
 
     def _connect(self):
         from .connection import connect
@@ -50,7 +56,7 @@ class Store(StoreReader):
     def _index_key(self) -> tuple:
         """The identity (stat) of the index records this handle's views read: another after an
         `actdb index --force` swapped a rebuilt index in."""
-        from ..io import stat_key
+        from ..files import stat_key
         from ..store.index_info import index_path
         from ..store.layout import INDEX_FILE, rule_dir
 
@@ -74,7 +80,7 @@ class Store(StoreReader):
             if con is not None and key != self.__dict__.get("_con_key"):
                 self.check_current()   # a store written again is an error, not a reconnect
                 con.close()
-                for name in ("_con", "_views", "_guard"):
+                for name in ("_con", "_views", "_guard", "_deps"):
                     self.__dict__.pop(name, None)
                 self.generation += 1
                 con = None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..files import atomic_path
 from ..store.layout import check_outside_stores
 
 FORMATS = ("table", "csv", "json", "parquet")

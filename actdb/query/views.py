@@ -274,7 +274,7 @@ def register_proj_score(con, store) -> None:
         # pyarrow, numpy and the weights load on the first call: opening the views stays cheap
         import pyarrow as pa
 
-        from ..store.projection import Projection
+        from ..store.projection_weights import Projection
 
         nonlocal proj
         proj = proj or Projection(store)

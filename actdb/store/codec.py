@@ -112,14 +112,14 @@ def _read_fields(stream: np.ndarray, off: np.ndarray, k: np.ndarray) -> np.ndarr
 
 
 def _jit():
-    """The compiled kernels (codec_jit), or None: numba missing, or ACTDB_CODEC_JIT=0 (the
+    """The compiled kernels (codec_kernels), or None: numba missing, or ACTDB_CODEC_JIT=0 (the
     numpy path, kept as the reference the kernels are tested against)."""
     global _JIT
     if _JIT is None:
         _JIT = False
         if os.environ.get("ACTDB_CODEC_JIT", "1") != "0":
             try:
-                from . import codec_jit as _JIT
+                from . import codec_kernels as _JIT
             except ImportError:
                 pass
     return _JIT or None
@@ -191,7 +191,7 @@ def _encode_group(chunk: np.ndarray, words: np.ndarray | None, rows: np.ndarray,
                   coded: np.ndarray, k: np.ndarray, level: int) -> tuple[bytes, bytes]:
     """Rice-code `rows` (ONES or ZEROS, coded > 0) of the chunk: (unary, rem) bytes. Rows
     that show structure and are smaller under zstd are moved to RAW (mode, coded updated).
-    words: the chunk as codec_jit.chunk_words() for the compiled path, else None."""
+    words: the chunk as codec_kernels.chunk_words() for the compiled path, else None."""
     n_bits = chunk.shape[1] * 8
     jit = _jit() if words is not None else None
     inv = mode[rows] == ZEROS

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, StoreError
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from ..settings import THRESHOLDS, IndexSettings, parse_fire_rule, range_problem, threshold_range
 from .layout import INDEX_DIR, INDEX_FILE
 from .record import check_version, from_dict, parse_json, read_text, seal, unseal

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from .layout import STATE_FILE
 from .record import check_version, from_dict, parse_json, read_text, seal, unseal
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import InputError
-from ..io import temporary_of
+from ..files import temporary_of
 
 MANIFEST_FILE = "manifest.json"
 STATE_FILE = "ingest-state.json"
@@ -57,7 +57,7 @@ SIGN_RULE = "sign"   # the rule of SPEC §1.1, whose masks and index stay at the
 STORE_ENTRIES = (MANIFEST_FILE, STATE_FILE, LOCK_FILE, CHECKSUMS_FILE, PENDING_CHECKSUMS, STAGING, MASKS_DIR,
                  CAPTURE_DIR, TOKENS_DIR, DOCS_FILE, VOCAB_FILE, PROJECTION_FILE, INDEX_DIR, INDEX_BUILD_DIR,
                  INDEX_OLD_DIR, RULES_DIR)
-# what a write cut short leaves beside an entry: io.atomic_path's .NAME.PID.tmp (io.temporary_of),
+# what a write cut short leaves beside an entry: files.atomic_path's .NAME.PID.tmp (files.temporary_of),
 # the token tables' docs.tmp.parquet
 DOCS_TMP = "docs.tmp.parquet"
 
@@ -139,7 +139,7 @@ _ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")   # zarr's write of 
 
 def is_actdb_file(rel: str) -> bool:
     """Whether actdb writes the file at `rel` (relative to STORE/, '/'-separated) inside one of its
-    folders, or a write of it cut short left it (io.atomic_path's temporary, zarr's .partial)."""
+    folders, or a write of it cut short left it (files.atomic_path's temporary, zarr's .partial)."""
     folder, _, name = rel.rpartition("/")
     original = temporary_of(name)
     if original is not None:

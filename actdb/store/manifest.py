@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, StoreError
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from ..settings import parse_fire_rule
 from .layout import MANIFEST_FILE, SIGN_RULE
 from .record import check_version, content_digest, from_dict, parse_json, read_text, seal, unseal

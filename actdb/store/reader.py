@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import StoreError
-from ..io import check_regular_file, file_digest, stat_key
+from ..files import check_regular_file, file_digest, stat_key
 from .layout import (CAPTURE_DIR, CHECKSUMS_FILE, DOCS_FILE, MANIFEST_FILE, PROJECTION_FILE, STATE_FILE, TOKENS_DIR,
                      VOCAB_FILE, layer_name, part_name, rule_masks, token_parts)
 from .manifest import Manifest
@@ -47,8 +47,8 @@ class StoreReader:
 
     def verify_files(self, paths: Iterable[Path]) -> None:
         """Check Parquet files of the store against their records before reading them (the
-        handle's guard, store/verify.py: each file once per handle)."""
-        from .verify import parquet_guard
+        handle's guard, store/parquet_guard.py: each file once per handle)."""
+        from .parquet_guard import parquet_guard
 
         self.check_current()
         parquet_guard(self).verify(paths)
@@ -166,7 +166,7 @@ class StoreReader:
 
     def projection_file(self) -> Path:
         """projection.safetensors, checked against its record (the vocabulary projection's input)."""
-        from ..io import sha256_file
+        from ..files import sha256_file
 
         self.check_current()
         p = self.path / PROJECTION_FILE
@@ -201,7 +201,7 @@ class StoreReader:
             from zarr.storage import LocalStore
 
             from . import zarr_codec  # noqa: F401  (registers the actdb.bitrows codec with zarr)
-            from .chunks import CheckedArray
+            from .checked_array import CheckedArray
 
             meta = group / name / "zarr.json"
             want = (self.checksum_records() or {}).get(meta.relative_to(self.path).as_posix())

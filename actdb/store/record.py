@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..io import check_regular_file
+from ..files import check_regular_file
 
 
 def parse_json(text: str, source: str, what: str) -> Any:

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from .manifest import FORMAT_VERSION, Manifest
 from .writer import MaskWriter, codec_name, record_checksums, seal_checksums
-from ..io import write_parquet
+from ..files import write_parquet
 from .layout import DOCS_FILE, PENDING_CHECKSUMS, TOKENS_DIR, VOCAB_FILE, doc_schema, part_name, token_schema
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..faults import point as fault_point
 from ..errors import StoreError
-from ..io import atomic_write_text, file_digest
+from ..files import atomic_write_text, file_digest
 from ..settings import MASK_CODECS
 from .ingest_state import IngestState, read_state as _read_state, write_state as _write_state
 from .layout import (CHECKSUMS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR, PENDING_CHECKSUMS, STATE_FILE,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
-from ..io import check_regular_file
+from ..files import check_regular_file
 from .layout import PROJECTION_FILE as FILE, VOCAB_FILE
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ..errors import ActdbError
 from .manifest import Manifest
-from ..io import check_regular_file, file_digest, temporary_of
+from ..files import check_regular_file, file_digest, temporary_of
 from .index_info import index_path, read_index_info
 from .layout import (CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, CHECKSUMS_FILE, DOCS_FILE, INDEX_BUILD_DIR, INDEX_FILE,
                      INDEX_OLD_DIR, MANIFEST_FILE, MASKS_DIR, PROJECTION_FILE as FILE, STATE_FILE, TOKENS_DIR, VOCAB_FILE,

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..io import write_parquet
+from ..files import write_parquet
 from ..store.layout import INDEX_DIR, INDEX_PROJECTION_FILE
-from ..store.projection import Projection
+from ..store.projection_weights import Projection
 from .count import compiled
 
 K_MAX = 50

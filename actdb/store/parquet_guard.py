@@ -9,30 +9,22 @@ records) for the token parts, docs.parquet and vocab.parquet.
 Why sha256 and not pyarrow's page_checksum_verification: that needs a full decode of every
 column, ~0.05 GB/s per core here, against ~0.6 GB/s for sha256 over the same file, and DuckDB
 then reads the file again anyway. Kept cheap by being lazy: a query checks only the files
-behind the views and macros it names (anything that can reach other files, such as
-read_parquet or query_table, checks every file), each file once per handle (again if its
-size, mtime or inode changes). Readers write nothing, so nothing is cached on disk.
-The checks of a statement count against its time limit (a deadline: CheckTimeout).
+behind the views and macros it names (query/dependencies.py; anything that can reach other
+files, such as read_parquet or query_table, checks every file), each file once per handle
+(again if its size, mtime or inode changes). Readers write nothing, so nothing is cached on
+disk. The checks of a statement count against its time limit (a deadline: CheckTimeout).
 """
 from __future__ import annotations
 
 import glob
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import StoreError
-from ..io import sha256_file
+from ..files import sha256_file
 from .layout import CHECKSUMS_FILE, INDEX_FILE, TRANSIENT, rule_dir
-
-# table functions through which SQL reaches files or other SQL by name: check every file
-_REACH_ANYTHING = {"read_parquet", "parquet_scan", "query", "query_table", "parquet_metadata",
-                   "parquet_file_metadata", "parquet_kv_metadata", "parquet_schema", "read_blob", "glob"}
-SQL_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
-_READ_PARQUET = re.compile(r"read_parquet\(\s*'((?:[^']|'')*)'")
-
 
 class CheckTimeout(StoreError):
     """The file checks ran past their deadline; `checked` files were verified (and are remembered
@@ -46,11 +38,8 @@ class CheckTimeout(StoreError):
 class ParquetGuard:
     """The recorded digests of a store's Parquet files and the files behind each SQL view."""
 
-    def __init__(self, root: str | Path, checksum_files: dict[str, Any] | None, indexes: dict[Path, Any],
-                 statements: Iterable[str] = ()) -> None:
-        """statements: the CREATE VIEW / CREATE MACRO SQL of the connection (read here, not from
-        DuckDB's catalogue: duckdb_functions() alone takes ~30 ms); without them every query
-        checks every file. checksum_files: checksums.json's records (StoreReader.checksum_records);
+    def __init__(self, root: str | Path, checksum_files: dict[str, Any] | None, indexes: dict[Path, Any]) -> None:
+        """checksum_files: checksums.json's records (StoreReader.checksum_records);
         indexes: {index folder: its record (store.index_info.IndexInfo), or None} of every fire
         rule: a folder whose record is missing, damaged or another store's has no file anyone
         may read."""
@@ -58,7 +47,6 @@ class ParquetGuard:
         self._records: dict[str, tuple[dict[str, Any], str]] = {}   # normalised path -> (digest, where recorded)
         self._areas: list[str] = []    # folders whose every Parquet file must be recorded
         self._ok: dict[str, tuple[int, int, int]] = {}   # verified: path -> (size, mtime_ns, inode)
-        self._deps = view_dependencies(statements)   # name -> (read_parquet paths, names it uses)
         for index_dir, rec in indexes.items():
             self._areas.append(_norm(index_dir))
             for rel, digest in (rec.files if rec is not None else {}).items():
@@ -126,61 +114,16 @@ class ParquetGuard:
                              f"since it was written); not answering from it; run `actdb check {self.root}`")
         self._ok[path] = key
 
-    # ------------------------------------------------------------ SQL
-
-    def verify_for_sql(self, sql: str, deadline: float | None = None) -> None:
-        """Check the files a statement can read through the views and macros it names (by
-        `deadline`, a time.monotonic(), if given: else CheckTimeout)."""
-        words = {w.lower() for w in SQL_WORD.findall(sql)}
-        deps = self._deps
-        if not deps or words & _REACH_ANYTHING or ".parquet" in sql.lower():
-            self.verify_all(deadline)
-            return
-        todo, seen, files = [w for w in words if w in deps], set(), set()
-        while todo:
-            name = todo.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            patterns, names = deps[name]
-            files |= patterns
-            todo += names
-        self.verify(sorted(files), deadline)
-
-
-_CREATE = re.compile(r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:VIEW|MACRO)\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
-
-
-def created_name(stmt: str) -> str | None:
-    """The (lower-case) name a CREATE VIEW / CREATE MACRO statement creates, else None."""
-    m = _CREATE.match(stmt)
-    return m.group(1).lower() if m else None
-
-
-def view_dependencies(statements: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
-    """name -> (read_parquet paths, other names) of each view and macro the statements create."""
-    bodies: dict[str, str] = {}
-    for stmt in statements:
-        m = _CREATE.match(stmt)
-        if m is not None:
-            name = m.group(1).lower()
-            bodies[name] = bodies.get(name, "") + " " + stmt[m.end():]
-    return {name: ({p.replace("''", "'") for p in _READ_PARQUET.findall(body)},
-                   {w.lower() for w in SQL_WORD.findall(body)} & set(bodies) - {name})
-            for name, body in bodies.items()}
-
-
 def _norm(path: str | Path) -> str:
     return os.path.normpath(os.path.abspath(str(path)))
 
 
-def parquet_guard(store: Any, statements: Iterable[str] | None = None) -> ParquetGuard:
-    """The guard of a store handle (a StoreReader): made anew when the views are (re)created with
-    `statements`, otherwise the handle's existing one (or one that checks every file)."""
+def parquet_guard(store: Any, fresh: bool = False) -> ParquetGuard:
+    """The guard of a store handle (a StoreReader), made on first use, or anew with fresh=True
+    (the records read again: a connection made after a rebuild)."""
     guard = getattr(store, "_parquet_guard", None)
-    if guard is None or statements is not None:
-        guard = store._parquet_guard = ParquetGuard(store.path, store.checksum_records(), index_records(store),
-                                                    statements or ())
+    if guard is None or fresh:
+        guard = store._parquet_guard = ParquetGuard(store.path, store.checksum_records(), index_records(store))
     return guard
 
 
