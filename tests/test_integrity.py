@@ -287,3 +287,15 @@ def test_a_running_server_picks_up_a_rebuild(store):
         assert after.status_code == 200, after.text[:300]
         got = [(x["n"], x["n_covering"]) for x in after.json()["coverage"]]
         assert got == coverage(actdb.open(store)) != before
+
+
+def test_a_fifo_for_a_mask_chunk_is_refused_not_waited_on(store):
+    """A chunk file that is a FIFO would make the read wait for a writer forever."""
+    import os
+
+    chunk = chunks(store)[0]
+    chunk.unlink()
+    os.mkfifo(chunk)
+    code = "import sys, actdb\nactdb.open(sys.argv[1]).masks(1)"
+    r = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and f"{chunk}: unreadable (expected a regular file, got a FIFO)" in r.stderr, r.stderr

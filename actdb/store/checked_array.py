@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import StoreError
+from ..files import check_regular_file
 
 
 class CheckedArray:
@@ -79,6 +80,7 @@ class CheckedArray:
                              "run `actdb check` on the store")
         if data is None:
             try:
+                check_regular_file(path)
                 data = path.read_bytes()
             except OSError as e:
                 raise StoreError(f"{path}: unreadable chunk ({e.strerror or e})") from None
@@ -103,6 +105,7 @@ class CheckedArray:
             for cj in range(c0 // cc, -(-c1 // cc)):
                 rel = self.arr.metadata.encode_chunk_key((ci, cj))
                 try:
+                    check_regular_file(self.dir / rel)   # a FIFO would hang the read
                     data = (self.dir / rel).read_bytes()
                 except FileNotFoundError:
                     self._verify(rel)   # raises if it was recorded
