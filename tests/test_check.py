@@ -132,7 +132,7 @@ def test_damaged_files_are_named(target, damage, store):
 
 def test_manifest_newer_version_and_garbage(store):
     text = (store / "manifest.json").read_text()
-    (store / "manifest.json").write_text(text.replace('"format_version": 4', '"format_version": 7'))
+    (store / "manifest.json").write_text(text.replace('"n_tokens": ', '"n_tokens": 1', 1))
     code, out = check(store)
     assert code != 0 and "manifest.json: checksum differs from the record's content" in out
     rewrite_record(store / "manifest.json", lambda raw: {**raw, "format_version": 7})
