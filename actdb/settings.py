@@ -39,7 +39,7 @@ def check_finite(settings: Any) -> None:
 class IngestSettings:
     model: str = _opt("", "Hugging Face model id or local folder (from_pretrained).")
     corpus: tuple[str, ...] = _opt((), "Corpus files: .jsonl (text, optional domain/id), .txt, .parquet.")
-    out: str = _opt("", "Output store folder.")
+    out: str = _opt("", "Store folder to write.")
     revision: str | None = _opt(None, "Model revision (branch, tag or commit) for hub models.")
     layers: str = _opt("all", "Layers to record: 'all' or a list like '0,2,5-7'; negative numbers count from "
                        "the end (-1: the last layer).")
