@@ -9,8 +9,9 @@ Importing actdb loads no torch: ingest imports it when it runs.
 """
 from . import ingest  # noqa: F401  (light: the pipeline and torch load in ingest.run)
 from ._version import __version__
-from .errors import ActdbError, InputError, StoreError
+from .errors import ActdbError, InputError, QueryMemory, QueryTimeout, StoreError
 from .query.handle import Store, open  # noqa: A004
 from .settings import IngestSettings
 
-__all__ = ["ActdbError", "InputError", "StoreError", "IngestSettings", "Store", "open", "ingest", "__version__"]
+__all__ = ["ActdbError", "InputError", "QueryMemory", "QueryTimeout", "StoreError", "IngestSettings",
+           "Store", "open", "ingest", "__version__"]

@@ -12,6 +12,7 @@ import click
 
 from ._version import __version__
 from .errors import ActdbError
+from .grammar import RULE_GRAMMAR
 from .settings import POSITIONAL, IndexSettings, IngestSettings, QuerySettings, RaySettings, ServeSettings
 
 
@@ -91,6 +92,54 @@ def _query_options(fn):
     return _settings_options(fn, QuerySettings)
 
 
+def _field_help(cls: type, name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _out_option(writes: str, required: bool = False, metavar: str = "PATH"):
+    """-o/--out, the one output option of every command that writes; `writes` says what it writes."""
+    return click.option("-o", "--out", "out", required=required, default=None, metavar=metavar, help=writes)
+
+
+_PARAM_HELP = ("Bind $NAME to VALUE (repeatable). A saved query or figure has defaults for its parameters "
+               "(`actdb query NAME --describe`); -p rule RULE picks another recorded fire rule.")
+_FORMATS = click.Choice(["table", "csv", "json", "parquet"])
+
+
+def _output_options(writes: str, formats: bool = True):
+    """-p/--param, -o/--out and (with `formats`) -f/--format, as `sql`, `query` and `plot` take them;
+    --output, -o's long name in `sql` and `query` before it was --out everywhere, stays a hidden
+    alias for one release."""
+    def add(fn):
+        @functools.wraps(fn)
+        def merged(*args, output_alias: str | None = None, **kwargs):
+            if output_alias is not None:
+                if kwargs.get("out") not in (None, output_alias):
+                    raise click.UsageError("-o/--out and --output name the same option: give one")
+                kwargs["out"] = output_alias
+            return fn(*args, **kwargs)
+
+        merged = click.option("--output", "output_alias", default=None, hidden=True)(merged)
+        if formats:
+            merged = click.option("-f", "--format", "fmt", type=_FORMATS, default="table", show_default=True,
+                                  help="Output format (parquet needs -o).")(merged)
+        merged = _out_option(writes)(merged)
+        return click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
+                            help=_PARAM_HELP)(merged)
+    return add
+
+
+_ANSWER_FILE = "File to write the answer to (required for -f parquet; default: stdout)."
+_RULE_HELP = (f"Fire rule, one that ingest recorded (--fire-rule): {RULE_GRAMMAR}. `index` and `report` take "
+              "several (repeat --rule) or 'all', every recorded rule.")
+
+
+def _rule_option(default: str, several: bool = False):
+    """--rule, the same option and help wherever a command reads one fire rule (or several)."""
+    return click.option("--rule", "rules" if several else "rule", multiple=several, default=() if several else None,
+                        metavar="RULE", show_default=default, help=_RULE_HELP)
+
+
 def _echo(text: str) -> None:
     click.echo(text, nl=False)
 
@@ -104,12 +153,17 @@ def main() -> None:
 @main.command()
 @click.argument("model")
 @click.argument("corpus", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, help="Output store folder.")
+@_out_option(_field_help(IngestSettings, "out"), required=True, metavar="STORE")
 @_settings_options
 @_ray_options
 @_one_line_errors
 def ingest(model: str, corpus: tuple[str, ...], out: str, **options) -> None:
-    """Run MODEL over CORPUS files and record every FFN neuron's firing per token."""
+    """Run MODEL over CORPUS files and record every FFN neuron's firing per token.
+
+    \b
+    Example:
+      actdb ingest facebook/opt-125m corpus.jsonl -o runs/opt125m --seq-len 128 --max-tokens 100000
+    """
     from .ingest.pipeline import ingest as run
 
     ray = _ray_settings(options)
@@ -123,7 +177,12 @@ def ingest(model: str, corpus: tuple[str, ...], out: str, **options) -> None:
 @click.argument("store")
 @_one_line_errors
 def info(store: str) -> None:
-    """Describe a store: model, layers, tokens, corpus."""
+    """Describe a store: model, layers, tokens, corpus.
+
+    \b
+    Example:
+      actdb info runs/opt125m
+    """
     from .query.handle import open as open_store
 
     st = open_store(store)
@@ -134,57 +193,66 @@ def info(store: str) -> None:
 @main.command()
 @click.argument("store")
 @functools.partial(_settings_options, cls=IndexSettings)
-@click.option("--rule", default=None, help="Build only this fire rule's index (default: every recorded rule).")
+@_rule_option("all", several=True)
 @_ray_options
 @_one_line_errors
-def index(store: str, rule: str | None, **options) -> None:
-    """Build (or resume) the query index of STORE: per-neuron counts as Parquet, per fire rule."""
+def index(store: str, rules: tuple[str, ...], **options) -> None:
+    """Build (or resume) the query index of STORE: per-neuron counts as Parquet, per fire rule.
+
+    \b
+    Example:
+      actdb index runs/opt125m --layers 0-5 --top-k 128
+    """
     from .index.build import build_index
 
     ray = _ray_settings(options)
-    root = build_index(store, settings=IndexSettings(**options), rule=rule, ray=ray)
-    click.echo(f"index        {root}")
-
-
-_FORMATS = click.Choice(["table", "csv", "json", "parquet"])
+    settings = IndexSettings(**options)
+    # None: every recorded rule, the first one first (it holds the tables no rule changes)
+    for rule in (None,) if not rules or "all" in rules else dict.fromkeys(rules):
+        root = build_index(store, settings=settings, rule=rule, ray=ray)
+        click.echo(f"index        {root}")
 
 
 @main.command()
 @click.argument("store")
 @click.argument("query")
-@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
-              help="Bind $NAME to VALUE (repeatable).")
-@click.option("-f", "--format", "fmt", type=_FORMATS, default="table", show_default=True)
-@click.option("-o", "--output", default=None, help="Output file (required for parquet; default stdout).")
+@_output_options(_ANSWER_FILE)
 @_query_options
 @_one_line_errors
-def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, output: str | None,
-        **options) -> None:
-    """Run one read-only SQL statement over STORE's views (it reads only STORE's files)."""
+def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, out: str | None, **options) -> None:
+    """Run one read-only SQL statement over STORE's views (it reads only STORE's files).
+
+    \b
+    Example:
+      actdb sql runs/opt125m 'SELECT layer, dead_frac FROM layer_stats WHERE layer < $n' -p n 6 -f csv -o dead.csv
+    """
     from .query.handle import open as open_store
     from .query.output import check_output, emit
 
     qs = QuerySettings(**options)
-    check_output(fmt, output)
+    check_output(fmt, out)
     with open_store(store).stream(query, dict(params), timeout=qs.timeout, timeout_hint="--timeout") as answer:
-        emit(answer, fmt, output, _echo, qs.max_rows)
+        emit(answer, fmt, out, _echo, qs.max_rows)
 
 
 @main.command()
 @click.argument("store", required=False)
 @click.argument("name", required=False)
-@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
-              help="Override a parameter of the query (repeatable).")
-@click.option("-f", "--format", "fmt", type=_FORMATS, default="table", show_default=True)
-@click.option("-o", "--output", default=None, help="Output file (required for parquet; default stdout).")
+@_output_options(_ANSWER_FILE)
 @click.option("--list", "list_", is_flag=True, help="List the saved queries, what they reproduce and their parameters.")
 @click.option("--describe", is_flag=True, help="Describe query NAME (title, what it reproduces, parameters "
               "with default and help) instead of running it; STORE may be omitted.")
 @_query_options
 @_one_line_errors
-def query(store: str | None, name: str | None, params, fmt: str, output: str | None, list_: bool, describe: bool,
+def query(store: str | None, name: str | None, params, fmt: str, out: str | None, list_: bool, describe: bool,
           **options) -> None:
-    """Run a saved query NAME (from queries/) or a .sql FILE on STORE."""
+    """Run a saved query NAME (from queries/) or a .sql FILE on STORE.
+
+    \b
+    Example:
+      actdb query runs/opt125m token_detectors_per_layer -p max_cov 3 -f json -o detectors.json
+      actdb query --list
+    """
     from .errors import InputError
     from .query.catalogue import describe_lines, find_query, list_lines
     from .query.handle import open as open_store
@@ -203,10 +271,10 @@ def query(store: str | None, name: str | None, params, fmt: str, output: str | N
         raise InputError("query: expected STORE and NAME|FILE (or --list)")
     qs = QuerySettings(**options)
     find_query(name)  # a missing query or file is named before the store is opened
-    check_output(fmt, output)
+    check_output(fmt, out)
     with open_store(store).stream(name, dict(params), timeout=qs.timeout, timeout_hint="--timeout",
                                   saved=True) as answer:
-        emit(answer, fmt, output, _echo, qs.max_rows)
+        emit(answer, fmt, out, _echo, qs.max_rows)
 
 
 @main.command()
@@ -214,7 +282,12 @@ def query(store: str | None, name: str | None, params, fmt: str, output: str | N
 @_one_line_errors
 def check(store: str) -> None:
     """Verify STORE: manifest, checksums of every file, row counts, index freshness.
-    Prints each problem with its path; exits non-zero if there is any."""
+    Prints each problem with its path; exits non-zero if there is any.
+
+    \b
+    Example:
+      actdb check runs/opt125m
+    """
     from .store.audit import check_store
     from .errors import StoreError
 
@@ -228,14 +301,19 @@ def check(store: str) -> None:
 @main.command()
 @click.argument("store", required=False)
 @click.argument("figure", required=False)
-@click.option("-o", "--out", default=None, help="PNG file (a folder for 'all'; default FIGURE.png / figures/).")
-@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
-              help="Override a parameter of the figure's saved query (repeatable).")
+@_output_options("PNG file to write, or the folder for 'all' (default: FIGURE.png, or figures/ for 'all').",
+                 formats=False)
 @click.option("--list", "list_", is_flag=True, help="List the figures and the paper figures they reproduce.")
-@click.option("--rule", default=None, help="Fire rule to draw (default: the store's first; same as -p rule RULE).")
+@_rule_option("the store's first")
 @_one_line_errors
 def plot(store: str | None, figure: str | None, out: str | None, params, list_: bool, rule: str | None) -> None:
-    """Draw paper FIGURE (or 'all') from STORE as PNG."""
+    """Draw paper FIGURE (or 'all') from STORE as PNG.
+
+    \b
+    Example:
+      actdb plot runs/opt125m fig3a -p max_cov 3 -o fig3a.png
+      actdb plot runs/opt125m all -o figures/
+    """
     from .errors import InputError
     from .presentation.plot import list_lines, plot as draw, plot_all
     from .query.handle import open as open_store
@@ -261,14 +339,18 @@ def plot(store: str | None, figure: str | None, out: str | None, params, list_: 
 
 @main.command()
 @click.argument("stores", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, help="Output folder (report.md, figures/, queries/).")
+@_out_option("Folder to write (report.md, figures/, queries/).", required=True, metavar="DIR")
 @click.option("--title", default="actdb report", show_default=True, help="Title of the report.")
 @click.option("--note", "notes", multiple=True, help="A paragraph under the title (repeatable).")
-@click.option("--rule", "rules", multiple=True, help="Fire rule to report (repeatable; 'all': every recorded "
-              "rule; default: each store's first).")
+@_rule_option("each store's first", several=True)
 @_one_line_errors
 def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...], rules: tuple[str, ...]) -> None:
-    """Markdown report over STORES: headline numbers, every figure, every saved query's answer."""
+    """Markdown report over STORES: headline numbers, every figure, every saved query's answer.
+
+    \b
+    Example:
+      actdb report runs/opt125m runs/smollm2 -o report/ --rule all --note "First look."
+    """
     from .presentation.report import report_handles, write_report
     from .query.handle import open as open_store
 
@@ -285,10 +367,15 @@ def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]
 @click.argument("neuron", type=int)
 @click.option("--top", default=10, show_default=True, help="Top tokens, projected tokens and detected trigrams to show.")
 @click.option("--contexts", "n_contexts", default=5, show_default=True, help="Contexts where it fires to show.")
-@click.option("--rule", default=None, help="Fire rule (default: the store's first).")
+@_rule_option("the store's first")
 @_one_line_errors
 def neuron(store: str, layer: int, neuron: int, top: int, n_contexts: int, rule: str | None) -> None:
-    """A neuron's card: stats, coverage, detector status, top tokens, positions, projection, contexts."""
+    """A neuron's card: stats, coverage, detector status, top tokens, positions, projection, contexts.
+
+    \b
+    Example:
+      actdb neuron runs/opt125m 3 1024 --top 20 --contexts 10
+    """
     from .presentation.card import neuron_card
     from .query.handle import open as open_store
 
@@ -301,7 +388,12 @@ def neuron(store: str, layer: int, neuron: int, top: int, n_contexts: int, rule:
 @functools.partial(_settings_options, cls=ServeSettings)
 @_one_line_errors
 def serve(stores: tuple[str, ...], **options) -> None:
-    """A neuron explorer in the browser over STORES (pages and /api/ JSON); prints its URL."""
+    """A neuron explorer in the browser over STORES (pages and /api/ JSON); prints its URL.
+
+    \b
+    Example:
+      actdb serve runs/opt125m runs/smollm2 --port 8080
+    """
     from .serve.app import serve as run
 
     try:

@@ -1,5 +1,5 @@
-"""Ingest and index settings: one home for every knob, its default and its help text,
-the paper's thresholds included, and the one layer-list grammar.
+"""The settings of every command: one home for every knob, its default and its help text,
+the paper's thresholds (with their value ranges) included.
 
 The CLI builds its options from these fields, and the README's settings tables are
 generated from them too, so the three can never disagree.
@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import InputError
+from .grammar import parse_fire_rule
 
 
 MASK_CODECS = ("bitrows", "zstd")   # store.mask_compressors builds each
@@ -26,8 +29,6 @@ def check_finite(settings: Any) -> None:
     with nan is false, so a range check alone lets it through, and inf would mean "no limit"."""
     import math
 
-    from .errors import InputError
-
     for f in dataclasses.fields(settings):
         v = getattr(settings, f.name)
         if isinstance(v, float) and not math.isfinite(v):
@@ -38,7 +39,7 @@ def check_finite(settings: Any) -> None:
 class IngestSettings:
     model: str = _opt("", "Hugging Face model id or local folder (from_pretrained).")
     corpus: tuple[str, ...] = _opt((), "Corpus files: .jsonl (text, optional domain/id), .txt, .parquet.")
-    out: str = _opt("", "Output store folder.")
+    out: str = _opt("", "Store folder to write.")
     revision: str | None = _opt(None, "Model revision (branch, tag or commit) for hub models.")
     layers: str = _opt("all", "Layers to record: 'all' or a list like '0,2,5-7'; negative numbers count from "
                        "the end (-1: the last layer).")
@@ -52,10 +53,11 @@ class IngestSettings:
                       choices=("auto", "float32", "bfloat16", "float16"))
     offload: str = _opt("auto", "Layer-by-layer weight streaming: 'auto' (when the model does not fit), 'on', 'off'.",
                         choices=("auto", "on", "off"))
-    fire_rule: tuple[str, ...] = _opt(("sign",), "Fire rule, repeatable (all share one forward): 'sign' (SPEC §1.1), "
-                                      "'abs>T' (abs(h) > T) or 'top:Q' (abs(h) above the layer's Q-quantile of abs(h) over "
-                                      "the first block, 0.5 <= Q < 1), h = the value the FFN's output projection "
-                                      "reads; the first is the views' default.", multiple=True)
+    fire_rule: tuple[str, ...] = _opt(("sign",), "Fire rule, repeatable (all share one forward): 'sign' (the "
+                                      "activation's output > 0, the papers' rule), 'abs>T' (abs(h) > T) or 'top:Q' "
+                                      "(abs(h) above the layer's Q-quantile of abs(h) over the first block, "
+                                      "0.5 <= Q < 1), h = the value the FFN's output projection reads; the first is "
+                                      "the views' default.", multiple=True)
     capture: str = _opt("resid", "Magnitude capture for massive activations: top-k |h| and medians of the "
                         "residual stream ('resid'), also of the FFN hidden values ('resid+ffn'; more CPU time, "
                         "see benchmarks/RESULTS.md), or 'none'.",
@@ -79,8 +81,6 @@ class IngestSettings:
     progress: bool = _opt(True, "Show a progress bar.")
 
     def __post_init__(self) -> None:
-        from .errors import InputError
-
         check_finite(self)
         if self.seq_len < 2:
             raise InputError(f"--seq-len: expected at least 2, got {self.seq_len}")
@@ -116,103 +116,20 @@ class IngestSettings:
         return dataclasses.replace(self, **kw)
 
 
-@dataclass(frozen=True)
-class FireRule:
-    """One fire rule (SPEC §1.8): name is its canonical text (sign, abs>0.1, top:0.999)."""
-    name: str
-    kind: str              # sign | abs | top
-    value: float | None    # T of abs>T, Q of top:Q
-
-
-RULE_PARAM = "rule"   # the parameter of every statement, saved query and figure that picks the fire rule
-_RULE_GRAMMAR = "sign, abs>T (a number T >= 0) or top:Q (a number 0.5 <= Q < 1)"
-
-
-def parse_fire_rule(text: str) -> FireRule:
-    """The one fire-rule grammar: 'sign', 'abs>T' or 'top:Q'; the name is canonical (abs>.10 -> abs>0.1)."""
-    import math
-
-    from .errors import InputError
-
-    t = str(text).strip()
-    if t == "sign":
-        return FireRule("sign", "sign", None)
-    for kind, sep in (("abs", ">"), ("top", ":")):
-        if t.startswith(kind + sep):
-            try:
-                v = float(t[len(kind) + 1:])
-            except ValueError:
-                break
-            ok = math.isfinite(v) and (v >= 0 if kind == "abs" else 0.5 <= v < 1)
-            if not ok:
-                break
-            return FireRule(f"{kind}{sep}{v!r}", kind, v)
-    raise InputError(f"--fire-rule: expected {_RULE_GRAMMAR}, got {text!r}")
-
-
-def parse_layer_list(spec: str, n_layers: int, option: str = "--layers") -> tuple[int, ...]:
-    """The one layer-list grammar (ingest and index): 'all', or comma-separated layers and
-    ranges like '0,2,5-7'. Negative numbers count from the end, as in Python: -1 is the last
-    layer, '-3--1' the last three. Returns the distinct layers in order."""
-    from .errors import InputError
-
-    if spec.strip() == "all":
-        return tuple(range(n_layers))
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            # a '-' after the first character separates a range ('-1' alone is a layer)
-            cut = part.find("-", 1)
-            if cut > 0:
-                a, b = int(part[:cut]), int(part[cut + 1:])
-                a, b = (x + n_layers if x < 0 else x for x in (a, b))
-                if a > b:
-                    raise InputError(f"{option}: expected a range low-high, got {part!r}")
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise InputError(f"{option}: expected 'all' or a list like 0,2,5-7, got {spec!r}") from None
-    for l in out:
-        if not -n_layers <= l < n_layers:
-            raise InputError(f"{option}: layer {l} out of range: the model has layers 0..{n_layers - 1}")
-    layers = sorted({l + n_layers if l < 0 else l for l in out})
-    if not layers:
-        raise InputError(f"{option}: expected at least one layer, got {spec!r}")
-    return tuple(layers)
-
-
-# Value ranges of the thresholds: expected-text and the Python and SQL tests of each kind.
-# The index settings, the index record (index.json) and the SQL macros all check these.
-RANGES: dict[str, tuple[str, Any, str]] = {
-    "share": ("a number in (0, 1]", lambda v: 0 < v <= 1, "{v}::DOUBLE > 0 AND {v}::DOUBLE <= 1"),
-    "count": ("an integer >= 1", lambda v: v == int(v) and v >= 1, "{v}::DOUBLE = floor({v}::DOUBLE) AND {v} >= 1"),
-    "nonneg": ("a number >= 0", lambda v: v >= 0, "{v}::DOUBLE >= 0"),
-    "eps": ("a number in [0, 0.5)", lambda v: 0 <= v < 0.5, "{v}::DOUBLE >= 0 AND {v}::DOUBLE < 0.5"),
+# Value ranges of the thresholds: the expected-text and the Python test of each kind. The index
+# settings and the index record (index.json) check these; the views check the same ranges in SQL
+# (query/views.py, RANGE_SQL, kept equal to these by a test).
+RANGES: dict[str, tuple[str, Any]] = {
+    "share": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+    "count": ("an integer >= 1", lambda v: v == int(v) and v >= 1),
+    "nonneg": ("a number >= 0", lambda v: v >= 0),
+    "eps": ("a number in [0, 0.5)", lambda v: 0 <= v < 0.5),
 }
-
-
-def choose_device(setting: str) -> "torch.device":   # noqa: F821 (torch is imported here only when called)
-    """--device of ingest and index: 'auto' (cuda if available, else cpu) or a torch device name."""
-    import torch
-
-    from .errors import InputError
-
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(setting)
-    except RuntimeError:
-        raise InputError(f"--device: expected auto, cpu or cuda[:N], got {setting!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {setting}: no CUDA device is available here")
-    return dev
 
 
 def range_problem(kind: str, value: Any) -> str | None:
     """None if `value` is in range `kind` (RANGES), else what was expected."""
-    expected, ok, _ = RANGES[kind]
+    expected, ok = RANGES[kind]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not ok(value):
         return expected
     if kind == "count" and not isinstance(value, int):
@@ -227,9 +144,9 @@ def _thr(default: Any, kind: str, help: str, when: str = "index") -> Any:
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """`actdb index`: what the index keeps and the paper's thresholds (SPEC §1.3-1.7). The index
-    records the thresholds it was built with (index.json), and the views take their defaults
-    from that record."""
+    """`actdb index`: what the index keeps and the paper's thresholds (coverage, detectors,
+    positional neurons, massive activations). The index records the thresholds it was built
+    with (index.json), and the views take their defaults from that record."""
     layers: str | None = _opt(None, "Layers that get bigram/trigram tables: a list like 0,2,5-7 or 'all', as "
                               "--layers of ingest (default: the first half of the network).")
     top_k: int = _opt(64, "N-grams kept per neuron in neuron_tokens/bigrams/trigrams (coverage and detectors at "
@@ -258,8 +175,6 @@ class IndexSettings:
     progress: bool = _opt(True, "Show a progress bar.")
 
     def __post_init__(self) -> None:
-        from .errors import InputError
-
         check_finite(self)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise InputError(f"--top-k: expected a positive number of n-grams per neuron, got {self.top_k!r}")
@@ -320,8 +235,6 @@ class RaySettings:
     gpus_per_worker: float = _opt(0.0, "GPUs each ingest worker holds (0: CPU workers, which share the cluster's CPUs).")
 
     def __post_init__(self) -> None:
-        from .errors import InputError
-
         check_finite(self)
         if self.ray is not None and not self.ray.strip():
             raise InputError("--ray: expected 'auto' or a cluster ADDRESS, got ''")
@@ -345,8 +258,6 @@ class QuerySettings:
                          "(CSV, JSON and Parquet write every row).")
 
     def __post_init__(self) -> None:
-        from .errors import InputError
-
         check_finite(self)
         if self.timeout < 0:
             raise InputError(f"--timeout: expected 0 (no limit) or a positive number of seconds, got {self.timeout}")
@@ -380,8 +291,6 @@ class ServeSettings:
                                  "is cut off and says so.")
 
     def __post_init__(self) -> None:
-        from .errors import InputError
-
         check_finite(self)
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port: expected 0..65535, got {self.port}")

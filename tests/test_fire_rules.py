@@ -1,4 +1,4 @@
-"""Fire rules beyond the sign (SPEC §1.8): every rule's masks equal a plain hooked forward that
+"""Fire rules beyond the sign (abs>T, top:Q): every rule's masks equal a plain hooked forward that
 computes the rule in numpy, for every family; top:Q thresholds equal np.quantile of the first
 block; several rules resume and check; bad rules are one line."""
 import json
@@ -177,3 +177,18 @@ def test_cli_query_plot_and_report_name_the_rule(ruled, tmp_path):
     sub = [d.name for d in (tmp_path / "rep").iterdir() if d.is_dir()]
     assert len(sub) == 2 and any(n.endswith("--top-0.9") for n in sub), sub
     assert all((tmp_path / "rep" / n / "queries" / "dead_per_layer.csv").exists() for n in sub)
+
+
+def test_index_builds_the_rules_named(ruled, tmp_path):
+    """--rule as report takes it: repeatable, in the order given, or 'all' (the default)."""
+    import shutil
+
+    p = tmp_path / "s"
+    shutil.copytree(ruled.path, p)
+    r = CliRunner().invoke(main, ["index", str(p), "--rule", "top:0.9", "--rule", "sign", "--force", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"index        {p / 'rules' / 'top-0.9' / 'index'}", f"index        {p / 'index'}"]
+    r = CliRunner().invoke(main, ["index", str(p), "--rule", "all", "--no-progress"])
+    assert r.exit_code == 0 and r.output.splitlines() == [f"index        {p / 'index'}"], r.output
+    r = CliRunner().invoke(main, ["index", str(p), "--rule", "abs>1", "--no-progress"])
+    assert r.exit_code == 1 and "expected one of the recorded rules" in r.output, r.output

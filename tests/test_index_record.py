@@ -18,7 +18,8 @@ import actdb
 from actdb.cli import main
 from actdb.index.build import build_index
 from actdb.query.connection import connect
-from actdb.settings import IndexSettings, parse_layer_list
+from actdb.grammar import parse_layer_list
+from actdb.settings import IndexSettings
 from actdb.store.index_info import read_index_info
 from actdb.store.record import seal
 from actdb.store.ingest_state import IngestState

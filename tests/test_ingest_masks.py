@@ -75,7 +75,8 @@ def test_adapter_d_ffn_from_config_matches_the_module(family, model_dirs):
 
     from actdb.ingest.adapters import adapter_for
     from actdb.ingest.adapters import get_module
-    from actdb.ingest.models import choose_device, load_model
+    from actdb.devices import choose_device
+    from actdb.ingest.models import load_model
 
     config = AutoConfig.from_pretrained(model_dirs(family))
     lm = load_model(model_dirs(family), config, choose_device("cpu"), torch.float32, offload=False)

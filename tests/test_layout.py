@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "actdb"
-SHARED = {"actdb.errors", "actdb.settings", "actdb.files", "actdb._version", "actdb.cluster", "actdb.jit", "actdb.faults"}
+SHARED = {"actdb.errors", "actdb.settings", "actdb.grammar", "actdb.devices", "actdb.files", "actdb._version",
+          "actdb.cluster", "actdb.jit", "actdb.faults"}
 # stage -> the stages it may import (besides itself and the shared modules)
 ALLOWED = {
     "shared": set(),
@@ -125,5 +126,5 @@ def test_every_stage_is_a_subpackage():
     for s in ("ingest", "store", "index", "query", "presentation", "serve"):
         assert (ROOT / s / "__init__.py").exists()
     flat = sorted(p.name for p in ROOT.glob("*.py"))
-    assert flat == ["__init__.py", "_version.py", "cli.py", "cluster.py", "errors.py", "faults.py", "files.py", "jit.py",
-                    "settings.py"], flat
+    assert flat == ["__init__.py", "_version.py", "cli.py", "cluster.py", "devices.py", "errors.py", "faults.py",
+                    "files.py", "grammar.py", "jit.py", "settings.py"], flat

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import actdb
-from actdb.ingest.models import choose_device, load_config, load_model
+from actdb.devices import choose_device
+from actdb.ingest.models import load_config, load_model
 from actdb.ingest.offload import LayerStreamer
 from test_ingest_masks import run_ingest
 

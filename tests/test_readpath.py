@@ -19,7 +19,7 @@ import actdb
 from actdb.cli import main
 from actdb.index.build import build_index
 from actdb.query.catalogue import describe_lines, saved_queries
-from actdb.query.connection import QueryTimeout
+from actdb.errors import QueryTimeout
 from actdb.settings import QuerySettings, settings_table
 from test_index import make_known
 

@@ -7,7 +7,7 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
      and the local ids of its unigram / bigram / trigram among the distinct ones (index/_tmp/*.npy,
      memory-mapped; two passes over the token parts, so memory follows the distinct n-grams).
      Each statistic is a column range of one count matrix; rows the n-gram
-     statistics exclude (the BOS position, SPEC §1.3) point at a dump column.
+     statistics exclude (the BOS position) point at a dump column.
   2. per unit (layer, neuron chunk), resumable (index/_state.json lists the finished units):
      stream that chunk's mask blocks over all tokens, tally exact counts [chunk, columns] (np.bincount
      of the fires on sparse blocks, torch index_add_ on dense ones and on --device; index/count.py),
@@ -32,7 +32,7 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
                               config (top_k and every threshold included, store/index_info.py)
                               and every file's bytes and sha256
 
-N-grams (SPEC §1.3): the n-gram ending at position k is (x_{k-n+1} … x_k) within its sequence,
+N-grams: the n-gram ending at position k is (x_{k-n+1} … x_k) within its sequence,
 slots before position 0 are PAD (not a token): the bigram at 0 is (PAD, x_0), the trigram at 1 is
 (PAD, x_0, x_1). Every n is counted on the same rows: all but position 0 when the tokenizer puts a
 prefix token (BOS) there (as an *ending* position; BOS is a token, so the bigram ending at 1 is
@@ -64,7 +64,8 @@ from ..faults import point as fault_point
 from ..errors import InputError, StoreError
 from ..files import (PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_dirs, file_digest, remove_temporaries,
                   write_parquet)
-from ..settings import IndexSettings, RaySettings, parse_layer_list
+from ..grammar import parse_layer_list
+from ..settings import IndexSettings, RaySettings
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
 from ..store.record import parse_json, read_text, seal, unseal
 from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
@@ -81,14 +82,14 @@ _PART_OPTIONS = {**PARQUET_OPTIONS, "compression": "none"}
 
 
 def default_ngram_layers(manifest) -> tuple[int, ...]:
-    """The first half of the network (SPEC: n-gram neurons live in the lower layers)."""
+    """The first half of the network (the papers find n-gram neurons in the lower layers)."""
     half = (manifest.n_layers + 1) // 2
     chosen = tuple(l for l in manifest.layers if l < half)
     return chosen or (min(manifest.layers),)
 
 
 def _ngram_layers(layers: Iterable[int] | str | None, m) -> tuple[int, ...]:
-    """The layers given as a list or in the --layers grammar (settings.parse_layer_list),
+    """The layers given as a list or in the --layers grammar (grammar.parse_layer_list),
     which must be recorded ones; None: the default."""
     if layers is None:
         return default_ngram_layers(m)
@@ -157,7 +158,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     and a failed or killed rebuild leaves it answering (the half-built folder is removed by
     the next build).
 
-    rule: the fire rule whose index to build (SPEC §1.8), in that rule's folder (store.layout.rule_dir);
+    rule: the fire rule whose index to build, in that rule's folder (store.layout.rule_dir);
     None: every recorded rule, the first one first. The first rule's index also holds the tables no
     rule changes (massive activations, vocabulary projection); returns its folder.
     """
@@ -242,7 +243,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
             _run_units(run, pending, n_workers, finished)
     finally:
         bar.close()
-    # massive activations and vocabulary projection (SPEC §1.5, §1.7), before index.json marks it complete
+    # massive activations and vocabulary projection, before index.json marks it complete
     from concurrent.futures import ThreadPoolExecutor
 
     from .massive import build_capture_index

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import compiled as _compiled
-from ..settings import choose_device
+from ..devices import choose_device
 from ..store.bits import unpack
 from .tokens import TokenArrays
 

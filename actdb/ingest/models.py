@@ -11,7 +11,6 @@ import torch
 
 from .adapters import Adapter, adapter_for, get_module
 from ..errors import InputError
-from ..settings import choose_device  # noqa: F401  (ingest's --device, shared with the index's)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 

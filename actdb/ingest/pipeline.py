@@ -34,10 +34,12 @@ from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256
 from ..errors import ActdbError, InputError, StoreError
 from ..files import file_digest, remove_temporaries
 from ..store.manifest import FORMAT_VERSION, CorpusFile, FireRuleRecord, Manifest
-from .models import (check_seq_len, choose_device, choose_dtype, load_config, load_model, load_tokenizer,
+from .models import (check_seq_len, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
 from .packing import BlockAssembler, RowPacker
-from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
+from ..settings import IngestSettings, RaySettings
+from ..devices import choose_device
+from ..grammar import parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
 from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR,
                             PENDING_CHECKSUMS, PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STAGING_IDS,

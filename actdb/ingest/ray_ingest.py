@@ -1,4 +1,4 @@
-"""Ingest on Ray (SPEC §5): the forward passes of the blocks spread over worker actors.
+"""Ingest on Ray (`--ray`): the forward passes of the blocks spread over worker actors.
 
 The driver (pipeline._ingest) has tokenized, written the token tables and created the arrays, as
 a single-process ingest does. Here it starts the workers (one per GPU, or CPU workers sharing the
@@ -33,7 +33,8 @@ import torch
 from ..cluster import MAX_RESTARTS, Shape, connected, failure, worker_shape
 from ..errors import StoreError
 from ..files import atomic_write_text
-from ..settings import IngestSettings, RaySettings, parse_fire_rule, parse_layer_list
+from ..grammar import parse_fire_rule, parse_layer_list
+from ..settings import IngestSettings, RaySettings
 from ..store.ingest_state import IngestState
 from ..store.layout import CAPTURE_KINDS as KINDS, STAGING, STAGING_PROBE, rule_dir
 from ..store.writer import MaskWriter, write_state
@@ -46,7 +47,7 @@ PAUSE_ENV = "ACTDB_TEST_RAY_PAUSE"
 
 
 def check_store_visible(root: Path, token: str, where: str) -> None:
-    """Stop, in one line, a worker that does not see the driver's store folder (SPEC §5)."""
+    """Stop, in one line, a worker that does not see the driver's store folder."""
     try:
         seen = (root / STAGING / PROBE_FILE).read_text(encoding="utf-8")
     except OSError as e:
@@ -83,7 +84,8 @@ class BlockWorker:
 
         from .adapters import adapter_for
         from .capture import CaptureWriter
-        from .models import choose_device, load_config, load_model, load_tokenizer, should_offload
+        from ..devices import choose_device
+        from .models import load_config, load_model, load_tokenizer, should_offload
 
         self.where = f"Ray worker {number} ({socket.gethostname()}, pid {os.getpid()})"
         self.root, self.s, self.n_tokens, self.forward = Path(root), s, n_tokens, forward

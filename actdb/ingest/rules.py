@@ -1,4 +1,4 @@
-"""Magnitude fire rules at ingest (SPEC §1.8), on h = the FFN hidden value the output projection
+"""Magnitude fire rules at ingest (abs>T, top:Q), on h = the FFN hidden value the output projection
 reads (its forward input: act(fc_in x), or act_fn(gate x) * up x for gated FFNs):
 
   abs>T   fires when |h| > T;
@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ..settings import FireRule
+from ..grammar import FireRule
 
 
 def floor32(t: float) -> float:

@@ -9,9 +9,9 @@ from typing import Any, Mapping
 
 from ..errors import InputError
 from .connection import coerce_param, run_sql, stream_sql
-from ..settings import RULE_PARAM
+from ..grammar import RULE_PARAM
 
-RULE_LINE = f"${RULE_PARAM} = (the store's first)  fire rule whose masks the views count (SPEC §1.8)"
+RULE_LINE = f"${RULE_PARAM} = (the store's first)  fire rule whose masks the views count (one the store recorded)"
 
 
 def _queries_dir() -> Path:

@@ -11,10 +11,10 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..errors import InputError, StoreError
+from ..errors import CheckTimeout, InputError, QueryMemory, QueryTimeout, StoreError
 from ..store.index_info import bound_index_info, index_path
 from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file, rule_dir
-from ..store.parquet_guard import CheckTimeout, parquet_guard
+from ..store.parquet_guard import parquet_guard
 from .dependencies import created_name, files_read, view_dependencies, words
 
 
@@ -207,14 +207,6 @@ def _bind(st, params: Mapping[str, Any] | None) -> dict[str, Any]:
         raise InputError(f"parameters: {', '.join(extra)} not used by the query (it uses "
                          f"{', '.join('$' + n for n in sorted(needed)) or 'none'})")
     return params
-
-
-class QueryTimeout(InputError):
-    """A statement ran past its time limit and was interrupted."""
-
-
-class QueryMemory(InputError):
-    """A statement needed more memory than its connection may use (connect's memory_mb)."""
 
 
 _WAKE = b"\xff"  # not a signal number

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..settings import RULE_PARAM
+from ..grammar import RULE_PARAM
 from ..store.reader import StoreReader
 from .connection import ensure_all_views
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..errors import InputError
+from ..errors import ActdbError, InputError
 from ..files import atomic_path
 from ..store.layout import check_outside_stores
 
@@ -166,6 +166,8 @@ def emit(answer, fmt: str, output: str | None, echo: Callable[[str], None], max_
                 _json(answer, write)
             else:
                 _table(answer, write, max_rows)
+    except ActdbError:   # a query cut off (QueryTimeout, also a TimeoutError) is not a write failure
+        raise
     except OSError as e:
         if not output or isinstance(e, BrokenPipeError):   # stdout's errors are the CLI's to report
             raise

@@ -1,7 +1,7 @@
 """The SQL layer: DuckDB views over a store and its index, read-only user SQL with bound
 parameters, and the saved queries of `queries/`.
 
-Views (SPEC §3): tokens, vocab, neurons, neuron_domains, layer_stats, neuron_tokens,
+Views: tokens, vocab, neurons, neuron_domains, layer_stats, neuron_tokens,
 neuron_bigrams, neuron_trigrams, token_counts, bigram_counts, trigram_counts, coverage,
 token_detectors, trigram_detectors, neuron_positions, position_counts, positional_neurons,
 ngram_layers, oscillatory_ranges, index_info (its `rule`: the fire rule the views answer for),
@@ -16,11 +16,12 @@ the thresholds the index was built with (index.json, shown by `index_info`; the 
     oscillatory_ranges_at(mi_min, min_switches)
     massive_activations_at(abs_min, ratio, source := 'resid')
 
-and each view is its macro at the defaults. A threshold out of its range (settings.RANGES: p
-in (0, 1], max_cov an integer >= 1, mi_min >= 0, ...) stops the query with "expected X, got Y".
+and each view is its macro at the defaults. A threshold out of its range (settings.RANGES, in SQL
+RANGE_SQL: p in (0, 1], max_cov an integer >= 1, mi_min >= 0, ...) stops the query with "expected X, got Y".
 
-Definitions where SPEC §1.4/§1.6 leave room (all on full-length sequences, fr(pos) per position):
-- n-grams (SPEC §1.3): slots before the sequence start are PAD, so the bigram at position 0 is
+Definitions where the papers' detectors and positional neurons leave room (all on full-length
+sequences, fr(pos) per position):
+- n-grams: slots before the sequence start are PAD, so the bigram at position 0 is
   (PAD, x_0) and the trigram at 1 is (PAD, x_0, x_1); `token_ids` holds NULL for a PAD slot
   (ngram ids: base `vocab_base` = vocabulary + 1, PAD digit vocab_base - 1). Every n is counted
   on the same rows, all but the BOS position where the tokenizer adds a prefix token (BOS is a
@@ -66,12 +67,23 @@ def _num(value: float | int) -> str:
     return repr(int(value)) if isinstance(value, int) else repr(float(value))
 
 
+# The thresholds' value ranges as SQL conditions on {v}, one per kind of settings.RANGES, whose
+# Python tests they must agree with (a test compares the two on the edges of every range).
+RANGE_SQL = {
+    "share": "{v}::DOUBLE > 0 AND {v}::DOUBLE <= 1",
+    "count": "{v}::DOUBLE = floor({v}::DOUBLE) AND {v} >= 1",
+    "nonneg": "{v}::DOUBLE >= 0",
+    "eps": "{v}::DOUBLE >= 0 AND {v}::DOUBLE < 0.5",
+}
+
+
 def _range_macros() -> list[str]:
     """One scalar macro per threshold: true, or error('PARAM: expected X, got Y') naming the
     macro parameter the user passed (max_cov, p, ...)."""
     out = []
     for name in THRESHOLDS:
-        expected, _, cond = RANGES[threshold_range(name)]
+        kind = threshold_range(name)
+        expected, cond = RANGES[kind][0], RANGE_SQL[kind]
         out.append(f"""CREATE MACRO _actdb_check_{name}(v, param) AS CASE WHEN v IS NOT NULL AND ({cond.format(v='v')})
             THEN true ELSE error(param || ': expected {expected}, got ' || coalesce(v::VARCHAR, 'NULL')) END""")
     return out
@@ -159,7 +171,7 @@ def _views(root: Path, m, info: IndexInfo, pre: bool = True, index_root: Path | 
         cov.append(f"SELECT * FROM coverage{n}(p := p)")
     v.append(f"CREATE MACRO coverage_at(p := {P}) AS TABLE " + " UNION ALL ".join(cov))
     v.append("CREATE VIEW coverage AS SELECT * FROM coverage_at()")
-    # detectors (SPEC §1.4)
+    # detectors
     pt, ps = _num(c.p_token), _num(c.p_share)
 
     def fast(name: str, max_cov: str, scan: str) -> str:
@@ -203,7 +215,7 @@ def _views(root: Path, m, info: IndexInfo, pre: bool = True, index_root: Path | 
           GROUP BY c.layer, c.neuron, c.n_covering, c.fires)
         WHERE covered >= p_share::DOUBLE * fires"""))
     v.append("CREATE VIEW trigram_detectors AS SELECT * FROM trigram_detectors_at()")
-    # positions (SPEC §1.6)
+    # positions
     v.append(f"CREATE VIEW position_counts AS SELECT pos, n, n_full FROM {rp('position_counts')}")
     v.append(f"""CREATE VIEW neuron_positions AS SELECT p.layer::INT AS layer, p.neuron, p.pos, p.fires,
         p.fires / c.n::DOUBLE AS freq, p.fires_full, p.fires_full / nullif(c.n_full, 0)::DOUBLE AS freq_full

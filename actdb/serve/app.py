@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ActdbError, InputError, StoreError
+from ..errors import ActdbError, InputError, NotFound, StoreError
 from ..settings import ServeSettings
 from . import pages
-from .pages import Explorer, LayerQuery, NotFound
+from .pages import Explorer, LayerQuery
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"

@@ -21,14 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ActdbError, InputError
-from ..query.connection import QueryMemory, QueryTimeout, connect
+from ..errors import InputError, NotFound, QueryMemory, QueryTimeout
+from ..query.connection import connect
 from ..query.handle import Store
 from ..settings import ServeSettings
-
-
-class NotFound(ActdbError):
-    """A layer, neuron, token, document, store or figure that does not exist: a 404 naming it."""
 
 
 def jsonable(v: Any) -> Any:

@@ -68,8 +68,9 @@ class Probe:
 
     def _load(self):
         from ..ingest.adapters import adapter_for, get_module
-        from ..ingest.models import (choose_device, choose_dtype, load_config, load_model, load_tokenizer,
-                                     resolve_model_dir, weights_sha256)
+        from ..devices import choose_device
+        from ..ingest.models import (choose_dtype, load_config, load_model, load_tokenizer, resolve_model_dir,
+                                     weights_sha256)
 
         m = self.store.manifest
         model_dir, _ = resolve_model_dir(m.model, m.model_revision)

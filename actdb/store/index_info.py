@@ -13,13 +13,14 @@ from typing import Any
 
 from ..errors import InputError, StoreError
 from ..files import atomic_write_text
-from ..settings import THRESHOLDS, IndexSettings, parse_fire_rule, range_problem, threshold_range
+from ..grammar import parse_fire_rule
+from ..settings import THRESHOLDS, IndexSettings, range_problem, threshold_range
 from .layout import INDEX_DIR, INDEX_FILE
 from .record import check_version, from_dict, parse_json, read_text, seal, unseal
 
 # 5: the record carries its checksum (record.seal) and the identity of the store it was built from
 # (`store`: the manifest's content digest), so an index copied in from another store is refused;
-# 4: n-grams padded before the sequence start (SPEC §1.3 as amended), n-gram ids in base
+# 4: n-grams padded before the sequence start (so every n counts the same fires), n-gram ids in base
 # vocabulary + 1 (`vocab_base`) with `ngram_pad` the PAD digit, and every threshold recorded.
 # Older indexes counted other n-grams: they are refused with "rebuild" (and rebuilt by
 # `actdb index`), never read with other semantics.
@@ -42,7 +43,7 @@ class IndexConfig:
     prefix: bool                     # the tokenizer puts a prefix token (BOS) at position 0
     top_k: int
     store: str                       # Manifest.identity of the store it was built from
-    rule: str = "sign"               # the fire rule whose masks it counts (SPEC §1.8); older indexes: sign
+    rule: str = "sign"               # the fire rule whose masks it counts; older indexes: sign
     # the thresholds, defaults from settings.IndexSettings (the one table of the paper's values)
     p_cov: float = _DEFAULTS.p_cov
     tok_max_cov: int = _DEFAULTS.tok_max_cov

@@ -12,11 +12,11 @@ from typing import Any
 
 from ..errors import InputError, StoreError
 from ..files import atomic_write_text
-from ..settings import parse_fire_rule
+from ..grammar import parse_fire_rule
 from .layout import MANIFEST_FILE, SIGN_RULE
 from .record import check_version, content_digest, from_dict, parse_json, read_text, seal, unseal
 
-# 4: the record carries its own checksum (record.seal); 3: several fire rules (`fire_rules`, SPEC §1.8), each rule's masks beside the sign rule's;
+# 4: the record carries its own checksum (record.seal); 3: several fire rules (`fire_rules`), each rule's masks beside the sign rule's;
 # 2: mask chunks may use the actdb.bitrows codec (`codec` says which); 1: zstd only.
 # Versions 1 and 2 read as one sign rule. An older actdb refuses a newer store with "upgrade
 # actdb" instead of a zarr error.
@@ -55,7 +55,7 @@ class Manifest:
     architecture: str          # config.model_type, e.g. "opt"
     model_class: str           # e.g. "OPTForCausalLM"
     family: str                # adapter family, e.g. "opt", "llama"
-    fire_rule: str             # SPEC §1.1 rule in words
+    fire_rule: str             # the sign rule in words (what fires, per family)
     n_layers: int              # layers of the model
     layers: tuple[int, ...]    # layers recorded
     d_ffn: int

@@ -22,18 +22,9 @@ import stat
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import StoreError
+from ..errors import CheckTimeout, StoreError
 from ..files import sha256_file
 from .layout import CHECKSUMS_FILE, INDEX_FILE, TRANSIENT, rule_dir
-
-class CheckTimeout(StoreError):
-    """The file checks ran past their deadline; `checked` files were verified (and are remembered
-    by this guard)."""
-
-    def __init__(self, checked: int) -> None:
-        super().__init__(f"the file checks ran past their deadline ({checked} files checked)")
-        self.checked = checked
-
 
 class ParquetGuard:
     """The recorded digests of a store's Parquet files and the files behind each SQL view."""
