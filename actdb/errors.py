@@ -11,3 +11,8 @@ class InputError(ActdbError):
 
 class StoreError(ActdbError):
     """A store is missing, incomplete, corrupt or of an unknown format."""
+
+
+class NotFound(InputError):
+    """A layer, neuron, token, document, store, figure or saved query that does not exist
+    (the explorer answers 404 naming it)."""
