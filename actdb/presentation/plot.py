@@ -11,7 +11,9 @@ no oscillatory neurons, no massive activations) is still drawn, with a note sayi
 """
 from __future__ import annotations
 
+import io
 import textwrap
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,6 +368,25 @@ def render(store, name: str, params: dict[str, Any] | None = None):
         plt.close(fig)
         raise
     return fig
+
+
+_DRAWING = threading.Lock()   # matplotlib's pyplot is not thread-safe: one figure at a time
+
+
+def png(store, name: str, params: dict[str, Any] | None = None) -> bytes:
+    """One figure of FIGURES as PNG bytes (a server's: drawn in any thread, one at a time)."""
+    import matplotlib.pyplot as plt
+
+    with _DRAWING:
+        fig = render(store, name, params)
+        try:
+            buf = io.BytesIO()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+                fig.savefig(buf, format="png")
+        finally:
+            plt.close(fig)
+    return buf.getvalue()
 
 
 def plot(store, name: str, out: str | Path, params: dict[str, Any] | None = None) -> Path:
