@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import InputError, NotFound
 from ..query.connection import QueryMemory, QueryTimeout
 from .explorer import Explorer
+from .thresholds import thresholds
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class SavedParam:
     name: str
     default: Any
     help: str
+    source: str      # index_info.NAME: the default is that threshold of the index; else ""
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,18 @@ class ConsoleAnswer:
     seconds: float | None = None
 
 
-def saved_list() -> tuple[Saved, ...]:
-    from ..query.catalogue import saved_queries
+def saved_list(ex: Explorer) -> tuple[Saved, ...]:
+    """The saved queries with their defaults on this store (an index_info.NAME one: the index's)."""
+    from ..query.catalogue import Recorded, defaults, saved_queries
 
-    return tuple(Saved(q.name, q.title, q.reproduces, q.sql,
-                       tuple(SavedParam(k, v, q.param_help.get(k, "")) for k, v in q.params.items()))
-                 for q in saved_queries())
+    recorded = thresholds(ex)
+    out = []
+    for q in saved_queries():
+        values = defaults(q, recorded)
+        out.append(Saved(q.name, q.title, q.reproduces, q.sql,
+                         tuple(SavedParam(k, values[k], q.param_help.get(k, ""), str(v) if isinstance(v, Recorded) else "")
+                               for k, v in q.params.items())))
+    return tuple(out)
 
 
 def console(ex: Explorer, sql: str | None, params: dict[str, str], saved: str | None = None,
@@ -64,7 +72,7 @@ def console(ex: Explorer, sql: str | None, params: dict[str, str], saved: str | 
     """Run `sql` (or saved query `saved`, its defaults under `params`) on the console's database
     of `ex`, answering up to max_rows rows. limit_hint: what to name with a time or memory limit
     (the options that set them)."""
-    listed = saved_list()
+    listed = saved_list(ex)
     chosen = None
     if saved:
         chosen = next((q for q in listed if q.name == saved), None)
