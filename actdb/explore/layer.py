@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import InputError, NotFound
 from .explorer import explorer
+from .thresholds import thresholds
 
 # column -> heading of the layer table; sorting takes only these names
 LAYER_COLUMNS: dict[str, str] = {
@@ -130,6 +131,7 @@ class LayerTable:
     pages: int
     page_size: int
     has_massive: bool
+    thresholds: dict[str, Any]   # the index's, which coverage, detectors and patterns are at
 
 
 def layer_table(store, layer: int, query: LayerQuery = LayerQuery(), page_size: int = 100) -> LayerTable:
@@ -171,4 +173,4 @@ def layer_table(store, layer: int, query: LayerQuery = LayerQuery(), page_size: 
     names = [f.name for f in fields(LayerRow)]
     rows = tuple(LayerRow(**{k: r[k] for k in names})
                  for r in df.slice((lq.page - 1) * page_size, page_size).iter_rows(named=True))
-    return LayerTable(layer, rows, total, lq.page, pages, page_size, has_massive)
+    return LayerTable(layer, rows, total, lq.page, pages, page_size, has_massive, thresholds(ex))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .explorer import Explorer, explorer
+from .thresholds import thresholds
 
 PAD_MARK = "∅"   # an n-gram slot before the sequence start; unquoted, so no token reads the same
 
@@ -97,6 +98,7 @@ class NeuronFacts:
     suppressed: tuple[Projected, ...] | None    # most suppressed first
     prev: NeighbourId | None                    # the neuron before, across layers
     next: NeighbourId | None
+    thresholds: dict[str, Any]                  # the index's, which coverage and detectors are at
 
 
 _ONE = """
@@ -154,7 +156,7 @@ def neuron_facts(store, layer: int, neuron: int, top: int = 20) -> NeuronFacts:
         token_detector=td, trigram_detector=gd,
         positional=Positional(one["mi"], one["pattern"], one["strong"]) if one["mi"] is not None else None,
         top_tokens=top_tokens, positions=tuple(PositionFreq(**p) for p in r["positions"]),
-        promoted=promoted, suppressed=suppressed, prev=prev, next=nxt)
+        promoted=promoted, suppressed=suppressed, prev=prev, next=nxt, thresholds=thresholds(ex))
 
 
 def trigram_texts(store, ngrams: list[int]) -> list[str]:

@@ -4,8 +4,10 @@ too), and dead neurons and frequency per layer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .explorer import explorer
+from .thresholds import labels, thresholds
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class StoreOverview:
     domains: tuple[DomainTokens, ...]   # most tokens first
     headline: tuple[Headline, ...]
     layer_stats: tuple[LayerStats, ...]
+    thresholds: dict[str, Any]          # the index was built with (index_info)
 
 
 def rule_words(manifest, rule: str) -> str:
@@ -79,7 +82,7 @@ def store_overview(store) -> StoreOverview:
             corpus=tuple(CorpusFile(c.path, c.bytes) for c in m.corpus),
             domains=tuple(DomainTokens(**d) for d in doms.iter_rows(named=True)),
             headline=tuple(Headline(k, v) for k, v in headline(ex)),
-            layer_stats=tuple(LayerStats(**r) for r in layers.iter_rows(named=True)))
+            layer_stats=tuple(LayerStats(**r) for r in layers.iter_rows(named=True)), thresholds=thresholds(ex))
     return ex.cached("overview", make)
 
 
@@ -99,12 +102,13 @@ def headline(store) -> list[tuple[str, str]]:
     rows.append(("dead neurons", f"{d['dead']:,} of {d['n']:,} ({100 * d['dead'] / d['n']:.2f} %); most in layer "
                                  f"{d['worst_layer']} ({100 * d['worst']:.1f} %)"))
     rows.append(("mean firing frequency of alive neurons", f"{100 * (d['freq'] or 0):.1f} % of tokens (mean over layers)"))
-    t = q("SELECT * FROM index_info").row(0, named=True)   # the thresholds the index was built with
+    t = thresholds(ex)   # the thresholds the index was built with
+    lab = labels(t)
     c = q("SELECT count(*) FILTER (WHERE n_covering <= $k) AS small, count(*) AS n, "
           "median(n_covering) AS med FROM coverage WHERE n = 1", k=t["tok_max_cov"]).row(0, named=True)
-    rows.append((f"unigram coverage ({100 * t['p_cov']:g} %)",
+    rows.append((f"unigram coverage ({lab['p_cov']})",
                  f"median {c['med'] or 0:,.0f} tokens; {c['small']:,} of {c['n']:,} alive "
-                 f"neurons covered by 1-{t['tok_max_cov']} tokens"))
+                 f"neurons covered by 1-{lab['tok_max_cov']} tokens"))
     n_det = q("SELECT count(*) FROM token_detectors").item()
     tok = q("SELECT count(DISTINCT id) FROM (SELECT unnest(token_ids) AS id FROM token_detectors)").item()
     rows.append(("token detectors", f"{n_det:,} neurons detecting {tok:,} distinct tokens"))
@@ -119,12 +123,12 @@ def headline(store) -> list[tuple[str, str]]:
                                                                  "(paper, OPT: over 80 %)"))
     p = q("SELECT pattern, count(*) AS n, count(*) FILTER (WHERE strong) AS strong FROM positional_neurons "
           "GROUP BY pattern ORDER BY n DESC")
-    rows.append((f"positional neurons (I > {t['mi_min']:g})", ", ".join(f"{r['n']:,} {r['pattern']} ({r['strong']:,} strong)"
-                                                                       for r in p.iter_rows(named=True)) or "none"))
+    rows.append((f"positional neurons (I > {lab['mi_min']})", ", ".join(f"{r['n']:,} {r['pattern']} ({r['strong']:,} strong)"
+                                                                   for r in p.iter_rows(named=True)) or "none"))
     if "massive_activations" in views:
         ma = q("SELECT count(*) AS n, count(DISTINCT dim) AS dims, max(abs(value)) AS top, min(layer) AS first, "
                "avg((pos = 0)::INT) AS first_pos FROM massive_activations").row(0, named=True)
-        what = f"massive activations (abs > {t['abs_min']:g} and >= {t['ratio']:g} x median)"
+        what = f"massive activations (abs > {lab['abs_min']} and >= {lab['ratio']} x median)"
         if ma["n"]:
             dims = q("SELECT dim FROM massive_activations GROUP BY dim ORDER BY count(*) DESC LIMIT 5")["dim"].to_list()
             rows.append((what, f"{ma['n']:,} in {ma['dims']} dims ({', '.join(map(str, dims))}), up to {ma['top']:,.0f}, "

@@ -13,6 +13,7 @@ from ..explore.contexts import contexts
 from ..explore.explorer import Explorer
 from ..explore.neuron import neuron_facts
 from ..explore.overview import rule_words
+from ..explore.thresholds import share
 
 SPARK = " ▁▂▃▄▅▆▇█"
 NGRAMS = {1: "tokens", 2: "bigrams", 3: "trigrams"}
@@ -44,7 +45,7 @@ def neuron_card(store, layer: int, neuron: int, top: int = 10, n_contexts: int =
         return lines
     lines.append("domains      " + ", ".join(f"{d.domain} {100 * d.freq:.1f} %" for d in f.domains))
     lines.append("coverage     " + ", ".join(f"{c.n_covering:,} of {c.n_distinct:,} {NGRAMS[c.n]}" for c in f.coverage)
-                 + " cover 95 % of its fires")
+                 + f" cover {share(f.thresholds['p_cov'])} of its fires")
     if f.token_detector:
         td = f.token_detector
         lines.append(f"detector     token detector of {list(td.tokens)} ({100 * td.share:.1f} % of fires)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import ActdbError, InputError
 from ..explore.overview import headline
+from ..explore.thresholds import criteria, thresholds
 from ..files import atomic_write_text
 from ..store.layout import check_outside_stores, rule_slug
 
@@ -56,8 +57,8 @@ def write_report(stores: list, out: str | Path, title: str = "actdb report", not
                  progress: bool = True) -> Path:
     """Figures, query answers and headline numbers of each store handle (each under its fire rule;
     see report_handles), in OUT/report.md."""
-    from ..query.catalogue import saved_queries
-    from .plot import FIGURES, describe, plot_all
+    from ..query.catalogue import parameters, saved_queries
+    from .plot import FIGURES, caption, describe, drawn_at, plot_all
 
     check_outside_stores(out)
     out = Path(out)
@@ -80,17 +81,21 @@ def write_report(stores: list, out: str | Path, title: str = "actdb report", not
         answers = run_all_queries(st, sub / "queries")
         lines += [f"## {describe(st)}", "", f"Store: `{st.path}`", "", "| question | answer |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in headline(st)]
+        lines += ["", "At the thresholds of the index: " + "; ".join(criteria(thresholds(st)).values()) + "."]
         lines += ["", "### Figures", ""]
         for f in figs:
             fig = FIGURES[f.stem]
-            lines += [f"**{fig.title}** ({fig.paper}; query `{fig.query}`)", "",
-                      f"![{fig.title}]({f.relative_to(out).as_posix()})", ""]
+            title, said = caption(fig, drawn_at(st, fig))
+            lines += [f"**{title}** ({fig.paper}; query `{fig.query}`)" + (f": {said}" if said else ""), "",
+                      f"![{title}]({f.relative_to(out).as_posix()})", ""]
         lines += [f"- {k}: not drawn ({why})" for k, why in skipped.items()]
         lines += ["", "### Saved queries", ""]
         for qname, result in answers.items():
             link = f"[{result}]({(sub / 'queries' / result).relative_to(out).as_posix()})" \
                 if result.endswith(".csv") else result
-            lines.append(f"- `{qname}` — {titles.get(qname, '')}: {link}")
+            ran = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
+                            for k, v in parameters(st, qname).items()) if result.endswith(".csv") else ""
+            lines.append(f"- `{qname}` — {titles.get(qname, '')}{f' ({ran})' if ran else ''}: {link}")
         lines.append("")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

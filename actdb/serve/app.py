@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..errors import ActdbError, InputError, NotFound, StoreError
 from ..explore.layer import LayerQuery
+from ..explore.thresholds import share
 from ..settings import ServeSettings
 from . import pages
 from .pages import Served
@@ -104,6 +105,7 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     env.filters["num"] = lambda v: "—" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:,.3f}")
     env.filters["dict_with"] = lambda d, **kw: {k: v for k, v in {**d, **kw}.items() if v is not None}
     env.filters["tok"] = lambda t: "∅" if t is None else repr(t)[1:-1]   # control characters visible
+    env.filters["share"] = share   # a threshold that is a share, as the index records it
     templates = Jinja2Templates(env=env)
     templates.env.globals["stores"] = list(served)
 

@@ -18,6 +18,7 @@ from ..explore.explorer import Explorer
 from ..explore.layer import LAYER_COLUMNS, PATTERNS, LayerQuery, layer_table
 from ..explore.neuron import neuron_facts
 from ..explore.overview import rule_words, store_overview
+from ..explore.thresholds import criteria
 from ..explore.tokens import token_facts
 from ..settings import ServeSettings
 
@@ -66,12 +67,15 @@ class Served:
 # ---------------------------------------------------------------- stores
 
 def figures(sv: Served) -> list[dict[str, str]]:
-    """The paper figures this store can draw, with where to get each as PNG."""
-    from ..presentation.plot import FIGURES, available
+    """The paper figures this store can draw, titled at the thresholds they are drawn at, with
+    where to get each as PNG (once per index)."""
+    from ..presentation.plot import FIGURES, available, caption, drawn_at
 
-    st = sv.ex.st()
-    return [{"name": f.name, "title": f.title, "paper": f.paper, "query": f.query,
-             "png": f"/s/{sv.name}/figure/{f.name}.png"} for f in FIGURES.values() if available(st, f) is None]
+    def make() -> list[dict[str, str]]:
+        st = sv.ex.st()
+        return [{"name": f.name, "title": caption(f, drawn_at(st, f))[0], "paper": f.paper, "query": f.query,
+                 "png": f"/s/{sv.name}/figure/{f.name}.png"} for f in FIGURES.values() if available(st, f) is None]
+    return sv.ex.cached("figures", make)
 
 
 def figure_png(sv: Served, name: str) -> bytes:
@@ -88,7 +92,9 @@ def figure_png(sv: Served, name: str) -> bytes:
 def store_summary(sv: Served) -> dict[str, Any]:
     """Model, fire rule, corpus and domains, tokens and sequences, the headline numbers, the
     per-layer table and the figures of one store."""
-    return {"name": sv.name, **jsonable(store_overview(sv.ex)), **sv.rule_data(), "figures": figures(sv)}
+    o = store_overview(sv.ex)
+    return {"name": sv.name, **jsonable(o), **sv.rule_data(), "criteria": list(criteria(o.thresholds).values()),
+            "figures": figures(sv)}
 
 
 def stores_page(served: list[Served]) -> dict[str, Any]:
@@ -101,7 +107,8 @@ def layer_page(sv: Served, layer: int, lq: LayerQuery) -> dict[str, Any]:
     """A layer's neurons, filtered, sorted and paged (explore.layer)."""
     t = layer_table(sv.ex, layer, lq, sv.s.page_size)
     m = sv.ex.manifest
-    return {"store": sv.name, **jsonable(t), "layers": list(m.layers), "columns": LAYER_COLUMNS,
+    return {"store": sv.name, **jsonable(t), "criteria": criteria(t.thresholds), "layers": list(m.layers),
+            "columns": LAYER_COLUMNS,
             "query": lq.args(), "patterns": list(PATTERNS), "d_ffn": m.d_ffn, "n_tokens": m.n_tokens}
 
 
@@ -113,7 +120,8 @@ def neuron_page(sv: Served, layer: int, neuron: int, page: int = 1) -> dict[str,
     ex.check_neuron(layer, neuron)
     ctx = ex.start(lambda: contexts(ex, layer, neuron, page, s.contexts, s.context_tokens, s.seed))
     facts = neuron_facts(ex, layer, neuron, s.top)
-    return {"store": sv.name, **sv.rule_data(), **jsonable(facts), **jsonable(ctx()), "probe": sv.probe().status()}
+    return {"store": sv.name, **sv.rule_data(), **jsonable(facts), "criteria": criteria(facts.thresholds),
+            **jsonable(ctx()), "probe": sv.probe().status()}
 
 
 # ---------------------------------------------------------------- token
