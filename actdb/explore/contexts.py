@@ -87,7 +87,8 @@ def telling_order(ex: Explorer, mask: np.ndarray, rows: np.ndarray, window: int)
 
 def _context(ex: Explorer, mask: np.ndarray, r: int, p_fire: float, window: int) -> Context:
     """The tokens around fire row r within its sequence, each with whether the neuron fired."""
-    a = ex.arrays()
+    a, vocab = ex.arrays(), ex.vocab()
     lo, hi = max(int(a.start[r]), r - window), min(int(a.end[r]), r + window)
-    toks = tuple(ContextToken(x, ex.token_text(int(a.ids[x])), bool(mask[x]), x == r) for x in range(lo, hi + 1))
+    text = [vocab[i] if i < len(vocab) else f"#{i}" for i in a.ids[lo:hi + 1].tolist()]
+    toks = tuple(ContextToken(x, t, bool(mask[x]), x == r) for x, t in zip(range(lo, hi + 1), text))
     return Context(r, int(a.seq[r]), int(a.pos[r]), int(a.doc[r]), toks, sum(t.fired for t in toks), p_fire)

@@ -63,14 +63,17 @@ class Explorer:
             h = getattr(self._local, "store", None)
             if h is None:
                 h = self._local.store = self.base.thread_handle()
-        generation = h.refresh()
+        self._sync(h.refresh())
+        return h
+
+    def _sync(self, generation: int) -> None:
+        """Forget what was read from an older index."""
         if generation != self._generation:
             with self._lock:
                 if generation != self._generation:
                     self._cache.clear()
                     self._lru.clear()
                     self._generation = generation
-        return h
 
     def console_handle(self):
         """This thread's handle on the console's own database (opened on first use, one DuckDB
