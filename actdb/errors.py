@@ -41,5 +41,5 @@ class QueryMemory(InputError, MemoryError):
 
 
 class NotFound(ActdbError, LookupError):
-    """A layer, neuron, token, document, store or figure that does not exist: the explorer's 404
-    naming it."""
+    """A layer, neuron, token, document, store, figure or saved query that does not exist: the
+    explorer's 404 naming it."""

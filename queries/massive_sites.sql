@@ -1,7 +1,7 @@
 -- title: Dimensions that host massive activations, the layers they span, and the tokens they sit on
 -- reproduces: Sun et al. 2024, §2 (few fixed dimensions; starting token and delimiters such as "." and "\n")
--- param: abs_min = 100   |h| must exceed this
--- param: ratio = 1000    and be at least this many times the sequence's median |h|
+-- param: abs_min = index_info.abs_min   |h| must exceed this
+-- param: ratio = index_info.ratio       and be at least this many times the sequence's median |h|
 WITH m AS (SELECT * FROM massive_activations_at(abs_min := $abs_min, ratio := $ratio)),
 t AS (SELECT dim, token, count(*) AS n, row_number() OVER (PARTITION BY dim ORDER BY count(*) DESC, token) AS r
       FROM m GROUP BY dim, token)

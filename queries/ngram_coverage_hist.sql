@@ -1,6 +1,6 @@
--- title: Neurons per layer by the number of bigrams / trigrams covering 95 % of their fires
+-- title: Neurons per layer by the number of bigrams / trigrams covering share p of their fires
 -- reproduces: Voita et al. 2023, Figures 12 (bigrams) and 13 (trigrams); n-gram layers of the index only
--- param: p = 0.95   share of a neuron's fires the covering n-grams must reach
+-- param: p = index_info.p_cov   share of a neuron's fires the covering n-grams must reach
 WITH bins(n, bin, lo, hi) AS (VALUES
         (2, '1-50', 1, 50), (2, '51-100', 51, 100), (2, '101-200', 101, 200), (2, '201-500', 201, 500),
         (2, '501-1k', 501, 1000), (2, '1k-2k', 1001, 2000), (2, '2k-5k', 2001, 5000), (2, '5k-1M', 5001, 1000000),

@@ -1,9 +1,9 @@
 -- title: Trigram-detecting neurons and covered trigrams per layer: cumulative, new overall, new vs the previous layer
--- reproduces: Voita et al. 2023, Figures 14a, 14b and 15 (coverage 1-50 trigrams); n-gram layers of the index only
--- param: max_cov = 50    at most this many trigrams cover the neuron
--- param: p_cov = 0.95    coverage share
--- param: p_token = 0.95  P(fires | trigram) for a covered trigram
--- param: p_share = 0.95  share of fires the covered trigrams account for
+-- reproduces: Voita et al. 2023, Figures 14a, 14b and 15 (covered by 1 to max_cov trigrams, the paper's 50); n-gram layers of the index only
+-- param: max_cov = index_info.tri_max_cov   at most this many trigrams cover the neuron
+-- param: p_cov = index_info.p_cov           coverage share
+-- param: p_token = index_info.p_token       P(fires | trigram) for a covered trigram
+-- param: p_share = index_info.p_share       share of fires the covered trigrams account for
 WITH det AS (SELECT * FROM trigram_detectors_at(max_cov := $max_cov, p_cov := $p_cov, p_token := $p_token, p_share := $p_share)),
      d AS (SELECT DISTINCT layer, unnest(ngrams) AS ngram FROM det),
      l AS (SELECT layer FROM ngram_layers),

@@ -1,6 +1,6 @@
--- title: Neurons per layer by the number of tokens covering 95 % of their fires
+-- title: Neurons per layer by the number of tokens covering share p of their fires
 -- reproduces: Voita et al. 2023, Figure 2 (alive neurons, bins 1-5 ... 2k-50k; BOS position excluded)
--- param: p = 0.95   share of a neuron's fires the covering tokens must reach
+-- param: p = index_info.p_cov   share of a neuron's fires the covering tokens must reach
 WITH bins(bin, lo, hi) AS (VALUES ('1-5', 1, 5), ('6-10', 6, 10), ('11-20', 11, 20), ('21-50', 21, 50),
                                   ('51-200', 51, 200), ('201-1k', 201, 1000), ('1k-2k', 1001, 2000),
                                   ('2k-50k', 2001, 50000)),

@@ -27,7 +27,7 @@ def test_card_of_a_planted_token_detector(known_store):
 
 def test_card_shows_trigrams_with_pad_marked(known_store):
     """A trigram detector's trigrams as text; a slot before the sequence start is ∅, never a token."""
-    from actdb.presentation.card import trigram_texts
+    from actdb.explore.neuron import trigram_texts
 
     r = card(known_store, "0", "6")          # detects the planted trigram 3 4 5
     assert r.exit_code == 0, r.output
@@ -49,7 +49,8 @@ def test_card_of_dead_and_positional_neurons(known_store):
 
 
 def test_card_errors_are_one_line(known_store):
-    for args, text in ((["0", "999"], "neuron: expected 0..15"), (["7", "0"], "layer: expected one of")):
+    for args, text in ((["0", "999"], f"neuron 0:999: not in store {known_store.path} (neurons 0..15)"),
+                       (["7", "0"], f"layer 7: not recorded in store {known_store.path} (recorded layers: 0, 1, 2)")):
         r = card(known_store, *args)
         assert r.exit_code == 1 and text in r.output and len(r.output.strip().splitlines()) == 1
 

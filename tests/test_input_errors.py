@@ -305,9 +305,10 @@ def store(model_dirs, corpus_file, tmp_path_factory):
 def test_negative_layer_or_neuron_is_refused_by_range_not_as_an_option(store):
     code, out = run("neuron", store, "-1", "0")
     line = one_error_line(out)
-    assert code != 0 and "No such option" not in out and "layer: expected one of the recorded layers [0, 1, 2], got -1" in line
+    assert code != 0 and "No such option" not in out and "layer -1: not recorded in store" in line \
+        and "(recorded layers: 0, 1, 2)" in line
     code, out = run("neuron", store, "0", "-1", "--top", "3")
-    assert code != 0 and "neuron: expected 0..47, got -1" in one_error_line(out)
+    assert code != 0 and "neuron 0:-1: not in store" in one_error_line(out) and "(neurons 0..47)" in out
     code, out = run("neuron", store, "--top", "3", "0", "5")
     assert code == 0 and out.startswith("neuron 0:5 of"), out
     code, out = run("neuron", store, "0", "5", "--no-such-flag")

@@ -1,4 +1,4 @@
-"""The stages import one way (cli -> presentation/query/index/ingest -> store -> shared modules)
+"""The stages import one way (cli -> serve -> presentation -> explore -> query/index/ingest -> store -> shared modules)
 and there is no import circle, imports inside functions counted."""
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ ALLOWED = {
     "index": {"store"},
     "query": {"store"},
     "ingest": {"index", "store"},         # an ingest builds the index at its end
-    "presentation": {"query", "store"},   # figures, report and card draw query results
-    # the explorer draws pages from the views; ingest only inside the probe, which loads the model lazily
-    "serve": {"presentation", "query", "store", "ingest"},
-    "top": {"ingest", "index", "query", "presentation", "serve", "store"},   # actdb/__init__.py and cli.py
+    "explore": {"query", "store"},        # what is shown about a store, layer, neuron, token: the facts
+    "presentation": {"explore", "query", "store"},   # figures, report and card draw query results and facts
+    # the explorer renders the facts; ingest only inside the probe, which loads the model lazily
+    "serve": {"explore", "presentation", "query", "store", "ingest"},
+    "top": {"ingest", "index", "query", "explore", "presentation", "serve", "store"},   # actdb/__init__.py, cli.py
 }
 
 
@@ -123,8 +124,34 @@ def test_the_checker_finds_a_circle():
 
 
 def test_every_stage_is_a_subpackage():
-    for s in ("ingest", "store", "index", "query", "presentation", "serve"):
+    for s in ("ingest", "store", "index", "query", "explore", "presentation", "serve"):
         assert (ROOT / s / "__init__.py").exists()
     flat = sorted(p.name for p in ROOT.glob("*.py"))
     assert flat == ["__init__.py", "_version.py", "cli.py", "cluster.py", "devices.py", "errors.py", "faults.py",
                     "files.py", "grammar.py", "jit.py", "settings.py"], flat
+
+
+
+def test_the_server_renders_facts_only():
+    """actdb/serve/ asks actdb.explore for every fact: no SQL, no array or frame library, no
+    private attribute of another object read (the probe alone hands the model's fires, an array,
+    to explore). Its page module stays small."""
+    import re
+
+    bad = []
+    for path in sorted((ROOT / "serve").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in names:
+                    lib = name.split(".")[0]
+                    if lib in ("numpy", "polars", "duckdb", "pyarrow") and not (lib == "numpy" and path.name == "probe.py"):
+                        bad.append(f"{path.name}:{node.lineno} imports {name}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    re.search(r"\bSELECT\b[\s\S]*\bFROM\b", node.value):
+                bad.append(f"{path.name}:{node.lineno} holds SQL: {node.value[:40]!r}")
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                bad.append(f"{path.name}:{node.lineno} reads {ast.unparse(node)}")
+    assert not bad, "\n".join(bad)
+    assert len((ROOT / "serve" / "pages.py").read_text(encoding="utf-8").splitlines()) <= 300

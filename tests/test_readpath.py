@@ -18,9 +18,8 @@ from click.testing import CliRunner
 import actdb
 from actdb.cli import main
 from actdb.index.build import build_index
-from actdb.query.catalogue import describe_lines, saved_queries
+from actdb.query.catalogue import Recorded, describe_lines, saved_queries
 from actdb.errors import QueryTimeout
-from actdb.settings import QuerySettings, settings_table
 from test_index import make_known
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,27 +185,21 @@ def test_file_checks_count_against_the_time_limit(tmp_path):
     assert out.startswith("Error: query stopped after 1e-09 s (--timeout) while checking the store's files"), out
 
 
-def test_query_settings_table_in_readme():
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("<!-- query-settings-table -->") + len("<!-- query-settings-table -->")
-    end = readme.index("<!-- /query-settings-table -->")
-    assert readme[start:end].strip() == settings_table(QuerySettings), \
-        "regenerate with actdb.settings.settings_table(QuerySettings)"
-
-
 def test_param_help_kept_and_shown():
     qs = {q.name: q for q in saved_queries()}
     for q in qs.values():
         for k in q.params:
             assert q.param_help.get(k), f"{q.name}: ${k} has no help text"
     q = qs["token_detectors_per_layer"]
-    assert q.params["max_cov"] == 5 and q.param_help["max_cov"] == "at most this many tokens cover the neuron"
+    assert q.params["max_cov"] == Recorded("tok_max_cov") and \
+        q.param_help["max_cov"] == "at most this many tokens cover the neuron"
     r = run("query", "--list")
     assert r.exit_code == 0 and "at most this many tokens cover the neuron" in r.output
     r = run("query", "token_detectors_per_layer", "--describe")
     assert r.exit_code == 0, r.output
     assert r.output.splitlines() == describe_lines("token_detectors_per_layer")
-    for want in (q.title, q.reproduces, "$max_cov = 5", "$p_share = 0.95", "share of fires the covered tokens"):
+    for want in (q.title, q.reproduces, "$max_cov = index_info.tok_max_cov", "$p_share = index_info.p_share",
+                 "share of fires the covered tokens", "the threshold NAME the store's index was built with"):
         assert want in r.output, want
     assert "no such query" not in r.output
     assert "expected a .sql file or one of" in one_line_error(run("query", "nope", "--describe"))

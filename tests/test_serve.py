@@ -406,11 +406,11 @@ def test_serve_command_prints_its_url_and_warns_off_loopback(known_store, host):
     assert r.returncode != 0 and "--port: expected 0..65535, got 70000" in r.stderr
 
 
-def test_readme_lists_every_route(served):
-    """Each route of the app is in the README's route table (HTML paths; /api twins by rule)."""
+def test_the_explorer_document_lists_every_route(served):
+    """Each route of the app is in the explorer document's route table (HTML paths; /api twins by rule)."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "explorer.md").read_text()
     c, _ = served
     names = {"{store}": "STORE", "{layer}": "L", "{neuron}": "N", "{doc}": "D", "{name}": "NAME"}
     paths = [r.path for r in c.app.app.routes if r.path != "/static"]

@@ -111,7 +111,7 @@ def test_installed_copy_runs_saved_queries_plot_and_report(venv, known, tmp_path
     assert "dead_per_layer" in run(actdb_bin, "query", "--list")
     out = run(actdb_bin, "query", known, "dead_per_layer", "-f", "csv").splitlines()
     assert out[0] == "layer,n_neurons,n_dead,dead_pct" and len(out) == 4
-    assert "$max_cov = 5" in run(actdb_bin, "query", "token_detectors_per_layer", "--describe")
+    assert "$max_cov = index_info.tok_max_cov" in run(actdb_bin, "query", "token_detectors_per_layer", "--describe")
     assert "wrote" in run(actdb_bin, "plot", known, "fig1a", "-o", tmp_path / "fig1a.png")
     assert (tmp_path / "fig1a.png").stat().st_size > 1000
     run(actdb_bin, "report", known, "-o", tmp_path / "report")

@@ -1,7 +1,8 @@
 """Paper figures as PNG, drawn from the saved queries of `queries/` on any store.
 
 Each figure is one entry of FIGURES: the saved query it draws, the views it needs, and a
-small drawing function. Titles name the figure, the model and the corpus; axes say what is
+small drawing function. Titles name the figure, the thresholds it is drawn at (those its query
+runs at: the index's, unless a parameter is given), the model and the corpus; axes say what is
 counted and in which unit. A figure whose question has no answer in the store (no detectors,
 no oscillatory neurons, no massive activations) is still drawn, with a note saying so, so that
 "none" is a visible result rather than a missing file.
@@ -11,13 +12,17 @@ no oscillatory neurons, no massive activations) is still drawn, with a note sayi
 """
 from __future__ import annotations
 
+import io
 import textwrap
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError
+from ..explore.thresholds import criteria, labels, thresholds
+from ..query.catalogue import Recorded, find_query, parameters
 from ..store.layout import check_outside_stores
 
 LAYER = "layer"
@@ -29,17 +34,19 @@ SUN = "Sun et al. 2024"
 class Figure:
     name: str
     paper: str                     # which paper figure it reproduces
-    title: str
+    title: str                     # {threshold} fields: filled in at the values it is drawn at
     query: str                     # the saved query it draws
     draw: Callable[..., None]      # draw(fig, df, ctx)
     needs: tuple[str, ...] = ()    # views that must exist in the store; "capture": a resid capture
+    criteria: tuple[str, ...] = ()  # explore.thresholds.criteria it states under the title
 
 
 class _Ctx:
-    """What a drawing function may ask of the store beyond its own query."""
+    """What a drawing function may ask of the store beyond its own query; labels: the
+    thresholds it is drawn at, as text."""
 
-    def __init__(self, store, params: dict[str, Any]) -> None:
-        self.store, self.params = store, params
+    def __init__(self, store, params: dict[str, Any], labels: dict[str, str]) -> None:
+        self.store, self.params, self.labels = store, params, labels
 
     def query(self, name: str, **params: Any):
         return self.store.query(name, params or None)
@@ -178,7 +185,7 @@ def _positional(fig, df, ctx) -> None:
                    hatch=None if strong else "//", label=f"{kind} ({'strong' if strong else 'weak'})")
             bottom = [a + c for a, c in zip(bottom, h)]
     _layers_axis(ax, layers)
-    ax.set_ylabel("positional neurons (I(act; pos) > threshold)")
+    ax.set_ylabel(f"positional neurons (I(act; pos) > {ctx.labels['mi_min']})")
     if any(bottom):
         ax.legend(frameon=False, fontsize=9, bbox_to_anchor=(1.01, 1), loc="upper left")
     else:
@@ -278,45 +285,67 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            _bars("dead neurons (% of the layer)", "dead_pct")),
     Figure("fig1b", f"{PAPER}, Figure 1b", "Mean firing frequency of alive neurons", "mean_freq_alive",
            _bars("firing frequency (% of tokens, mean over alive neurons)", "mean_freq_alive", pct=True)),
-    Figure("fig2", f"{PAPER}, Figure 2", "Neurons by the number of tokens covering 95 % of their fires",
+    Figure("fig2", f"{PAPER}, Figure 2", "Neurons by the number of tokens covering {p_cov} of their fires",
            "unigram_coverage_hist", _stacked("bin", "n_neurons", "covering tokens")),
     Figure("fig3a", f"{PAPER}, Figure 3a", "Token-detecting neurons per layer", "token_detectors_per_layer",
-           _bars("token-detecting neurons", "n_detectors", empty="no token detectors")),
+           _bars("token-detecting neurons", "n_detectors", empty="no token detectors"), criteria=("token_detector",)),
     Figure("fig3b", f"{PAPER}, Figure 3b", "Tokens with a detecting neuron", "detected_tokens_per_layer",
            _lines("tokens with a detecting neuron", {"n_tokens": ("per layer", "-"),
                                                      "n_tokens_cumulative": ("cumulative", "--")},
-                  empty="no token detectors")),
+                  empty="no token detectors"), criteria=("token_detector",)),
     Figure("fig4", f"{PAPER}, Figure 4", "Detected tokens per layer: all, and new vs the layers below",
            "new_tokens_per_layer", _lines("detected tokens", {"n_tokens": ("all", "-"),
                                                                "n_new": ("new vs all layers below", "--")},
-                                          empty="no token detectors")),
+                                          empty="no token detectors"), criteria=("token_detector",)),
     Figure("fig5", f"{PAPER}, Figure 5", "Token detectors: triggers and vocabulary projection of their update",
-           "detector_projection_examples", _projection_table, needs=("vocab_projection",)),
+           "detector_projection_examples", _projection_table, needs=("vocab_projection",),
+           criteria=("token_detector",)),
     Figure("fig6", f"{PAPER}, §4.4 / Figure 6", "Token detectors whose update suppresses their own triggers",
-           "detector_suppression_share", _suppression, needs=("vocab_projection",)),
+           "detector_suppression_share", _suppression, needs=("vocab_projection",), criteria=("token_detector",)),
     Figure("fig8", f"{PAPER}, Figures 7-8", "Positional neurons per layer by pattern", "positional_by_kind",
-           _positional),
+           _positional, criteria=("positional",)),
     Figure("fig9", f"{PAPER}, Figure 9", "Position ranges where strong oscillatory neurons fire",
-           "oscillatory_ranges", _oscillatory),
-    Figure("fig12", f"{PAPER}, Figure 12", "Neurons by the number of bigrams covering 95 % of their fires",
+           "oscillatory_ranges", _oscillatory, criteria=("positional",)),
+    Figure("fig12", f"{PAPER}, Figure 12", "Neurons by the number of bigrams covering {p_cov} of their fires",
            "ngram_coverage_hist", _stacked("bin", "n_neurons", "covering bigrams", _ngram_select(2),
                                            empty="no bigram statistics (n-gram layers of the index)")),
-    Figure("fig13", f"{PAPER}, Figure 13", "Neurons by the number of trigrams covering 95 % of their fires",
+    Figure("fig13", f"{PAPER}, Figure 13", "Neurons by the number of trigrams covering {p_cov} of their fires",
            "ngram_coverage_hist", _stacked("bin", "n_neurons", "covering trigrams", _ngram_select(3),
                                            empty="no trigram statistics (n-gram layers of the index)")),
     Figure("fig14", f"{PAPER}, Figure 14", "Trigram-detecting neurons and the trigrams they cover",
-           "trigram_detectors_per_layer", _trigram_detectors),
+           "trigram_detectors_per_layer", _trigram_detectors, criteria=("trigram_detector",)),
     Figure("fig15", f"{PAPER}, Figure 15", "Covered trigrams per layer: new overall and new vs the previous layer",
            "trigram_detectors_per_layer",
            _lines("trigrams with a detecting neuron", {"n_trigrams": ("all", "-"),
                                                        "n_new_overall": ("new vs all layers below", "--"),
                                                        "n_new_vs_previous": ("new vs the previous layer", ":")},
-                  empty="no trigram detectors")),
+                  empty="no trigram detectors"), criteria=("trigram_detector",)),
     Figure("massive-top", f"{SUN}, Figures 1-2", "Largest magnitudes of the residual stream per layer",
            "massive_top_magnitudes", _massive_top, needs=("capture", "capture_topk")),
     Figure("massive-sites", f"{SUN}, §2", "Massive activations: dimensions, layers and tokens",
-           "massive_by_layer", _massive_sites, needs=("capture", "massive_activations")),
+           "massive_by_layer", _massive_sites, needs=("capture", "massive_activations"), criteria=("massive",)),
 ]}
+
+
+def drawn_at(store, fig: Figure, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The thresholds `fig` is drawn at on `store`: the index's, and those its query runs at (its
+    parameters as given, else the index's, which its header names)."""
+    q = find_query(fig.query)
+    run = parameters(store, q, params)
+    return {**thresholds(store), **{v.threshold: run[k] for k, v in q.params.items() if isinstance(v, Recorded)}}
+
+
+class _Names(dict):
+    def __missing__(self, key: str) -> str:   # a title without a store names the threshold
+        return key
+
+
+def caption(fig: Figure, values: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(title, criteria) of `fig` at threshold `values` (drawn_at; None: the thresholds by name)."""
+    if values is None:
+        return fig.title.format_map(_Names()), ""
+    said = criteria(values)
+    return fig.title.format_map(labels(values)), "; ".join(said[c] for c in fig.criteria if c in said)
 
 
 def describe(store) -> str:
@@ -356,16 +385,38 @@ def render(store, name: str, params: dict[str, Any] | None = None):
     params = dict(params or {})
     store = store.with_rule(params.pop("rule", None))   # figures take the fire rule like saved queries
     df = store.query(fig_def.query, params or None)
+    values = drawn_at(store, fig_def, params)
+    title, said = caption(fig_def, values)
     wide = fig_def.name in ("fig5", "fig14")
+    width = 110 if wide else 90
     fig = plt.figure(figsize=(13, 6.5) if wide else (9, 5.5), dpi=110, layout="constrained")
     try:
-        fig_def.draw(fig, df, _Ctx(store, params))
-        fig.suptitle(f"{fig_def.title} (after {fig_def.paper})\n" + textwrap.fill(describe(store), 110 if wide else 90),
-                     fontsize=11)
+        fig_def.draw(fig, df, _Ctx(store, params, labels(values)))
+        fig.suptitle("\n".join([f"{title} (after {fig_def.paper})", *([textwrap.fill(said, width)] if said else []),
+                                textwrap.fill(describe(store), width)]), fontsize=11)
     except BaseException:
         plt.close(fig)
         raise
     return fig
+
+
+_DRAWING = threading.Lock()   # matplotlib's pyplot is not thread-safe: one figure at a time
+
+
+def png(store, name: str, params: dict[str, Any] | None = None) -> bytes:
+    """One figure of FIGURES as PNG bytes (a server's: drawn in any thread, one at a time)."""
+    import matplotlib.pyplot as plt
+
+    with _DRAWING:
+        fig = render(store, name, params)
+        try:
+            buf = io.BytesIO()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+                fig.savefig(buf, format="png")
+        finally:
+            plt.close(fig)
+    return buf.getvalue()
 
 
 def plot(store, name: str, out: str | Path, params: dict[str, Any] | None = None) -> Path:
@@ -413,4 +464,4 @@ def plot_all(store, out_dir: str | Path, progress: bool = True) -> tuple[list[Pa
 
 
 def list_lines() -> list[str]:
-    return [f"{f.name:14s} {f.paper}: {f.title} (query {f.query})" for f in FIGURES.values()]
+    return [f"{f.name:14s} {f.paper}: {caption(f)[0]} (query {f.query})" for f in FIGURES.values()]

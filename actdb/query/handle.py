@@ -108,6 +108,20 @@ class Store(StoreReader):
         h._parent = self
         return h
 
+    def refresh(self) -> int:
+        """Follow a rebuilt index now (see _db) and return the generation: a caller keeping what it
+        read from the index (a running server) compares it to know when to forget that."""
+        self._db()
+        return (self.__dict__.get("_parent") or self).generation
+
+    def limited(self, threads: int, memory_mb: float) -> "Store":
+        """A handle on the same store and rule with a database of its own, whose statements run on at
+        most `threads` DuckDB threads and `memory_mb` MiB: one long or large query (a console's)
+        neither holds up nor grows the process's other queries."""
+        h = _LimitedStore(self.path, rule=self.rule)
+        h.threads, h.memory_mb = threads, memory_mb
+        return h
+
     def views(self) -> set[str]:
         """Names of the SQL views this store offers (capture and projection views only where
         the store has them); read once per handle and connection."""
@@ -153,6 +167,21 @@ class Store(StoreReader):
         run = stream_saved if saved else stream_sql
         st, params = self._ruled(params)
         return run(st, query, params, con=st._db(), timeout=timeout, timeout_hint=timeout_hint)
+
+
+class _LimitedStore(Store):
+    threads: int | None = None
+    memory_mb: float | None = None
+
+    def _connect(self):
+        from .connection import connect
+
+        return connect(self, threads=self.threads, memory_mb=self.memory_mb)
+
+    def with_rule(self, rule: str | None) -> "Store":
+        h = super().with_rule(rule)   # the same limits under another rule
+        h.threads, h.memory_mb = self.threads, self.memory_mb
+        return h
 
 
 def _frame(table, arrow: bool):

@@ -1,6 +1,6 @@
 """`actdb serve`: the Starlette app. Each page is one route answering HTML, and the same
 route under /api/ answering its data as JSON; the handlers only read the URL, call one
-function of pages.py and render its dict. Errors: 404 naming what was not found, 400 for
+function of pages.py (which asks actdb.explore for the facts) and render its dict. Errors: 404 naming what was not found, 400 for
 input the user can fix (408 for a console query past its time limit), 503 for a store file
 gone or damaged since the server started, 500 as one line; never a traceback. Requests whose
 Host header is not loopback or --host get 400 (ServeSettings.allowed_hosts).
@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ActdbError, InputError, NotFound, StoreError
+from ..explore.layer import LayerQuery
+from ..explore.thresholds import share
 from ..settings import ServeSettings
 from . import pages
-from .pages import Explorer, LayerQuery
+from .pages import Served
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -93,24 +95,25 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     settings = settings or ServeSettings()
     if not stores:
         raise InputError("serve: expected at least one store")
-    explorers = {n: Explorer(st, n, settings) for n, st in zip(store_names(stores), stores)}
-    for ex in explorers.values():
-        ex.siblings = [(o.rule, o.name) for o in explorers.values()
-                       if o is not ex and Path(o.base.path).resolve() == Path(ex.base.path).resolve()]
+    served = {n: Served(st, n, settings) for n, st in zip(store_names(stores), stores)}
+    for sv in served.values():
+        sv.siblings = [(o.rule, o.name) for o in served.values()
+                       if o is not sv and Path(o.path).resolve() == Path(sv.path).resolve()]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["pct"] = lambda v, d=2: "—" if v is None else f"{100 * v:.{d}f} %"
     env.filters["num"] = lambda v: "—" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:,.3f}")
     env.filters["dict_with"] = lambda d, **kw: {k: v for k, v in {**d, **kw}.items() if v is not None}
     env.filters["tok"] = lambda t: "∅" if t is None else repr(t)[1:-1]   # control characters visible
+    env.filters["share"] = share   # a threshold that is a share, as the index records it
     templates = Jinja2Templates(env=env)
-    templates.env.globals["stores"] = list(explorers)
+    templates.env.globals["stores"] = list(served)
 
-    def explorer(request: Request) -> Explorer:
+    def explorer(request: Request) -> Served:
         name = request.path_params["store"]
-        ex = explorers.get(name)
+        ex = served.get(name)
         if ex is None:
-            raise NotFound(f"store {name!r}: not served here (stores: {', '.join(explorers)})")
+            raise NotFound(f"store {name!r}: not served here (stores: {', '.join(served)})")
         return ex
 
     def is_api(request: Request) -> bool:
@@ -136,7 +139,7 @@ def create_app(stores: list, settings: ServeSettings | None = None):
 
     # ------------------------------------------------------------ the pages' data (thin)
     def stores_data(request: Request) -> dict:
-        return pages.stores_page(list(explorers.values()))
+        return pages.stores_page(list(served.values()))
 
     def store_data(request: Request) -> dict:
         return pages.stores_page([explorer(request)])
@@ -240,7 +243,7 @@ def create_app(stores: list, settings: ServeSettings | None = None):
                 HTTPException: http_error, Exception: internal}
     app = Starlette(routes=routes, exception_handlers=handlers,
                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)])
-    app.state.explorers = explorers
+    app.state.served = served
     return _SecurityHeaders(app)
 
 
