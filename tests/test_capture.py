@@ -1,6 +1,4 @@
 """Magnitude capture and projection weights, against direct computations."""
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -10,7 +8,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.activations import ACT2FN
 
 from reference import REF, _get
-from test_ingest_masks import run_ingest
+from stores import run_ingest
+from tiny import planted_model
 
 
 def block_outputs(model_dir, family, store):
@@ -86,16 +85,6 @@ def test_projection_weights_equal_the_model(family, offload, model_dirs, corpus_
     assert torch.equal(saved["w_u"], w_u)
     n, t = 3, 7
     assert torch.allclose(saved[f"w_out.{l}"][n] @ saved["w_u"][t], w_out[n] @ w_u[t])
-
-
-def planted_model(src, dst, dim=5, value=3000.0):
-    """Copy a tiny LLaMA and plant a huge value in one dimension of the BOS embedding."""
-    shutil.copytree(src, dst)
-    model = AutoModelForCausalLM.from_pretrained(dst)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[2, dim] = value   # id 2 is <s>, the BOS token
-    model.save_pretrained(dst)
-    return dst
 
 
 def massive(store, layer_index, abs_min=100.0, ratio=1000.0):

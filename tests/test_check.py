@@ -16,7 +16,7 @@ import actdb
 from actdb.cli import main
 from actdb.files import file_digest
 from records import record_files, rewrite_record
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 

@@ -11,7 +11,7 @@ import actdb
 from actdb.cli import main
 from records import rewrite_record
 from reference import reference_hidden, reference_masks, reference_rule_masks
-from test_ingest_masks import FAMILIES, assert_same, run_ingest
+from stores import FAMILIES, assert_same, run_ingest
 
 RULES = ("sign", "abs>0.02", "top:0.9")
 BLOCK = 64   # rows of the first block: it ends inside a batch (3 sequences of <= 24 tokens)

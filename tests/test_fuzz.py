@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from actdb.ingest.corpus import Document, read_documents
 from actdb.errors import InputError, StoreError
 from actdb.store.manifest import Manifest
-from test_units import manifest as valid_manifest
+from records import manifest as valid_manifest
 
 # bounded: a few seconds per target on 2 cores (ACTDB_FUZZ_EXAMPLES=5000 for a longer run);
 # derandomize keeps CI reproducible

@@ -16,7 +16,7 @@ from actdb.index.build import build_index
 from actdb.index.tokens import TokenArrays
 from actdb.store.reader import StoreReader
 from actdb.store.synthetic import write_store
-from test_index import LAYERS, make_known, same_index
+from stores import LAYERS, make_known, same_index
 
 NUMPY_ONLY, TORCH_ONLY = 2.0, 0.0   # dense_at: no block is that dense / every block is
 

@@ -25,7 +25,7 @@ from actdb.store.ingest_state import IngestState
 from actdb.store.writer import read_state, write_state
 from crash import run_to_fault, traced_points
 from records import rewrite_record
-from test_index import make_known
+from stores import make_known
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 ANSWERS = ("SELECT count(*) FROM token_detectors", "SELECT sum(fires) FROM neurons",

@@ -5,23 +5,7 @@ import torch
 
 import actdb
 from reference import reference_masks
-
-FAMILIES = ["opt", "gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "bert"]
-
-
-def run_ingest(model_dir, corpus, out, **kw):
-    settings = actdb.IngestSettings(model=str(model_dir), corpus=(str(corpus),), out=str(out),
-                                    progress=False, **{"seq_len": 24, "batch_size": 3, "block_tokens": 256, "index": False, **kw})
-    actdb.ingest.run(settings)
-    return actdb.open(out)
-
-
-def assert_same(store, ref):
-    for layer in store.manifest.layers:
-        got = store.masks(layer)
-        assert got.shape == ref[layer].shape
-        diff = int((got != ref[layer]).sum())
-        assert diff == 0, f"layer {layer}: {diff} bits differ"
+from stores import FAMILIES, assert_same, run_ingest
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -18,7 +18,7 @@ import actdb
 from actdb.errors import InputError
 from actdb.ingest.corpus import (Document, SpecialTokens, doc_token_limit, read_documents, sequences,
                                  tokenize_documents)
-from test_cli_errors import ingest, one_error_line, run
+from cli_runner import ingest, one_error_line, run
 from tiny import WORDS
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
@@ -242,7 +242,7 @@ def test_disk_full_while_writing_the_projection_is_one_line_and_resumes(model_di
     import safetensors.torch
     from safetensors import SafetensorError
 
-    from test_ingest_masks import run_ingest
+    from stores import run_ingest
 
     real = safetensors.torch.save_file
 
@@ -269,7 +269,7 @@ def test_real_write_error_of_the_projection_in_a_real_process(model_dirs, corpus
     import resource
     import signal
 
-    from test_ingest_masks import run_ingest
+    from stores import run_ingest
 
     ref = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "ref", block_tokens=64)
     limit = (ref.path / "projection.safetensors").stat().st_size // 2

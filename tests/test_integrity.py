@@ -18,7 +18,7 @@ import actdb
 from actdb.cli import main
 from actdb.index.build import build_index
 from crash import run_to_fault, traced_points
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 QUERIES = ["SELECT count(*), sum(fires) FROM neurons", "SELECT sum(n_covering) FROM coverage",

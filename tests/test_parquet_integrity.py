@@ -19,7 +19,7 @@ import actdb
 from actdb.cli import main
 from actdb.errors import StoreError
 from actdb.files import PARQUET_OPTIONS
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 FLIPS = 30   # every file once, the rest at random files
 

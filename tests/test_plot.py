@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from actdb.cli import main
 from actdb.presentation.plot import FIGURES, render
 from actdb.presentation.report import write_report
-from test_index import known_store  # noqa: F401 (fixture: detectors, positional, projection, capture)
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

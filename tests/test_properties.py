@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from actdb.ingest.corpus import SpecialTokens, read_documents, sequences
 from actdb.errors import InputError
 from actdb.store.bits import unpack
-from test_units import pack_in_batches
+from pack_batches import pack_in_batches
 
 PROPS = settings(max_examples=60, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -130,7 +130,7 @@ def test_ingest_equals_reference_for_odd_shapes(seq_len, batch, block, mode, n_d
     """A whole ingest (row counts not multiples of 8, blocks that split batches) equals the
     plain forward of tests/reference.py."""
     from reference import reference_masks
-    from test_ingest_masks import assert_same, run_ingest
+    from stores import assert_same, run_ingest
     from tiny import make_corpus
 
     tmp = tmp_path_factory.mktemp("odd")

@@ -18,7 +18,6 @@ import pytest
 
 import refs_projection_massive
 from actdb.query.catalogue import saved_queries
-from test_index import gram_ids, known_ref, known_store, real_ref, real_store  # noqa: F401 (fixtures)
 
 ANSWERS = Path(__file__).parent / "answers"
 NAMES = [q.name for q in saved_queries()]

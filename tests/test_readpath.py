@@ -21,7 +21,7 @@ from actdb.index.build import build_index
 from actdb.query.catalogue import describe_lines, saved_queries
 from actdb.query.connection import QueryTimeout
 from actdb.settings import QuerySettings, settings_table
-from test_index import make_known
+from stores import make_known
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW = "SELECT count(*) AS n FROM range(1000000000) a, range(1000000) b"

@@ -17,7 +17,7 @@ import actdb
 from actdb.cli import main
 from actdb.files import temporary_of
 from crash import run_to_fault, traced_points
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 from tiny import make_corpus
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))

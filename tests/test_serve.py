@@ -15,7 +15,6 @@ from starlette.testclient import TestClient
 from actdb.serve.app import create_app, store_names
 from actdb.settings import ServeSettings
 from serve_stores import HOSTILE, corpus_texts
-from test_index import known_store  # noqa: F401 (fixture)
 
 SETTINGS = ServeSettings(probe=True, timeout=2.0, max_rows=50, contexts=4, page_size=5)
 BASE = "http://127.0.0.1"   # a loopback Host header: the server answers no other name

@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 import actdb
 from actdb.index.build import build_index
 from actdb.store.synthetic import write_store
-from test_capture import planted_model
-from test_ingest_masks import run_ingest
+from stores import run_ingest
+from tiny import planted_model
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from actdb.index.build import build_index
-from test_index import make_known
+from stores import make_known
 
 ROOT = Path(__file__).resolve().parent.parent
 
