@@ -9,6 +9,7 @@ from transformers.activations import ACT2FN
 
 from reference import REF, _get
 from stores import run_ingest
+from tiers import slow_except
 from tiny import planted_model
 
 
@@ -40,6 +41,7 @@ def lower_median(x):
     return x[(len(x) - 1) // 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "opt", "bert"])
 def test_capture_equals_direct_computation(family, model_dirs, corpus_file, tmp_path):
     store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", mode="document", capture_topk=3,
@@ -68,8 +70,8 @@ def test_default_capture_is_the_residual_stream(model_dirs, corpus_file, tmp_pat
         sorted(f"resid_{f}" for f in ("topk_value", "topk_dim", "median", "seq_median"))
 
 
-@pytest.mark.parametrize("offload", ["off", "on"])
-@pytest.mark.parametrize("family", ["opt", "gpt2", "llama", "bert"])
+@pytest.mark.parametrize("offload", slow_except(["off", "on"], "off"))
+@pytest.mark.parametrize("family", slow_except(["opt", "gpt2", "llama", "bert"], "opt"))
 def test_projection_weights_equal_the_model(family, offload, model_dirs, corpus_file, tmp_path):
     store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", offload=offload, capture="none")
     saved = load_file(store.path / "projection.safetensors")
@@ -96,6 +98,7 @@ def massive(store, layer_index, abs_min=100.0, ratio=1000.0):
     return rows, d[rows, ranks]
 
 
+@pytest.mark.slow
 def test_planted_massive_activation_found_and_absent_without(model_dirs, corpus_file, tmp_path):
     mdir = planted_model(model_dirs("llama"), tmp_path / "planted")
     store = run_ingest(mdir, corpus_file, tmp_path / "s", layers="0,2")

@@ -87,6 +87,7 @@ def test_damaged_mask_chunk(damage, store):
     assert st.neuron_masks(0, slice(None)).shape[1] == st.n_tokens
 
 
+@pytest.mark.slow
 def test_index_build_over_a_corrupt_chunk_names_it(store):
     """Rebuilding the index over a bit-flipped chunk stops with one line naming the file
     (through the CLI, whatever the index's internals)."""

@@ -76,6 +76,7 @@ def test_bad_layers(model_dirs, corpus_file, tmp_path, layers, msg):
     assert code != 0 and msg in one_error_line(out)
 
 
+@pytest.mark.slow
 def test_existing_store_needs_resume_or_overwrite(model_dirs, corpus_file, tmp_path):
     store = tmp_path / "s"
     assert ingest(model_dirs("opt"), corpus_file, out=store)[0] == 0

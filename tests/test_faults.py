@@ -23,6 +23,8 @@ from actdb.cli import main
 from crash import run_to_fault, traced_points
 from stores import run_ingest
 
+pytestmark = pytest.mark.slow   # processes killed, writes failing at each phase of an ingest
+
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 
 

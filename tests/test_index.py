@@ -17,6 +17,7 @@ import pytest
 import actdb
 from actdb.index.build import build_index, read_index_info
 from stores import BOS, D, LAYERS, make_known, same_index
+from tiers import slow_except
 from views_reference import Ref, gram_ids
 
 
@@ -69,7 +70,7 @@ def test_known_answers(known_store):
     assert (0, 0, 1) not in cov                        # dead: no coverage row
 
 
-@pytest.mark.parametrize("which", ["known", "real", "noprefix"])
+@pytest.mark.parametrize("which", slow_except(["known", "real", "noprefix"], "known"))
 def test_neuron_tokens_and_ngrams(which, request):
     """The n-gram tables hold each neuron's top_k n-grams (fires desc, then id) with exact totals."""
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
@@ -250,6 +251,7 @@ def test_index_json_lists_every_file(known_store):
         assert d == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
 
 
+@pytest.mark.slow
 def test_index_resume_equals_fresh(tmp_path, monkeypatch):
     """A build killed after some units resumes, counts only the missing units, and gives the same index."""
     import actdb.index.build as ix
@@ -281,6 +283,7 @@ def test_index_resume_equals_fresh(tmp_path, monkeypatch):
     same_index(a, b)
 
 
+@pytest.mark.slow
 def test_index_threads_equal_one_thread_and_resume(tmp_path, monkeypatch):
     """Units counted in 3 threads give the same files as one thread; an error in one unit stops
     the build with the finished units recorded, and the resumed build gives the same index."""
@@ -332,6 +335,7 @@ def test_units_are_recorded_as_they_end():
     assert got == [0, 1]
 
 
+@pytest.mark.slow
 def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
     """A tiny memory budget counts one neuron per unit and gives the same index."""
     import actdb.index.build as ix

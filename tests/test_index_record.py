@@ -276,6 +276,7 @@ def test_failed_force_rebuild_leaves_the_old_index_answering(built, tmp_path):
     assert (p / "index" / "index.json").read_bytes() == record
 
 
+@pytest.mark.slow
 def test_rebuild_swaps_with_and_without_an_atomic_exchange(built, tmp_path, monkeypatch):
     """The new index replaces the old whole, with renameat2's exchange and with the rename fallback;
     nothing of the build is left beside it."""
@@ -305,6 +306,7 @@ def test_swap_killed_between_renames_recovers(built, tmp_path):
     assert not (p / "_index_build").exists() and answers(p) == answers(built)
 
 
+@pytest.mark.slow
 def test_sigkill_during_force_rebuild_old_index_answers(built, tmp_path):
     """`actdb index --force` killed at seeded fault points of the rebuild (actdb.faults: inside an
     atomic write, after one, after a unit): the old index answers after every kill, and a final

@@ -9,6 +9,7 @@ from actdb.ingest.offload import LayerStreamer
 from stores import run_ingest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["opt", "llama", "gpt2", "bert"])
 def test_offload_masks_equal_normal_mode(family, model_dirs, corpus_file, tmp_path):
     normal = run_ingest(model_dirs(family), corpus_file, tmp_path / "n", offload="off")

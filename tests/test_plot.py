@@ -60,6 +60,7 @@ def test_oscillatory_ranges_figure_draws_the_planted_ranges(known_store):
     assert "0:3" in labels and "1:3" in labels
 
 
+@pytest.mark.slow
 def test_plot_all_via_cli_writes_every_figure(known_store, tmp_path):
     r = CliRunner().invoke(main, ["plot", str(known_store.path), "all", "-o", str(tmp_path / "figs")])
     assert r.exit_code == 0, r.output
@@ -90,6 +91,7 @@ def store_without_capture(model_dirs, corpus_file, tmp_path_factory):
                       index=True, capture="none")
 
 
+@pytest.mark.slow
 def test_store_without_capture_skips_massive_figures(store_without_capture, tmp_path):
     r = CliRunner().invoke(main, ["plot", str(store_without_capture.path), "all", "-o", str(tmp_path)])
     assert r.exit_code == 0, r.output
@@ -100,6 +102,7 @@ def test_store_without_capture_skips_massive_figures(store_without_capture, tmp_
     assert r.exit_code == 1 and "cannot draw" in r.output
 
 
+@pytest.mark.slow
 def test_report_numbers_figures_and_answers(known_store, tmp_path):
     path = write_report([known_store], tmp_path / "rep", title="t", notes=["a note"], progress=False)
     text = path.read_text()

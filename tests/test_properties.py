@@ -32,6 +32,7 @@ def huge(text: str) -> str:
     return (text or "x") * (1_000_000 // max(len(text), 1) + 1)  # >= 1 MB
 
 
+@pytest.mark.slow
 @PROPS
 @given(docs=st.lists(st.tuples(texts, st.booleans()), min_size=1, max_size=8), fmt=st.sampled_from(["jsonl", "parquet"]))
 def test_jsonl_and_parquet_round_trip(docs, fmt, tmp_path):
@@ -123,6 +124,7 @@ def test_packing_round_trip_any_batches(data, d, block, sizes, n_layers):
     assert not np.unpackbits(stream[..., -1:], axis=-1, bitorder="little")[..., rows - 8 * (stream.shape[-1] - 1):].any()
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(seq_len=st.sampled_from([5, 7, 13, 19]), batch=st.integers(1, 7), block=st.sampled_from([8, 24, 40]),
        mode=st.sampled_from(["packed", "document"]), n_docs=st.integers(1, 9))

@@ -92,6 +92,7 @@ def test_confinement_cannot_be_undone(store):
         st.sql("SELECT * FROM read_text('/etc/passwd')")
 
 
+@pytest.mark.slow
 def test_links_in_a_store_lead_nowhere(probe_store, tmp_path):
     """Symbolic links put into a store (actdb writes none): a link to a file outside is refused
     like the file itself, and so is a Parquet link where a view's glob looks; a link back up the
@@ -254,6 +255,7 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-c", _ANNOUNCED, *map(str, args)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sql", [SLOW, "SELECT i FROM range(100000000000) t(i)"], ids=["blocking", "streaming"])
 def test_ctrl_c_prints_interrupted(store, tmp_path, sql):
     out = tmp_path / "x.csv"
@@ -281,6 +283,7 @@ def _peak_rss_kb(store: Path, sql: str, out: Path, fmt: str) -> int:
     return int(r.stderr.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
 def test_large_answers_stream_in_bounded_memory(store, tmp_path, fmt):
     n = 10_000_000
@@ -338,6 +341,7 @@ print(sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     [], ["sql", "{s}", "SELECT count(*) FROM neurons"], ["sql", "{s}", "SELECT * FROM layer_stats", "-f", "csv"],
     ["query", "{s}", "dead_per_layer"], ["query", "--list"], ["info", "{s}"], ["check", "{s}"],
@@ -355,6 +359,7 @@ def test_read_path_imports_no_torch(store, args):
         assert not {"polars", "pyarrow", "numpy", "matplotlib", "zarr", "tqdm"} & set(loaded), loaded
 
 
+@pytest.mark.slow
 def test_views_are_made_when_a_statement_names_them(tmp_path):
     """A one-line query binds only the views it names (and those they use); the rest, and
     proj_score, come when a later statement names them, with the confinement already locked."""
@@ -419,6 +424,7 @@ main(["sql", sys.argv[2], "SELECT i FROM range(100000000000) t(i)", "-f", sys.ar
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_ctrl_c_while_polars_writes_goes_to_the_watchdog(store, tmp_path, fmt):
     """Polars sets a C-level SIGINT handler of its own when first imported: had that come after

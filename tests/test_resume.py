@@ -19,6 +19,8 @@ from crash import run_to_fault, traced_points
 from stores import run_ingest
 from tiny import make_corpus
 
+pytestmark = pytest.mark.slow   # real processes killed and resumed
+
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 ARGS = ["--seq-len", "24", "--batch-size", "8", "--block-tokens", "256", "--no-progress", "--no-index"]
 

@@ -17,6 +17,8 @@ import pytest
 from actdb.serve.app import store_names
 from serve_stores import HOSTILE, corpus_texts
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / ".screenshots"
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

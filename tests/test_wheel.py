@@ -16,6 +16,8 @@ import pytest
 from actdb.index.build import build_index
 from stores import make_known
 
+pytestmark = pytest.mark.slow   # builds a wheel and installs it into a fresh venv
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
