@@ -191,6 +191,7 @@ def test_parquet_domain_must_be_a_string_and_null_domain_is_the_default(model_di
 
 # ------------------------------------------------------------------ 18.7 / 18.8 ingest settings
 
+@pytest.mark.slow
 def test_max_tokens_below_one_sequence_says_the_budget_is_cut(model_dirs, corpus_file, tmp_path):
     code, out = ingest(model_dirs("opt"), corpus_file, out=tmp_path / "s", extra=["--max-tokens", "10"])
     line = one_error_line(out)

@@ -146,6 +146,7 @@ def test_relative_store_path_is_confined_too(store, monkeypatch):
         st.sql("SELECT * FROM read_text('/etc/passwd')")
 
 
+@pytest.mark.slow
 def test_proj_score_udf_still_works(tmp_path):
     import refs_projection_massive
 
@@ -173,6 +174,7 @@ def test_statement_timeout(store):
     assert "--timeout" in one_line_error(run("sql", store, "SELECT 1", "--timeout", "-1"))
 
 
+@pytest.mark.slow
 def test_file_checks_count_against_the_time_limit(tmp_path):
     """The sha256 checks of a statement's files run within its time limit: past it, one line
     says so (no statement started), and the next statement with time enough answers."""
