@@ -287,6 +287,7 @@ def test_store_with_either_codec_reads_back(tmp_path, which):
             assert np.array_equal(st_.neuron_masks(l, slice(n0, n1), t0, t1), masks[l][n0:n1, t0:t1])
 
 
+@pytest.mark.slow
 def test_plain_zarr_finds_the_codec_through_the_entry_point(tmp_path):
     """A fresh interpreter that never imports actdb opens a bitrows array (pyproject's
     zarr.codecs entry point): the store's masks are readable with zarr alone."""

@@ -92,6 +92,7 @@ def test_every_file_actdb_writes_is_in_its_grammar(tiny_store):
         assert not is_actdb_file(rel), rel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["index/notes.txt", "tokens/README.txt", "rules/top-0.9/index/x/y.txt"])
 def test_overwrite_and_index_force_refuse_a_user_file_in_actdb_folders(where, tiny_store_copy, model_dirs,
                                                                       corpus_file):
@@ -113,6 +114,7 @@ def test_overwrite_and_index_force_refuse_a_user_file_in_actdb_folders(where, ti
     assert code == 0, out
 
 
+@pytest.mark.slow
 def test_overwrite_of_a_half_written_store_still_works(tiny_store_copy, model_dirs, corpus_file):
     """What a killed ingest and index build leave is actdb's: --overwrite removes it."""
     s = tiny_store_copy
@@ -395,6 +397,7 @@ def test_a_ray_address_where_nothing_answers_is_refused_at_once(model_dirs, corp
         check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ['{"text": "the city"}\n{"text": "broken\n', '{"text": "the city"}\n{"body": "x"}\n'])
 def test_a_failed_ingest_into_a_new_folder_leaves_nothing(bad, model_dirs, corpus_file, tmp_path):
     """A bad record found while tokenizing: what the ingest wrote goes (and the folder it made), so

@@ -16,7 +16,8 @@ from actdb.index.build import build_index
 from actdb.index.tokens import TokenArrays
 from actdb.store.reader import StoreReader
 from actdb.store.synthetic import write_store
-from test_index import LAYERS, make_known, same_index
+from stores import LAYERS, make_known, same_index
+from tiers import slow_except
 
 NUMPY_ONLY, TORCH_ONLY = 2.0, 0.0   # dense_at: no block is that dense / every block is
 
@@ -76,7 +77,7 @@ def test_torch_counts_equal_numpy_and_direct(store, ngram, tmp_path, monkeypatch
         monkeypatch.undo()
 
 
-@pytest.mark.parametrize("dense_at", [NUMPY_ONLY, TORCH_ONLY, count.DENSE_AT])
+@pytest.mark.parametrize("dense_at", slow_except([NUMPY_ONLY, TORCH_ONLY, count.DENSE_AT], count.DENSE_AT))
 def test_index_files_equal_either_path(store, dense_at, tmp_path, monkeypatch):
     """The whole index, every file, whether the compiled kernels (the default) or numpy and torch
     (ACTDB_INDEX_JIT=0: counting with numpy, torch, or each block's faster one) built it."""
@@ -109,6 +110,7 @@ def test_device_setting_errors():
         assert count.resolve_device("auto") == "cpu"
 
 
+@pytest.mark.gpu   # skipped without CUDA
 def test_cuda_index_equals_cpu_index(tmp_path):
     """`actdb index --device cuda`: the same files as the CPU build (runs where CUDA is)."""
     torch = pytest.importorskip("torch")

@@ -27,6 +27,8 @@ from actdb.settings import IngestSettings, RaySettings
 from actdb.store.layout import rule_slug
 from tiny import make_corpus
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 RULES = ("sign", "top:0.9", "abs>0.05")
 OPTS = dict(seq_len=24, batch_size=3, block_tokens=256, capture="resid+ffn", fire_rule=RULES)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from actdb.index.build import build_index
-from test_index import make_known
+from stores import make_known
+
+pytestmark = pytest.mark.slow   # builds a wheel and installs it into a fresh venv
 
 ROOT = Path(__file__).resolve().parent.parent
 
