@@ -8,20 +8,21 @@ Sites, the points of a recorded layer that are hooked (module paths from the ada
 
 Readings, values derived from a site once per layer and batch for every rule that reads them, on
 the batch's valid (non-padding) token rows:
-  act > 0  bool                       sign
-  |h|      float32, exact from the model's dtype   abs>T, top:Q
+  act > 0  bool                                   (sign)
+  |h|      float32, exact from the model's dtype  (abs>T, top:Q)
 
 Fire tests, one class per rule kind (KINDS), each its mask [tokens, d_ffn] from its reading:
   sign    act > 0 (the papers' rule; for gated FFNs the gate branch, never gate * up)
   abs>T   |h| > T
   top:Q   |h| > the layer's Q-quantile of |h| over the first block of tokens (thresholds.py)
 
-A new rule kind is one FireTest subclass added to KINDS (and its text to the grammar of
-settings.parse_fire_rule): it names the Reading it needs (a new one here if none fits; one that
-reads two points of the layer, as the signs of act_fn(gate x) and up x would, is derived at the later
-one and names the earlier in `also`; a new point is a Site naming an adapter path) and says how
-its mask follows from it. The hooks, the forward loop, the manifest's records and the probe take
-it from there.
+A new rule kind is one FireTest subclass added to KINDS, and its text in the grammar of
+settings.parse_fire_rule. The class names the Reading it needs and says how its mask follows from
+it (and, if its thresholds come from the first block, how they are fixed). A reading of two points
+of the layer, as the signs of act_fn(gate x) and up x would be, is derived at the later one and names
+the earlier in `also`; a point not hooked yet is a Site naming an adapter field. The hooks, the
+forward loop, the ingest state, the manifest's records and the probe take it from there, as long
+as its thresholds are one number per layer (per-neuron ones would need a wider record).
 
 The magnitude capture (capture.py) reads its inputs here too: `ffn` the activation output, `resid`
 the block output.
@@ -77,7 +78,7 @@ class Reading:
     also: tuple[Site, ...] = ()
 
 
-# compared before the rows are picked: a bool copy of the padded batch is 4x smaller than a float one
+# each picks the valid rows where the copy it makes is smaller: after the compare (bool), before the float32 abs
 POSITIVE = Reading("act > 0", ACT, lambda x, rows: rows(x > 0))                          # [n, d_ffn] bool
 MAGNITUDE = Reading("|h|", H, lambda x, rows: rows(x.detach()).float().abs())            # [n, d_ffn] float32
 
