@@ -1,6 +1,8 @@
 """The fire rules' one home (actdb/ingest/hooks.py): the probe's fires equal the store's masks for
 the same tokens under every rule and family, and a rule kind that reads two points of a layer plugs
 into the hooks as one class."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from actdb.ingest.hooks import ACT, H, FireTest, LayerHooks, Reading
 from actdb.ingest.models import choose_device, load_config, load_model
 from actdb.ingest.thresholds import floor32
 from actdb.serve.probe import Probe
-from actdb.settings import FireRule, ServeSettings
+from actdb.settings import ServeSettings, parse_fire_rule
 from serve_stores import corpus_texts, make_probe_store, probe_corpus
 from test_ingest_masks import run_ingest
 
@@ -68,7 +70,8 @@ def test_a_rule_reading_two_points_is_one_class(family, model_dirs, corpus_file,
     lm = load_model(model_dirs(family), load_config(model_dirs(family)), choose_device("cpu"), torch.float32,
                     offload=False)
     layers = store.manifest.layers
-    test = SignAndAbove(FireRule("sign-and-abs", "sign-and-abs", None), len(layers), store.manifest.d_ffn, 0)
+    rule = dataclasses.replace(parse_fire_rule("sign"), name="sign-and-abs", kind="sign-and-abs")   # not in the grammar
+    test = SignAndAbove(rule, len(layers), store.manifest.d_ffn, 0)
     got: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
     toks = store.tokens().sort("row")
     seqs = np.split(toks["token_id"].to_numpy(), np.flatnonzero(np.diff(toks["seq"].to_numpy())) + 1)

@@ -30,16 +30,18 @@ the block output.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
 
-from ..settings import FireRule
 from .adapters import Adapter, get_module
 from .capture import magnitude_stats
 from .models import LoadedModel
 from .thresholds import TopCandidates, floor32
+
+if TYPE_CHECKING:   # a parsed --fire-rule; only its name, kind and value are read here
+    from ..settings import FireRule
 
 
 class StopForward(Exception):
