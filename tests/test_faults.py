@@ -179,7 +179,7 @@ def only_index_missing(store: Path) -> None:
 # phase -> (module, function, fails when (call number, args), error)
 PHASES = {
     "token tables": ("actdb.ingest.tables", "write_parquet", lambda n, a: n == 3, ENOSPC),
-    "checksum record": ("actdb.ingest.pipeline", "record_checksums", lambda n, a: a[1] == "block-000004", EACCES),
+    "checksum record": ("actdb.ingest.forward", "record_checksums", lambda n, a: a[1] == "block-000004", EACCES),
     "checksums seal": ("actdb.store.writer", "atomic_write_text", lambda n, a: Path(a[0]).name == "checksums.json", ENOSPC),
     "manifest": ("actdb.store.manifest", "atomic_write_text", lambda n, a: Path(a[0]).name == "manifest.json", EACCES),
 }

@@ -55,23 +55,23 @@ def test_top_thresholds_equal_numpy_quantile_of_the_first_block(model_dirs, corp
 
 def interrupted(model_dir, corpus, out, monkeypatch, after_blocks: int) -> None:
     """An ingest of RULES that stops once `after_blocks` blocks are committed, as a kill would."""
-    import actdb.ingest.pipeline as pipeline
+    import actdb.ingest.forward as forward
 
-    real = pipeline.write_state
+    real = forward.write_state
 
     def killed(root, state):
         if state.blocks_done == after_blocks + 1:
             raise RuntimeError("killed")
         real(root, state)
-    monkeypatch.setattr(pipeline, "write_state", killed)
+    monkeypatch.setattr(forward, "write_state", killed)
     with pytest.raises(RuntimeError, match="killed"):
         ingest_rules(model_dir, corpus, out)
-    monkeypatch.setattr(pipeline, "write_state", real)
+    monkeypatch.setattr(forward, "write_state", real)
 
 
 @pytest.mark.slow
 def test_resume_reads_the_thresholds_back(model_dirs, corpus_file, tmp_path, monkeypatch):
-    from actdb.ingest.rules import TopCandidates
+    from actdb.ingest.thresholds import TopCandidates
 
     whole = ingest_rules(model_dirs("opt"), corpus_file, tmp_path / "whole")
     interrupted(model_dirs("opt"), corpus_file, tmp_path / "s", monkeypatch, after_blocks=2)
