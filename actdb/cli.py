@@ -276,6 +276,35 @@ def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]
     click.echo(f"wrote {write_report(handles, out, title, list(notes))}")
 
 
+@main.command()
+@click.argument("store_a")
+@click.argument("store_b")
+@click.option("-o", "--out", required=True, help="CSV file: each neuron of STORE_A and its best match in STORE_B.")
+@click.option("--rule-a", default=None, help="Fire rule of STORE_A (default: its first).")
+@click.option("--rule-b", default=None, help="Fire rule of STORE_B (default: its first).")
+@click.option("--same-layer", is_flag=True, help="Match each neuron only within the layer of the same number.")
+@click.option("--memory-mb", default=512.0, show_default=True, help="Memory for the counts of a tile of neuron pairs.")
+@click.option("--device", default="cpu", show_default=True, help="Where the pairs are counted: cpu, cuda, cuda:1, auto.")
+@_one_line_errors
+def match(store_a: str, store_b: str, out: str, rule_a: str | None, rule_b: str | None, same_layer: bool,
+          memory_mb: float, device: str) -> None:
+    """Each neuron of STORE_A and its best match by phi in STORE_B, over the same token rows (two
+    rules of one store, or two models with one tokenizer, corpus and settings)."""
+    import polars as pl
+
+    from .index.build import resolve_workers
+    from .index.cofire import Match, as_rows, match_stores
+    from .index.count import resolve_device
+    from .query.handle import open as open_store
+    from .store.layout import check_outside_stores
+
+    check_outside_stores(out)
+    found = match_stores(open_store(store_a, rule=rule_a), open_store(store_b, rule=rule_b), same_layer,
+                         device=resolve_device(device), memory_mb=memory_mb, workers=resolve_workers(0))
+    schema = {f: (pl.Float64 if f in ("jaccard", "p_other_given", "phi") else pl.Int64) for f in Match.__annotations__}
+    pl.DataFrame(as_rows(found), schema=schema).write_csv(out)
+    click.echo(f"wrote {out} ({len(found):,} neurons matched)")
+
 
 # ignore_unknown_options: "-1" is an argument here, not an unknown option, so a negative layer
 # or neuron gets the card's "expected 0..N-1, got -1" instead of click's "No such option"

@@ -67,7 +67,7 @@ from ..files import (PARQUET_OPTIONS, atomic_path, atomic_write_text, exchange_d
 from ..settings import IndexSettings, RaySettings, parse_layer_list
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
 from ..store.record import parse_json, read_text, seal, unseal
-from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
+from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_NEIGHBOURS, INDEX_OLD_DIR, INDEX_PARTS,
                             INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE,
                             rule_dir)
 from ..store.writer import refuse_foreign_files
@@ -190,7 +190,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     config = IndexConfig(version=INDEX_VERSION, layers=tuple(m.layers), ngram_layers=ngram_layers, vocab_base=base,
                          ngram_pad=pad, n_tokens=m.n_tokens, seq_len=m.seq_len, weights_sha256=m.weights_sha256,
                          prefix=bool(m.prefix_tokens), top_k=s.top_k, store=m.identity, rule=st.rule,
-                         **s.thresholds())
+                         neighbours=s.neighbours, **s.thresholds())
     config_json = _as_json(config)
     try:
         info = read_index_info(rule_base)
@@ -268,6 +268,12 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         if projection is not None:
             projection.result()
             files[INDEX_PROJECTION_FILE] = file_digest(root / INDEX_PROJECTION_FILE)
+    if s.neighbours:   # co-firing (index/cofire.py): its own pass over every mask
+        from .cofire import build_neighbours
+
+        out = build_neighbours(st, root / f"{INDEX_NEIGHBOURS}.parquet", s.neighbours, root / INDEX_TMP, device,
+                               s.memory_mb, n_workers, progress=s.progress)
+        files[out.name] = file_digest(out)
     shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)
     shutil.rmtree(root / INDEX_TMP, ignore_errors=True)
     state_p.unlink(missing_ok=True)

@@ -143,6 +143,16 @@ class Store(StoreReader):
         st, params = self._ruled(params)
         return _frame(run_saved(st, name_or_file, params, con=st._db(), timeout=timeout), arrow)
 
+    def neighbours(self, layer: int, neuron: int, k: int = 20, by: str = "phi", layers: list[int] | None = None,
+                   rule: str | None = None, domain: str | None = None, pos_min: int | None = None,
+                   pos_max: int | None = None) -> list:
+        """Neuron (layer, neuron) against every neuron of `layers` (default all): its top k by `by`
+        (phi, jaccard or p), exact counts over the rows of `domain` and positions pos_min..pos_max
+        (default all), as actdb.index.cofire.Neighbour (docs/definitions.md, "Co-firing")."""
+        from ..index.cofire import TokenSubset, neighbours
+
+        return neighbours(self, layer, neuron, k, by, layers, rule, TokenSubset(domain, pos_min, pos_max))
+
     def stream(self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None,
                timeout_hint: str = "timeout", saved: bool = False):
         """Start a statement (a saved query with saved=True) and stream its answer: a
