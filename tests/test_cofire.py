@@ -292,3 +292,21 @@ def test_match_refuses_other_rows_and_cli(synth, tmp_path):
     r = subprocess.run([ACTDB, "match", str(root), str(root), "-o", str(root / "m.csv")], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 1 and "inside the actdb store" in r.stderr and not (root / "m.csv").exists()
+
+
+@pytest.mark.parametrize("rates", [(0.002, 0.004), (0.001, 0.5), (0.3, 0.4)])
+def test_counting_paths_equal_numpy(rates):
+    """Each row of a tile by either kernel (sparse rows from their fires, dense ones by popcount of
+    every word pair), on blocks whose width is no multiple of the kernels' word and row blocks."""
+    rng = np.random.default_rng(1)
+    bits = lambda n, w, lo, hi: np.packbits(rng.random((n, w * 64)) < rng.uniform(lo, hi, (n, 1)), axis=1,
+                                            bitorder="little").view("<u8")
+    a, b = bits(131, 300, *rates), bits(97, 300, 0.001, 0.004 if rates[0] < 0.1 else 0.4)
+    want = np.bitwise_count(a[:, None, :] & b[None, :, :]).sum(-1)
+    for torch_cpu in (False, True):
+        counter = cofire._Counter("cpu", 2, torch_cpu)
+        got = counter.zeros(*want.shape)
+        counter.add(a, b, got)
+        counter.add(a, b, got)
+        assert (counter.result(got) == 2 * want).all()
+        counter.close()

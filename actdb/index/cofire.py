@@ -179,9 +179,9 @@ def _row_counts(a: np.ndarray, words: np.ndarray) -> np.ndarray:
     """int64 [rows]: popcount(a & row) of one word row a [W] against each row of words [rows, W]."""
     jit = kernels()
     if jit is not None:
-        out = np.zeros((1, words.shape[0]), np.int64)
-        jit.pair_counts(np.ascontiguousarray(a[None, :]), words, out)
-        return out[0]
+        out = np.zeros(words.shape[0], np.int64)
+        jit.row_counts(np.ascontiguousarray(a), words, out)
+        return out
     return np.bitwise_count(words & a[None, :]).sum(axis=1, dtype=np.int64)
 
 
@@ -401,13 +401,37 @@ class _Counter:
         if self.torch:
             return self._add_torch(a, b, counts)
         if self.jit is not None:
-            self.split(lambda r0, r1: self.jit.pair_counts(a[r0:r1], b, counts[r0:r1]), a.shape[0])
-            return
+            return self._add_compiled(a, b, counts)
 
         def rows(r0: int, r1: int) -> None:
             for i in range(r0, r1):
                 counts[i] += np.bitwise_count(b & a[i][None, :]).sum(axis=1, dtype=np.int64)
         self.split(rows, a.shape[0])
+
+    def _add_compiled(self, a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> None:
+        """Each row of a by whichever kernel costs it less: pair_counts (every word pair: b's rows x
+        words / 8 cycles, VPOPCNTQ doing 8 words a cycle) or sparse_counts (per fire of the row, the
+        fires of b on that token: ~2 cycles each and ~10 per fire). The lists of b's fires are made
+        only when b fires on at most 1/16 of its bits (their int32s then take at most half the bits' memory)."""
+        jit = self.jit
+        nb, W = b.shape
+        fb = _popcounts(b)
+        sparse = np.zeros(0, np.int64)
+        if fb.sum() * 16 <= b.size * 64:
+            per_token = fb.sum() / (W * 64)
+            sparse = np.flatnonzero(_popcounts(a) * (2 * per_token + 10) < nb * W / 8)
+        if len(sparse):
+            starts, cols = jit.token_lists(b, W * 64)
+            self.split(lambda r0, r1: jit.sparse_counts(a, sparse[r0:r1], starts, cols, counts), len(sparse))
+        if len(sparse) == a.shape[0]:
+            return
+        if not len(sparse):
+            self.split(lambda r0, r1: jit.pair_counts(a[r0:r1], b, counts[r0:r1]), a.shape[0])
+            return
+        dense = np.setdiff1d(np.arange(a.shape[0]), sparse)
+        ad, part = a[dense], np.zeros((len(dense), nb), np.int64)
+        self.split(lambda r0, r1: jit.pair_counts(ad[r0:r1], b, part[r0:r1]), len(dense))
+        counts[dense] += part
 
     def _add_torch(self, a: np.ndarray, b: np.ndarray, counts) -> None:
         import torch
@@ -555,18 +579,19 @@ def neighbour_schema():
 
 
 def build_neighbours(st, out: Path, k: int, tmp: Path, device: str = "cpu", memory_mb: float = 512.0,
-                     workers: int = 1, torch_cpu: bool = False, progress: bool = False) -> Path:
+                     workers: int = 1, torch_cpu: bool = False, progress: bool = False,
+                     layers: Iterable[int] | None = None) -> Path:
     """Write `out` (index/neuron_neighbours.parquet): every alive neuron's top k by phi within its
-    layer (scope 'layer') and over every recorded layer (scope 'all'), exact, under the handle's
-    rule. tmp: a folder for the decoded words (removed after). torch_cpu: count with the torch path
-    on the CPU (tests: the device path without a device)."""
+    layer (scope 'layer') and over every recorded layer (scope 'all': over `layers` where given),
+    exact, under the handle's rule. tmp: a folder for the decoded words (removed after). torch_cpu:
+    count with the torch path on the CPU (tests: the device path without a device)."""
     from ..files import write_parquet
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"--neighbours: expected a number of neighbours >= 1, got {k!r}")
     from ..store.layout import COFIRE_SPILL
 
-    segments = _segments([(st, st.manifest.layers)])
+    segments = _segments([(st, _layers(st, layers))])
     spill = _Spill(Path(tmp) / COFIRE_SPILL, segments, st.n_tokens, _block_of(st))
     counter = _Counter(device, workers, torch_cpu)
     try:

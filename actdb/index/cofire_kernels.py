@@ -5,6 +5,8 @@ pair_counts: n_AB for every pair of two sets of bit rows, popcount of AND over 6
 2 x 2 tile of rows shares each word it loads between four counts, and LLVM vectorises the word
 loop into AVX-512 VPOPCNTQ where the CPU has it (10 G word pairs/s per core here against 1.3 for
 one pair at a time: benchmarks/RESULTS.md, "Co-firing").
+sparse_counts: the same counts from each row's fired tokens and the other rows' fires listed by
+token; its cost follows the co-firing pairs, so it takes the rows whose fires are few.
 merge_topk: a tile of exact counts into each row's running top-k by phi, both scopes (the row's
 own layer, and every layer) in one pass.
 """
@@ -14,6 +16,7 @@ import math
 
 import numpy as np
 from numba import njit, types
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 
@@ -25,56 +28,123 @@ def _popcount(typingctx, x):  # pragma: no cover - compiled
     return types.uint64(types.uint64), codegen
 
 
-WORDS = 512   # words of a row per pass: a 2 x 2 tile reads 4 x 4 KB, which stays in L1
+WORDS = 256   # words of a row per pass: a 2 x 2 tile reads 4 x 2 KB, which stays in L1
+ROWS = 64     # rows of b per pass (64 x 2 KB stay in L2 while every row pair of a goes by)
 
 
 @njit(cache=True, nogil=True)
 def pair_counts(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """out[i, j] += popcount(a[i] & b[j]) summed over the words; a [na, W], b [nb, W] uint64,
-    out [na, nb] int64."""
+    out [na, nb] int64. Blocked so that b's rows are read from L2, not memory, by every row of a."""
     na, W = a.shape
     nb = b.shape[0]
     for w0 in range(0, W, WORDS):
         w1 = min(W, w0 + WORDS)
-        for i in range(0, na - 1, 2):
-            a0 = a[i, w0:w1]
-            a1 = a[i + 1, w0:w1]
-            for j in range(0, nb - 1, 2):
-                b0 = b[j, w0:w1]
-                b1 = b[j + 1, w0:w1]
-                s00 = np.uint64(0)
-                s01 = np.uint64(0)
-                s10 = np.uint64(0)
-                s11 = np.uint64(0)
-                for w in range(w1 - w0):
-                    x0 = a0[w]
-                    x1 = a1[w]
-                    y0 = b0[w]
-                    y1 = b1[w]
-                    s00 += _popcount(x0 & y0)
-                    s01 += _popcount(x0 & y1)
-                    s10 += _popcount(x1 & y0)
-                    s11 += _popcount(x1 & y1)
-                out[i, j] += s00
-                out[i, j + 1] += s01
-                out[i + 1, j] += s10
-                out[i + 1, j + 1] += s11
-            if nb % 2:
-                j = nb - 1
-                s0 = np.uint64(0)
-                s1 = np.uint64(0)
-                for w in range(w0, w1):
-                    s0 += _popcount(a[i, w] & b[j, w])
-                    s1 += _popcount(a[i + 1, w] & b[j, w])
-                out[i, j] += s0
-                out[i + 1, j] += s1
+        for j0 in range(0, nb, ROWS):
+            j1 = min(nb, j0 + ROWS)
+            for i in range(0, na - 1, 2):
+                a0 = a[i, w0:w1]
+                a1 = a[i + 1, w0:w1]
+                for j in range(j0, j1 - 1, 2):
+                    b0 = b[j, w0:w1]
+                    b1 = b[j + 1, w0:w1]
+                    s00 = np.uint64(0)
+                    s01 = np.uint64(0)
+                    s10 = np.uint64(0)
+                    s11 = np.uint64(0)
+                    for w in range(w1 - w0):
+                        x0 = a0[w]
+                        x1 = a1[w]
+                        y0 = b0[w]
+                        y1 = b1[w]
+                        s00 += _popcount(x0 & y0)
+                        s01 += _popcount(x0 & y1)
+                        s10 += _popcount(x1 & y0)
+                        s11 += _popcount(x1 & y1)
+                    out[i, j] += s00
+                    out[i, j + 1] += s01
+                    out[i + 1, j] += s10
+                    out[i + 1, j + 1] += s11
+                if (j1 - j0) % 2:
+                    j = j1 - 1
+                    s0 = np.uint64(0)
+                    s1 = np.uint64(0)
+                    for w in range(w0, w1):
+                        s0 += _popcount(a[i, w] & b[j, w])
+                        s1 += _popcount(a[i + 1, w] & b[j, w])
+                    out[i, j] += s0
+                    out[i + 1, j] += s1
         if na % 2:
-            i = na - 1
-            for j in range(nb):
-                s = np.uint64(0)
-                for w in range(w0, w1):
-                    s += _popcount(a[i, w] & b[j, w])
-                out[i, j] += s
+            row_counts(a[na - 1, w0:w1], b[:, w0:w1], out[na - 1])
+
+
+@njit(cache=True, nogil=True)
+def row_counts(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """out[j] += popcount(a & b[j]) summed over the words; a [W], b [nb, W] uint64 (one neuron
+    against many: two rows per pass share a's loads)."""
+    nb, W = b.shape
+    for j in range(0, nb - 1, 2):
+        b0 = b[j]
+        b1 = b[j + 1]
+        s0 = np.uint64(0)
+        s1 = np.uint64(0)
+        for w in range(W):
+            x = a[w]
+            s0 += _popcount(x & b0[w])
+            s1 += _popcount(x & b1[w])
+        out[j] += s0
+        out[j + 1] += s1
+    if nb % 2:
+        s = np.uint64(0)
+        bl = b[nb - 1]
+        for w in range(W):
+            s += _popcount(a[w] & bl[w])
+        out[nb - 1] += s
+
+
+@njit(cache=True, nogil=True)
+def token_lists(b: np.ndarray, n_rows: int):  # pragma: no cover - compiled
+    """The fires of b [nb, W] uint64 listed by token row: (starts [n_rows + 1], cols): row t's
+    firing rows of b are cols[starts[t]:starts[t + 1]], ascending."""
+    nb, W = b.shape
+    starts = np.zeros(n_rows + 1, np.int64)
+    for j in range(nb):
+        for w in range(W):
+            x = b[j, w]
+            while x:
+                starts[w * 64 + np.int64(trailing_zeros(x)) + 1] += 1
+                x &= x - np.uint64(1)
+    for t in range(n_rows):
+        starts[t + 1] += starts[t]
+    cols = np.empty(starts[n_rows], np.int32)
+    fill = starts[:n_rows].copy()
+    for j in range(nb):
+        for w in range(W):
+            x = b[j, w]
+            while x:
+                t = w * 64 + np.int64(trailing_zeros(x))
+                cols[fill[t]] = j
+                fill[t] += 1
+                x &= x - np.uint64(1)
+    return starts, cols
+
+
+@njit(cache=True, nogil=True)
+def sparse_counts(a: np.ndarray, rows: np.ndarray, starts: np.ndarray, cols: np.ndarray,
+                  out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """out[i, j] += the rows where a[i] and b[j] both fire, for each i in `rows`, from a's set
+    bits and b's fires listed by token row (token_lists): its cost follows the pairs that co-fire,
+    where pair_counts' follows every pair of words; for sparse neurons that is many times less."""
+    for r in range(rows.shape[0]):
+        i = rows[r]
+        oi = out[i]
+        for w in range(a.shape[1]):
+            x = a[i, w]
+            while x:
+                t = w * 64 + np.int64(trailing_zeros(x))
+                x &= x - np.uint64(1)
+                for p in range(starts[t], starts[t + 1]):
+                    oi[cols[p]] += 1
 
 
 @njit(cache=True, nogil=True)
