@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--dense-layers", default="0,1", help="layers the dense baseline runs on (and top-k beside it)")
     ap.add_argument("--forward-tokens", type=int, default=4096)
     ap.add_argument("--skip-full", action="store_true", help="only the side-by-side on --dense-layers")
+    ap.add_argument("--skip-dense", action="store_true", help="no dense baseline (its time grows as D^2 x tokens)")
     ap.add_argument("--dense-worker", nargs=3, metavar=("STORE", "RULE", "LAYERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.dense_worker:
@@ -147,6 +148,8 @@ def main() -> None:
             res[f"topk_{rule}"] = {"wall_s": round(r["wall"], 1), "cpu_s": round(r["cpu"], 1),
                                    "peak_rss_gib": round(r["maxrss"] / 2**30, 3)}
             print(json.dumps({rule: res[f"topk_{rule}"]}), flush=True)
+        if args.skip_dense:
+            continue
         small = run_peak([PY, "-c", TOPK, args.store, rule, str(args.k), json.dumps(sub), str(args.memory_mb)])
         dense = run_peak([PY, __file__, "--store", args.store, "--model", args.model, "--k", str(args.k),
                           "--dense-worker", args.store, rule, json.dumps(sub)])
