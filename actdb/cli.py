@@ -293,7 +293,7 @@ def match(store_a: str, store_b: str, out: str, rule_a: str | None, rule_b: str 
     import polars as pl
 
     from .index.build import resolve_workers
-    from .index.cofire import Match, as_rows, match_stores
+    from .cofire import Match, as_rows, match_stores
     from .index.count import resolve_device
     from .query.handle import open as open_store
     from .store.layout import check_outside_stores

@@ -1,4 +1,4 @@
-"""Co-firing benchmark: every neuron's top-k neighbours (index/cofire.py, exact) against the
+"""Co-firing benchmark: every neuron's top-k neighbours (cofire/, exact) against the
 ingest forward time and against a dense float correlation in the universal-neurons manner, in
 one run; and one neuron against all, warm.
 
@@ -35,7 +35,7 @@ TOPK = """import sys, json, tempfile
 from pathlib import Path
 import actdb
 from actdb.index.build import resolve_workers
-from actdb.index.cofire import build_neighbours
+from actdb.cofire import build_neighbours
 st = actdb.open(sys.argv[1], rule=sys.argv[2])
 layers = json.loads(sys.argv[4])
 with tempfile.TemporaryDirectory() as d:

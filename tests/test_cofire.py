@@ -1,4 +1,4 @@
-"""Co-firing (actdb/index/cofire.py) against a numpy brute force: the masks as bool matrices, every
+"""Co-firing (actdb/cofire) against a numpy brute force: the masks as bool matrices, every
 n_both from one integer matrix product, the measures written out again. Exact counts, every
 measure with its NULL cases, token subsets, two fire rules, the table function, the index table,
 the cross-store match and its refusal."""
@@ -15,7 +15,7 @@ import pytest
 
 import actdb
 from actdb.errors import InputError
-from actdb.index import cofire
+from actdb import cofire
 from actdb.jit import compiled
 from actdb.store.synthetic import write_store
 
@@ -304,7 +304,7 @@ def test_counting_paths_equal_numpy(rates):
     a, b = bits(131, 300, *rates), bits(97, 300, 0.001, 0.004 if rates[0] < 0.1 else 0.4)
     want = np.bitwise_count(a[:, None, :] & b[None, :, :]).sum(-1)
     for torch_cpu in (False, True):
-        counter = cofire._Counter("cpu", 2, torch_cpu)
+        counter = cofire.counts._Counter("cpu", 2, torch_cpu)
         got = counter.zeros(*want.shape)
         counter.add(a, b, got)
         counter.add(a, b, got)

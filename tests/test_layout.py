@@ -11,13 +11,14 @@ SHARED = {"actdb.errors", "actdb.settings", "actdb.files", "actdb._version", "ac
 ALLOWED = {
     "shared": set(),
     "store": set(),
-    "index": {"store"},
-    "query": {"store"},
+    "cofire": {"store"},                  # co-firing: counted from the masks
+    "index": {"store", "cofire"},         # the index keeps every neuron's top co-firing neighbours
+    "query": {"store", "cofire"},         # the handle and SQL ask one neuron against all
     "ingest": {"index", "store"},         # an ingest builds the index at its end
     "presentation": {"query", "store"},   # figures, report and card draw query results
     # the explorer draws pages from the views; ingest only inside the probe, which loads the model lazily
     "serve": {"presentation", "query", "store", "ingest"},
-    "top": {"ingest", "index", "query", "presentation", "serve", "store"},   # actdb/__init__.py and cli.py
+    "top": {"ingest", "index", "query", "presentation", "serve", "store", "cofire"},   # actdb/__init__.py and cli.py
 }
 
 
@@ -122,7 +123,7 @@ def test_the_checker_finds_a_circle():
 
 
 def test_every_stage_is_a_subpackage():
-    for s in ("ingest", "store", "index", "query", "presentation", "serve"):
+    for s in ("ingest", "store", "index", "query", "presentation", "serve", "cofire"):
         assert (ROOT / s / "__init__.py").exists()
     flat = sorted(p.name for p in ROOT.glob("*.py"))
     assert flat == ["__init__.py", "_version.py", "cli.py", "cluster.py", "errors.py", "faults.py", "files.py", "jit.py",

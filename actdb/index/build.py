@@ -268,8 +268,8 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         if projection is not None:
             projection.result()
             files[INDEX_PROJECTION_FILE] = file_digest(root / INDEX_PROJECTION_FILE)
-    if s.neighbours:   # co-firing (index/cofire.py): its own pass over every mask
-        from .cofire import build_neighbours
+    if s.neighbours:   # co-firing (actdb/cofire): its own pass over every mask
+        from ..cofire import build_neighbours
 
         out = build_neighbours(st, root / f"{INDEX_NEIGHBOURS}.parquet", s.neighbours, root / INDEX_TMP, device,
                                s.memory_mb, n_workers, progress=s.progress)

@@ -148,8 +148,8 @@ class Store(StoreReader):
                    pos_max: int | None = None) -> list:
         """Neuron (layer, neuron) against every neuron of `layers` (default all): its top k by `by`
         (phi, jaccard or p), exact counts over the rows of `domain` and positions pos_min..pos_max
-        (default all), as actdb.index.cofire.Neighbour (docs/definitions.md, "Co-firing")."""
-        from ..index.cofire import TokenSubset, neighbours
+        (default all), as actdb.cofire.Neighbour (docs/definitions.md, "Co-firing")."""
+        from ..cofire import TokenSubset, neighbours
 
         return neighbours(self, layer, neuron, k, by, layers, rule, TokenSubset(domain, pos_min, pos_max))
 

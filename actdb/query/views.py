@@ -310,12 +310,12 @@ def projection_views(root: Path, info: IndexInfo) -> list[str]:
 
 
 NEIGHBOUR_FIELDS = ("layer", "neuron", "other_layer", "other_neuron", "n_a", "n_b", "n_both", "n_tokens", "jaccard",
-                    "p_other_given", "phi", "rank")   # index/cofire.py's Neighbour, in order
+                    "p_other_given", "phi", "rank")   # cofire/'s Neighbour, in order
 
 
 def neighbours_macro() -> str:
     """The table function neighbours(...): one neuron against every neuron of `layers` (default all),
-    exact counts and measures (index/cofire.py); a Python UDF, unnested."""
+    exact counts and measures (cofire/); a Python UDF, unnested."""
     return """CREATE MACRO neighbours(layer, neuron, k := 20, by := 'phi', layers := NULL, rule := NULL, domain := NULL,
         pos_min := NULL, pos_max := NULL) AS TABLE
         SELECT unnest(_actdb_neighbours(layer, neuron, k, "by", layers::INTEGER[], rule, domain, pos_min, pos_max),
@@ -323,7 +323,7 @@ def neighbours_macro() -> str:
 
 
 def register_neighbours(con, store) -> None:
-    """_actdb_neighbours(...) -> the neighbours of index/cofire.py as a list of structs, on a DuckDB connection."""
+    """_actdb_neighbours(...) -> the neighbours of cofire/ as a list of structs, on a DuckDB connection."""
     import duckdb
 
     t = duckdb.sqltypes
@@ -335,7 +335,7 @@ def register_neighbours(con, store) -> None:
         import dataclasses
 
         from ..errors import InputError
-        from ..index.cofire import TokenSubset, neighbours
+        from ..cofire import TokenSubset, neighbours
 
         for name, v in (("layer", layer), ("neuron", neuron), ("k", k), ("by", by)):
             if v is None:

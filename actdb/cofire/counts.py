@@ -16,7 +16,7 @@ Three uses of one counting engine:
   n_both is counted, so no recall question arises. Memory is flat in tokens: the masks are
   decoded once into a file of 64-bit words (index/_tmp/), token block by token block, and each
   tile of neuron pairs streams those blocks, accumulating its counts; a tile's side follows
-  `memory_mb`. Counted by the compiled kernels on CPU (index/cofire_kernels.py), by a float32
+  `memory_mb`. Counted by the compiled kernels on CPU (cofire/kernels.py), by a float32
   matmul of unpacked bit blocks on a torch device (exact: 0/1 products, sums below 2**24 per
   block, accumulated in int64).
 - match_stores(): each neuron of one store against every neuron of another over the same token
@@ -47,14 +47,14 @@ _TORCH_TOKENS = 16384       # tokens unpacked to float32 at once on a torch devi
 
 def kernels():
     """The compiled co-firing kernels, or None (ACTDB_INDEX_JIT=0, no numba): numpy then counts."""
-    return _compiled("actdb.index.cofire_kernels", "ACTDB_INDEX_JIT")
+    return _compiled("actdb.cofire.kernels", "ACTDB_INDEX_JIT")
 
 
 # ---------------------------------------------------------------- measures
 
 def measures(n: int, n_a: Any, n_b: Any, n_both: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(jaccard, P(B | A), phi) as float64 arrays, nan where NULL, from exact counts (broadcast).
-    phi's operations and their order are those of cofire_kernels.phi_of: the same doubles."""
+    phi's operations and their order are those of kernels.phi_of: the same doubles."""
     a, b, c = (np.asarray(x, dtype=np.int64) for x in (n_a, n_b, n_both))
     with np.errstate(divide="ignore", invalid="ignore"):
         union = a + b - c
@@ -412,7 +412,7 @@ class _Counter:
         """Each row of a by whichever kernel costs it less: pair_counts (every word pair: b's rows x
         words / 8 cycles, VPOPCNTQ doing 8 words a cycle) or sparse_counts (per fire of the row, the
         fires of b on that token: ~2 cycles each and ~10 per fire). The lists of b's fires are made
-        only when b fires on at most 1/16 of its bits (their int32s then take at most half the bits' memory)."""
+        only when b fires on at most 1/16 of its bits: their int32s then take at most twice the memory of b's words."""
         jit = self.jit
         nb, W = b.shape
         fb = _popcounts(b)

@@ -1,4 +1,4 @@
-"""Compiled (numba) kernels of co-firing (index/cofire.py), loaded by actdb.jit.compiled with the
+"""Compiled (numba) kernels of co-firing (cofire/counts.py), loaded by actdb.jit.compiled with the
 index's switch (ACTDB_INDEX_JIT=0 keeps the numpy path, their reference, with the same integers).
 
 pair_counts: n_AB for every pair of two sets of bit rows, popcount of AND over 64-bit words. A
@@ -159,7 +159,7 @@ def row_popcounts(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover -
 
 @njit(cache=True, nogil=True)
 def phi_of(n: int, na: int, nb: int, c: int) -> float:  # pragma: no cover - compiled
-    """phi of one pair, as cofire.measures computes it (the same operations in the same order,
+    """phi of one pair, as counts.measures computes it (the same operations in the same order,
     so the same double); nan where a factor of the denominator is 0."""
     den = math.sqrt(float(na) * float(nb) * float(n - na) * float(n - nb))
     if den == 0.0:
