@@ -301,7 +301,8 @@ def match(store_a: str, store_b: str, out: str, rule_a: str | None, rule_b: str 
     check_outside_stores(out)
     found = match_stores(open_store(store_a, rule=rule_a), open_store(store_b, rule=rule_b), same_layer,
                          device=resolve_device(device), memory_mb=memory_mb, workers=resolve_workers(0))
-    schema = {f: (pl.Float64 if f in ("jaccard", "p_other_given", "phi") else pl.Int64) for f in Match.__annotations__}
+    schema = {f.name: (pl.Float64 if f.name in ("jaccard", "p_other_given", "phi") else pl.Int64)
+              for f in dataclasses.fields(Match)}
     pl.DataFrame(as_rows(found), schema=schema).write_csv(out)
     click.echo(f"wrote {out} ({len(found):,} neurons matched)")
 

@@ -71,9 +71,9 @@ def _null(x: float) -> float | None:
 
 
 @dataclass(frozen=True)
-class Neighbour:
-    """One neighbour B of neuron A (layer, neuron): exact counts over n_tokens rows and the measures
-    (None where NULL); rank 1 is the best by the measure asked for."""
+class Pair:
+    """Neurons A (layer, neuron) and B (other_layer, other_neuron): exact counts over n_tokens rows and
+    the measures (None where NULL)."""
     layer: int
     neuron: int
     other_layer: int
@@ -85,7 +85,17 @@ class Neighbour:
     jaccard: float | None
     p_other_given: float | None
     phi: float | None
+
+
+@dataclass(frozen=True)
+class Neighbour(Pair):
+    """One neighbour B of neuron A; rank 1 is the best by the measure asked for."""
     rank: int
+
+
+@dataclass(frozen=True)
+class Match(Pair):
+    """A neuron of store A and its best match B by phi in store B, over the same token rows."""
 
 
 @dataclass(frozen=True)
@@ -608,22 +618,6 @@ def build_neighbours(st, out: Path, k: int, tmp: Path, device: str = "cpu", memo
 
 
 # ---------------------------------------------------------------- across stores
-
-@dataclass(frozen=True)
-class Match:
-    """A neuron of store A (layer, neuron) and its best match in store B by phi, over the same rows."""
-    layer: int
-    neuron: int
-    other_layer: int
-    other_neuron: int
-    n_a: int
-    n_b: int
-    n_both: int
-    n_tokens: int
-    jaccard: float | None
-    p_other_given: float | None
-    phi: float | None
-
 
 def check_same_rows(a, b) -> None:
     """Refuse, in one line, two stores whose token rows differ: co-firing across stores pairs row r

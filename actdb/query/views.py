@@ -324,19 +324,19 @@ def neighbours_macro() -> str:
 
 def register_neighbours(con, store) -> None:
     """_actdb_neighbours(...) -> the neighbours of cofire/ as a list of structs, on a DuckDB connection."""
+    import dataclasses
+
     import duckdb
+
+    from ..cofire import Neighbour, TokenSubset, neighbours
+    from ..errors import InputError
 
     t = duckdb.sqltypes
     kinds = {"layer": t.INTEGER, "neuron": t.INTEGER, "other_layer": t.INTEGER, "other_neuron": t.INTEGER,
              "rank": t.INTEGER, "jaccard": t.DOUBLE, "p_other_given": t.DOUBLE, "phi": t.DOUBLE}
-    row = con.struct_type({f: kinds.get(f, t.BIGINT) for f in NEIGHBOUR_FIELDS})
+    row = con.struct_type({f.name: kinds.get(f.name, t.BIGINT) for f in dataclasses.fields(Neighbour)})
 
     def fn(layer, neuron, k, by, layers, rule, domain, pos_min, pos_max):
-        import dataclasses
-
-        from ..errors import InputError
-        from ..cofire import TokenSubset, neighbours
-
         for name, v in (("layer", layer), ("neuron", neuron), ("k", k), ("by", by)):
             if v is None:
                 raise InputError(f"neighbours: {name}: expected a value, got NULL")
