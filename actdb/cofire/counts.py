@@ -40,7 +40,7 @@ from ..jit import compiled as _compiled
 
 MEASURES = ("phi", "jaccard", "p")
 SCOPES = ("layer", "all")   # the index table's two lists: the neuron's own layer, every recorded layer
-CACHE_MB = 1024             # mask words one handle keeps for neighbours() (the demo's SmolLM2: 283 MB a rule)
+CACHE_MB = 1024             # mask words a handle (of one rule) keeps for neighbours(); the demo's SmolLM2: 270 MiB
 FLOAT_EXACT = 2**24         # float32 holds every integer up to here: a matmul block sums at most this many rows
 _TORCH_TOKENS = 16384       # tokens unpacked to float32 at once on a torch device
 
@@ -202,6 +202,7 @@ class _BlockCache:
     def __init__(self, budget: int) -> None:
         self.budget, self.used = budget, 0
         self.items: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.subsets: OrderedDict[TokenSubset, np.ndarray] = OrderedDict()   # bool rows of the last few subsets
         self.lock = threading.Lock()
 
     def get(self, st, layer: int, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,22 +227,31 @@ class _BlockCache:
         return entry
 
 
+_CACHE_LOCK = threading.Lock()
+
+
 def _cache(st) -> _BlockCache:
-    # the lock that makes one cache per handle is the handle's own (made before any thread handle)
-    c = st.__dict__.get("_cofire_cache")
-    if c is None:
-        c = st.__dict__.setdefault("_cofire_cache", _BlockCache(CACHE_MB << 20))
+    """The cache of handle `st`, kept by the handle its thread handles were made from (the explorer's
+    threads share one)."""
+    owner = st.__dict__.get("_parent") or st
+    with _CACHE_LOCK:
+        c = owner.__dict__.get("_cofire_cache")
+        if c is None:
+            c = owner.__dict__["_cofire_cache"] = _BlockCache(CACHE_MB << 20)
     return c
 
 
 def _subset_cache(st, subset: TokenSubset) -> np.ndarray:
     """A handle's bool rows of a subset (the last few kept)."""
-    memo = st.__dict__.setdefault("_cofire_subsets", OrderedDict())
-    rows = memo.get(subset)
+    cache = _cache(st)
+    with cache.lock:
+        rows = cache.subsets.get(subset)
     if rows is None:
-        rows = memo[subset] = subset_rows(st, subset)
-        while len(memo) > 4:
-            memo.popitem(last=False)
+        rows = subset_rows(st, subset)
+        with cache.lock:
+            cache.subsets[subset] = rows
+            while len(cache.subsets) > 4:
+                cache.subsets.popitem(last=False)
     return rows
 
 
