@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--forward-tokens", type=int, default=4096)
     ap.add_argument("--skip-full", action="store_true", help="only the side-by-side on --dense-layers")
     ap.add_argument("--skip-dense", action="store_true", help="no dense baseline (its time grows as D^2 x tokens)")
+    ap.add_argument("--skip-one", action="store_true", help="no one-against-all timing")
     ap.add_argument("--dense-worker", nargs=3, metavar=("STORE", "RULE", "LAYERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.dense_worker:
@@ -171,8 +172,9 @@ def main() -> None:
     print(table(["rule", "neurons (dense layers)", "top-k wall / CPU s", "top-k peak GiB", "dense wall / CPU s",
                  "dense peak GiB", "time ratio", "memory ratio", "dense CPU s, all layers (x D^2)",
                  "dense S + C, all layers GiB"], rows))
-    print(table(["rule", "first call s (decode)", "warm best s", "warm median s", "cache"],
-                one_against_all(args.store, rules)))
+    if not args.skip_one:
+        print(table(["rule", "first call s (decode)", "warm best s", "warm median s", "cache"],
+                    one_against_all(args.store, rules)))
 
 
 if __name__ == "__main__":

@@ -294,14 +294,20 @@ def test_match_refuses_other_rows_and_cli(synth, tmp_path):
     assert r.returncode == 1 and "inside the actdb store" in r.stderr and not (root / "m.csv").exists()
 
 
-@pytest.mark.parametrize("rates", [(0.002, 0.004), (0.001, 0.5), (0.3, 0.4)])
-def test_counting_paths_equal_numpy(rates):
+@pytest.mark.parametrize("a_rates, b_rates", [((0.001, 0.003), (0.001, 0.004)),          # every row sparse
+                                               ((0.001, 0.003, 0.3, 0.5), (0.001, 0.004)),  # half sparse, half dense
+                                               ((0.3, 0.4), (0.3, 0.4))])                   # b too dense for lists
+def test_counting_paths_equal_numpy(a_rates, b_rates):
     """Each row of a tile by either kernel (sparse rows from their fires, dense ones by popcount of
     every word pair), on blocks whose width is no multiple of the kernels' word and row blocks."""
     rng = np.random.default_rng(1)
-    bits = lambda n, w, lo, hi: np.packbits(rng.random((n, w * 64)) < rng.uniform(lo, hi, (n, 1)), axis=1,
-                                            bitorder="little").view("<u8")
-    a, b = bits(131, 300, *rates), bits(97, 300, 0.001, 0.004 if rates[0] < 0.1 else 0.4)
+
+    def bits(n: int, w: int, rates: tuple) -> np.ndarray:
+        halves = [rng.uniform(lo, hi, (n // (len(rates) // 2), 1)) for lo, hi in zip(rates[::2], rates[1::2])]
+        p = np.concatenate(halves + [np.full((n - sum(len(h) for h in halves), 1), rates[-1])])
+        return np.packbits(rng.random((n, w * 64)) < p, axis=1, bitorder="little").view("<u8")
+
+    a, b = bits(131, 300, a_rates), bits(97, 300, b_rates)
     want = np.bitwise_count(a[:, None, :] & b[None, :, :]).sum(-1)
     for torch_cpu in (False, True):
         counter = cofire.counts._Counter("cpu", 2, torch_cpu)

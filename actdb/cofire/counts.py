@@ -429,17 +429,19 @@ class _Counter:
         self.split(rows, a.shape[0])
 
     def _add_compiled(self, a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> None:
-        """Each row of a by whichever kernel costs it less: pair_counts (every word pair: b's rows x
-        words / 8 cycles, VPOPCNTQ doing 8 words a cycle) or sparse_counts (per fire of the row, the
-        fires of b on that token: ~2 cycles each and ~10 per fire). The lists of b's fires are made
-        only when b fires on at most 1/16 of its bits: their int32s then take at most twice the memory of b's words."""
+        """Each row of a by whichever kernel costs it less, in units of one word pair of pair_counts
+        (0.1 ns here): pair_counts, b's rows x words; sparse_counts, per fire of the row ~200 plus ~35
+        per fire of b on that token (3.1-3.6 ns an increment, measured on the demo's SmolLM2 and the
+        OPT-shaped synthetic store: benchmarks/RESULTS.md, "Co-firing"). The lists of b's fires are made
+        only when b fires on at most 1/16 of its bits: their int32s then take at most twice the memory
+        of b's words."""
         jit = self.jit
         nb, W = b.shape
         fb = _popcounts(b)
         sparse = np.zeros(0, np.int64)
         if fb.sum() * 16 <= b.size * 64:
             per_token = fb.sum() / (W * 64)
-            sparse = np.flatnonzero(_popcounts(a) * (2 * per_token + 10) < nb * W / 8)
+            sparse = np.flatnonzero(_popcounts(a) * (35 * per_token + 200) < nb * W)
         if len(sparse):
             starts, cols = jit.token_lists(b, W * 64)
             self.split(lambda r0, r1: jit.sparse_counts(a, sparse[r0:r1], starts, cols, counts), len(sparse))

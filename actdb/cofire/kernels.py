@@ -134,17 +134,23 @@ def sparse_counts(a: np.ndarray, rows: np.ndarray, starts: np.ndarray, cols: np.
                   out: np.ndarray) -> None:  # pragma: no cover - compiled
     """out[i, j] += the rows where a[i] and b[j] both fire, for each i in `rows`, from a's set
     bits and b's fires listed by token row (token_lists): its cost follows the pairs that co-fire,
-    where pair_counts' follows every pair of words; for sparse neurons that is many times less."""
+    where pair_counts' follows every pair of words; for sparse neurons that is many times less.
+    A row's increments go to a small int32 buffer that stays in L1, added to out[i] in one
+    sequential pass (scattered into out's int64 row they missed the cache each time)."""
+    acc = np.zeros(out.shape[1], np.int32)
     for r in range(rows.shape[0]):
         i = rows[r]
-        oi = out[i]
         for w in range(a.shape[1]):
             x = a[i, w]
             while x:
                 t = w * 64 + np.int64(trailing_zeros(x))
                 x &= x - np.uint64(1)
                 for p in range(starts[t], starts[t + 1]):
-                    oi[cols[p]] += 1
+                    acc[cols[p]] += 1
+        oi = out[i]
+        for j in range(acc.shape[0]):
+            oi[j] += acc[j]
+            acc[j] = 0
 
 
 @njit(cache=True, nogil=True)
