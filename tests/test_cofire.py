@@ -229,6 +229,12 @@ def test_index_view_and_record(synth, tmp_path):
     assert tab.columns[:9] == ["layer", "neuron", "other_layer", "other_neuron", "n_both", "jaccard",
                                "p_other_given", "phi", "rank"]
     _check_table(tab, m, 5)
+    # one call for a neuron's page: the index's lists, as the dataclasses neighbours() gives
+    for scope in cofire.SCOPES:
+        got = st.indexed_neighbours(1, 5, scope)
+        want = st.neighbours(1, 5, k=5, layers=[1] if scope == "layer" else None)
+        assert got == want
+    assert actdb.open(root).indexed_neighbours(1, 5) is None
     # the index's record covers the table: a changed byte is refused
     p = store / "index" / "neuron_neighbours.parquet"
     data = bytearray(p.read_bytes())

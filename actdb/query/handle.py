@@ -153,6 +153,23 @@ class Store(StoreReader):
 
         return neighbours(self, layer, neuron, k, by, layers, rule, TokenSubset(domain, pos_min, pos_max))
 
+    def indexed_neighbours(self, layer: int, neuron: int, scope: str = "all", rule: str | None = None) -> list | None:
+        """Neuron (layer, neuron)'s top neighbours by phi as the index keeps them (`actdb index --neighbours K`),
+        within its layer (scope 'layer') or over every layer ('all'), as actdb.cofire.Neighbour; None when
+        the index has no co-firing table (then `neighbours` counts them from the masks)."""
+        from ..cofire import SCOPES, Neighbour
+        from ..errors import InputError
+
+        if scope not in SCOPES:
+            raise InputError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+        st = self.with_rule(rule)
+        if "neuron_neighbours" not in st.views():
+            return None
+        rows = st.sql("SELECT layer, neuron, other_layer, other_neuron, n_a, n_b, n_both, jaccard, p_other_given, phi, "
+                      "rank FROM neuron_neighbours WHERE layer = $l AND neuron = $n AND scope = $s ORDER BY rank",
+                      {"l": int(layer), "n": int(neuron), "s": scope}).rows()
+        return [Neighbour(*r[:7], st.n_tokens, *r[7:]) for r in rows]
+
     def stream(self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None,
                timeout_hint: str = "timeout", saved: bool = False):
         """Start a statement (a saved query with saved=True) and stream its answer: a
