@@ -205,32 +205,46 @@ def merge_topk(counts: np.ndarray, transpose: bool, r0: int, r1: int, n: int,
     row_ids; `all` over every column, `own` over the columns of the row's layer. A pair is left out
     when it is the neuron itself or its phi is NULL (a dead or always-firing neuron). A fast
     bound (phi up to rounding, from per-neuron factors) passes over most pairs; the ones it
-    admits are compared by the exact phi of phi_of."""
+    admits are compared by the exact phi of phi_of. With transpose the columns are the outer loop,
+    so counts is read along its rows either way; thr[r] keeps row r's two last values at hand."""
     k = all_val.shape[1]
     nc = col_fires.shape[0]
     inv = np.empty(nc, np.float64)
     for c in range(nc):
         f = col_fires[c]
         inv[c] = 1.0 / math.sqrt(float(f) * float(n - f)) if 0 < f < n else 0.0
+    ia = np.zeros(r1, np.float64)
+    thr = np.full((r1, 2), np.inf)   # a row that ranks nothing (dead, always firing) keeps inf: nothing passes
     for r in range(r0, r1):
         fa = row_fires[r]
-        if fa == 0 or fa == n:
-            continue
-        g = row_ids[r]
-        ia = 1.0 / math.sqrt(float(fa) * float(n - fa))
-        for c in range(nc):
+        if 0 < fa < n:
+            ia[r] = 1.0 / math.sqrt(float(fa) * float(n - fa))
+            thr[r, 0] = all_val[row_ids[r], k - 1]
+            thr[r, 1] = own_val[row_ids[r], k - 1]
+    outer, inner = (nc, r1 - r0) if transpose else (r1 - r0, nc)
+    for o in range(outer):
+        for q in range(inner):
+            if transpose:
+                c, r = o, r0 + q
+                cnt = counts[c, r]
+            else:
+                r, c = r0 + o, q
+                cnt = counts[r, c]
+            g = row_ids[r]
             if inv[c] == 0.0 or col_ids[c] == g:
                 continue
-            cnt = counts[c, r] if transpose else counts[r, c]
+            fa = row_fires[r]
             fb = col_fires[c]
-            approx = float(n * cnt - fa * fb) * ia * inv[c]
+            approx = float(n * cnt - fa * fb) * ia[r] * inv[c]
             same = col_layer[c] == row_layer[r]
-            # the bound allows for the rounding of approx against the exact phi (a few ulps)
-            if approx + 1e-9 < all_val[g, k - 1] and not (same and approx + 1e-9 >= own_val[g, k - 1]):
+            # the margin allows for the rounding of approx against the exact phi (a few ulps)
+            if approx + 1e-9 < thr[r, 0] and not (same and approx + 1e-9 >= thr[r, 1]):
                 continue
             v = phi_of(n, fa, fb, cnt)
             i = col_ids[c]
             if _better(v, i, all_val[g, k - 1], all_id[g, k - 1]):
                 _push(all_val, all_id, all_cnt, g, v, i, cnt)
+                thr[r, 0] = all_val[g, k - 1]
             if same and _better(v, i, own_val[g, k - 1], own_id[g, k - 1]):
                 _push(own_val, own_id, own_cnt, g, v, i, cnt)
+                thr[r, 1] = own_val[g, k - 1]
