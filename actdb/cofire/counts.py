@@ -41,8 +41,7 @@ from ..jit import compiled as _compiled
 MEASURES = ("phi", "jaccard", "p")
 SCOPES = ("layer", "all")   # the index table's two lists: the neuron's own layer, every recorded layer
 CACHE_MB = 1024             # mask words a handle (of one rule) keeps for neighbours(); the demo's SmolLM2: 270 MiB
-FLOAT_EXACT = 2**24         # float32 holds every integer up to here: a matmul block sums at most this many rows
-_TORCH_TOKENS = 16384       # tokens unpacked to float32 at once on a torch device
+_TORCH_TOKENS = 16384       # tokens unpacked to float32 at once on a torch device: far below float32's exact 2**24
 
 
 def kernels():
@@ -464,7 +463,7 @@ class _Counter:
             t = torch.from_numpy(np.ascontiguousarray(x[:, w0:w1]).view(np.uint8)).to(self.device)
             return ((t.unsqueeze(-1) >> shifts) & 1).reshape(x.shape[0], -1).to(torch.float32)
 
-        step = _TORCH_TOKENS // 64   # words per matmul: its sums stay far below FLOAT_EXACT
+        step = _TORCH_TOKENS // 64   # words per matmul
         for w0 in range(0, a.shape[1], step):
             w1 = min(a.shape[1], w0 + step)
             fa = unpack(a, w0, w1)
