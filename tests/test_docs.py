@@ -75,8 +75,8 @@ def test_every_command_help_has_a_runnable_example():
     from actdb.presentation.plot import FIGURES
     from actdb.query.catalogue import find_query
 
-    assert sorted(main.commands) == ["check", "index", "info", "ingest", "neuron", "plot", "query", "report", "serve",
-                                     "sql"]
+    assert sorted(main.commands) == ["check", "index", "info", "ingest", "match", "neuron", "plot", "query", "report",
+                                     "serve", "sql"]
     for name, cmd in main.commands.items():
         r = CliRunner().invoke(main, [name, "--help"])
         assert r.exit_code == 0, r.output
@@ -101,7 +101,7 @@ def test_o_is_one_option_everywhere(tmp_path):
     from actdb.cli import main
 
     writers = {n: c for n, c in main.commands.items() if any("-o" in p.opts for p in c.params)}
-    assert sorted(writers) == ["ingest", "plot", "query", "report", "sql"]
+    assert sorted(writers) == ["ingest", "match", "plot", "query", "report", "sql"]
     for name, cmd in writers.items():
         (o,) = [p for p in cmd.params if "-o" in p.opts]
         assert o.opts == ["-o", "--out"] and o.name == "out", (name, o.opts)

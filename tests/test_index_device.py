@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import actdb.index.count as count
+from actdb import devices
 from actdb import jit
 from actdb.errors import InputError
 from actdb.index.build import build_index
@@ -101,13 +102,13 @@ def test_index_files_equal_either_path(store, dense_at, tmp_path, monkeypatch):
 
 def test_device_setting_errors():
     with pytest.raises(InputError, match="--device"):
-        count.resolve_device("not-a-device")
-    assert count.resolve_device("cpu") == "cpu"
+        devices.device_name("not-a-device")
+    assert devices.device_name("cpu") == "cpu"
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
-            count.resolve_device("cuda")
-        assert count.resolve_device("auto") == "cpu"
+            devices.device_name("cuda")
+        assert devices.device_name("auto") == "cpu"
 
 
 @pytest.mark.gpu   # skipped without CUDA

@@ -27,7 +27,7 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
     hard memory limit of its statements (see confine)."""
     import duckdb
 
-    from .views import _views, massive_views, projection_views
+    from .views import _views, massive_views, neighbour_views, neighbours_macro, projection_views
 
     # the views read the handle's rule's index, and the rule-independent tables (massive
     # activations, vocabulary projection) from the index of the store's first rule
@@ -52,6 +52,11 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
             stmts += these
         else:
             absent.update(dict.fromkeys((created_name(v) for v in these), why))
+    stmts.append(neighbours_macro())   # co-firing: one neuron against all, from the masks
+    if info.config.neighbours:
+        stmts += neighbour_views(base)
+    else:
+        absent["neuron_neighbours"] = ABSENT_NEIGHBOURS
     # which files each view reads, checked before each query
     guard = parquet_guard(store, fresh=True)
     store._view_deps = view_dependencies(stmts)   # what each view reads, for the checks of a statement
@@ -69,6 +74,8 @@ ABSENT_CAPTURE = ("this store's index has no captured activations (record them w
                   "resid`, the default)")
 ABSENT_PROJECTION = ("this store has no vocabulary projection (its model's output projection and unembedding, "
                      "projection.safetensors, were not recorded)")
+ABSENT_NEIGHBOURS = ("this store's index has no co-firing table (build it with `actdb index STORE --neighbours 20`; "
+                     "the table function neighbours(layer, neuron) needs none)")
 _EVERY_VIEW = "SELECT * FROM duckdb_views()"   # a statement that names the catalogue makes every view
 _NO_SUCH = re.compile(r"with name (\w+) does not exist", re.IGNORECASE)
 
@@ -89,6 +96,7 @@ class _LazyViews:
         self.udf = {name for name, s in zip(self.names, stmts) if "proj_score(" in s}
         self.done: set[str] = set()
         self.proj_score = False
+        self.cofire = "neighbours" in self.names   # its UDF: registered with the macro
         self.absent = absent   # view -> why this store lacks it
 
     def ensure(self, sql: str) -> None:
@@ -109,6 +117,11 @@ class _LazyViews:
 
             register_proj_score(self.con(), self.store)
             self.proj_score = True
+        if self.cofire and "neighbours" in want:
+            from .views import register_neighbours
+
+            register_neighbours(self.con(), self.store)
+            self.cofire = False
         import duckdb
 
         for name, stmt in zip(self.names, self.stmts):
