@@ -102,7 +102,7 @@ def test_row_range_decode_equals_the_slice(rows, nbytes, rate, group_bits, seed,
 
 @pytest.mark.parametrize("rate", [0.001, 0.004, 0.02, 0.1])
 def test_sparse_iid_rows_near_the_entropy_bound(rate):
-    """SPEC §4: <= 1.25 x the bound. zstd alone is 1.1-1.8 x here; the Rice rows ~1.01 x."""
+    """At most 1.25 x the bound. zstd alone is 1.1-1.8 x here; the Rice rows ~1.01 x."""
     bits = np.random.default_rng(1).random((256, 32768)) < rate
     chunk = pack(bits)
     bound = entropy_bytes(bits)
@@ -214,7 +214,7 @@ def both(fn, *args, **kwargs):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_kernels_equal_the_numpy_reference(case):
-    """Issue 16.3: the compiled encoder writes the numpy encoder's bytes, bit for bit, and the
+    """The compiled encoder writes the numpy encoder's bytes, bit for bit, and the
     compiled decoder reads back what the numpy decoder reads, whole and by row ranges."""
     chunk = pack(CASES[case](np.random.default_rng(11)))
     for level in (1, 3):

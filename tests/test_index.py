@@ -137,7 +137,7 @@ def test_detectors(which, request):
 
 @pytest.mark.parametrize("which", ["known", "real", "noprefix"])
 def test_ngram_fires_same_for_every_n(which, request):
-    """SPEC §1.3: coverage for n = 1, 2, 3 has one denominator, the neuron's fires on every row
+    """Coverage for n = 1, 2, 3 has one denominator, the neuron's fires on every row
     but the BOS position (all rows without a prefix token), and the n-gram counts sum to those rows."""
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
     counted = ref.pos >= (1 if st.manifest.prefix_tokens else 0)

@@ -1,4 +1,4 @@
-"""Index counting on the device (issue 16): the torch path of index/count.py gives the same
+"""Index counting on the device: the torch path of index/count.py gives the same
 counts as the numpy path and as a direct numpy computation, and the same index files, on
 CPU tensors here and on CUDA where there is one."""
 from __future__ import annotations

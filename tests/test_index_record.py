@@ -1,4 +1,4 @@
-"""One home per fact (issue 13.2) and atomic index rebuilds (issue 18.3): the thresholds the index
+"""One home per fact and atomic index rebuilds: the thresholds the index
 records and the views use, their ranges, the validated index record and ingest state, the one
 layer-list grammar, and `actdb index --force` that never leaves a store without an answering index."""
 from __future__ import annotations

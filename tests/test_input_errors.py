@@ -1,4 +1,4 @@
-"""Issue 18, points 5-8 on the ingest side: bounded tokenizing of huge inputs, and plain
+"""Bad input on the ingest side: bounded tokenizing of huge inputs, and plain
 one-line messages for causes a user can fix (see also test_cli_errors.py, test_offload.py)."""
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def test_seq_len_above_the_models_positions_is_refused_before_any_work(family, m
 
 @pytest.mark.slow
 def test_ingest_prints_no_torch_dtype_deprecation(model_dirs, corpus_file, tmp_path):
-    """issue 13.9: reading config.torch_dtype (a config.json without "dtype") logged
+    """Reading config.torch_dtype (a config.json without "dtype") logged
     "`torch_dtype` is deprecated! Use `dtype` instead!" on every ingest."""
     import shutil
 

@@ -1,4 +1,4 @@
-"""Issue 18.4: a damaged index or token Parquet file is never answered from.
+"""A damaged index or token Parquet file is never answered from.
 
 DuckDB reads Parquet without checking page CRCs, so without actdb's own check a flipped byte
 changes answers with exit 0 (first test). Seeded random flips over every Parquet file of a

@@ -44,7 +44,7 @@ def test_coverage_histogram_counts_every_neuron_that_fires_after_bos(known_store
     pos = st.tokens().sort("row")["pos"].to_numpy()
     per_layer = {}
     for layer in st.manifest.layers:
-        per_layer[layer] = int(st.masks(layer)[pos > 0].any(axis=0).sum())   # BOS excluded (SPEC §1.3)
+        per_layer[layer] = int(st.masks(layer)[pos > 0].any(axis=0).sum())   # BOS excluded
     # stacked bars: one patch per (bin, layer); the layer's total is the sum over bins
     layers = sorted(per_layer)
     heights = np.array(bar_heights(fig)).reshape(-1, len(layers)).sum(axis=0)

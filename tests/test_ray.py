@@ -1,7 +1,7 @@
-"""Ingest and index on Ray (SPEC §5): a store made on a local 3-worker CPU cluster is byte-identical
+"""Ingest and index on Ray: a store made on a local 3-worker CPU cluster is byte-identical
 to one made by a single process, through a worker killed mid-block, a killed driver resumed with and
 without Ray, and a worker failing for good stops in one line with nothing marked complete. Every
-store here has three fire rules (SPEC §1.8): the sign, a top:Q rule (its thresholds fixed by block 0,
+store here has three fire rules: the sign, a top:Q rule (its thresholds fixed by block 0,
 then handed to the workers, or read back from the ingest state on --resume) and an abs>T rule."""
 from __future__ import annotations
 

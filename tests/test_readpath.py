@@ -1,4 +1,4 @@
-"""Issue 13 (3-5, 7) and 18 (6-8, the query part): user SQL confined to the store, statement
+"""The read path: user SQL confined to the store, statement
 time limits, streamed output with bounded memory, Ctrl-C, saved-query parameter help,
 query -o errors, and no torch on the read path."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 18.1-18.2: `--overwrite` deletes only what actdb wrote, and one writer per store.
+"""`--overwrite` deletes only what actdb wrote, and one writer per store.
 
 Every refusal is checked with decoy files compared byte for byte afterwards; the lock is
 tested with real processes (a helper holding it, a slowed ingest, a SIGKILLed holder)."""

@@ -1,4 +1,4 @@
-"""Issue 13.3: `pip install .` (not editable) gives a working actdb: the wheel carries every
+"""`pip install .` (not editable) gives a working actdb: the wheel carries every
 saved query, and an installed copy runs `actdb query`, `actdb plot` and `actdb report` from
 outside the checkout."""
 from __future__ import annotations

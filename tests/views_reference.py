@@ -31,7 +31,7 @@ class Ref:
         self.ngram_layers = tuple(info.ngram_layers)
         self.layers = m.layers
         n = self.n
-        # the n-gram ending at each row (SPEC §1.3): a slot before the sequence start is PAD; every n
+        # the n-gram ending at each row (docs/definitions.md): a slot before the sequence start is PAD; every n
         # ends on every row but the BOS position, where the tokenizer adds one (None: not counted)
         self.grams = {k: [tuple(int(self.ids[r - j]) if self.pos[r] >= j else PAD for j in range(k - 1, -1, -1))
                           if self.pos[r] >= first else None for r in range(n)] for k in (1, 2, 3)}

@@ -51,7 +51,7 @@ RULES_DIR = "rules"
 STAGING_IDS = "token_ids.i32"       # _staging/: every sequence's token ids, back to back
 STAGING_OFFSETS = "seq_offsets.i64"  # _staging/: where each sequence starts in STAGING_IDS
 STAGING_PROBE = "ray-probe"          # _staging/: the token a Ray driver writes for its workers to read back
-SIGN_RULE = "sign"   # the rule of SPEC §1.1, whose masks and index stay at the top of the store
+SIGN_RULE = "sign"   # the default rule (act > 0), whose masks and index stay at the top of the store
 
 # everything directly under STORE/ that actdb writes; --overwrite removes these and nothing else
 STORE_ENTRIES = (MANIFEST_FILE, STATE_FILE, LOCK_FILE, CHECKSUMS_FILE, PENDING_CHECKSUMS, STAGING, MASKS_DIR,
