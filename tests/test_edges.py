@@ -154,6 +154,32 @@ def test_each_connection_has_a_private_temp_folder_removed_with_it(tiny_store):
     assert not tmp.exists()
 
 
+def test_a_killed_process_temp_folder_is_removed_by_the_next(tiny_store):
+    """A process killed with its connection open leaves its private folder; the next process
+    that opens a connection removes it, and never a live process's folder."""
+    import signal
+
+    from actdb.query.connection import connect, sweep_temp_dirs
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys, actdb\n"
+                              "from actdb.query.connection import connect\n"
+                              "con = connect(actdb.open(sys.argv[1]))\n"
+                              "print(con.execute(\"SELECT current_setting('temp_directory')\").fetchone()[0], flush=True)\n"
+                              "sys.stdin.read()", str(tiny_store)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    left = Path(child.stdout.readline().strip())
+    con = connect(actdb.open(tiny_store))
+    mine = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])
+    assert left.is_dir() and str(child.pid) in left.name
+    assert left not in sweep_temp_dirs() and left.is_dir()   # its process is alive
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert left.is_dir()                                       # SIGKILL ran no finalizer
+    assert left in sweep_temp_dirs() and not left.exists()
+    assert mine.is_dir()                                       # this process's own stays
+
+
 # ---------------------------------------------------------------- the server
 
 @pytest.fixture

@@ -146,6 +146,38 @@ def ensure_all_views(store, con) -> None:
     ensure_views(store, con, _EVERY_VIEW)
 
 
+TEMP_PREFIX = "actdb-duckdb-"   # + the owning process's pid + "-" + a random part
+_swept = False
+
+
+def private_temp_dir() -> str:
+    """A new folder of mode 0700 under the system's temporary folder, named after this process.
+    A process that ends without running its finalizers (killed, os._exit) leaves its folders
+    behind: the first call of each process removes those of processes that are gone."""
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_temp_dirs()
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def sweep_temp_dirs() -> list[Path]:
+    """Remove this user's private DuckDB folders whose process has ended; the folders removed."""
+    gone = []
+    for d in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = d.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or d.lstat().st_uid != os.getuid() or not d.is_dir() or d.is_symlink():
+                continue
+            os.kill(int(pid), 0)   # raises ProcessLookupError when the process is gone
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+        except OSError:   # PermissionError: alive under another user; or the folder just went
+            continue
+    return gone
+
+
 def confine(con, root: Path, memory_mb: float | None = None) -> None:
     """Let SQL on `con` read only files under `root` (the views read the store's files when a
     query runs, so the store stays allowed): no other path, no URL, no extension, no writes,
@@ -153,7 +185,7 @@ def confine(con, root: Path, memory_mb: float | None = None) -> None:
     spilling to disk beyond it (a statement past it fails); None: DuckDB's default, spilling."""
     # DuckDB lets SQL read its temporary folder (by default .tmp/ in the current folder, whatever
     # the user keeps there): each connection gets a private one, removed when the connection goes
-    tmp = tempfile.mkdtemp(prefix="actdb-duckdb-")   # mode 0700
+    tmp = private_temp_dir()
     weakref.finalize(con, shutil.rmtree, tmp, ignore_errors=True)
     con.execute("SET temp_directory = $t", {"t": tmp})
     if memory_mb is not None:
