@@ -119,6 +119,20 @@ def test_fires_with_equals_a_numpy_brute_force_live_and_from_the_index(known_sto
         assert (ix.layer, ix.all) == (live.layer, live.all)
 
 
+def test_fires_with_is_not_counted_per_page_past_the_cache(known_store, monkeypatch):
+    """Masks larger than the co-firing cache would be read again for every page: then the facts say
+    to build the index's table instead of counting."""
+    from actdb.explore import cofiring
+    from actdb.presentation.card import neuron_card
+
+    monkeypatch.setattr(cofiring, "CACHE_MB", 0)
+    fw = cofiring.fires_with(known_store, 0, 2)
+    assert (fw.source, fw.layer, fw.all) == (cofiring.OFF, (), ()) and "actdb index --neighbours 20" in fw.said
+    lines = neuron_card(known_store, 0, 2)
+    at = lines.index(f"fires with   top {fw.k} by phi, {fw.said}")
+    assert lines[at + 1] == "contexts (most telling)"
+
+
 def _runs(on: np.ndarray) -> tuple[tuple[int, int], ...]:
     out, q = [], 0
     while q < len(on):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..explore.cofiring import NO_NEIGHBOURS, FiresWith
+from ..explore.cofiring import NO_NEIGHBOURS, OFF, FiresWith
 from ..explore.contexts import contexts
 from ..explore.explorer import Explorer
 from ..explore.neuron import neuron_facts
@@ -77,6 +77,8 @@ def neuron_card(store, layer: int, neuron: int, top: int = 10, n_contexts: int =
 def fires_with_lines(fw: FiresWith, layer: int) -> list[str]:
     """The neurons it fires together with: each list with n_both, phi, Jaccard, P(other | this)."""
     out = [f"fires with   top {fw.k} by phi, {fw.said}"]
+    if fw.source == OFF:
+        return out
     for head, items in ((f"in layer {layer}", fw.layer), ("all layers", fw.all)):
         rows = [f"{x.other_layer}:{x.other_neuron:<6} n_both {x.n_both:>9,}  phi {x.phi:.3f}  Jaccard {x.jaccard:.3f}  "
                 f"P(other | this) {x.p_other_given:.3f}" for x in items]
