@@ -58,3 +58,20 @@ def test_sparkline_levels():
     assert sparkline([0.0, 1.0]) == " █"
     assert sparkline([0.0] * 10 + [1.0] * 10, width=2) == " █"
     assert sparkline([]) == ""
+
+
+def test_card_shows_what_it_fires_together_with(known_store):
+    """The card's "fires with" lines are the facts' lists (checked against numpy in test_explore)."""
+    from actdb.explore.cofiring import fires_with
+
+    r = card(known_store, "0", "2", "--contexts", "1")
+    assert r.exit_code == 0, r.output
+    fw = fires_with(known_store, 0, 2)
+    lines = r.output.splitlines()
+    at = lines.index(f"fires with   top {fw.k} by phi, {fw.said}")
+    shown = lines[at + 1:at + 1 + len(fw.layer) + len(fw.all)]
+    assert shown[0].startswith("  in layer 0") and shown[len(fw.layer)].startswith("  all layers")
+    for line, x in zip(shown, fw.layer + fw.all):
+        assert line[15:].split() == [f"{x.other_layer}:{x.other_neuron}", "n_both", f"{x.n_both:,}", "phi",
+                                     f"{x.phi:.3f}", "Jaccard", f"{x.jaccard:.3f}", "P(other", "|", "this)",
+                                     f"{x.p_other_given:.3f}"]

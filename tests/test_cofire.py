@@ -18,6 +18,7 @@ from actdb.errors import InputError
 from actdb import cofire
 from actdb.jit import compiled
 from actdb.store.synthetic import write_store
+from cofire_reference import brute, top
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 LAYERS, D, N, T = (0, 1, 3), 70, 1003, 40   # 1003 rows: not a multiple of 8 or 64
@@ -71,27 +72,6 @@ def _rows(subset: cofire.TokenSubset) -> np.ndarray:
     if subset.pos_max is not None:
         keep &= pos <= subset.pos_max
     return keep
-
-
-def brute(x: np.ndarray):
-    """x bool [neurons, rows] -> (n, fires, n_both [neurons, neurons], jaccard, p [a, b], phi), nan = NULL."""
-    xi = x.astype(np.int64)
-    n = x.shape[1]
-    both = xi @ xi.T
-    f = xi.sum(1)
-    fa, fb = f[:, None], f[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        jac = np.where(fa + fb - both > 0, both / (fa + fb - both), np.nan)
-        p = np.where(fa > 0, both / fa, np.nan)
-        den = np.sqrt(fa.astype(float) * fb.astype(float) * (n - fa).astype(float) * (n - fb).astype(float))
-        phi = np.where(den > 0, (n * both - fa * fb).astype(float) / den, np.nan)
-    return n, f, both, jac, p, phi
-
-
-def top(score_row: np.ndarray, exclude: int, k: int) -> list[int]:
-    """Indices of the k largest non-NULL values, ties by index (the lower first), without `exclude`."""
-    idx = [i for i in range(len(score_row)) if i != exclude and not np.isnan(score_row[i])]
-    return sorted(idx, key=lambda i: (-score_row[i], i))[:k]
 
 
 def _flat(m: np.ndarray, layers=LAYERS) -> np.ndarray:
@@ -322,3 +302,22 @@ def test_counting_paths_equal_numpy(a_rates, b_rates):
         counter.add(a, b, got)
         assert (counter.result(got) == 2 * want).all()
         counter.close()
+
+
+@pytest.mark.parametrize("path", ["kernels", "numpy"])
+def test_counts_among_a_few_neurons_equal_brute_force(synth, path, monkeypatch):
+    root, m = synth
+    if path == "numpy":
+        monkeypatch.setenv("ACTDB_INDEX_JIT", "0")
+    compiled.cache_clear()
+    try:
+        ids = [11, 3, 10, 0, 7, 7]   # any order, a repeat
+        n, fires, both = cofire.counts_among(actdb.open(root), 3, ids)
+    finally:
+        compiled.cache_clear()
+    _, f, ref, *_ = brute(m[LAYERS.index(3)][ids])
+    assert n == N and fires.tolist() == f.tolist() and both.tolist() == ref.tolist()
+    with pytest.raises(InputError, match="neurons: expected 0..69, got 70"):
+        cofire.counts_among(actdb.open(root), 3, [1, 70])
+    with pytest.raises(InputError, match="layer: expected one of the recorded layers"):
+        cofire.counts_among(actdb.open(root), 2, [1])

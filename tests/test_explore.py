@@ -74,3 +74,122 @@ def test_an_explorer_forgets_what_it_read_from_a_rebuilt_index(known_store, tmp_
                                                            "WHERE layer = 0 AND n = 1").rows()).get(r.neuron)
                                             for r in after.rows] != [r.cov1 for r in before.rows]
     assert store_overview(ex).thresholds["p_cov"] == 0.5 and after.thresholds["p_cov"] == 0.5
+
+
+# ---------------------------------------------------------------- co-firing: fires with, positional teams
+
+def _all_masks(st) -> tuple[list[int], int, np.ndarray]:
+    """(layers, d_ffn, bool [layers * d_ffn, rows]): every neuron's mask, layer after layer."""
+    layers, d = list(st.manifest.layers), st.manifest.d_ffn
+    return layers, d, np.concatenate([st.masks(l).T for l in layers])
+
+
+def test_fires_with_equals_a_numpy_brute_force_live_and_from_the_index(known_store, tmp_path):
+    """The facts' neighbours (top FIRES_WITH by phi, in the layer and over all layers) are the brute
+    force's, counted live; the same lists come from the index's neuron_neighbours once it has one."""
+    from cofire_reference import brute, top
+
+    from actdb.explore.cofiring import FIRES_WITH, INDEX, LIVE, fires_with
+    from actdb.index.build import build_index
+
+    layers, d, x = _all_masks(known_store)
+    n, f, both, jac, p, phi = brute(x)
+    path = shutil.copytree(known_store.path, tmp_path / "store")
+    build_index(path, progress=False, force=True, neighbours=12, neuron_chunk=5)
+    indexed = actdb.open(path)
+    cases = [(0, 1), (0, 2), (1, 3), (2, 5), (0, 0)]   # 0:0 is dead: no phi, no neighbours
+    assert f[0] == 0 and all(f[layers.index(l) * d + nn] > 0 for l, nn in cases[:-1])
+    for layer, neuron in cases:
+        g = layers.index(layer) * d + neuron
+        live = neuron_facts(known_store, layer, neuron).fires_with
+        assert live.source == LIVE and live.k == FIRES_WITH
+        mine = np.full(len(f), np.nan)
+        lo = layers.index(layer) * d
+        mine[lo:lo + d] = phi[g, lo:lo + d]
+        for got, score in ((live.layer, mine), (live.all, phi[g])):
+            want = top(score, g, FIRES_WITH)
+            assert [(y.other_layer, y.other_neuron) for y in got] == [(layers[i // d], i % d) for i in want]
+            for y, i in zip(got, want):
+                assert (y.n_a, y.n_b, y.n_both, y.n_tokens) == (f[g], f[i], both[g, i], n)
+                assert (y.phi, y.jaccard, y.p_other_given) == (phi[g, i], jac[g, i], p[g, i])
+        if f[g] == 0:
+            assert live.layer == live.all == ()
+        ix = fires_with(indexed, layer, neuron)
+        assert ix.source == INDEX and ix.said != live.said
+        assert (ix.layer, ix.all) == (live.layer, live.all)
+
+
+def test_fires_with_is_not_counted_per_page_past_the_cache(known_store, monkeypatch):
+    """Masks larger than the co-firing cache would be read again for every page: then the facts say
+    to build the index's table instead of counting."""
+    from actdb.explore import cofiring
+    from actdb.presentation.card import neuron_card
+
+    monkeypatch.setattr(cofiring, "CACHE_MB", 0)
+    fw = cofiring.fires_with(known_store, 0, 2)
+    assert (fw.source, fw.layer, fw.all) == (cofiring.OFF, (), ()) and "actdb index --neighbours 20" in fw.said
+    lines = neuron_card(known_store, 0, 2)
+    at = lines.index(f"fires with   top {fw.k} by phi, {fw.said}")
+    assert lines[at + 1] == "contexts (most telling)"
+
+
+def _runs(on: np.ndarray) -> tuple[tuple[int, int], ...]:
+    out, q = [], 0
+    while q < len(on):
+        if on[q]:
+            r = q
+            while r + 1 < len(on) and on[r + 1]:
+                r += 1
+            out.append((q, r))
+            q = r
+        q += 1
+    return tuple(out)
+
+
+def test_positional_team_equals_numpy_from_the_masks_and_positions(known_store):
+    """Each member's fr(pos) and range (positions above its mean), the coverage, the cover, the
+    order and the pairwise n_both / Jaccard / phi against numpy over the masks and the positions."""
+    from cofire_reference import brute
+
+    from actdb.explore.positional import positional_team
+
+    st = known_store
+    t = st.tokens().sort("row")
+    pos, seq = t["pos"].to_numpy(), t["seq"].to_numpy()
+    T = st.manifest.seq_len
+    full = np.bincount(seq)[seq] == T
+    sizes = {}
+    for layer in st.manifest.layers:
+        team = positional_team(st, layer)
+        members = [x.neuron for x in team.neurons]
+        want = set(st.sql("SELECT neuron FROM positional_neurons WHERE layer = $l", {"l": layer})["neuron"].to_list())
+        assert set(members) == want and len(members) == len(want) and team.layer == layer
+        sizes[layer] = len(members)
+        if not members:
+            continue
+        m = st.masks(layer)
+        fires = np.stack([m[full & (pos == q)].sum(axis=0) for q in range(T)], axis=1)[members]   # [k, T]
+        above = T * fires > fires.sum(axis=1, keepdims=True)
+        assert team.n_positions == T
+        assert [x.ranges for x in team.neurons] == [_runs(a) for a in above]
+        assert [x.n_positions for x in team.neurons] == above.sum(axis=1).tolist()
+        assert np.allclose(np.array(team.profile), fires / full[pos == 0].sum(), rtol=0, atol=1e-12)
+        assert list(team.coverage) == above.sum(axis=0).tolist() and team.covered == int(above.any(axis=0).sum())
+        held = np.zeros(T, bool)
+        for c in team.cover:
+            held |= above[members.index(c)]
+        assert (held == above.any(axis=0)).all()
+        # the order: ranges as binary numbers from position 0, the larger first
+        keys = ["".join("1" if v else "0" for v in a) for a in above]
+        assert keys == sorted(keys, reverse=True)
+        n, f, both, jac, p, phi = brute(m[:, members].T)
+        assert team.n_tokens == n and np.array(team.n_both).tolist() == both.tolist()
+        for got, ref in ((team.jaccard, jac), (team.phi, phi)):
+            assert [[None if np.isnan(v) else float(v) for v in r] for r in ref] == [list(r) for r in got]
+        for i, x in enumerate(team.neurons):
+            others = [j for j in range(len(members)) if j != i and not np.isnan(jac[i, j])]
+            if others:
+                best = max(others, key=lambda j: (jac[i, j], -j))
+                assert (x.partner, x.partner_jaccard) == (members[best], jac[i, best])
+    assert max(sizes.values()) >= 3, "the known store plants positional neurons"
+    assert positional_team(st).layer == min(l for l, k in sizes.items() if k == max(sizes.values()))

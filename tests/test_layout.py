@@ -16,7 +16,7 @@ ALLOWED = {
     "index": {"store", "cofire"},         # the index keeps every neuron's top co-firing neighbours
     "query": {"store", "cofire"},         # the handle and SQL ask one neuron against all
     "ingest": {"index", "store"},         # an ingest builds the index at its end
-    "explore": {"query", "store"},        # what is shown about a store, layer, neuron, token: the facts
+    "explore": {"query", "store", "cofire"},   # what is shown about a store, layer, neuron, token: the facts
     "presentation": {"explore", "query", "store"},   # figures, report and card draw query results and facts
     # the explorer renders the facts; ingest only inside the probe, which loads the model lazily
     "serve": {"explore", "presentation", "query", "store", "ingest"},

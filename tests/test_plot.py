@@ -119,3 +119,20 @@ def test_report_numbers_figures_and_answers(known_store, tmp_path):
         csv = sub / "queries" / f"{q.name}.csv"
         assert csv.exists(), q.name
         assert csv.read_text().splitlines()[0] == ",".join(known_store.query(q.name).columns)
+
+
+def test_positional_team_figure_draws_the_team_and_names_a_bad_layer(known_store, tmp_path):
+    """Its data are explore.positional's (checked against numpy in test_explore); here: it draws
+    for a layer, for the default one, and refuses an unrecorded layer in one line."""
+    import matplotlib.pyplot as plt
+
+    from actdb.explore.positional import positional_team
+
+    for params, layer in (({"layer": 1}, 1), ({"layer": "1"}, 1), (None, positional_team(known_store).layer)):
+        fig = render(known_store, "positional_team", params)
+        texts = [ax.get_title() for ax in fig.axes]
+        plt.close(fig)
+        assert any(t.startswith(f"layer {layer}: ") for t in texts), texts
+    r = CliRunner().invoke(main, ["plot", str(known_store.path), "positional_team", "-p", "layer", "9",
+                                  "-o", str(tmp_path / "x.png")])
+    assert r.exit_code == 1 and "layer: expected one of the recorded layers [0, 1, 2], got 9" in r.output

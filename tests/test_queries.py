@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import refs_projection_massive
@@ -88,6 +89,18 @@ def expected(name: str, ref, st) -> list[tuple]:
                             q = r
                         q += 1
         return sorted(out)
+    if name == "positional_team":   # the layer with the most positional neurons, the lower of equals
+        sizes = {l: len(ref.positional(l)) for l in L}
+        if not any(sizes.values()):
+            return []
+        l = min(L, key=lambda x: (-sizes[x], x))
+        m, pos = ref.masks[l][ref.full], ref.pos[ref.full]
+        fires = np.stack([m[pos == q].sum(axis=0) for q in range(ref.T)], axis=1)   # [d, T]
+        out = []
+        for nn, (mi, pat, strong) in sorted(ref.positional(l).items()):
+            above = ref.T * fires[nn] > fires[nn].sum()
+            out += [(l, nn, mi, pat, strong, q, fires[nn, q] / (pos == q).sum(), bool(above[q])) for q in range(ref.T)]
+        return out
     raise AssertionError(f"no numpy reference for saved query {name}")
 
 

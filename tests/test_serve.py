@@ -42,7 +42,7 @@ def test_every_page_answers_html_and_json(served):
     c, n = served
     k = n["known"]
     for url in ["/", f"/s/{k}", f"/s/{k}/layer/0", f"/s/{k}/neuron/0/1", f"/s/{k}/neuron/0/1?page=2",
-                f"/s/{k}/token?q=w5", f"/s/{k}/token", f"/s/{k}/doc/0", f"/s/{k}/doc/0?layer=0&neuron=1",
+                f"/s/{k}/token?q=w5", f"/s/{k}/token", f"/s/{k}/doc/0", f"/s/{k}/layer/1/positional", f"/s/{k}/doc/0?layer=0&neuron=1",
                 f"/s/{k}/sql", f"/s/{k}/sql?q=SELECT+1", f"/s/{k}/sql?saved=dead_per_layer"]:
         r = get(c, url)
         assert r.headers["content-type"].startswith("text/html") and "<main>" in r.text
@@ -155,6 +155,47 @@ def test_neuron_page_numbers_equal_views_and_masks(served, known_store):
     assert "DEAD" not in get(c, f"/s/{k}/neuron/0/0").text and api(c, f"/s/{k}/neuron/0/0")["dead"]
 
 
+def test_neuron_page_fires_with_links_and_says_its_source(served, known_store):
+    """The neuron page's "fires together with": the facts' lists (explore.cofiring, checked against
+    numpy in test_explore), each neighbour linked to its page, the source said, all escaped."""
+    from actdb.explore.cofiring import fires_with
+
+    c, n = served
+    k = n["known"]
+    fw = fires_with(known_store, 0, 2)
+    j = api(c, f"/s/{k}/neuron/0/2")["fires_with"]
+    assert (j["source"], j["said"], j["k"]) == (fw.source, fw.said, fw.k) == ("live", fw.said, 10)
+    for scope in ("layer", "all"):
+        assert [(x["other_layer"], x["other_neuron"], x["n_both"], x["phi"], x["jaccard"], x["p_other_given"])
+                for x in j[scope]] == [(x.other_layer, x.other_neuron, x.n_both, x.phi, x.jaccard, x.p_other_given)
+                                       for x in getattr(fw, scope)]
+    assert fw.layer and fw.all and {x.other_layer for x in fw.layer} == {0}
+    page = get(c, f"/s/{k}/neuron/0/2").text
+    section = page[page.index('id="fires-with"'):page.index("Contexts where it fires")]
+    links = re.findall(r'<a class="other" href="/s/([^/]+)/neuron/(\d+)/(\d+)">(\d+):(\d+)</a>', section)
+    assert [(int(a), int(b)) for _, a, b, _, _ in links] == [(x.other_layer, x.other_neuron) for x in fw.layer + fw.all]
+    assert all(s == k and (a, b) == (x, y) for s, a, b, x, y in links)
+    assert html.escape(fw.said) in page and "&#39;s co-firing" not in page   # the live source's words
+    dead = get(c, f"/s/{k}/neuron/0/0").text
+    assert "none (no phi" in dead and api(c, f"/s/{k}/neuron/0/0")["fires_with"]["all"] == []
+
+
+def test_team_page_equals_the_facts_and_links(served, known_store):
+    from actdb.explore.positional import positional_team
+
+    c, n = served
+    k = n["known"]
+    team = positional_team(known_store, 1)
+    j = api(c, f"/s/{k}/layer/1/positional")
+    assert [x["neuron"] for x in j["neurons"]] == [x.neuron for x in team.neurons] and len(team.neurons) >= 2
+    assert [[tuple(r) for r in x["ranges"]] for x in j["neurons"]] == [list(x.ranges) for x in team.neurons]
+    assert j["jaccard"] == [list(r) for r in team.jaccard] and j["cover"] == list(team.cover)
+    page = get(c, f"/s/{k}/layer/1/positional").text
+    assert [int(x) for x in re.findall(r'<tr data-neuron="(\d+)">', page)] == [x.neuron for x in team.neurons]
+    assert all(f'href="/s/{k}/neuron/1/{x.neuron}"' in page for x in team.neurons)
+    assert f'href="/s/{k}/layer/1/positional"' in get(c, f"/s/{k}/layer/1").text
+
+
 def test_contexts_highlight_every_fire_rank_then_sample(served, known_store):
     c, n = served
     k = n["known"]
@@ -229,6 +270,7 @@ def test_document_page_highlights_the_neuron(served, known_store):
     ("/s/{k}/token?id=4444", "token id 4444: not in the vocabulary"),
     ("/s/{k}/doc/99999", "document 99999: not in store"),
     ("/s/nosuchstore/layer/0", "store 'nosuchstore': not served here"),
+    ("/s/{k}/layer/9/positional", "layer 9: not recorded in store"),
     ("/s/{k}/figure/fig99.png", "figure 'fig99'"),
     ("/s/{k}/sql?saved=nosuch", "saved query 'nosuch'"),
     ("/no/such/page", "/no/such/page: no such page"),
@@ -257,7 +299,8 @@ def test_corpus_text_is_escaped(served, hostile_store):
     pages = [get(c, f"/s/{h}/neuron/0/1").text, get(c, f"/s/{h}/token?q={HOSTILE}").text,
              get(c, f"/s/{h}/doc/0?layer=0&neuron=1").text, get(c, f"/s/{h}/layer/0").text,
              get(c, f"/s/{h}/sql?q=SELECT+token+FROM+vocab").text,
-             get(c, f"/s/{h}/sql?q=SELECT+'<script>alert(2)</script>'+AS+x").text, get(c, "/").text]
+             get(c, f"/s/{h}/sql?q=SELECT+'<script>alert(2)</script>'+AS+x").text, get(c, "/").text,
+             get(c, f"/s/{h}/layer/0/positional").text]
     for p in pages:
         assert "<script>alert" not in p and "<i>x</i>" not in p
         assert re.findall(r"<script[^>]*>", p) == ['<script src="/static/app.js" defer>']

@@ -3,4 +3,4 @@ between the store and its users: the index stores every neuron's top neighbours 
 (`actdb index --neighbours K`), the query handle and SQL ask one neuron against all
 (`Store.neighbours`, `neighbours(...)`), and `actdb match` compares two stores."""
 from .counts import (MEASURES, SCOPES, Match, Neighbour, Pair, TokenSubset, as_rows, build_neighbours,  # noqa: F401
-                     check_same_rows, match_stores, measures, neighbours)
+                     check_same_rows, counts_among, match_stores, measures, neighbours)

@@ -7,7 +7,7 @@ phi = (N n_both - n_a n_b) / sqrt(n_a n_b (N - n_a) (N - n_b)), NULL (nan here) 
 A neuron's neighbours are the other neurons ranked by one measure (phi by default), larger first,
 of equal values the lower (layer, neuron) first; pairs whose measure is NULL are not ranked.
 
-Three uses of one counting engine:
+Uses of one counting engine:
 - neighbours(): one neuron against every neuron of the chosen layers, any measure and token
   subset (the SQL table function `neighbours(...)`, `actdb.open(p).neighbours(...)`). The
   mask words it reads stay in a per-handle cache of at most CACHE_MB.
@@ -21,6 +21,8 @@ Three uses of one counting engine:
   block, accumulated in int64).
 - match_stores(): each neuron of one store against every neuron of another over the same token
   rows (two fire rules of one store, or two models with one tokenizer), its best match by phi.
+- counts_among(): every pair among a few neurons of one layer (a layer's positional neurons as
+  a team, actdb.explore.positional), from neighbours()'s cache.
 """
 from __future__ import annotations
 
@@ -313,6 +315,29 @@ def neighbours(st, layer: int, neuron: int, k: int = 20, by: str = "phi", layers
     order = idx[np.lexsort((idx, -score[idx]))][:k]
     return [Neighbour(layer, neuron, int(lay[i]), int(neu[i]), n_a, int(n_b[i]), int(n_both[i]), n,
                       _null(jac[i]), _null(p[i]), _null(phi[i]), r) for r, i in enumerate(order, 1)]
+
+
+def counts_among(st, layer: int, neurons: Sequence[int], rule: str | None = None) -> tuple[int, np.ndarray, np.ndarray]:
+    """Exact co-firing counts among a few neurons of one layer over every row: (n_tokens, fires [k],
+    n_both [k, k]), in the order of `neurons` (the diagonal holds each one's fires). The mask words
+    come from the handle's cache, as neighbours()'s do."""
+    st = st.with_rule(rule)
+    m = st.manifest
+    if layer not in m.layers:
+        raise InputError(f"layer: expected one of the recorded layers {list(m.layers)}, got {layer}")
+    idx = np.asarray(list(neurons), dtype=np.int64)
+    if len(idx) and (idx.min() < 0 or idx.max() >= m.d_ffn):
+        raise InputError(f"neurons: expected 0..{m.d_ffn - 1}, got {idx[(idx < 0) | (idx >= m.d_ffn)][0]}")
+    both = np.zeros((len(idx), len(idx)), np.int64)
+    jit, cache = kernels(), _cache(st)
+    for s0, s1 in _blocks(st.n_tokens, _block_of(st)):
+        w = np.ascontiguousarray(cache.get(st, layer, s0, s1)[0][idx])
+        if jit is not None:
+            jit.pair_counts(w, w, both)
+        else:
+            for i in range(len(idx)):
+                both[i] += _row_counts(w[i], w)
+    return st.n_tokens, np.diag(both).copy(), both
 
 
 # ---------------------------------------------------------------- every pair: the engine

@@ -1,12 +1,14 @@
 """One neuron's facts from the views: fires, frequency and per-domain frequency, coverage,
 detector status (a trigram detector's trigrams as text, PAD_MARK for a slot before the sequence
-start), top tokens with P(fires | token), the position profile, the positional pattern, and the
-vocabulary projection. The card (`actdb neuron`) and the explorer's neuron page show these."""
+start), top tokens with P(fires | token), the position profile, the positional pattern, the
+vocabulary projection, and what it fires together with (cofiring.py). The card (`actdb neuron`)
+and the explorer's neuron page show these."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from .cofiring import FiresWith, fires_with
 from .explorer import Explorer, explorer
 from .thresholds import thresholds
 
@@ -98,6 +100,7 @@ class NeuronFacts:
     suppressed: tuple[Projected, ...] | None    # most suppressed first
     prev: NeighbourId | None                    # the neuron before, across layers
     next: NeighbourId | None
+    fires_with: FiresWith                       # its top neighbours by phi (co-firing)
     thresholds: dict[str, Any]                  # the index's, which coverage and detectors are at
 
 
@@ -132,7 +135,8 @@ def neuron_facts(store, layer: int, neuron: int, top: int = 20) -> NeuronFacts:
 
     def run(sql: str) -> list[dict[str, Any]]:
         return ex.q(sql, l=layer, n=neuron, **({"k": top} if "$k" in sql else {})).to_dicts()
-    r = ex.side_by_side({k: (lambda sql=_PARTS[k]: run(sql)) for k in parts})
+    jobs = {k: (lambda sql=_PARTS[k]: run(sql)) for k in parts}
+    r = ex.side_by_side({**jobs, "fires_with": lambda: fires_with(ex, layer, neuron)})
     one = r["one"][0]
     td = TokenDetector(tuple(one["td_tokens"]), tuple(one["td_ids"]), one["td_share"]) \
         if one["td_ids"] is not None else None
@@ -156,7 +160,8 @@ def neuron_facts(store, layer: int, neuron: int, top: int = 20) -> NeuronFacts:
         token_detector=td, trigram_detector=gd,
         positional=Positional(one["mi"], one["pattern"], one["strong"]) if one["mi"] is not None else None,
         top_tokens=top_tokens, positions=tuple(PositionFreq(**p) for p in r["positions"]),
-        promoted=promoted, suppressed=suppressed, prev=prev, next=nxt, thresholds=thresholds(ex))
+        promoted=promoted, suppressed=suppressed, prev=prev, next=nxt, fires_with=r["fires_with"],
+        thresholds=thresholds(ex))
 
 
 def trigram_texts(store, ngrams: list[int]) -> list[str]:

@@ -2,13 +2,15 @@
 
 Stats (fires, frequency, per domain), coverage and detector status (a trigram detector's
 trigrams as text, ∅ for a slot before the sequence start), its top tokens with
-P(fires | token), a position profile, its vocabulary projection, and the most telling contexts
-where it fires (the firing token in [brackets], with the tokens before it in the same sequence).
+P(fires | token), a position profile, its vocabulary projection, the neurons it fires together
+with (top by phi, in its layer and over all layers), and the most telling contexts where it
+fires (the firing token in [brackets], with the tokens before it in the same sequence).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..explore.cofiring import NO_NEIGHBOURS, OFF, FiresWith
 from ..explore.contexts import contexts
 from ..explore.explorer import Explorer
 from ..explore.neuron import neuron_facts
@@ -63,9 +65,23 @@ def neuron_card(store, layer: int, neuron: int, top: int = 10, n_contexts: int =
     if f.promoted is not None:
         lines.append("promotes     " + ", ".join(repr(t.token) for t in f.promoted))
         lines.append("suppresses   " + ", ".join(repr(t.token) for t in f.suppressed or ()))
+    lines += fires_with_lines(f.fires_with, layer)
     lines.append("contexts (most telling)")
     for c in contexts(ex, layer, neuron, per_page=n_contexts, window=before).contexts:
         shown = [t for t in c.tokens if t.row <= c.row]
         text = "".join(f"[{_text(t.text)}]" if t.center else _text(t.text) for t in shown)
         lines.append(f"  row {c.row:>9,} (doc {c.doc}, pos {c.pos}): {text}")
     return lines
+
+
+def fires_with_lines(fw: FiresWith, layer: int) -> list[str]:
+    """The neurons it fires together with: each list with n_both, phi, Jaccard, P(other | this)."""
+    out = [f"fires with   top {fw.k} by phi, {fw.said}"]
+    if fw.source == OFF:
+        return out
+    for head, items in ((f"in layer {layer}", fw.layer), ("all layers", fw.all)):
+        rows = [f"{x.other_layer}:{x.other_neuron:<6} n_both {x.n_both:>9,}  phi {x.phi:.3f}  Jaccard {x.jaccard:.3f}  "
+                f"P(other | this) {x.p_other_given:.3f}" for x in items]
+        rows = rows or [NO_NEIGHBOURS]
+        out += [f"  {head if i == 0 else '':<13}{r}" for i, r in enumerate(rows)]
+    return out

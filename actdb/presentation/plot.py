@@ -211,6 +211,46 @@ def _oscillatory(fig, df, ctx) -> None:
         _note(ax, "no strong oscillatory neurons in this store")
 
 
+def _positional_team(fig, df, ctx) -> None:
+    """fr(pos) of the layer's positional neurons in team order, how many ranges hold each
+    position, and the Jaccard of each pair (explore.positional: the same data as the team page)."""
+    from ..explore.positional import team_of
+
+    layer = ctx.params.get("layer")   # the query took it already: a number
+    team = team_of(ctx.store, df, None if layer is None else int(layer))
+    grid = fig.add_gridspec(2, 2, width_ratios=(1.6, 1), height_ratios=(4, 1))
+    prof, cov, jac = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[:, 1])
+    if not team.neurons:
+        for ax in (prof, cov, jac):
+            ax.axis("off")
+        _note(prof, "no positional neurons " + ("in this store" if team.layer is None else f"in layer {team.layer}"))
+        return
+    import numpy as np
+
+    k, T = len(team.neurons), team.n_positions
+    im = prof.imshow(np.array(team.profile), aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(im, ax=prof, label="firing frequency fr(pos)", fraction=0.04)
+    step = max(1, -(-k // 40))
+    ticks = list(range(0, k, step))
+    prof.set_yticks(ticks)
+    prof.set_yticklabels([str(team.neurons[i].neuron) for i in ticks], fontsize=6)
+    prof.set_ylabel(f"positional neuron of layer {team.layer} (ordered by range)")
+    prof.set_title(f"layer {team.layer}: {k} positional neurons; {team.covered} of {T} positions above some "
+                   f"neuron's mean, {len(team.cover)} of them cover those", fontsize=9)
+    cov.bar(range(T), team.coverage, width=1.0, color="tab:green")
+    cov.set_xlim(-0.5, T - 0.5)
+    cov.set_xlabel("position in the sequence (tokens, full-length sequences)")
+    cov.set_ylabel("neurons above\ntheir mean", fontsize=8)
+    m = np.array([[np.nan if v is None else v for v in row] for row in team.jaccard])
+    np.fill_diagonal(m, np.nan)
+    top = float(np.nanmax(m)) if k > 1 and not np.isnan(m).all() else 1.0
+    im = jac.imshow(m, interpolation="nearest", cmap="magma", vmin=0, vmax=max(0.05, top))
+    fig.colorbar(im, ax=jac, label="Jaccard of the fire masks (all tokens)", fraction=0.046)
+    jac.set_title("pairwise overlap, same order", fontsize=9)
+    jac.set_xticks([])
+    jac.set_yticks([])
+
+
 def _trigram_detectors(fig, df, ctx) -> None:
     a, b = fig.subplots(1, 2)
     layers = df[LAYER].to_list()
@@ -306,6 +346,8 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            _positional, criteria=("positional",)),
     Figure("fig9", f"{PAPER}, Figure 9", "Position ranges where strong oscillatory neurons fire",
            "oscillatory_ranges", _oscillatory, criteria=("positional",)),
+    Figure("positional_team", f"{PAPER}, §5", "A layer's positional neurons as a team: position ranges and overlaps",
+           "positional_team", _positional_team, criteria=("positional",)),
     Figure("fig12", f"{PAPER}, Figure 12", "Neurons by the number of bigrams covering {p_cov} of their fires",
            "ngram_coverage_hist", _stacked("bin", "n_neurons", "covering bigrams", _ngram_select(2),
                                            empty="no bigram statistics (n-gram layers of the index)")),
@@ -387,7 +429,7 @@ def render(store, name: str, params: dict[str, Any] | None = None):
     df = store.query(fig_def.query, params or None)
     values = drawn_at(store, fig_def, params)
     title, said = caption(fig_def, values)
-    wide = fig_def.name in ("fig5", "fig14")
+    wide = fig_def.name in ("fig5", "fig14", "positional_team")
     width = 110 if wide else 90
     fig = plt.figure(figsize=(13, 6.5) if wide else (9, 5.5), dpi=110, layout="constrained")
     try:

@@ -148,6 +148,9 @@ def create_app(stores: list, settings: ServeSettings | None = None):
         return pages.layer_page(explorer(request), _int(request.path_params["layer"], "layer"),
                                 LayerQuery.parse(dict(request.query_params)))
 
+    def team_data(request: Request) -> dict:
+        return pages.team_page(explorer(request), _int(request.path_params["layer"], "layer"))
+
     def neuron_data(request: Request) -> dict:
         p = request.path_params
         return pages.neuron_page(explorer(request), _int(p["layer"], "layer"), _int(p["neuron"], "neuron"),
@@ -193,6 +196,7 @@ def create_app(stores: list, settings: ServeSettings | None = None):
         ("/", "stores.html", stores_data),
         ("/s/{store}", "stores.html", store_data),
         ("/s/{store}/layer/{layer}", "layer.html", layer_data),
+        ("/s/{store}/layer/{layer}/positional", "team.html", team_data),
         ("/s/{store}/neuron/{layer}/{neuron}", "neuron.html", neuron_data),
         ("/s/{store}/token", "token.html", token_data),
         ("/s/{store}/doc/{doc}", "doc.html", doc_data),

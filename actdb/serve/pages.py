@@ -15,9 +15,10 @@ from ..explore.console import console as run_console
 from ..explore.contexts import contexts
 from ..explore.document import document, probe_answer
 from ..explore.explorer import Explorer
-from ..explore.layer import LAYER_COLUMNS, PATTERNS, LayerQuery, layer_table
+from ..explore.layer import LAYER_COLUMNS, LAYERS_KEPT, PATTERNS, LayerQuery, layer_table
 from ..explore.neuron import neuron_facts
 from ..explore.overview import rule_words, store_overview
+from ..explore.positional import positional_team
 from ..explore.thresholds import criteria
 from ..explore.tokens import token_facts
 from ..settings import ServeSettings
@@ -110,6 +111,15 @@ def layer_page(sv: Served, layer: int, lq: LayerQuery) -> dict[str, Any]:
     return {"store": sv.name, **jsonable(t), "criteria": criteria(t.thresholds), "layers": list(m.layers),
             "columns": LAYER_COLUMNS,
             "query": lq.args(), "patterns": list(PATTERNS), "d_ffn": m.d_ffn, "n_tokens": m.n_tokens}
+
+
+def team_page(sv: Served, layer: int) -> dict[str, Any]:
+    """A layer's positional neurons as a team (explore.positional), kept for the last layers asked for."""
+    def make() -> dict[str, Any]:
+        t = positional_team(sv.ex, layer)
+        return {"store": sv.name, **jsonable(t), "layer": layer, "criteria": criteria(t.thresholds),
+                "layers": list(sv.ex.manifest.layers)}
+    return sv.ex.recent(("team", layer), make, LAYERS_KEPT)
 
 
 # ---------------------------------------------------------------- neuron
