@@ -193,6 +193,12 @@ def _frame(table, arrow: bool):
     return pl.from_arrow(table)
 
 
-def open(path: str | Path, rule: str | None = None) -> Store:  # noqa: A001 - the public name is actdb.open
-    """Open a complete store read-only; rule: the fire rule its views and masks read (default the first)."""
+def open(path, rule: str | None = None):  # noqa: A001 - the public name is actdb.open
+    """Open a complete store read-only; rule: the fire rule its views and masks read (default the first).
+    Several stores at once: a list of paths or `NAME=PATH` strings, or {name: path}, gives a
+    query.across.Stores, each store's views under its schema and their unions unqualified."""
+    if isinstance(path, (list, tuple, dict)):
+        from .across import open_stores
+
+        return open_stores(path, rule)
     return Store(path, rule=rule)

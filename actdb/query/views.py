@@ -276,8 +276,9 @@ def massive_views(root: Path, info: IndexInfo) -> list[str]:
     ]
 
 
-def register_proj_score(con, store) -> None:
-    """proj_score(layer, neuron, token_id) -> DOUBLE on a DuckDB connection."""
+def register_proj_score(con, store, name: str = "proj_score") -> None:
+    """proj_score(layer, neuron, token_id) -> DOUBLE on a DuckDB connection (under `name`: one per
+    store where several share the connection)."""
     import duckdb
 
     proj = None
@@ -294,7 +295,7 @@ def register_proj_score(con, store) -> None:
                                     token_id.to_numpy(zero_copy_only=False)), pa.float64())
 
     t = duckdb.sqltypes  # duckdb.typing before 2.0
-    con.create_function("proj_score", fn, [t.INTEGER, t.INTEGER, t.INTEGER], t.DOUBLE, type="arrow",
+    con.create_function(name, fn, [t.INTEGER, t.INTEGER, t.INTEGER], t.DOUBLE, type="arrow",
                         null_handling="special")
 
 

@@ -1,0 +1,218 @@
+"""Several stores in one session (query/across.py): each store's views under its schema, every view
+also the union over the stores led by store, model, n_layers and depth, each checked against the
+single-store views; names, the fire rule of every store, and confinement, the time limit and the
+Parquet checks for every store."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import actdb
+from actdb.cli import main
+from actdb.errors import InputError, QueryTimeout, StoreError
+from actdb.query.across import LEAD, Stores, alone, folder_name
+from actdb.query.catalogue import saved_queries
+
+ACROSS = [q.name for q in saved_queries() if q.across]
+SLOW = "SELECT count(*) AS n FROM range(1000000000) a, range(1000000) b"
+# views and macros (at other thresholds than the stores') with a layer, and views without one
+WITH_LAYER = ["layer_stats", "neurons", "neuron_domains", "coverage", "token_detectors", "trigram_detectors",
+              "positional_neurons", "oscillatory_ranges", "fire_rules", "ngram_layers", "massive_activations",
+              "vocab_projection", "detector_suppression", "neuron_positions",
+              "token_detectors_at(max_cov := 40, p_token := 0.3, p_share := 0.3)", "coverage_at(p := 0.5)",
+              "coverage2(p := 0.8)", "positional_neurons_at(mi_min := 0.01)",
+              "massive_activations_at(abs_min := 0.05, ratio := 2)", "vocab_projection_at(k := 3)",
+              "detector_suppression_at(max_cov := 40, p_token := 0.3, p_share := 0.3)"]
+NO_LAYER = ["index_info", "tokens", "vocab", "token_counts", "trigram_counts", "position_counts", "domain_counts"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(r) -> str:
+    assert r.exit_code != 0 and r.output.startswith("Error: ") and r.output.count("\n") == 1, r.output
+    return r.output
+
+
+def rows(df) -> list[tuple]:
+    return sorted((tuple(r) for r in df.rows()), key=repr)
+
+
+def same(a: list[tuple], b: list[tuple]) -> bool:
+    """Equal rows, floats to 1e-9 (a union's sums may add in another order)."""
+    def eq(u, v):
+        if isinstance(u, float) and isinstance(v, float):
+            return math.isclose(u, v, rel_tol=1e-9, abs_tol=1e-12)
+        if isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)):
+            return len(u) == len(v) and all(map(eq, u, v))
+        return u == v
+    return len(a) == len(b) and all(map(eq, a, b))
+
+
+def test_each_union_is_its_stores_views_led_by_store_model_depth(across_paths, across_stores):
+    singles = {name: actdb.open(p) for name, p in across_paths.items()}
+    for view in WITH_LAYER + NO_LAYER:
+        union = across_stores.sql(f"SELECT * FROM {view}")
+        lead = list(LEAD if view not in NO_LAYER else LEAD[:3])
+        assert union.columns[:len(lead)] == lead, (view, union.columns)
+        assert "depth" not in union.columns[len(lead):], view
+        for name, st in singles.items():
+            single = st.sql(f"SELECT * FROM {view}")
+            mine = union.filter(union["store"] == name)
+            assert same(rows(mine.drop(lead)), rows(single)), (view, name)
+            assert same(rows(across_stores.sql(f"SELECT * FROM {name}.{view}")), rows(single)), (view, name)
+            n = st.manifest.n_layers
+            assert set(mine["model"]) <= {f"tiny-opt-{n}x{st.manifest.d_ffn}"} and set(mine["n_layers"]) <= {n}
+            if "depth" in lead:
+                assert all(d == l / (n - 1) for l, d in zip(mine["layer"], mine["depth"])), view
+    # no threshold given: each store's own (opt3's index is at p_token = p_share = 0.8)
+    tri = across_stores.sql("SELECT store, count(*) AS n FROM trigram_detectors_at() GROUP BY ALL")
+    want = {name: st.sql("SELECT count(*) AS n FROM trigram_detectors")["n"][0] for name, st in singles.items()}
+    assert dict(tri.rows()) == {k: v for k, v in want.items() if v}
+    info = across_stores.sql("SELECT store, p_token FROM index_info ORDER BY store").rows()
+    assert info == [("opt2", 0.95), ("opt3", 0.8), ("opt4", 0.95)]
+
+
+def test_a_saved_query_runs_on_each_store_or_across_them(across_paths, across_stores):
+    """A one-store saved query: each store's answer led by LEAD; a query across models: its answer
+    for each store is the one-store answer of that store alone (checked against numpy in
+    test_queries)."""
+    for name, p in across_paths.items():
+        st = actdb.open(p)
+        df = across_stores.query("dead_per_layer")
+        assert df.columns == [*LEAD, "layer", "n_neurons", "n_dead", "dead_pct"]
+        assert rows(df.filter(df["store"] == name).drop(LEAD)) == rows(st.query("dead_per_layer"))
+        sites = across_stores.query("massive_sites", {"abs_min": 0.1, "ratio": 4})
+        assert sites.columns[:5] == ["store", "model", "n_layers", "dim", "n_activations"]   # no layer, no depth
+        assert "n_layers_1" in sites.columns   # the query's own n_layers (the layers a dimension spans)
+        assert same(rows(sites.filter(sites["store"] == name).drop(LEAD[:3])), rows(st.query("massive_sites", {"abs_min": 0.1, "ratio": 4})))
+
+
+def test_names_from_folders_or_given_and_two_alike_refused(across_paths, tmp_path):
+    p2, p3 = str(across_paths["opt2"]), str(across_paths["opt3"])
+    assert actdb.open([p2, p3]).names == ("opt2", "opt3")
+    assert isinstance(actdb.open(p2), actdb.Store)   # one store: as it always was
+    st = actdb.open([f"small={p2}", f"big={p3}"])
+    assert st.names == ("small", "big")
+    assert st.sql("SELECT DISTINCT store FROM big.neurons, neurons ORDER BY 1").rows() == [("big",), ("small",)]
+    assert actdb.open({"a": p2}).sql("SELECT DISTINCT store FROM layer_stats").rows() == [("a",)]
+    assert folder_name("runs/opt-125m") == "opt_125m" and folder_name("runs/125m") == "_125m"
+    with pytest.raises(InputError, match=r"store name opt2: given to two stores"):
+        actdb.open([p2, p2])
+    with pytest.raises(InputError, match=r"store name OPT2: given to two stores"):
+        actdb.open({"opt2": p2, "OPT2": p3})   # one schema for SQL, whatever the case
+    for bad in ("main", "select", "1x", "a-b"):
+        with pytest.raises(InputError, match="store name"):
+            actdb.open({bad: p2})
+    r = run("sql", p2, p2, "SELECT 1")
+    assert "given to two stores" in one_line_error(r) and "NAME=PATH" in r.output
+    assert "no such store" in one_line_error(run("sql", p2, tmp_path / "none", "SELECT 1"))
+    # an existing folder whose name holds "=" is a path, not NAME=PATH
+    odd = tmp_path / "a=b"
+    shutil.copytree(p2, odd)
+    assert actdb.open([str(odd), p3]).names == ("a_b", "opt3")
+
+
+def test_the_rule_applies_to_every_store_and_a_store_without_it_is_named(tiny_store, tiny_store_copy, across_paths):
+    two = actdb.open({"a": tiny_store, "b": tiny_store_copy})
+    got = two.sql("SELECT store, rule, count(*) AS n FROM neurons JOIN index_info USING (store) "
+                  "WHERE NOT dead GROUP BY ALL ORDER BY 1",
+                  {"rule": "top:0.9"})
+    alive = actdb.open(tiny_store, rule="top:0.9").sql("SELECT count(*) FROM neurons WHERE NOT dead").item()
+    assert got.rows() == [("a", "top:0.9", alive), ("b", "top:0.9", alive)]
+    assert two.with_rule("top:0.9").query("dead_per_layer").height == 2 * len(actdb.open(tiny_store).manifest.layers)
+    mixed = actdb.open({"a": tiny_store, "b": across_paths["opt2"]})
+    with pytest.raises(InputError, match=rf"store b \({across_paths['opt2']}\): rule: expected one of"):
+        mixed.sql("SELECT 1", {"rule": "top:0.9"})
+    r = run("query", tiny_store, across_paths["opt2"], "dead_per_layer", "-p", "rule", "top:0.9")
+    assert "store opt2" in one_line_error(r) and "top:0.9" in r.output
+
+
+def test_a_store_without_its_index_is_named(across_paths, tmp_path):
+    from test_index import make_known
+
+    bare = make_known(tmp_path / "bare")
+    with pytest.raises(StoreError, match=rf"{tmp_path / 'bare'}.*no index.*actdb index"):
+        actdb.open([str(across_paths["opt2"]), str(bare)]).sql("SELECT 1")
+
+
+def test_confined_to_the_stores_and_under_the_time_limit(across_paths, across_stores, tmp_path):
+    outside = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"x": [1]}), outside)
+    for sql in ("SELECT * FROM read_text('/etc/passwd')", f"SELECT * FROM read_parquet('{outside}')",
+                "SELECT * FROM glob('/*')", "SELECT * FROM read_csv('http://example.com/x.csv')"):
+        with pytest.raises(InputError, match="reads only the store's own files"):
+            across_stores.sql(sql)
+        assert "reads only the store's own files" in one_line_error(run("sql", *across_paths.values(), sql))
+    # every store's files are allowed (and checked)
+    f = across_paths["opt4"] / "index" / "neuron_fires.parquet"
+    assert across_stores.sql(f"SELECT count(*) AS n FROM read_parquet('{f}')")["n"][0] == 4 * 64
+    for sql in ("UPDATE opt2.neurons SET fires = 0", "CREATE TABLE x AS SELECT 1", "DETACH opt2", "SET threads = 1"):
+        with pytest.raises(InputError):
+            across_stores.sql(sql)
+    with pytest.raises(QueryTimeout, match=r"query interrupted after 0.5 s \(timeout\)"):
+        across_stores.sql(SLOW, timeout=0.5)
+    assert across_stores.sql("SELECT count(*) AS n FROM neurons", timeout=5)["n"][0] == 2 * 32 + 3 * 48 + 4 * 64
+    assert one_line_error(run("sql", *across_paths.values(), SLOW, "--timeout", "0.5")) == \
+        "Error: query interrupted after 0.5 s (--timeout)\n"
+
+
+def _flip(f: Path) -> None:
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    f.write_bytes(raw)
+
+
+def test_each_store_guard_checks_its_own_files(across_paths, tmp_path):
+    """A flipped byte in one store's file: refused where the union or that store's schema reads it,
+    named in one line; the other store's schema still answers."""
+    a, b = (Path(shutil.copytree(across_paths[n], tmp_path / n)) for n in ("opt2", "opt3"))
+    _flip(b / "index" / "neuron_fires.parquet")
+    for sql in ("SELECT sum(fires) FROM neurons", "SELECT * FROM opt3.layer_stats", "SELECT * FROM layer_stats",
+                "SELECT * FROM dead_per_layer", f"SELECT * FROM read_parquet('{a}/index/neuron_fires.parquet')"):
+        with pytest.raises(StoreError, match=rf"{b}/index/neuron_fires.parquet: sha256 differs"):
+            actdb.open([str(a), str(b)]).sql(sql.replace("FROM dead_per_layer", "FROM neurons"))
+    r = run("query", a, b, "dead_per_layer")
+    assert f"{b}/index/neuron_fires.parquet: sha256 differs" in one_line_error(r)
+    st = actdb.open([str(a), str(b)])
+    assert st.sql("SELECT count(*) AS n FROM opt2.layer_stats")["n"][0] == 2
+    # a Parquet file no record lists, in one store, is refused where a statement can read any file
+    pq.write_table(pa.table({"x": [1]}), a / "index" / "extra.parquet")
+    with pytest.raises(StoreError, match=rf"{a}/index/extra.parquet: not recorded"):
+        actdb.open([str(a), str(b)]).sql("SELECT count(*) FROM read_parquet($f)", {"f": str(b / "vocab.parquet")})
+
+
+def test_cli_sql_and_query_over_several_stores(across_paths, across_stores):
+    paths = list(across_paths.values())
+    r = run("sql", *paths, "SELECT store, count(*) AS n FROM neurons GROUP BY ALL ORDER BY store", "-f", "csv")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == ["store,n", "opt2,64", "opt3,144", "opt4,256"]
+    r = run("sql", f"two={paths[0]}", "SELECT DISTINCT store FROM two.neurons, neurons", "-f", "csv")
+    assert r.output.splitlines() == ["store", "two"], r.output
+    r = run("query", *paths, "dead_per_layer", "-f", "csv")
+    assert r.exit_code == 0 and r.output.splitlines()[0] == "store,model,n_layers,depth,layer,n_neurons,n_dead,dead_pct"
+    assert len(r.output.splitlines()) == 1 + 2 + 3 + 4
+    import json
+
+    r = run("query", *paths, "dead_per_layer", "-f", "json")
+    assert r.exit_code == 0, r.output
+    assert [tuple(d.values()) for d in json.loads(r.output)] == across_stores.query("dead_per_layer").rows()
+    assert "NAME|FILE" in one_line_error(run("query", paths[0]))
+
+
+def test_a_stores_handle_follows_a_rebuilt_index(across_paths, tmp_path):
+    from actdb.index.build import build_index
+
+    a, b = (Path(shutil.copytree(across_paths[n], tmp_path / n)) for n in ("opt2", "opt3"))
+    st = Stores({"a": actdb.open(a), "b": actdb.open(b)})
+    before = st.sql("SELECT store, p_cov FROM index_info ORDER BY 1").rows()
+    build_index(b, progress=False, force=True, p_cov=0.9)
+    assert before == [("a", 0.95), ("b", 0.95)]
+    assert st.sql("SELECT store, p_cov FROM index_info ORDER BY 1").rows() == [("a", 0.95), ("b", 0.9)]
