@@ -93,6 +93,17 @@ def test_a_saved_query_runs_on_each_store_or_across_them(across_paths, across_st
         assert sites.columns[:5] == ["store", "model", "n_layers", "dim", "n_activations"]   # no layer, no depth
         assert "n_layers_1" in sites.columns   # the query's own n_layers (the layers a dimension spans)
         assert same(rows(sites.filter(sites["store"] == name).drop(LEAD[:3])), rows(st.query("massive_sites", {"abs_min": 0.1, "ratio": 4})))
+        for q in ACROSS:
+            mine = across_stores.query(q)
+            assert same(rows(mine.filter(mine["store"] == name)), rows(st.query(q))), (q, name)
+            assert same(rows(mine.filter(mine["store"] == name)), rows(alone(st).query(q))), (q, name)
+    # an override applies to every store
+    df = across_stores.query("across_detectors", {"tri_max_cov": 2})
+    for name, p in across_paths.items():
+        st = actdb.open(p)
+        want = st.query("trigram_detectors_per_layer", {"max_cov": 2})
+        got = df.filter((df["store"] == name) & df["n_trigram_detectors"].is_not_null())
+        assert got["n_trigram_detectors"].to_list() == want["n_detectors"].to_list()
 
 
 def test_names_from_folders_or_given_and_two_alike_refused(across_paths, tmp_path):
@@ -127,11 +138,11 @@ def test_the_rule_applies_to_every_store_and_a_store_without_it_is_named(tiny_st
                   {"rule": "top:0.9"})
     alive = actdb.open(tiny_store, rule="top:0.9").sql("SELECT count(*) FROM neurons WHERE NOT dead").item()
     assert got.rows() == [("a", "top:0.9", alive), ("b", "top:0.9", alive)]
-    assert two.with_rule("top:0.9").query("dead_per_layer").height == 2 * len(actdb.open(tiny_store).manifest.layers)
+    assert two.with_rule("top:0.9").query("across_dead_freq").height == 2 * len(actdb.open(tiny_store).manifest.layers)
     mixed = actdb.open({"a": tiny_store, "b": across_paths["opt2"]})
     with pytest.raises(InputError, match=rf"store b \({across_paths['opt2']}\): rule: expected one of"):
         mixed.sql("SELECT 1", {"rule": "top:0.9"})
-    r = run("query", tiny_store, across_paths["opt2"], "dead_per_layer", "-p", "rule", "top:0.9")
+    r = run("query", tiny_store, across_paths["opt2"], "across_dead_freq", "-p", "rule", "top:0.9")
     assert "store opt2" in one_line_error(r) and "top:0.9" in r.output
 
 
@@ -176,10 +187,10 @@ def test_each_store_guard_checks_its_own_files(across_paths, tmp_path):
     a, b = (Path(shutil.copytree(across_paths[n], tmp_path / n)) for n in ("opt2", "opt3"))
     _flip(b / "index" / "neuron_fires.parquet")
     for sql in ("SELECT sum(fires) FROM neurons", "SELECT * FROM opt3.layer_stats", "SELECT * FROM layer_stats",
-                "SELECT * FROM dead_per_layer", f"SELECT * FROM read_parquet('{a}/index/neuron_fires.parquet')"):
+                f"SELECT * FROM read_parquet('{a}/index/neuron_fires.parquet')"):
         with pytest.raises(StoreError, match=rf"{b}/index/neuron_fires.parquet: sha256 differs"):
-            actdb.open([str(a), str(b)]).sql(sql.replace("FROM dead_per_layer", "FROM neurons"))
-    r = run("query", a, b, "dead_per_layer")
+            actdb.open([str(a), str(b)]).sql(sql)
+    r = run("query", a, b, "across_dead_freq")
     assert f"{b}/index/neuron_fires.parquet: sha256 differs" in one_line_error(r)
     st = actdb.open([str(a), str(b)])
     assert st.sql("SELECT count(*) AS n FROM opt2.layer_stats")["n"][0] == 2
@@ -201,9 +212,9 @@ def test_cli_sql_and_query_over_several_stores(across_paths, across_stores):
     assert len(r.output.splitlines()) == 1 + 2 + 3 + 4
     import json
 
-    r = run("query", *paths, "dead_per_layer", "-f", "json")
+    r = run("query", *paths, "across_dead_freq", "-f", "json")
     assert r.exit_code == 0, r.output
-    assert [tuple(d.values()) for d in json.loads(r.output)] == across_stores.query("dead_per_layer").rows()
+    assert [tuple(d.values()) for d in json.loads(r.output)] == across_stores.query("across_dead_freq").rows()
     assert "NAME|FILE" in one_line_error(run("query", paths[0]))
 
 
