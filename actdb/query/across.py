@@ -29,8 +29,8 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import InputError, StoreError
 from ..store.parquet_guard import _norm, parquet_guard
-from .connection import (Result, _absent_view, _bind, _check_read_only, _one_line, check_files, confine,
-                         new_connection, store_statements)
+from .connection import (Result, _bind, _check_read_only, _one_line, check_files, confine, frame, new_connection,
+                         store_statements)
 from .dependencies import _REACH_ANYTHING, created_name, view_dependencies, words
 from .views import _lit
 
@@ -54,9 +54,14 @@ def model_name(manifest) -> str:
 
 
 def folder_name(path: str | Path) -> str:
-    """A store's schema name from its folder: every character other than a letter, digit or _
+    """A store's schema name from its folder (see ident)."""
+    return ident(Path(path).resolve().name)
+
+
+def ident(text: str) -> str:
+    """`text` as a name SQL can give a schema: every character other than a letter, digit or _
     becomes _, and a name that would start with a digit starts with _."""
-    name = re.sub(r"[^A-Za-z0-9_]", "_", Path(path).resolve().name)
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text)
     return name if _IDENT.match(name) else "_" + name
 
 
@@ -333,6 +338,7 @@ class Stores:
     own takes a handle of its own."""
 
     several = True
+    generation = 0   # how many times the handle reconnected to a rebuilt index
 
     def __init__(self, handles: Mapping[str, Any]) -> None:
         pairs = list(handles.items())
@@ -397,6 +403,12 @@ class Stores:
         """Whether a store's index was swapped since the connection was made."""
         return self._index_key() != self._key
 
+    def refresh(self) -> int:
+        """Follow a rebuilt index now (see _db) and return the generation: a caller keeping what it
+        read (the explorer's comparison) forgets it when this changes."""
+        self._db()
+        return self.generation
+
     def _db(self):
         """The connection, made again (views, records and all) when a store's index was rebuilt."""
         with self._lock:
@@ -405,6 +417,7 @@ class Stores:
                 self.check_current()   # a store written again is an error, not a reconnect
                 self._con.close()
                 self._con = self._names = None
+                self.generation += 1
             if self._con is None:
                 first = next(iter(self.handles.values()))   # a console's handle: its limits
                 self._con, self._views = connect_stores(self, getattr(first, "threads", None),
@@ -417,16 +430,12 @@ class Stores:
     def sql(self, query: str, params: dict[str, Any] | None = None, arrow: bool = False,
             timeout: float | None = None):
         """One read-only statement over the stores' views (see actdb.query); Polars (Arrow with arrow=True)."""
-        from .handle import _frame
-
-        return _frame(self.stream(query, params, timeout).read_all(), arrow)
+        return frame(self.stream(query, params, timeout).read_all(), arrow)
 
     def query(self, name_or_file, params: dict[str, Any] | None = None, arrow: bool = False,
               timeout: float | None = None):
         """A saved query (module docstring: over the unions, or on each store in turn)."""
-        from .handle import _frame
-
-        return _frame(self.stream(name_or_file, params, timeout, saved=True).read_all(), arrow)
+        return frame(self.stream(name_or_file, params, timeout, saved=True).read_all(), arrow)
 
     def stream(self, query, params: dict[str, Any] | None = None, timeout: float | None = None,
                timeout_hint: str = "timeout", saved: bool = False):
@@ -486,11 +495,10 @@ class Stores:
         return self._names
 
 
-def open_stores(specs: Iterable[str | Path] | Mapping[str, str | Path], rule: str | None = None) -> Stores:
+def open_stores(specs: Iterable[str | Path] | Mapping[str, str | Path], opener, rule: str | None = None) -> Stores:
     """Several stores read-only: paths (a schema named after each folder), `NAME=PATH` strings, or
-    {name: path}; rule: the fire rule of every store (each must have recorded it)."""
-    from .handle import Store
-
+    {name: path}, each opened by opener(path, rule=rule) (query.handle.Store); rule: the fire rule of
+    every store (each must have recorded it)."""
     if isinstance(specs, Mapping):
         pairs = [(str(n), Path(p)) for n, p in specs.items()]
     else:
@@ -501,10 +509,28 @@ def open_stores(specs: Iterable[str | Path] | Mapping[str, str | Path], rule: st
     handles = {}
     for name, path in pairs:
         try:
-            handles[name] = Store(path, rule=rule)
+            handles[name] = opener(path, rule=rule)
         except InputError as e:
             raise InputError(f"store {name} ({path}): {e}") from None
     return Stores(handles)
+
+
+def named(handles: list, names: list[str] | None = None) -> Stores:
+    """Store handles (one per store and rule) as a Stores, each named after its folder and, for a
+    rule other than the store's first, the rule, or after `names`, as SQL can name a schema and made
+    unique with _2, _3 …: the report's and the explorer's, which name their stores themselves."""
+    out: dict[str, Any] = {}
+    for i, st in enumerate(handles):
+        base = ident(names[i]) if names else folder_name(st.path)
+        if not names and st.rule != st.rules[0]:
+            base += "_" + ident(st.rule)
+        if base.lower() in _OWN or base.lower() in _reserved_words():
+            base += "_store"
+        name, k = base, 2
+        while name.lower() in {n.lower() for n in out}:
+            name, k = f"{base}_{k}", k + 1
+        out[name] = st
+    return Stores(out)
 
 
 _ALONE: "weakref.WeakKeyDictionary[Any, Stores]" = weakref.WeakKeyDictionary()
@@ -515,12 +541,7 @@ def alone(store) -> Stores:
     handle: each thread's handle gets its own."""
     h = _ALONE.get(store)
     if h is None:
-        name = folder_name(store.path)
-        try:
-            h = Stores({name: store})
-        except InputError:   # a folder named like one of DuckDB's own names
-            h = Stores({f"{name}_store": store})
-        _ALONE[store] = h
+        h = _ALONE[store] = named([store])
     return h
 
 

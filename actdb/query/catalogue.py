@@ -129,15 +129,13 @@ def parameters(store, name_or_file: str | SavedQuery, params: Mapping[str, Any] 
     """The values a saved query runs with on `store`: its header's defaults (an index_info.NAME one
     from the store's index record; over several stores NULL, which the union macros read as each
     store's own), overridden by `params`."""
-    from .across import several
-
     q = find_query(name_or_file)
     given = {k: coerce_param(v) for k, v in (params or {}).items()}
     unknown = sorted(set(given) - set(q.params) - {RULE_PARAM})   # every query takes the rule
     if unknown:
         raise InputError(f"parameters: {', '.join(unknown)} unknown to query {q.name} "
                          f"(it takes {', '.join(q.params) or 'none'})")
-    if several(store):
+    if getattr(store, "several", False):   # a query.across.Stores
         return {**{k: None if isinstance(v, Recorded) else v for k, v in q.params.items()}, **given}
     if any(isinstance(v, Recorded) and k not in given for k, v in q.params.items()):
         return {**defaults(q, recorded_thresholds(store, con)), **given}
@@ -148,20 +146,13 @@ def run_saved(store, name_or_file: str, params: Mapping[str, Any] | None = None,
               timeout: float | None = None):
     """A saved query's whole answer as a pyarrow Table (see parameters)."""
     q = find_query(name_or_file)
-    if q.across:
-        return stream_saved(store, q, params, con, timeout).read_all()
     return run_sql(store, q.sql, parameters(store, q, params, con), con=con, timeout=timeout)
 
 
 def stream_saved(store, name_or_file: str, params: Mapping[str, Any] | None = None, con=None,
                  timeout: float | None = None, timeout_hint: str = "timeout"):
-    """A saved query's answer as a stream of record batches (connection.Result; see parameters). A
-    query across models runs on the store alone, as the unions of one store (query/across.py)."""
+    """A saved query's answer as a stream of record batches (connection.Result; see parameters)."""
     q = find_query(name_or_file)
-    if q.across:
-        from .across import alone
-
-        return alone(store).stream(q, params, timeout=timeout, timeout_hint=timeout_hint, saved=True)
     return stream_sql(store, q.sql, parameters(store, q, params, con), con=con, timeout=timeout,
                       timeout_hint=timeout_hint)
 

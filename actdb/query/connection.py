@@ -141,6 +141,15 @@ def ensure_views(store, con, sql: str) -> None:
         views.ensure(sql)
 
 
+def frame(table, arrow: bool):
+    """A pyarrow Table as asked for: itself, or a Polars DataFrame."""
+    if arrow:
+        return table
+    import polars as pl
+
+    return pl.from_arrow(table)
+
+
 def ensure_all_views(store, con) -> None:
     """Create every view and macro of `store` on `con` now (its cursors see only those made)."""
     ensure_views(store, con, _EVERY_VIEW)
