@@ -318,32 +318,33 @@ def check(store: str) -> None:
 
 
 @main.command()
-@click.argument("store", required=False)
+@click.argument("store", nargs=-1)
 @click.argument("figure", required=False)
 @_output_options("PNG file to write, or the folder for 'all' (default: FIGURE.png, or figures/ for 'all').",
                  formats=False)
 @click.option("--list", "list_", is_flag=True, help="List the figures and the paper figures they reproduce.")
 @_rule_option("the store's first")
 @_one_line_errors
-def plot(store: str | None, figure: str | None, out: str | None, params, list_: bool, rule: str | None) -> None:
-    """Draw paper FIGURE (or 'all') from STORE as PNG.
+def plot(store: tuple[str, ...], figure: str | None, out: str | None, params, list_: bool, rule: str | None) -> None:
+    """Draw paper FIGURE (or 'all') from STORE as PNG; from several stores (the figure is the last
+    argument), a line or bar group per store by relative depth (--list says which figures).
 
     \b
     Example:
       actdb plot runs/opt125m fig3a -p max_cov 3 -o fig3a.png
       actdb plot runs/opt125m all -o figures/
+      actdb plot runs/opt125m runs/opt1.3b fig1a -o dead.png
     """
     from .errors import InputError
     from .presentation.plot import list_lines, plot as draw, plot_all
-    from .query.handle import open as open_store
 
     if list_:
         for line in list_lines():
             click.echo(line)
         return
     if not store or not figure:
-        raise InputError("plot: expected STORE and FIGURE (or 'all', or --list)")
-    st = open_store(store, rule=rule)
+        raise InputError("plot: expected STORE... and FIGURE (or 'all', or --list)")
+    st = _open(store, rule=rule)
     if figure == "all":
         if params:
             raise InputError("plot all: -p applies to one figure, got it with 'all'")

@@ -5,6 +5,7 @@ Parquet checks for every store."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 import actdb
 from actdb.cli import main
 from actdb.errors import InputError, QueryTimeout, StoreError
+from actdb.explore.layer import PATTERNS
 from actdb.query.across import LEAD, Stores, alone, folder_name
 from actdb.query.catalogue import saved_queries
 
@@ -227,3 +229,197 @@ def test_a_stores_handle_follows_a_rebuilt_index(across_paths, tmp_path):
     build_index(b, progress=False, force=True, p_cov=0.9)
     assert before == [("a", 0.95), ("b", 0.95)]
     assert st.sql("SELECT store, p_cov FROM index_info ORDER BY 1").rows() == [("a", 0.95), ("b", 0.9)]
+
+
+# ---------------------------------------------------------------- figures, report, explorer
+
+def _drawn(ax) -> list[tuple[list, list]]:
+    """(x, y) of each line an axes draws, in drawing order, a missing value as None."""
+    return [([float(v) for v in line.get_xdata()],
+             [None if v is None or math.isnan(v) else float(v) for v in line.get_ydata()]) for line in ax.get_lines()]
+
+
+def _per_store(df, col: str, names) -> list[tuple[list, list]]:
+    return [(df.filter(df["store"] == n)["depth"].to_list(),
+             [None if v is None else float(v) for v in df.filter(df["store"] == n)[col].to_list()]) for n in names]
+
+
+def test_each_figure_across_models_draws_the_saved_queries_answers(across_stores):
+    """The data each figure draws, a line (or bar) per store, equals its saved query's answer."""
+    from actdb.presentation.across import FIGURES
+    from actdb.presentation.plot import render
+
+    names = across_stores.names
+    dead, det = across_stores.query("across_dead_freq"), across_stores.query("across_detectors")
+    top, pos = across_stores.query("across_massive_by_depth"), across_stores.query("across_positional")
+    freq = dead.with_columns(dead["mean_freq_alive"] * 100)
+    want = {"fig1a": _per_store(dead, "dead_pct", names), "fig1b": _per_store(freq, "mean_freq_alive", names),
+            "fig3a": _per_store(det, "n_token_detectors", names), "fig14": _per_store(det, "n_trigram_detectors", names),
+            "fig3b": [x for pair in zip(_per_store(det, "n_tokens", names),
+                                        _per_store(det, "n_tokens_cumulative", names)) for x in pair],
+            "massive-top": [x for pair in zip(_per_store(top, "top1", names), _per_store(top, "median_abs", names))
+                            for x in pair]}
+    assert sorted([*want, "fig8"]) == sorted(FIGURES)
+    for name, lines in want.items():
+        fig = render(across_stores, name)
+        assert _drawn(fig.axes[0]) == lines, name
+        assert fig.axes[0].get_xlabel().startswith("relative depth"), name
+        assert FIGURES[name].paper in fig._suptitle.get_text(), name
+    # positional: (a) per layer of each store (0 where none), (b) each pattern's share of the store's neurons
+    a, b = render(across_stores, "fig8").axes
+    lines = []
+    for n in names:
+        st, mine = across_stores[n], pos.filter(pos["store"] == n)
+        per = {l: mine.filter(mine["layer"] == l)["n_neurons"].sum() for l in st.manifest.layers}
+        lines.append(([l / (st.manifest.n_layers - 1) for l in st.manifest.layers], [float(v) for v in per.values()]))
+    assert _drawn(a) == lines
+    assert pos.height and any(y for _, ys in lines for y in ys)
+    bars = [r.get_height() for r in b.patches]
+    k = len(PATTERNS)
+    for i, n in enumerate(names):
+        st, mine = across_stores[n], pos.filter(pos["store"] == n)
+        for strong, off in ((True, 0), (False, 1)):
+            got = bars[(2 * i + off) * k:(2 * i + off + 1) * k]
+            share = [100 * mine.filter((mine["pattern"] == p) & (mine["strong"] == strong))["n_neurons"].sum()
+                     / (len(st.manifest.layers) * st.manifest.d_ffn) for p in PATTERNS]
+            assert got == pytest.approx(share), (n, strong)
+
+
+def test_plot_over_several_stores(across_paths, across_stores, tiny_store, hostile_store, tmp_path):
+    from actdb.presentation.across import FIGURES
+    from actdb.presentation.plot import render
+
+    paths = list(across_paths.values())
+    r = run("plot", *paths, "fig1a", "-o", tmp_path / "dead.png")
+    assert r.exit_code == 0 and (tmp_path / "dead.png").read_bytes()[:4] == b"\x89PNG", r.output
+    # the legend names each model (its layers and neurons) and the fire rule
+    labels = render(across_stores, "fig1a").axes[0].get_legend_handles_labels()[1]
+    assert labels == [f"tiny-opt-{n}x{d} ({n} layers x {d}), fired = sign" for n, d in ((2, 32), (3, 48), (4, 64))]
+    r = run("plot", *paths, "all", "-o", tmp_path / "figs")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.stem for p in (tmp_path / "figs").glob("*.png")) == sorted(FIGURES)
+    assert "with several stores, expected one of" in one_line_error(run("plot", *paths, "fig5", "-o", tmp_path / "x.png"))
+    r = run("plot", tiny_store, across_paths["opt2"], "fig1a", "--rule", "top:0.9", "-o", tmp_path / "y.png")
+    assert "store opt2" in one_line_error(r)
+    # the same store under two rules, side by side, told apart by the rule
+    both = Stores({"sign": actdb.open(tiny_store), "top": actdb.open(tiny_store, rule="top:0.9")})
+    assert [t.split(", fired = ")[1] for t in render(both, "fig1b").axes[0].get_legend_handles_labels()[1]] == \
+        ["sign", "top:0.9"]
+    # a one-layer model has no relative depth (NULL); its layer is drawn at 0
+    one = Stores({"one": hostile_store, "opt2": actdb.open(across_paths["opt2"])})
+    assert one.sql("SELECT DISTINCT depth FROM layer_stats WHERE store = 'one'").rows() == [(None,)]
+    assert [x for x, _ in _drawn(render(one, "fig1a").axes[0])] == [[0.0], [0.0, 1.0]]
+    # the massive figure without any capture: skipped with the reason
+    r = run("plot", hostile_store.path, hostile_store.path, "massive-top")
+    assert "store name store: given to two stores" in one_line_error(r)
+    r = run("plot", f"a={hostile_store.path}", f"b={hostile_store.path}", "massive-top", "-o", tmp_path / "m.png")
+    assert "no store has a residual-stream capture" in one_line_error(r)
+    r = run("plot", "--list")
+    assert "With several stores" in r.output and "across_dead_freq" in r.output
+
+
+def _assert_row_is_the_stores_views(row, st) -> None:
+    """A comparison's row of a store: that store's own views' numbers."""
+    d = st.sql("SELECT sum(n_dead) AS dead, sum(n_neurons) AS n, avg(mean_freq_alive) AS f FROM layer_stats")
+    assert math.isclose(row["dead_pct"], 100 * d["dead"][0] / d["n"][0])
+    assert math.isclose(row["mean_freq_alive"], d["f"][0])
+    assert row["token_detectors"] == st.sql("SELECT count(*) FROM token_detectors").item()
+    assert row["detected_tokens"] == st.sql("SELECT count(DISTINCT t) FROM (SELECT unnest(token_ids) AS t "
+                                            "FROM token_detectors)").item()
+    assert row["trigram_detectors"] == st.sql("SELECT count(*) FROM trigram_detectors").item()
+    assert row["positional"] == st.sql("SELECT count(*) FROM positional_neurons").item()
+    assert row["positional_strong"] == st.sql("SELECT count(*) FROM positional_neurons WHERE strong").item()
+    assert row["massive_top"] == st.sql("SELECT max(abs(value)) FROM capture_topk WHERE kind = 'resid'").item()
+    assert row["n_massive"] == st.sql("SELECT count(*) FROM massive_activations").item()
+    assert row["massive_first_layer"] == st.sql("SELECT min(layer) FROM massive_activations").item()
+    assert (row["model"], row["n_layers"], row["layers"], row["d_ffn"], row["rule"]) == \
+        (Path(st.manifest.model).name, st.manifest.n_layers, len(st.manifest.layers), st.manifest.d_ffn, st.rule)
+
+
+def _assert_by_depth_is_the_stores_views(rows: list[dict], name: str, st) -> None:
+    mine = [r for r in rows if r["store"] == name]
+    ls = st.sql("SELECT layer, 100 * dead_frac AS pct, mean_freq_alive AS f FROM layer_stats ORDER BY layer")
+    n = st.manifest.n_layers
+    assert [r["layer"] for r in mine] == ls["layer"].to_list()
+    assert [r["depth"] for r in mine] == [l / (n - 1) for l in ls["layer"]]
+    assert [r["dead_pct"] for r in mine] == pytest.approx(ls["pct"].to_list())
+    assert [r["mean_freq_alive"] for r in mine] == pytest.approx(ls["f"].to_list())
+    det = dict(st.sql("SELECT layer, count(*) FROM token_detectors GROUP BY layer").rows())
+    assert [r["token_detectors"] for r in mine] == [det.get(l, 0) for l in ls["layer"]]
+    pos = dict(st.sql("SELECT layer, count(*) FROM positional_neurons GROUP BY layer").rows())
+    assert [r["positional"] for r in mine] == [pos.get(l, 0) for l in ls["layer"]]
+    top = dict(st.sql("SELECT layer, max(abs(value)) FROM capture_topk WHERE kind = 'resid' GROUP BY layer").rows())
+    assert [r["massive_top"] for r in mine] == [top.get(l) for l in ls["layer"]]
+
+
+def test_report_has_an_across_models_section_whose_numbers_are_the_stores_views(across_paths, tmp_path):
+    from dataclasses import asdict
+
+    from actdb.explore.compare import comparison
+    from actdb.query.across import named
+
+    paths = list(across_paths.values())[:2]
+    r = run("report", *paths, "-o", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert text.index("## Across models") < text.index("## tiny-opt-2x32")
+    assert (tmp_path / "rep" / "across-models" / "figures" / "fig1a.png").exists()
+    assert "(across-models/queries/across_detectors.csv)" in text
+    assert (tmp_path / "rep" / "across-models" / "queries" / "across_detectors.csv").exists()
+    # the table: a row per store, its numbers those of the store's own views
+    table = [l for l in text[text.index("## Across models"):text.index("## tiny-opt-2x32")].splitlines()
+             if l.startswith("| ")]
+    head = [c.strip() for c in table[0].strip("|").split(" | ")]
+    assert head[:3] == ["store", "model", "fired"] and "top \\|h\\|" in table[0]
+    assert len(table) == 1 + len(paths)
+    c = comparison(named([actdb.open(p) for p in paths]))
+    for line, p, row in zip(table[1:], paths, c.models):
+        st = actdb.open(p)
+        cells = dict(zip(head, (c.strip() for c in line.strip("|").split(" | "))))
+        _assert_row_is_the_stores_views(asdict(row), st)
+        dead = st.sql("SELECT 100 * sum(n_dead) / sum(n_neurons) FROM layer_stats").item()
+        assert cells["store"] == p.name and cells["dead"] == f"{dead:.2f} %"
+        n_det = st.sql("SELECT count(*) FROM token_detectors").item()
+        assert cells["token detectors (tokens)"].startswith(f"{n_det:,} (")
+        assert cells["positional (strong)"].startswith(f"{st.sql('SELECT count(*) FROM positional_neurons').item():,} (")
+    assert not c.same_thresholds and "Each store at the thresholds of its own index" in text   # opt3's are others
+    # one store: no section across models
+    r = run("report", paths[0], "-o", tmp_path / "one")
+    assert r.exit_code == 0 and "## Across models" not in (tmp_path / "one" / "report.md").read_text()
+
+
+def test_the_explorer_compares_the_served_stores(across_paths, tmp_path):
+    import html
+
+    from starlette.testclient import TestClient
+
+    from actdb.serve.app import create_app
+    from serve_stores import make_hostile
+
+    handles = [actdb.open(p) for p in across_paths.values()]
+    with TestClient(create_app(handles), raise_server_exceptions=False, base_url="http://127.0.0.1") as c:
+        j = c.get("/api/compare").json()
+        assert [m["store"] for m in j["models"]] == list(across_paths)
+        for m, st in zip(j["models"], handles):
+            _assert_row_is_the_stores_views(m, st)
+        for name, st in zip(across_paths, handles):
+            _assert_by_depth_is_the_stores_views(j["by_depth"], name, st)
+        assert not j["same_thresholds"]   # opt3's index is at other detector thresholds
+        assert [f["name"] for f in j["figures"]] == ["fig1a", "fig1b", "fig3a", "fig3b", "fig8", "fig14", "massive-top"]
+        r = c.get("/compare")
+        assert r.status_code == 200 and all(f'href="/s/{n}"' in r.text for n in across_paths)
+        for m in j["models"]:
+            assert f"{m['dead_pct']:.2f} %" in r.text
+        assert c.get(j["figures"][0]["png"]).content[:4] == b"\x89PNG"
+        r = c.get("/compare/figure/fig5.png")
+        assert r.status_code == 404 and "fig5" in r.json()["error"]
+        assert 'href="/compare"' in c.get("/").text
+    # a model and a folder named in markup: escaped on the page, as they are in the JSON
+    bad = "<script>alert(3)</script>&"
+    hostile = make_hostile(tmp_path / "a<b>&'c", model=bad)
+    with TestClient(create_app([hostile, handles[0]]), raise_server_exceptions=False, base_url="http://127.0.0.1") as c:
+        j = c.get("/api/compare").json()
+        assert j["models"][0]["model"] == bad and j["by_depth"][0]["depth"] is None   # one layer: no depth
+        page = c.get("/compare").text
+        assert bad not in page and html.escape(bad) in page and "a<b>" not in page
+        assert re.findall(r"<script[^>]*>", page) == ['<script src="/static/app.js" defer>']
