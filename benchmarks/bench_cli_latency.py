@@ -1,4 +1,4 @@
-"""Whole-process latency of a one-line query (issue 13.4): `actdb sql STORE "SELECT count(*)
+"""Whole-process latency of a one-line query: `actdb sql STORE "SELECT count(*)
 FROM neurons"`, from exec to exit, best and median of --repeat runs, with the user+system CPU
 time of the child (less sensitive to a busy host than wall time) and the modules it loaded.
 

@@ -191,7 +191,7 @@ def measure(packed, root: Path, name: str, compressor, neurons: int, block_token
 
 
 def sparse_layers(root: Path, T: int, codecs: list, shape: tuple[int, int], forward_tokens: int) -> None:
-    """The codecs on two layers of the OPT-125m-shaped store of bench_queries.py (SPEC §4's
+    """The codecs on two layers of the OPT-125m-shaped store of bench_queries.py (the target's
     query store): layer 2 (median rate 0.4 %, 25 % token detectors, 5 % dead) and layer 9
     (median 2 %), where neurons fire mostly independently: the case zstd handles worst.
     "enc/fwd": CPU time to write the layer's chunks ÷ CPU time of a random OPT-125m forward

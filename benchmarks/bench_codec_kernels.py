@@ -1,6 +1,6 @@
 """The bitrows codec's compiled kernels (actdb/store/codec_kernels.py, numba) against its numpy
 path (the code before them, kept as the reference), in one run, on chunks of the sparse
-layers of the query store (bench_queries.py's OPT-125m-shaped store, SPEC §4: layer 2, median
+layers of the query store (bench_queries.py's OPT-125m-shaped store; target: layer 2, median
 rate 0.4 %, and layer 9, median 2 %) at the store's default chunk shape, 512 neurons x
 32,768 tokens (2 MiB packed).
 

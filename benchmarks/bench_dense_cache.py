@@ -106,7 +106,7 @@ def dense_coverage(path: Path, p: float = 0.95) -> dict:
     import torch
 
     t = np.load(path / "tokens.npz")
-    # position 0 is excluded from n-gram statistics when the tokenizer puts a BOS there (SPEC 1.3)
+    # position 0 is excluded from n-gram statistics when the tokenizer puts a BOS there (docs/definitions.md)
     keep_np = t["pos"] > 0 if bool(t["prefix"]) else np.ones(len(t["pos"]), bool)
     keep = torch.from_numpy(keep_np)
     uniq, inv = np.unique(t["ids"][keep_np], return_inverse=True)

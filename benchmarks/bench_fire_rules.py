@@ -1,4 +1,4 @@
-"""Fire rules' cost (SPEC §1.8): `actdb ingest` with 1 rule (sign) against 3 rules (sign and two
+"""Fire rules' cost: `actdb ingest` with 1 rule (sign) against 3 rules (sign and two
 magnitude rules) in one forward, in one run, and the mask bytes each rule takes.
 
     python benchmarks/bench_fire_rules.py --model smollm2 --tokens 6144 --rounds 2

@@ -1,5 +1,5 @@
 """Ingest overhead: wall time of `actdb ingest` ÷ a bare forward pass of the same model over
-the same tokens and batches, in one run (SPEC §4 target ≤ 1.15).
+the same tokens and batches, in one run (target ≤ 1.05).
 
     .venv/bin/python benchmarks/bench_ingest_overhead.py --model opt125m --tokens 16384
     .venv/bin/python benchmarks/bench_ingest_overhead.py --model smollm2 --tokens 8192

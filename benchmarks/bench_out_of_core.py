@@ -1,5 +1,5 @@
 """Out-of-core: peak RSS of `actdb ingest` at 1x and 10x tokens, with and without
-layer-by-layer offload, against the model's size (SPEC §4: flat in corpus size; offload
+layer-by-layer offload, against the model's size (target: flat in corpus size; offload
 holds about one layer of weights at a time).
 
     .venv/bin/python benchmarks/bench_out_of_core.py --tokens 4096 --factor 10

@@ -1,6 +1,6 @@
-"""Query-engine benchmark (issues 3 and 6): index build time vs a random OPT-125m forward pass
+"""Query-engine benchmark: index build time vs a random OPT-125m forward pass
 on the same number of tokens, the index's peak RSS, and warm and cold latency of every saved
-query (SPEC §4: each <= 1 s warm; index <= 0.5 x forward; index memory flat in tokens).
+query (targets: each <= 1 s warm; index <= 0.5 x forward; index memory flat in tokens).
 
     .venv/bin/python benchmarks/bench_queries.py --tokens 1000000 --store /tmp/b6/s1m
     .venv/bin/python benchmarks/bench_queries.py --tokens 100000 --store /tmp/b6/s100k   # 1x of the 10x above

@@ -1,4 +1,4 @@
-"""Ray's cost (issue 15.7): `actdb ingest --ray` with one worker ÷ the plain ingest of the same
+"""Ray's cost: `actdb ingest --ray` with one worker ÷ the plain ingest of the same
 model, tokens and settings, in one run, with Ray's fixed start-up (connecting to the cluster,
 starting the worker and loading the model there) reported apart.
 

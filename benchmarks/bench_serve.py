@@ -1,4 +1,4 @@
-"""`actdb serve` page times (SPEC §4: every page and API route <= 300 ms server time, warm).
+"""`actdb serve` page times (target: every page and API route <= 300 ms server time, warm).
 
     .venv/bin/python benchmarks/bench_serve.py --work /tmp/bserve            # builds the stores once
     .venv/bin/python benchmarks/bench_serve.py --work /tmp/bserve --reuse    # times again

@@ -1,4 +1,4 @@
-"""Issue 16.5: the checks that need a GPU, in one short run (about 8 minutes on one H200),
+"""The checks that need a GPU, in one short run (about 8 minutes on one H200),
 so they can be rerun the moment a task is lent a device. Run by benchmarks/gpu_check.sh:
 
     bash benchmarks/gpu_check.sh prepare        # here: wheels the device lacks, into .gpu/

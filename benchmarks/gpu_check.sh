@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16.5: the GPU checks in one short run (benchmarks/gpu_check.py says what they are).
+# The GPU checks in one short run (benchmarks/gpu_check.py says what they are).
 #
 #   bash benchmarks/gpu_check.sh prepare   # here, with PyPI: the wheels the device machine lacks -> .gpu/whl
 #   bash benchmarks/gpu_check.sh run       # on the device machine (the `device` tool: carry .gpu), ~8 min

@@ -6,7 +6,7 @@
    (decoder, gated SiLU, 30 x 1536 neurons) and all-MiniLM-L6-v2 (encoder, GELU, 6 x 1536);
 3. `actdb ingest` of each over the same corpus, packed into full-length sequences of
    --seq-len tokens (positional statistics need them), with the query index; SmolLM2 under the
-   sign rule and the magnitude rule --fire-rule (SPEC §1.8; chosen by measurement, see
+   sign rule and the magnitude rule --fire-rule (chosen by measurement, see
    docs/FINDINGS.md), in one forward;
 4. `actdb report`: every saved query's answer (CSV), every paper figure (PNG), and the
    headline numbers in demo-out/report/report.md.

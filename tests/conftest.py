@@ -8,7 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).parent))
 
+import actdb  # noqa: E402
+from actdb.index.build import build_index  # noqa: E402
+from stores import make_known  # noqa: E402
 from tiny import make_corpus, make_model  # noqa: E402
+from views_reference import Ref  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +58,6 @@ def tiny_store(tmp_path_factory, model_dirs, corpus_file) -> Path:
     """A complete store of the tiny OPT model under two fire rules (sign, top:0.9), several token
     parts and mask blocks, residual and FFN capture, projection weights and its index: every kind
     of file actdb writes. Made once; a test that changes it works on a copy (tiny_store_copy)."""
-    import actdb
-
     out = tmp_path_factory.mktemp("tiny_store") / "store"
     actdb.ingest.run(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
                                           seq_len=24, block_tokens=64, fire_rule=("sign", "top:0.9"),
@@ -68,6 +70,54 @@ def tiny_store_copy(tiny_store, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_store, tmp_path / "store", symlinks=True))
+
+
+# ---------------------------------------------------------------- the views' stores (tests/stores.py)
+
+@pytest.fixture(scope="session")
+def known_store(tmp_path_factory):
+    """The hand-built store `known` (stores.make_known) with projection weights and magnitude
+    capture planted (refs_projection_massive.plant) and its index."""
+    from refs_projection_massive import plant
+
+    p = make_known(tmp_path_factory.mktemp("known") / "store")
+    plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())  # projection weights + capture
+    build_index(p, progress=False, neuron_chunk=5)
+    return actdb.open(p)
+
+
+@pytest.fixture(scope="session")
+def noprefix_store(tmp_path_factory):
+    """`known` from a tokenizer that adds no BOS, with its index."""
+    p = make_known(tmp_path_factory.mktemp("noprefix") / "store", prefix=False)
+    build_index(p, progress=False, neuron_chunk=5)
+    return actdb.open(p)
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory, model_dirs, corpus_file):
+    """The tiny seeded OPT model ingested for real, with its index of layers 0 and 1."""
+    out = tmp_path_factory.mktemp("real") / "store"
+    actdb.ingest.run(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
+                                          seq_len=32, batch_size=4, block_tokens=512, progress=False))
+    build_index(out, layers=[0, 1], progress=False)  # idempotent if ingest already built it
+    return actdb.open(out)
+
+
+@pytest.fixture(scope="session")
+def known_ref(known_store):
+    """views_reference.Ref of known_store: what its views must answer."""
+    return Ref(known_store)
+
+
+@pytest.fixture(scope="session")
+def real_ref(real_store):
+    return Ref(real_store)
+
+
+@pytest.fixture(scope="session")
+def noprefix_ref(noprefix_store):
+    return Ref(noprefix_store)
 
 
 ACROSS_SIZES = ((2, 32), (3, 48), (4, 64))   # tiny OPT models: layers x neurons per layer

@@ -82,7 +82,7 @@ HIDDEN = {f: (REF[f][1], "mlp.up_proj" if REF[f][1] == "mlp.gate_proj" else None
 
 def reference_hidden(model_dir, family: str, store, batch_size: int, dtype=torch.float32) -> dict[int, np.ndarray]:
     """layer -> h float32 [rows, d_ffn], the value the FFN's output projection reads, computed here
-    from hooked projections: act(fc_in x), or act(gate x) * up x for gated FFNs (SPEC §1.8)."""
+    from hooked projections: act(fc_in x), or act(gate x) * up x for gated FFNs."""
     model, blocks, act = _model(model_dir, family, dtype)
     fc_path, up_path = HIDDEN[family]
     out: dict[int, list[np.ndarray]] = {l: [] for l in store.manifest.layers}

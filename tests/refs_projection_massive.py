@@ -1,5 +1,5 @@
 """Planting vocabulary-projection weights and magnitude capture into the hand-built store,
-and numpy references for the saved queries of SPEC §1.5 and §1.7."""
+and numpy references for the saved queries of vocabulary projection and massive activations."""
 from __future__ import annotations
 
 import numpy as np

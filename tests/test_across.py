@@ -30,7 +30,8 @@ WITH_LAYER = ["layer_stats", "neurons", "neuron_domains", "coverage", "token_det
               "token_detectors_at(max_cov := 40, p_token := 0.3, p_share := 0.3)", "coverage_at(p := 0.5)",
               "coverage2(p := 0.8)", "positional_neurons_at(mi_min := 0.01)",
               "massive_activations_at(abs_min := 0.05, ratio := 2)", "vocab_projection_at(k := 3)",
-              "detector_suppression_at(max_cov := 40, p_token := 0.3, p_share := 0.3)"]
+              "detector_suppression_at(max_cov := 40, p_token := 0.3, p_share := 0.3)",
+              "neighbours(0, 1, k := 3, by := 'jaccard')"]
 NO_LAYER = ["index_info", "tokens", "vocab", "token_counts", "trigram_counts", "position_counts", "domain_counts"]
 
 
@@ -149,7 +150,7 @@ def test_the_rule_applies_to_every_store_and_a_store_without_it_is_named(tiny_st
 
 
 def test_a_store_without_its_index_is_named(across_paths, tmp_path):
-    from test_index import make_known
+    from stores import make_known
 
     bare = make_known(tmp_path / "bare")
     with pytest.raises(StoreError, match=rf"{tmp_path / 'bare'}.*no index.*actdb index"):
@@ -285,6 +286,7 @@ def test_each_figure_across_models_draws_the_saved_queries_answers(across_stores
             assert got == pytest.approx(share), (n, strong)
 
 
+@pytest.mark.slow
 def test_plot_over_several_stores(across_paths, across_stores, tiny_store, hostile_store, tmp_path):
     from actdb.presentation.across import FIGURES
     from actdb.presentation.plot import render
@@ -352,6 +354,7 @@ def _assert_by_depth_is_the_stores_views(rows: list[dict], name: str, st) -> Non
     assert [r["massive_top"] for r in mine] == [top.get(l) for l in ls["layer"]]
 
 
+@pytest.mark.slow
 def test_report_has_an_across_models_section_whose_numbers_are_the_stores_views(across_paths, tmp_path):
     from dataclasses import asdict
 
@@ -378,7 +381,7 @@ def test_report_has_an_across_models_section_whose_numbers_are_the_stores_views(
         cells = dict(zip(head, (c.strip() for c in line.strip("|").split(" | "))))
         _assert_row_is_the_stores_views(asdict(row), st)
         dead = st.sql("SELECT 100 * sum(n_dead) / sum(n_neurons) FROM layer_stats").item()
-        assert cells["store"] == p.name and cells["dead"] == f"{dead:.2f} %"
+        assert cells["store"] == p.name and math.isclose(float(cells["dead"][:-2]), dead, rel_tol=0.01, abs_tol=0.005)
         n_det = st.sql("SELECT count(*) FROM token_detectors").item()
         assert cells["token detectors (tokens)"].startswith(f"{n_det:,} (")
         assert cells["positional (strong)"].startswith(f"{st.sql('SELECT count(*) FROM positional_neurons').item():,} (")
@@ -408,8 +411,9 @@ def test_the_explorer_compares_the_served_stores(across_paths, tmp_path):
         assert [f["name"] for f in j["figures"]] == ["fig1a", "fig1b", "fig3a", "fig3b", "fig8", "fig14", "massive-top"]
         r = c.get("/compare")
         assert r.status_code == 200 and all(f'href="/s/{n}"' in r.text for n in across_paths)
-        for m in j["models"]:
-            assert f"{m['dead_pct']:.2f} %" in r.text
+        for m, row in zip(j["models"], j["table"]["rows"]):
+            assert f"<td>{row[5]}</td>" in r.text and math.isclose(float(row[5][:-2]), m["dead_pct"], rel_tol=0.01,
+                                                                    abs_tol=0.005)
         assert c.get(j["figures"][0]["png"]).content[:4] == b"\x89PNG"
         r = c.get("/compare/figure/fig5.png")
         assert r.status_code == 404 and "fig5" in r.json()["error"]

@@ -1,6 +1,4 @@
 """Magnitude capture and projection weights, against direct computations."""
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -10,7 +8,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.activations import ACT2FN
 
 from reference import REF, _get
-from test_ingest_masks import run_ingest
+from stores import run_ingest
+from tiers import slow_except
+from tiny import planted_model
 
 
 def block_outputs(model_dir, family, store):
@@ -41,6 +41,7 @@ def lower_median(x):
     return x[(len(x) - 1) // 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "opt", "bert"])
 def test_capture_equals_direct_computation(family, model_dirs, corpus_file, tmp_path):
     store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", mode="document", capture_topk=3,
@@ -69,8 +70,8 @@ def test_default_capture_is_the_residual_stream(model_dirs, corpus_file, tmp_pat
         sorted(f"resid_{f}" for f in ("topk_value", "topk_dim", "median", "seq_median"))
 
 
-@pytest.mark.parametrize("offload", ["off", "on"])
-@pytest.mark.parametrize("family", ["opt", "gpt2", "llama", "bert"])
+@pytest.mark.parametrize("offload", slow_except(["off", "on"], "off"))
+@pytest.mark.parametrize("family", slow_except(["opt", "gpt2", "llama", "bert"], "opt"))
 def test_projection_weights_equal_the_model(family, offload, model_dirs, corpus_file, tmp_path):
     store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", offload=offload, capture="none")
     saved = load_file(store.path / "projection.safetensors")
@@ -88,16 +89,6 @@ def test_projection_weights_equal_the_model(family, offload, model_dirs, corpus_
     assert torch.allclose(saved[f"w_out.{l}"][n] @ saved["w_u"][t], w_out[n] @ w_u[t])
 
 
-def planted_model(src, dst, dim=5, value=3000.0):
-    """Copy a tiny LLaMA and plant a huge value in one dimension of the BOS embedding."""
-    shutil.copytree(src, dst)
-    model = AutoModelForCausalLM.from_pretrained(dst)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[2, dim] = value   # id 2 is <s>, the BOS token
-    model.save_pretrained(dst)
-    return dst
-
-
 def massive(store, layer_index, abs_min=100.0, ratio=1000.0):
     cap = zarr.open_group(store.path / "capture", mode="r")
     v, d = cap["resid_topk_value"][layer_index], cap["resid_topk_dim"][layer_index]
@@ -107,6 +98,7 @@ def massive(store, layer_index, abs_min=100.0, ratio=1000.0):
     return rows, d[rows, ranks]
 
 
+@pytest.mark.slow
 def test_planted_massive_activation_found_and_absent_without(model_dirs, corpus_file, tmp_path):
     mdir = planted_model(model_dirs("llama"), tmp_path / "planted")
     store = run_ingest(mdir, corpus_file, tmp_path / "s", layers="0,2")

@@ -3,7 +3,6 @@ from click.testing import CliRunner
 
 from actdb.presentation.card import sparkline
 from actdb.cli import main
-from test_index import known_store  # noqa: F401 (fixture)
 
 
 def card(store, *args: str):

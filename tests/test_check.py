@@ -16,7 +16,7 @@ import actdb
 from actdb.cli import main
 from actdb.files import file_digest
 from records import record_files, rewrite_record
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 
@@ -87,6 +87,7 @@ def test_damaged_mask_chunk(damage, store):
     assert st.neuron_masks(0, slice(None)).shape[1] == st.n_tokens
 
 
+@pytest.mark.slow
 def test_index_build_over_a_corrupt_chunk_names_it(store):
     """Rebuilding the index over a bit-flipped chunk stops with one line naming the file
     (through the CLI, whatever the index's internals)."""

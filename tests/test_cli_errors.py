@@ -2,26 +2,8 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from actdb.cli import main
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    out = result.output
-    assert "Traceback" not in out, out
-    return result.exit_code, out.strip()
-
-
-def ingest(model, *corpus, out, extra=()):
-    return run("ingest", model, *corpus, "-o", out, "--seq-len", "16", "--no-progress", *extra)
-
-
-def one_error_line(out: str) -> str:
-    lines = [l for l in out.splitlines() if l.startswith("Error:")]
-    assert len(lines) == 1, out
-    return lines[0]
+from cli_runner import ingest, one_error_line, run
 
 
 def test_missing_corpus_file(model_dirs, tmp_path):
@@ -94,6 +76,7 @@ def test_bad_layers(model_dirs, corpus_file, tmp_path, layers, msg):
     assert code != 0 and msg in one_error_line(out)
 
 
+@pytest.mark.slow
 def test_existing_store_needs_resume_or_overwrite(model_dirs, corpus_file, tmp_path):
     store = tmp_path / "s"
     assert ingest(model_dirs("opt"), corpus_file, out=store)[0] == 0

@@ -102,7 +102,7 @@ def test_row_range_decode_equals_the_slice(rows, nbytes, rate, group_bits, seed,
 
 @pytest.mark.parametrize("rate", [0.001, 0.004, 0.02, 0.1])
 def test_sparse_iid_rows_near_the_entropy_bound(rate):
-    """SPEC §4: <= 1.25 x the bound. zstd alone is 1.1-1.8 x here; the Rice rows ~1.01 x."""
+    """At most 1.25 x the bound. zstd alone is 1.1-1.8 x here; the Rice rows ~1.01 x."""
     bits = np.random.default_rng(1).random((256, 32768)) < rate
     chunk = pack(bits)
     bound = entropy_bytes(bits)
@@ -214,7 +214,7 @@ def both(fn, *args, **kwargs):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_kernels_equal_the_numpy_reference(case):
-    """Issue 16.3: the compiled encoder writes the numpy encoder's bytes, bit for bit, and the
+    """The compiled encoder writes the numpy encoder's bytes, bit for bit, and the
     compiled decoder reads back what the numpy decoder reads, whole and by row ranges."""
     chunk = pack(CASES[case](np.random.default_rng(11)))
     for level in (1, 3):
@@ -287,6 +287,7 @@ def test_store_with_either_codec_reads_back(tmp_path, which):
             assert np.array_equal(st_.neuron_masks(l, slice(n0, n1), t0, t1), masks[l][n0:n1, t0:t1])
 
 
+@pytest.mark.slow
 def test_plain_zarr_finds_the_codec_through_the_entry_point(tmp_path):
     """A fresh interpreter that never imports actdb opens a bitrows array (pyproject's
     zarr.codecs entry point): the store's masks are readable with zarr alone."""

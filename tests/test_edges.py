@@ -92,6 +92,7 @@ def test_every_file_actdb_writes_is_in_its_grammar(tiny_store):
         assert not is_actdb_file(rel), rel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["index/notes.txt", "tokens/README.txt", "rules/top-0.9/index/x/y.txt"])
 def test_overwrite_and_index_force_refuse_a_user_file_in_actdb_folders(where, tiny_store_copy, model_dirs,
                                                                       corpus_file):
@@ -113,6 +114,7 @@ def test_overwrite_and_index_force_refuse_a_user_file_in_actdb_folders(where, ti
     assert code == 0, out
 
 
+@pytest.mark.slow
 def test_overwrite_of_a_half_written_store_still_works(tiny_store_copy, model_dirs, corpus_file):
     """What a killed ingest and index build leave is actdb's: --overwrite removes it."""
     s = tiny_store_copy
@@ -150,6 +152,32 @@ def test_each_connection_has_a_private_temp_folder_removed_with_it(tiny_store):
     del con
     gc.collect()
     assert not tmp.exists()
+
+
+def test_a_killed_process_temp_folder_is_removed_by_the_next(tiny_store):
+    """A process killed with its connection open leaves its private folder; the next process
+    that opens a connection removes it, and never a live process's folder."""
+    import signal
+
+    from actdb.query.connection import connect, sweep_temp_dirs
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys, actdb\n"
+                              "from actdb.query.connection import connect\n"
+                              "con = connect(actdb.open(sys.argv[1]))\n"
+                              "print(con.execute(\"SELECT current_setting('temp_directory')\").fetchone()[0], flush=True)\n"
+                              "sys.stdin.read()", str(tiny_store)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    left = Path(child.stdout.readline().strip())
+    con = connect(actdb.open(tiny_store))
+    mine = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])
+    assert left.is_dir() and str(child.pid) in left.name
+    assert left not in sweep_temp_dirs() and left.is_dir()   # its process is alive
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert left.is_dir()                                       # SIGKILL ran no finalizer
+    assert left in sweep_temp_dirs() and not left.exists()
+    assert mine.is_dir()                                       # this process's own stays
 
 
 # ---------------------------------------------------------------- the server
@@ -395,6 +423,7 @@ def test_a_ray_address_where_nothing_answers_is_refused_at_once(model_dirs, corp
         check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ['{"text": "the city"}\n{"text": "broken\n', '{"text": "the city"}\n{"body": "x"}\n'])
 def test_a_failed_ingest_into_a_new_folder_leaves_nothing(bad, model_dirs, corpus_file, tmp_path):
     """A bad record found while tokenizing: what the ingest wrote goes (and the folder it made), so

@@ -16,7 +16,6 @@ from actdb.explore.layer import LayerQuery, layer_table
 from actdb.explore.neuron import neuron_facts
 from actdb.explore.overview import store_overview
 from actdb.explore.tokens import token_facts
-from test_index import known_store  # noqa: F401 (fixture)
 
 
 def test_facts_are_frozen_and_agree_with_the_views(known_store):

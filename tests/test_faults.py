@@ -21,7 +21,9 @@ import actdb
 from actdb.files import temporary_of
 from actdb.cli import main
 from crash import run_to_fault, traced_points
-from test_ingest_masks import run_ingest
+from stores import run_ingest
+
+pytestmark = pytest.mark.slow   # processes killed, writes failing at each phase of an ingest
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 
@@ -113,7 +115,7 @@ def test_sigkill_during_manifest_writes_readers_see_old_or_new(tmp_path):
     atomic write or just after one; meanwhile every read gives one whole version, and after the
     kill exactly the version of the last completed write."""
     from actdb.store.manifest import Manifest
-    from test_units import manifest
+    from records import manifest
 
     raw = json.dumps(manifest().to_dict())
     rng = random.Random(3)
@@ -177,7 +179,7 @@ def only_index_missing(store: Path) -> None:
 # phase -> (module, function, fails when (call number, args), error)
 PHASES = {
     "token tables": ("actdb.ingest.tables", "write_parquet", lambda n, a: n == 3, ENOSPC),
-    "checksum record": ("actdb.ingest.pipeline", "record_checksums", lambda n, a: a[1] == "block-000004", EACCES),
+    "checksum record": ("actdb.ingest.forward", "record_checksums", lambda n, a: a[1] == "block-000004", EACCES),
     "checksums seal": ("actdb.store.writer", "atomic_write_text", lambda n, a: Path(a[0]).name == "checksums.json", ENOSPC),
     "manifest": ("actdb.store.manifest", "atomic_write_text", lambda n, a: Path(a[0]).name == "manifest.json", EACCES),
 }

@@ -11,7 +11,8 @@ import actdb
 from actdb.cli import main
 from records import rewrite_record
 from reference import reference_hidden, reference_masks, reference_rule_masks
-from test_ingest_masks import FAMILIES, assert_same, run_ingest
+from stores import FAMILIES, assert_same, run_ingest
+from tiers import slow_except
 
 RULES = ("sign", "abs>0.02", "top:0.9")
 BLOCK = 64   # rows of the first block: it ends inside a batch (3 sequences of <= 24 tokens)
@@ -21,7 +22,7 @@ def ingest_rules(model_dir, corpus, out, rules=RULES, **kw):
     return run_ingest(model_dir, corpus, out, block_tokens=BLOCK, fire_rule=rules, **kw)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", slow_except(FAMILIES, "opt"))
 def test_every_rule_equals_numpy_on_a_hooked_forward(family, model_dirs, corpus_file, tmp_path):
     store = ingest_rules(model_dirs(family), corpus_file, tmp_path / "s", mode="document")
     assert store.rules == RULES and store.rule == "sign"
@@ -37,6 +38,7 @@ def test_every_rule_equals_numpy_on_a_hooked_forward(family, model_dirs, corpus_
         assert 0.01 < freq < 0.99, f"{rule}: a rule that never or always fires makes the comparison vacuous"
 
 
+@pytest.mark.slow
 def test_top_thresholds_equal_numpy_quantile_of_the_first_block(model_dirs, corpus_file, tmp_path):
     store = ingest_rules(model_dirs("llama"), corpus_file, tmp_path / "s", rules=("top:0.99", "top:0.5"))
     assert store.rules == ("top:0.99", "top:0.5") and store.rule == "top:0.99"   # the first is the default
@@ -53,22 +55,23 @@ def test_top_thresholds_equal_numpy_quantile_of_the_first_block(model_dirs, corp
 
 def interrupted(model_dir, corpus, out, monkeypatch, after_blocks: int) -> None:
     """An ingest of RULES that stops once `after_blocks` blocks are committed, as a kill would."""
-    import actdb.ingest.pipeline as pipeline
+    import actdb.ingest.forward as forward
 
-    real = pipeline.write_state
+    real = forward.write_state
 
     def killed(root, state):
         if state.blocks_done == after_blocks + 1:
             raise RuntimeError("killed")
         real(root, state)
-    monkeypatch.setattr(pipeline, "write_state", killed)
+    monkeypatch.setattr(forward, "write_state", killed)
     with pytest.raises(RuntimeError, match="killed"):
         ingest_rules(model_dir, corpus, out)
-    monkeypatch.setattr(pipeline, "write_state", real)
+    monkeypatch.setattr(forward, "write_state", real)
 
 
+@pytest.mark.slow
 def test_resume_reads_the_thresholds_back(model_dirs, corpus_file, tmp_path, monkeypatch):
-    from actdb.ingest.rules import TopCandidates
+    from actdb.ingest.thresholds import TopCandidates
 
     whole = ingest_rules(model_dirs("opt"), corpus_file, tmp_path / "whole")
     interrupted(model_dirs("opt"), corpus_file, tmp_path / "s", monkeypatch, after_blocks=2)
@@ -101,6 +104,7 @@ def test_resume_refuses_other_rules(model_dirs, corpus_file, tmp_path, monkeypat
         ingest_rules(model_dirs("opt"), corpus_file, tmp_path / "s", rules=("sign",), resume=True)
 
 
+@pytest.mark.slow
 def test_check_covers_every_rule(model_dirs, corpus_file, tmp_path):
     from actdb.store.audit import check_store
 
@@ -158,6 +162,7 @@ def test_views_take_the_rule_and_count_its_masks(ruled):
         ruled.sql("SELECT 1", {"rule": "abs>1.0"})
 
 
+@pytest.mark.slow
 def test_cli_query_plot_and_report_name_the_rule(ruled, tmp_path):
     r = CliRunner().invoke(main, ["query", str(ruled.path), "token_detectors_per_layer", "-p", "rule", "top:0.9",
                                   "-f", "csv"])

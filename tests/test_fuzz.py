@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from actdb.ingest.corpus import Document, read_documents
 from actdb.errors import InputError, StoreError
 from actdb.store.manifest import Manifest
-from test_units import manifest as valid_manifest
+from records import manifest as valid_manifest
 
 # bounded: a few seconds per target on 2 cores (ACTDB_FUZZ_EXAMPLES=5000 for a longer run);
 # derandomize keeps CI reproducible
@@ -62,6 +62,7 @@ edits = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_siz
 cuts = st.one_of(st.none(), st.integers(0, 2_000))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.binary(max_size=400), suffix=st.sampled_from([".jsonl", ".txt", ".parquet"]))
 def test_readers_on_arbitrary_bytes(data, suffix, tmp_path):
@@ -70,6 +71,7 @@ def test_readers_on_arbitrary_bytes(data, suffix, tmp_path):
     read_all(p)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(e=edits, cut=cuts, which=st.sampled_from(["jsonl", "parquet"]))
 def test_readers_on_mutated_valid_files(e, cut, which, tmp_path):
@@ -84,6 +86,7 @@ json_values = st.recursive(
     max_leaves=12)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=st.text(max_size=300))
 @example(text="[" * 100_000)
@@ -94,6 +97,7 @@ def test_manifest_loader_on_arbitrary_text(text):
         assert "\n" not in str(e)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(changes=st.dictionaries(st.sampled_from(sorted(json.loads(valid_manifest().to_json()))), json_values,
                                max_size=4),
@@ -111,6 +115,7 @@ def test_manifest_loader_on_mutated_manifests(changes, drop):
     assert Manifest.from_json(m.to_json()) == m  # what loads, round-trips
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.binary(max_size=300))
 def test_manifest_read_on_arbitrary_file(data, tmp_path):

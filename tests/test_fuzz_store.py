@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import actdb
 from actdb.errors import ActdbError
 from crash import run_to_fault, traced_points
+
+pytestmark = pytest.mark.slow   # minutes of seeded damage, with real processes killed
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 SEED = 11

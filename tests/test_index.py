@@ -3,224 +3,23 @@
 Store `known`: hand-built masks with known answers (dead neuron, one-token detector,
 positions-0..9 neuron, oscillatory neuron, trigram detector...), several mask blocks so
 n-grams straddle block boundaries, a BOS prefix and a last sequence shorter than seq_len.
-Store `real`: a tiny seeded OPT model ingested for real.
+Store `real`: a tiny seeded OPT model ingested for real. (Both made once per session by
+conftest.py; `known` is tests/stores.py's, the numpy reference tests/views_reference.py.)
 """
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import actdb
 from actdb.index.build import build_index, read_index_info
-from actdb.store.synthetic import write_store
+from stores import BOS, D, LAYERS, make_known, same_index
+from tiers import slow_except
+from views_reference import Ref, gram_ids
 
-T = 16
-BOS = 2
-D = 16
-LAYERS = (0, 1, 2)
-PAD = None   # a slot before the start of the sequence in a reference n-gram
-
-
-def known_masks(ids: np.ndarray, pos: np.ndarray, seq: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
-    """layer -> bool [D, rows]."""
-    rng = np.random.default_rng(seed)
-    n = len(ids)
-    out = {}
-    for layer in LAYERS:
-        m = rng.random((D, n)) < rng.uniform(0.02, 0.6, size=(D, 1))
-        m[0] = False                                        # dead
-        if layer < 2:
-            tok = 5 if layer == 0 else 6
-            m[1] = ids == tok                               # fires only on one token
-            m[2] = pos <= 9                                 # fires only on positions 0..9
-            m[3] = ((pos // 4) % 2) == 0                    # oscillatory: 0-3, 8-11
-            m[4] = np.isin(ids, (7, 8))                     # two-token detector
-            m[5] = (ids == 9) & (rng.random(n) < 0.5)       # token 9 half of the time: not a detector
-            prev1 = np.r_[-1, ids[:-1]]
-            prev2 = np.r_[-1, -1, ids[:-2]]
-            m[6] = (ids == 5) & (prev1 == 4) & (prev2 == 3) & (pos >= 2)  # trigram detector
-            m[7] = (pos >= 5) & (seq % 40 != 1)             # weak positional: frequency 39/40 from pos 5
-        out[layer] = m
-    return out
-
-
-def make_known(path: Path, prefix: bool = True) -> Path:
-    """prefix=False: the same store from a tokenizer that adds no BOS (position 0 is a content token)."""
-    rng = np.random.default_rng(7)
-    lens = [T] * 40 + [7]
-    n = sum(lens)
-    ids = rng.integers(3, 12, size=n)
-    starts = np.r_[0, np.cumsum(lens)[:-1]]
-    pos = np.arange(n) - np.repeat(starts, lens)
-    if prefix:
-        ids[pos == 0] = BOS
-    for s in starts[::3]:                                   # plant the trigram 3 4 5
-        ids[s + 4:s + 7] = (3, 4, 5)
-    masks = known_masks(ids, pos, np.repeat(np.arange(len(lens)), lens))
-    doms = ["code" if i % 2 else "prose" for i in range(len(lens))]
-    return write_store(path, ids, lens, lambda l, a, b: masks[l][:, a:b], layers=LAYERS, n_layers=4, d_ffn=D,
-                       seq_len=T, vocab=[f"w{i}" for i in range(12)], prefix_tokens=(BOS,) if prefix else (), domains=doms,
-                       block_tokens=64, neuron_chunk=8)
-
-
-@pytest.fixture(scope="session")
-def known_store(tmp_path_factory):
-    p = make_known(tmp_path_factory.mktemp("known") / "store")
-    from refs_projection_massive import plant
-
-    plant(p, actdb.open(p).tokens().sort("row")["pos"].to_numpy())  # projection weights + capture
-    build_index(p, progress=False, neuron_chunk=5)
-    return actdb.open(p)
-
-
-@pytest.fixture(scope="session")
-def noprefix_store(tmp_path_factory):
-    p = make_known(tmp_path_factory.mktemp("noprefix") / "store", prefix=False)
-    build_index(p, progress=False, neuron_chunk=5)
-    return actdb.open(p)
-
-
-@pytest.fixture(scope="session")
-def real_store(tmp_path_factory, model_dirs, corpus_file):
-    out = tmp_path_factory.mktemp("real") / "store"
-    actdb.ingest.run(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),), out=str(out),
-                                      seq_len=32, batch_size=4, block_tokens=512, progress=False))
-    build_index(out, layers=[0, 1], progress=False)  # idempotent if ingest already built it
-    return actdb.open(out)
-
-
-# ---------------------------------------------------------------- numpy reference
-
-class Ref:
-    """Everything the views answer, computed directly from the unpacked masks."""
-
-    def __init__(self, st, p: float = 0.95):
-        m = st.manifest
-        tok = st.tokens().sort("row")
-        self.ids = tok["token_id"].to_numpy().astype(np.int64)
-        self.seq = tok["seq"].to_numpy()
-        self.pos = tok["pos"].to_numpy().astype(np.int64)
-        self.dom = tok["domain"].cast(str).to_numpy()
-        first = 1 if m.prefix_tokens else 0
-        seqlen = np.bincount(self.seq)
-        self.full = seqlen[self.seq] == m.seq_len
-        self.T = m.seq_len
-        self.n = len(self.ids)
-        info = read_index_info(st.path).config
-        self.ngram_layers = tuple(info.ngram_layers)
-        self.layers = m.layers
-        n = self.n
-        # the n-gram ending at each row (SPEC §1.3): a slot before the sequence start is PAD; every n
-        # ends on every row but the BOS position, where the tokenizer adds one (None: not counted)
-        self.grams = {k: [tuple(int(self.ids[r - j]) if self.pos[r] >= j else PAD for j in range(k - 1, -1, -1))
-                          if self.pos[r] >= first else None for r in range(n)] for k in (1, 2, 3)}
-        self.gram_count = {k: Counter(g for g in self.grams[k] if g is not None) for k in (1, 2, 3)}
-        self.masks = {l: st.masks(l) for l in m.layers}  # [rows, d]
-        self.d = m.d_ffn
-        self.p = p
-
-    def fires(self, l):
-        return self.masks[l].sum(axis=0)
-
-    def counts(self, l, nn, k):
-        fired = np.flatnonzero(self.masks[l][:, nn])
-        return Counter(self.grams[k][r] for r in fired if self.grams[k][r] is not None)
-
-    def top(self, l, nn, k, K, st):
-        """The neuron's K n-grams by fires desc, then id: [(id, fires)]."""
-        c = [(g[0] if k == 1 else gram_ids(st, g), n) for g, n in self.counts(l, nn, k).items()]
-        return sorted(c, key=lambda x: (-x[1], x[0]))[:K]
-
-    def coverage(self, l, nn, k, p=None):
-        p = self.p if p is None else p
-        c = sorted(self.counts(l, nn, k).values(), reverse=True)
-        if not c:
-            return None
-        total = sum(c)
-        cum = np.cumsum(c)
-        return int(np.argmax(cum >= p * total) + 1)
-
-    def detector(self, l, nn, k, max_cov, p_cov=0.95, p_tok=0.95, p_share=0.95):
-        cov = self.coverage(l, nn, k, p_cov)
-        if cov is None or not 1 <= cov <= max_cov:
-            return None
-        cnt = self.counts(l, nn, k)
-        covered = [g for g, c in cnt.items() if c / self.gram_count[k][g] >= p_tok]
-        if sum(cnt[g] for g in covered) >= p_share * sum(cnt.values()):
-            return set(covered)
-        return None
-
-    def fr_pos(self, l):
-        m = self.masks[l][self.full]
-        pos = self.pos[self.full]
-        return np.stack([m[pos == q].mean(axis=0) for q in range(self.T)], axis=1)  # [d, T]
-
-    def mi(self, l):
-        m = self.masks[l][self.full]
-        frp = self.fr_pos(l)
-        out = []
-        for nn in range(self.d):
-            fr = m[:, nn].mean()
-            s = 0.0
-            for q in range(self.T):
-                a = frp[nn, q]
-                if a > 0:
-                    s += a * math.log(a / fr)
-                if 1 - a > 0:
-                    s += (1 - a) * math.log((1 - a) / (1 - fr))
-            out.append(s / self.T)
-        return np.array(out)
-
-    @staticmethod
-    def n_switches(fr, eps):
-        states = [1 if f >= 1 - eps else 0 for f in fr if f >= 1 - eps or f <= eps]
-        return sum(a != b for a, b in zip(states, states[1:]))
-
-    def pattern(self, fr, min_switches=3, eps=0.05):
-        lo, hi = fr.min(), fr.max()
-        if self.n_switches(fr, eps) >= min_switches:
-            return "oscillatory", self.n_switches(fr, 0.0) >= min_switches
-        if lo <= eps and hi >= 1 - eps:
-            return "both extremes", bool(lo == 0 and hi == 1)
-        if lo <= eps or hi >= 1 - eps:
-            return "one extreme", bool(lo == 0 or hi == 1)
-        return "other", False
-
-    def positional(self, l, mi_min=0.05, min_switches=3):
-        mi, frp = self.mi(l), self.fr_pos(l)
-        return {nn: (mi[nn], *self.pattern(frp[nn], min_switches)) for nn in range(self.d) if mi[nn] > mi_min}
-
-
-@pytest.fixture(scope="session")
-def known_ref(known_store):
-    return Ref(known_store)
-
-
-@pytest.fixture(scope="session")
-def real_ref(real_store):
-    return Ref(real_store)
-
-
-@pytest.fixture(scope="session")
-def noprefix_ref(noprefix_store):
-    return Ref(noprefix_store)
-
-
-def gram_ids(st, g):
-    """The index's id of an n-gram tuple (PAD slots included)."""
-    cfg = read_index_info(st.path).config
-    x = 0
-    for t in g:
-        x = x * cfg.vocab_base + (cfg.ngram_pad if t is PAD else t)
-    return x
-
-
-# ---------------------------------------------------------------- tests
 
 @pytest.mark.parametrize("which", ["known", "real"])
 def test_neurons_layer_stats_domains(which, request):
@@ -271,7 +70,7 @@ def test_known_answers(known_store):
     assert (0, 0, 1) not in cov                        # dead: no coverage row
 
 
-@pytest.mark.parametrize("which", ["known", "real", "noprefix"])
+@pytest.mark.parametrize("which", slow_except(["known", "real", "noprefix"], "known"))
 def test_neuron_tokens_and_ngrams(which, request):
     """The n-gram tables hold each neuron's top_k n-grams (fires desc, then id) with exact totals."""
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
@@ -338,7 +137,7 @@ def test_detectors(which, request):
 
 @pytest.mark.parametrize("which", ["known", "real", "noprefix"])
 def test_ngram_fires_same_for_every_n(which, request):
-    """SPEC §1.3: coverage for n = 1, 2, 3 has one denominator, the neuron's fires on every row
+    """Coverage for n = 1, 2, 3 has one denominator, the neuron's fires on every row
     but the BOS position (all rows without a prefix token), and the n-gram counts sum to those rows."""
     st, ref = request.getfixturevalue(f"{which}_store"), request.getfixturevalue(f"{which}_ref")
     counted = ref.pos >= (1 if st.manifest.prefix_tokens else 0)
@@ -438,17 +237,6 @@ def test_tokens_view(known_store):
     assert df["token"].to_list() == [f"w{i}" for i in t["token_id"].to_list()]
 
 
-def same_index(a: Path, b: Path) -> None:
-    """Every table equal, and index.json's file digests equal (byte-identical files)."""
-    import pyarrow.parquet as pq
-
-    names = sorted(f.name for f in (a / "index").glob("*.parquet"))
-    assert names == sorted(f.name for f in (b / "index").glob("*.parquet"))
-    for n in names:
-        assert pq.read_table(a / "index" / n).equals(pq.read_table(b / "index" / n)), n
-    assert read_index_info(a).files == read_index_info(b).files
-
-
 def test_index_json_lists_every_file(known_store):
     """index.json records every file of the index with its byte size and sha256."""
     import hashlib
@@ -463,6 +251,7 @@ def test_index_json_lists_every_file(known_store):
         assert d == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
 
 
+@pytest.mark.slow
 def test_index_resume_equals_fresh(tmp_path, monkeypatch):
     """A build killed after some units resumes, counts only the missing units, and gives the same index."""
     import actdb.index.build as ix
@@ -494,6 +283,7 @@ def test_index_resume_equals_fresh(tmp_path, monkeypatch):
     same_index(a, b)
 
 
+@pytest.mark.slow
 def test_index_threads_equal_one_thread_and_resume(tmp_path, monkeypatch):
     """Units counted in 3 threads give the same files as one thread; an error in one unit stops
     the build with the finished units recorded, and the resumed build gives the same index."""
@@ -545,6 +335,7 @@ def test_units_are_recorded_as_they_end():
     assert got == [0, 1]
 
 
+@pytest.mark.slow
 def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
     """A tiny memory budget counts one neuron per unit and gives the same index."""
     import actdb.index.build as ix

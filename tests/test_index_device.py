@@ -1,4 +1,4 @@
-"""Index counting on the device (issue 16): the torch path of index/count.py gives the same
+"""Index counting on the device: the torch path of index/count.py gives the same
 counts as the numpy path and as a direct numpy computation, and the same index files, on
 CPU tensors here and on CUDA where there is one."""
 from __future__ import annotations
@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 
 import actdb.index.count as count
+from actdb import devices
 from actdb import jit
 from actdb.errors import InputError
 from actdb.index.build import build_index
 from actdb.index.tokens import TokenArrays
 from actdb.store.reader import StoreReader
 from actdb.store.synthetic import write_store
-from test_index import LAYERS, make_known, same_index
+from stores import LAYERS, make_known, same_index
+from tiers import slow_except
 
 NUMPY_ONLY, TORCH_ONLY = 2.0, 0.0   # dense_at: no block is that dense / every block is
 
@@ -76,7 +78,7 @@ def test_torch_counts_equal_numpy_and_direct(store, ngram, tmp_path, monkeypatch
         monkeypatch.undo()
 
 
-@pytest.mark.parametrize("dense_at", [NUMPY_ONLY, TORCH_ONLY, count.DENSE_AT])
+@pytest.mark.parametrize("dense_at", slow_except([NUMPY_ONLY, TORCH_ONLY, count.DENSE_AT], count.DENSE_AT))
 def test_index_files_equal_either_path(store, dense_at, tmp_path, monkeypatch):
     """The whole index, every file, whether the compiled kernels (the default) or numpy and torch
     (ACTDB_INDEX_JIT=0: counting with numpy, torch, or each block's faster one) built it."""
@@ -100,15 +102,16 @@ def test_index_files_equal_either_path(store, dense_at, tmp_path, monkeypatch):
 
 def test_device_setting_errors():
     with pytest.raises(InputError, match="--device"):
-        count.resolve_device("not-a-device")
-    assert count.resolve_device("cpu") == "cpu"
+        devices.device_name("not-a-device")
+    assert devices.device_name("cpu") == "cpu"
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
-            count.resolve_device("cuda")
-        assert count.resolve_device("auto") == "cpu"
+            devices.device_name("cuda")
+        assert devices.device_name("auto") == "cpu"
 
 
+@pytest.mark.gpu   # skipped without CUDA
 def test_cuda_index_equals_cpu_index(tmp_path):
     """`actdb index --device cuda`: the same files as the CPU build (runs where CUDA is)."""
     torch = pytest.importorskip("torch")

@@ -43,6 +43,7 @@ def _segments(rng):
         yield padded[:, 3:3 + W]    # a strided view, as unit_tables passes a column range of the counts
 
 
+@pytest.mark.slow
 def test_segment_stats_kernel_equals_numpy(kernels):
     rng = np.random.default_rng(0)
     for seg in _segments(rng):

@@ -1,4 +1,4 @@
-"""One home per fact (issue 13.2) and atomic index rebuilds (issue 18.3): the thresholds the index
+"""One home per fact and atomic index rebuilds: the thresholds the index
 records and the views use, their ranges, the validated index record and ingest state, the one
 layer-list grammar, and `actdb index --force` that never leaves a store without an answering index."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ from actdb.store.ingest_state import IngestState
 from actdb.store.writer import read_state, write_state
 from crash import run_to_fault, traced_points
 from records import rewrite_record
-from test_index import make_known
+from stores import make_known
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 ANSWERS = ("SELECT count(*) FROM token_detectors", "SELECT sum(fires) FROM neurons",
@@ -277,6 +277,7 @@ def test_failed_force_rebuild_leaves_the_old_index_answering(built, tmp_path):
     assert (p / "index" / "index.json").read_bytes() == record
 
 
+@pytest.mark.slow
 def test_rebuild_swaps_with_and_without_an_atomic_exchange(built, tmp_path, monkeypatch):
     """The new index replaces the old whole, with renameat2's exchange and with the rename fallback;
     nothing of the build is left beside it."""
@@ -306,6 +307,7 @@ def test_swap_killed_between_renames_recovers(built, tmp_path):
     assert not (p / "_index_build").exists() and answers(p) == answers(built)
 
 
+@pytest.mark.slow
 def test_sigkill_during_force_rebuild_old_index_answers(built, tmp_path):
     """`actdb index --force` killed at seeded fault points of the rebuild (actdb.faults: inside an
     atomic write, after one, after a unit): the old index answers after every kill, and a final

@@ -5,26 +5,11 @@ import torch
 
 import actdb
 from reference import reference_masks
-
-FAMILIES = ["opt", "gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "bert"]
-
-
-def run_ingest(model_dir, corpus, out, **kw):
-    settings = actdb.IngestSettings(model=str(model_dir), corpus=(str(corpus),), out=str(out),
-                                    progress=False, **{"seq_len": 24, "batch_size": 3, "block_tokens": 256, "index": False, **kw})
-    actdb.ingest.run(settings)
-    return actdb.open(out)
+from stores import FAMILIES, assert_same, run_ingest
+from tiers import slow_except
 
 
-def assert_same(store, ref):
-    for layer in store.manifest.layers:
-        got = store.masks(layer)
-        assert got.shape == ref[layer].shape
-        diff = int((got != ref[layer]).sum())
-        assert diff == 0, f"layer {layer}: {diff} bits differ"
-
-
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", slow_except(FAMILIES, "opt", "llama"))
 def test_masks_equal_reference_document_mode(family, model_dirs, corpus_file, tmp_path):
     # one document per sequence: batches are padded, so the padding path is exercised too
     store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", mode="document")
@@ -34,15 +19,16 @@ def test_masks_equal_reference_document_mode(family, model_dirs, corpus_file, tm
     assert 0.05 < fires.mean() < 0.95, "a degenerate model would make the comparison vacuous"
 
 
-@pytest.mark.parametrize("family,batch_size,mode", [
+@pytest.mark.parametrize("family,batch_size,mode", slow_except([
     ("opt", 1, "packed"), ("opt", 8, "packed"), ("llama", 5, "packed"), ("gpt2", 8, "document"),
     ("bert", 1, "packed"),
-])
+], ("opt", 8, "packed")))
 def test_masks_equal_reference_batch_sizes(family, batch_size, mode, model_dirs, corpus_file, tmp_path):
     store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", batch_size=batch_size, mode=mode)
     assert_same(store, reference_masks(model_dirs(family), family, store, batch_size=batch_size))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["opt", "llama", "gpt_neox", "bert"])
 def test_masks_equal_reference_bf16(family, model_dirs, corpus_file, tmp_path):
     store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", dtype="bfloat16", mode="document")
@@ -50,6 +36,7 @@ def test_masks_equal_reference_bf16(family, model_dirs, corpus_file, tmp_path):
     assert_same(store, reference_masks(model_dirs(family), family, store, batch_size=3, dtype=torch.bfloat16))
 
 
+@pytest.mark.slow
 def test_layer_subset_and_fire_rule(model_dirs, corpus_file, tmp_path):
     store = run_ingest(model_dirs("llama"), corpus_file, tmp_path / "s", layers="1")
     m = store.manifest
@@ -61,6 +48,7 @@ def test_layer_subset_and_fire_rule(model_dirs, corpus_file, tmp_path):
         store.masks(0)
 
 
+@pytest.mark.slow
 def test_neuron_and_row_ranges_match_layer(model_dirs, corpus_file, tmp_path):
     store = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "s")
     full = store.masks(0)
@@ -86,6 +74,7 @@ def test_adapter_d_ffn_from_config_matches_the_module(family, model_dirs):
     assert adapter_for(config.model_type).d_ffn(config) == width
 
 
+@pytest.mark.slow
 def test_block_memory_budget_lowers_block_tokens_not_the_masks(model_dirs, corpus_file, tmp_path):
     small = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "small", block_memory_mb=0.002)
     d = small.manifest.d_ffn * len(small.manifest.layers)

@@ -1,4 +1,4 @@
-"""Issue 18, points 5-8 on the ingest side: bounded tokenizing of huge inputs, and plain
+"""Bad input on the ingest side: bounded tokenizing of huge inputs, and plain
 one-line messages for causes a user can fix (see also test_cli_errors.py, test_offload.py)."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import actdb
 from actdb.errors import InputError
 from actdb.ingest.corpus import (Document, SpecialTokens, doc_token_limit, read_documents, sequences,
                                  tokenize_documents)
-from test_cli_errors import ingest, one_error_line, run
+from cli_runner import ingest, one_error_line, run
 from tiny import WORDS
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
@@ -37,6 +37,7 @@ def _peak_rss_mb(args: list[str]) -> tuple[float, str]:
     return usage.ru_maxrss / 1024, out
 
 
+@pytest.mark.slow
 def test_huge_one_line_text_with_a_small_budget_reads_and_tokenizes_only_what_it_needs(model_dirs, tmp_path):
     """A 20 MB text file on one line (about 3.5M tokens) with --max-tokens 2000: before, it was
     read, decoded and tokenized whole (2.6 GB peak, 4x the time of a small file). Now its peak
@@ -190,6 +191,7 @@ def test_parquet_domain_must_be_a_string_and_null_domain_is_the_default(model_di
 
 # ------------------------------------------------------------------ 18.7 / 18.8 ingest settings
 
+@pytest.mark.slow
 def test_max_tokens_below_one_sequence_says_the_budget_is_cut(model_dirs, corpus_file, tmp_path):
     code, out = ingest(model_dirs("opt"), corpus_file, out=tmp_path / "s", extra=["--max-tokens", "10"])
     line = one_error_line(out)
@@ -209,8 +211,9 @@ def test_seq_len_above_the_models_positions_is_refused_before_any_work(family, m
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_ingest_prints_no_torch_dtype_deprecation(model_dirs, corpus_file, tmp_path):
-    """issue 13.9: reading config.torch_dtype (a config.json without "dtype") logged
+    """Reading config.torch_dtype (a config.json without "dtype") logged
     "`torch_dtype` is deprecated! Use `dtype` instead!" on every ingest."""
     import shutil
 
@@ -236,13 +239,14 @@ def _same_stores(a, b) -> None:
     assert (a.path / "projection.safetensors").read_bytes() == (b.path / "projection.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_the_projection_is_one_line_and_resumes(model_dirs, corpus_file, tmp_path, monkeypatch):
     """safetensors reports a failed write as SafetensorError("... (os error 28)"), which was an
     "internal error"; now it is the disk-full line of any other write, and --resume finishes."""
     import safetensors.torch
     from safetensors import SafetensorError
 
-    from test_ingest_masks import run_ingest
+    from stores import run_ingest
 
     real = safetensors.torch.save_file
 
@@ -263,13 +267,14 @@ def test_disk_full_while_writing_the_projection_is_one_line_and_resumes(model_di
     _same_stores(actdb.open(out), run_ingest(model_dirs("opt"), corpus_file, tmp_path / "ref", block_tokens=64))
 
 
+@pytest.mark.slow
 def test_real_write_error_of_the_projection_in_a_real_process(model_dirs, corpus_file, tmp_path):
     """A file size limit (EFBIG) that only the projection exceeds, in a real `actdb ingest`: the
     real SafetensorError text, turned into one line on stderr."""
     import resource
     import signal
 
-    from test_ingest_masks import run_ingest
+    from stores import run_ingest
 
     ref = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "ref", block_tokens=64)
     limit = (ref.path / "projection.safetensors").stat().st_size // 2
@@ -345,6 +350,7 @@ def _run_read_only(folder: Path, *args: str) -> tuple[int, str]:
     return res.returncode, res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _unshare_works(), reason="needs unshare -m and mount (a private read-only bind mount)")
 def test_read_only_store_and_output_folder_for_real(store, tmp_path):
     import shutil

@@ -18,7 +18,7 @@ import actdb
 from actdb.cli import main
 from actdb.index.build import build_index
 from crash import run_to_fault, traced_points
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 QUERIES = ["SELECT count(*), sum(fires) FROM neurons", "SELECT sum(n_covering) FROM coverage",
@@ -61,6 +61,7 @@ def one_line(code_lines: tuple[int, list[str]], *expected: str) -> str:
 
 # ---------------------------------------------------------------- read paths
 
+@pytest.mark.slow
 def test_masks_refuse_a_chunk_copied_from_another_store(store, model_dirs, corpus_file, tmp_path):
     """A chunk of another store has a valid crc32c: only its sha256 tells it apart."""
     other = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "other", block_tokens=64, seq_len=16).path
@@ -128,6 +129,7 @@ def test_read_parquet_of_another_rules_index_is_checked(store):
     assert good > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["swapped chunks", "token part"])
 def test_index_rebuild_refuses_damaged_inputs(store, damage):
     if damage == "swapped chunks":
@@ -148,6 +150,7 @@ def test_index_rebuild_refuses_damaged_inputs(store, damage):
 
 # ---------------------------------------------------------------- the index belongs to its store
 
+@pytest.mark.slow
 def test_an_index_copied_from_another_store_is_refused(store, model_dirs, corpus_file, tmp_path):
     """Same model, shape and tokens: only the store identity the index records tells them apart."""
     other = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "other", block_tokens=64,
@@ -182,6 +185,7 @@ def test_an_edited_record_is_refused(store, record, edit):
     one_line(cli("sql", str(store), "SELECT count(*) FROM neurons"), "checksum differs")
 
 
+@pytest.mark.slow
 def test_raised_blocks_done_is_refused_on_resume(model_dirs, corpus_file, tmp_path):
     """An ingest killed after its third block; the state's blocks_done raised by hand would leave
     blocks of zeros behind a resume: it is refused."""
@@ -197,6 +201,7 @@ def test_raised_blocks_done_is_refused_on_resume(model_dirs, corpus_file, tmp_pa
     assert not (store / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_a_flipped_staged_token_id_is_refused_on_resume(model_dirs, corpus_file, tmp_path):
     store = tmp_path / "s"
     cmd = [ACTDB, "ingest", str(model_dirs("opt")), str(corpus_file), "-o", str(store), "--seq-len", "24",
@@ -214,6 +219,7 @@ def test_a_flipped_staged_token_id_is_refused_on_resume(model_dirs, corpus_file,
     assert r.returncode != 0 and f"{ids}: differs from the digest recorded in ingest-state.json" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_a_unit_marked_done_too_many_is_not_trusted(store, tmp_path):
     """A first index build killed after three units, its index/_state.json then marking a fourth
     done: the build does not trust the edited state (its checksum), starts over, and gives the
@@ -238,6 +244,7 @@ def test_a_unit_marked_done_too_many_is_not_trusted(store, tmp_path):
 
 # ---------------------------------------------------------------- one consistent store
 
+@pytest.mark.slow
 def test_a_handle_across_an_overwrite_says_so(store, model_dirs, corpus_file):
     st = actdb.open(store)
     first = st.masks(0)
@@ -248,6 +255,7 @@ def test_a_handle_across_an_overwrite_says_so(store, model_dirs, corpus_file):
     assert actdb.open(store).masks(0).shape != first.shape
 
 
+@pytest.mark.slow
 def test_a_long_lived_handle_follows_a_rebuild(store):
     """`actdb index --force` with other thresholds swaps a new index in: a handle opened before
     answers from the new one at its next statement (what a running server sees), never a mix."""
@@ -263,6 +271,7 @@ def test_a_long_lived_handle_follows_a_rebuild(store):
     assert st.generation == 1
 
 
+@pytest.mark.slow
 def test_a_running_server_picks_up_a_rebuild(store):
     """The explorer's pages (and their caches) follow a supported rebuild without a restart."""
     from starlette.testclient import TestClient

@@ -12,14 +12,15 @@ SHARED = {"actdb.errors", "actdb.settings", "actdb.grammar", "actdb.devices", "a
 ALLOWED = {
     "shared": set(),
     "store": set(),
-    "index": {"store"},
-    "query": {"store"},
+    "cofire": {"store"},                  # co-firing: counted from the masks
+    "index": {"store", "cofire"},         # the index keeps every neuron's top co-firing neighbours
+    "query": {"store", "cofire"},         # the handle and SQL ask one neuron against all
     "ingest": {"index", "store"},         # an ingest builds the index at its end
     "explore": {"query", "store"},        # what is shown about a store, layer, neuron, token: the facts
     "presentation": {"explore", "query", "store"},   # figures, report and card draw query results and facts
     # the explorer renders the facts; ingest only inside the probe, which loads the model lazily
     "serve": {"explore", "presentation", "query", "store", "ingest"},
-    "top": {"ingest", "index", "query", "explore", "presentation", "serve", "store"},   # actdb/__init__.py, cli.py
+    "top": {"ingest", "index", "query", "explore", "presentation", "serve", "store", "cofire"},   # actdb/__init__.py, cli.py
 }
 
 
@@ -124,7 +125,7 @@ def test_the_checker_finds_a_circle():
 
 
 def test_every_stage_is_a_subpackage():
-    for s in ("ingest", "store", "index", "query", "explore", "presentation", "serve"):
+    for s in ("ingest", "store", "index", "query", "explore", "presentation", "serve", "cofire"):
         assert (ROOT / s / "__init__.py").exists()
     flat = sorted(p.name for p in ROOT.glob("*.py"))
     assert flat == ["__init__.py", "_version.py", "cli.py", "cluster.py", "devices.py", "errors.py", "faults.py",

@@ -7,9 +7,10 @@ import actdb
 from actdb.devices import choose_device
 from actdb.ingest.models import load_config, load_model
 from actdb.ingest.offload import LayerStreamer
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["opt", "llama", "gpt2", "bert"])
 def test_offload_masks_equal_normal_mode(family, model_dirs, corpus_file, tmp_path):
     normal = run_ingest(model_dirs(family), corpus_file, tmp_path / "n", offload="off")
@@ -66,7 +67,7 @@ def _edited_copy(src, dst, **config_changes):
 def test_config_wider_than_the_weights_is_refused(offload, model_dirs, corpus_file, tmp_path):
     """ffn_dim 96 in config.json over fc1 weights 48 wide: refused before any forward, naming the
     tensor and both shapes (layer-by-layer mode once ran on 48 invented neurons and exited 0)."""
-    from test_cli_errors import ingest, one_error_line
+    from cli_runner import ingest, one_error_line
 
     mdir = _edited_copy(model_dirs("opt"), tmp_path / "m", ffn_dim=96)
     code, out = ingest(mdir, corpus_file, out=tmp_path / "s", extra=["--offload", offload])
@@ -82,7 +83,7 @@ def test_config_wider_than_the_weights_is_refused(offload, model_dirs, corpus_fi
 def test_config_deeper_than_the_weights_is_refused(offload, model_dirs, corpus_file, tmp_path):
     """num_hidden_layers 4 over weights of 3 layers: the fourth would be random (two ingests of one
     model recorded different masks), so it is refused in both modes, saying which layers are missing."""
-    from test_cli_errors import ingest, one_error_line
+    from cli_runner import ingest, one_error_line
 
     mdir = _edited_copy(model_dirs("opt"), tmp_path / "m", num_hidden_layers=4)
     code, out = ingest(mdir, corpus_file, out=tmp_path / "s", extra=["--offload", offload])

@@ -1,4 +1,4 @@
-"""Issue 18.4: a damaged index or token Parquet file is never answered from.
+"""A damaged index or token Parquet file is never answered from.
 
 DuckDB reads Parquet without checking page CRCs, so without actdb's own check a flipped byte
 changes answers with exit 0 (first test). Seeded random flips over every Parquet file of a
@@ -19,7 +19,7 @@ import actdb
 from actdb.cli import main
 from actdb.errors import StoreError
 from actdb.files import PARQUET_OPTIONS
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 FLIPS = 30   # every file once, the rest at random files
 
@@ -70,6 +70,7 @@ def test_page_checksums_are_written_and_duckdb_does_not_check_them(tmp_path):
     assert got != sum(range(50_000)), "if DuckDB now checks CRCs, actdb's sha256 check could be dropped"
 
 
+@pytest.mark.slow
 def test_flipped_byte_in_neuron_fires_names_the_file(store, tmp_path):
     """The issue's case, through the CLI: one line naming the file, exit non-zero, no number."""
     s = tmp_path / "s"
@@ -87,6 +88,7 @@ def test_flipped_byte_in_neuron_fires_names_the_file(store, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_seeded_random_flips_over_every_parquet_file(store, tmp_path):
     s = tmp_path / "s"
     shutil.copytree(store, s)
@@ -122,6 +124,7 @@ def test_seeded_random_flips_over_every_parquet_file(store, tmp_path):
     assert read <= set(named), sorted(str(f.relative_to(s)) for f in read - set(named))
 
 
+@pytest.mark.slow
 def test_unrecorded_parquet_file_beside_the_index_is_refused(store, tmp_path):
     """A file a view's glob would pick up (index/capture/*.parquet) that actdb did not record."""
     s = tmp_path / "s"
@@ -133,6 +136,7 @@ def test_unrecorded_parquet_file_beside_the_index_is_refused(store, tmp_path):
         actdb.open(s).sql("SELECT count(*) FROM massive_activations")
 
 
+@pytest.mark.slow
 def test_each_file_is_checked_once_per_handle(store, tmp_path, monkeypatch):
     """Lazy and cached: a query on `neurons` hashes only neuron_fires.parquet, and only once."""
     import actdb.store.parquet_guard as verify

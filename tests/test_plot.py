@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from actdb.cli import main
 from actdb.presentation.plot import FIGURES, render
 from actdb.presentation.report import write_report
-from test_index import known_store  # noqa: F401 (fixture: detectors, positional, projection, capture)
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -45,7 +44,7 @@ def test_coverage_histogram_counts_every_neuron_that_fires_after_bos(known_store
     pos = st.tokens().sort("row")["pos"].to_numpy()
     per_layer = {}
     for layer in st.manifest.layers:
-        per_layer[layer] = int(st.masks(layer)[pos > 0].any(axis=0).sum())   # BOS excluded (SPEC §1.3)
+        per_layer[layer] = int(st.masks(layer)[pos > 0].any(axis=0).sum())   # BOS excluded
     # stacked bars: one patch per (bin, layer); the layer's total is the sum over bins
     layers = sorted(per_layer)
     heights = np.array(bar_heights(fig)).reshape(-1, len(layers)).sum(axis=0)
@@ -61,6 +60,7 @@ def test_oscillatory_ranges_figure_draws_the_planted_ranges(known_store):
     assert "0:3" in labels and "1:3" in labels
 
 
+@pytest.mark.slow
 def test_plot_all_via_cli_writes_every_figure(known_store, tmp_path):
     r = CliRunner().invoke(main, ["plot", str(known_store.path), "all", "-o", str(tmp_path / "figs")])
     assert r.exit_code == 0, r.output
@@ -91,6 +91,7 @@ def store_without_capture(model_dirs, corpus_file, tmp_path_factory):
                       index=True, capture="none")
 
 
+@pytest.mark.slow
 def test_store_without_capture_skips_massive_figures(store_without_capture, tmp_path):
     r = CliRunner().invoke(main, ["plot", str(store_without_capture.path), "all", "-o", str(tmp_path)])
     assert r.exit_code == 0, r.output
@@ -101,6 +102,7 @@ def test_store_without_capture_skips_massive_figures(store_without_capture, tmp_
     assert r.exit_code == 1 and "cannot draw" in r.output
 
 
+@pytest.mark.slow
 def test_report_numbers_figures_and_answers(known_store, tmp_path):
     path = write_report([known_store], tmp_path / "rep", title="t", notes=["a note"], progress=False)
     text = path.read_text()

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from actdb.ingest.corpus import SpecialTokens, read_documents, sequences
 from actdb.errors import InputError
 from actdb.store.bits import unpack
-from test_units import pack_in_batches
+from pack_batches import pack_in_batches
 
 PROPS = settings(max_examples=60, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -32,6 +32,7 @@ def huge(text: str) -> str:
     return (text or "x") * (1_000_000 // max(len(text), 1) + 1)  # >= 1 MB
 
 
+@pytest.mark.slow
 @PROPS
 @given(docs=st.lists(st.tuples(texts, st.booleans()), min_size=1, max_size=8), fmt=st.sampled_from(["jsonl", "parquet"]))
 def test_jsonl_and_parquet_round_trip(docs, fmt, tmp_path):
@@ -123,6 +124,7 @@ def test_packing_round_trip_any_batches(data, d, block, sizes, n_layers):
     assert not np.unpackbits(stream[..., -1:], axis=-1, bitorder="little")[..., rows - 8 * (stream.shape[-1] - 1):].any()
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(seq_len=st.sampled_from([5, 7, 13, 19]), batch=st.integers(1, 7), block=st.sampled_from([8, 24, 40]),
        mode=st.sampled_from(["packed", "document"]), n_docs=st.integers(1, 9))
@@ -130,7 +132,7 @@ def test_ingest_equals_reference_for_odd_shapes(seq_len, batch, block, mode, n_d
     """A whole ingest (row counts not multiples of 8, blocks that split batches) equals the
     plain forward of tests/reference.py."""
     from reference import reference_masks
-    from test_ingest_masks import assert_same, run_ingest
+    from stores import assert_same, run_ingest
     from tiny import make_corpus
 
     tmp = tmp_path_factory.mktemp("odd")

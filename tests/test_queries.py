@@ -9,7 +9,6 @@ and review the diff of tests/answers/ before committing it.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -21,12 +20,11 @@ import numpy as np
 import refs_projection_massive
 from actdb.query.across import folder_name, model_name
 from actdb.query.catalogue import saved_queries
-from test_index import gram_ids, known_ref, known_store, real_ref, real_store  # noqa: F401 (fixtures)
+from views_reference import UNI_BINS, same
 
 ANSWERS = Path(__file__).parent / "answers"
 NAMES = [q.name for q in saved_queries()]
 ACROSS = {q.name for q in saved_queries() if q.across}   # over several stores: stored answers on across_stores
-UNI_BINS = [(1, 5), (6, 10), (11, 20), (21, 50), (51, 200), (201, 1000), (1001, 2000), (2001, 50000)]
 BI_BINS = [(1, 50), (51, 100), (101, 200), (201, 500), (501, 1000), (1001, 2000), (2001, 5000), (5001, 1000000)]
 TRI_BINS = [(1, 50), (51, 100), (101, 200), (201, 500), (501, 1000), (1001, 5000), (5001, 20000), (20001, 3000000)]
 
@@ -137,24 +135,6 @@ def comparable(df, name) -> list[tuple]:
     drop = {"bin"}  # labels; bounds are compared
     cols = [c for c in df.columns if c not in drop]
     return [tuple(r) for r in df.select(cols).rows()]
-
-
-def same(a: list[tuple], b: list[tuple]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if len(x) != len(y):
-            return False
-        for u, v in zip(x, y):
-            if isinstance(u, list) and isinstance(v, list):
-                if not same([tuple(u)], [tuple(v)]):
-                    return False
-            elif isinstance(u, float) or isinstance(v, float):
-                if not math.isclose(u, v, rel_tol=1e-9, abs_tol=1e-12):
-                    return False
-            elif u != v:
-                return False
-    return True
 
 
 @pytest.mark.parametrize("which", ["known", "real"])

@@ -1,7 +1,7 @@
-"""Ingest and index on Ray (SPEC §5): a store made on a local 3-worker CPU cluster is byte-identical
+"""Ingest and index on Ray: a store made on a local 3-worker CPU cluster is byte-identical
 to one made by a single process, through a worker killed mid-block, a killed driver resumed with and
 without Ray, and a worker failing for good stops in one line with nothing marked complete. Every
-store here has three fire rules (SPEC §1.8): the sign, a top:Q rule (its thresholds fixed by block 0,
+store here has three fire rules: the sign, a top:Q rule (its thresholds fixed by block 0,
 then handed to the workers, or read back from the ingest state on --resume) and an abs>T rule."""
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from actdb.ingest.ray_ingest import PAUSE_ENV, check_store_visible
 from actdb.settings import IngestSettings, RaySettings
 from actdb.store.layout import rule_slug
 from tiny import make_corpus
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 RULES = ("sign", "top:0.9", "abs>0.05")

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,10 @@ import actdb
 from actdb.cli import main
 from actdb.files import temporary_of
 from crash import run_to_fault, traced_points
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 from tiny import make_corpus
+
+pytestmark = pytest.mark.slow   # real processes killed and resumed
 
 ACTDB = str(Path(sys.executable).with_name("actdb"))
 ARGS = ["--seq-len", "24", "--batch-size", "8", "--block-tokens", "256", "--no-progress", "--no-index"]
@@ -45,33 +46,45 @@ def big(model_dirs, tmp_path_factory):
 
 class Reader(threading.Thread):
     """Opens the store over and over while an ingest runs: it must see 'not finished' (or no
-    store yet) until the manifest is written, then the complete store, never a torn one."""
+    store yet) until the manifest is written, then the complete store, never a torn one. How
+    many opens land during the run is up to the scheduler; two are not: one when it starts
+    (before the ingest: refused) and one when it finishes (after it: the complete store)."""
 
     def __init__(self, store: Path, ref) -> None:
         super().__init__()
         self.store, self.ref = store, ref
         self.stop, self.opened, self.errors, self.attempts = threading.Event(), 0, [], 0
 
+    def start(self) -> None:
+        self.attempt()
+        super().start()
+
     def run(self) -> None:
-        while not self.stop.wait(0.01):  # ~100 opens a second, without starving the ingest
-            self.attempts += 1
+        while True:
+            finishing = self.stop.wait(0.01)  # ~100 opens a second, without starving the ingest
+            self.attempt()
+            if finishing:
+                return
+
+    def attempt(self) -> None:
+        self.attempts += 1
+        try:
+            st = actdb.open(self.store)
+        except actdb.StoreError as e:
+            if not any(s in str(e) for s in ("not finished", "no such store", "not an actdb store")):
+                self.errors.append(str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - anything else is a torn read
+            self.errors.append(f"{type(e).__name__}: {e}")
+            return
+        if not self.opened:  # the first complete view is checked in full
             try:
-                st = actdb.open(self.store)
-            except actdb.StoreError as e:
-                if not any(s in str(e) for s in ("not finished", "no such store", "not an actdb store")):
-                    self.errors.append(str(e))
-                continue
-            except Exception as e:  # noqa: BLE001 - anything else is a torn read
-                self.errors.append(f"{type(e).__name__}: {e}")
-                continue
-            if not self.opened:  # the first complete view is checked in full
-                try:
-                    assert st.tokens().equals(self.ref.tokens())
-                    for layer in self.ref.manifest.layers:
-                        assert np.array_equal(st.masks(layer), self.ref.masks(layer))
-                except Exception as e:  # noqa: BLE001
-                    self.errors.append(f"complete store differs: {type(e).__name__}: {e}")
-            self.opened += 1
+                assert st.tokens().equals(self.ref.tokens())
+                for layer in self.ref.manifest.layers:
+                    assert np.array_equal(st.masks(layer), self.ref.masks(layer))
+            except Exception as e:  # noqa: BLE001
+                self.errors.append(f"complete store differs: {type(e).__name__}: {e}")
+        self.opened += 1
 
     def finish(self) -> None:
         self.stop.set()
@@ -111,7 +124,6 @@ def test_sigkill_then_resume_equals_uninterrupted(seed, phase, model_dirs, big, 
     resumed = subprocess.run([ACTDB, "ingest", str(mdir), str(corpus), "-o", str(store), *ARGS, "--resume"],
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    time.sleep(0.2)
     reader.finish()
     assert reader.opened > 0 and reader.attempts > reader.opened
     if done > 0:

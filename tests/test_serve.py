@@ -15,7 +15,6 @@ from starlette.testclient import TestClient
 from actdb.serve.app import create_app, store_names
 from actdb.settings import ServeSettings
 from serve_stores import HOSTILE, corpus_texts
-from test_index import known_store  # noqa: F401 (fixture)
 
 SETTINGS = ServeSettings(probe=True, timeout=2.0, max_rows=50, contexts=4, page_size=5)
 BASE = "http://127.0.0.1"   # a loopback Host header: the server answers no other name
@@ -312,6 +311,7 @@ def test_console_reads_only_the_store_and_cuts_off(served):
 LONG = "SELECT count(*) FROM range(1000000000000) a WHERE hash(a.range) = 42"
 
 
+@pytest.mark.slow
 def test_pages_answer_while_a_long_query_runs(known_store):
     """A console query runs in a worker thread on its own database: the other pages answer
     meanwhile (each request runs in its own thread with its own DuckDB cursor)."""
@@ -380,6 +380,7 @@ def test_probe_fires_as_the_store_recorded(served, probe_store):
     assert "layer 9: not recorded" in api(c, f"/s/{p}/probe?text=a&layer=9", 404)["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_serve_command_prints_its_url_and_warns_off_loopback(known_store, host):
     import json

@@ -16,7 +16,8 @@ import pytest
 
 from actdb.serve.app import store_names
 from serve_stores import HOSTILE, corpus_texts
-from test_index import known_store  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / ".screenshots"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import actdb
 from actdb.cli import main
 from actdb.index.build import build_index
-from test_index import make_known
+from stores import make_known
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Issue 18.1-18.2: `--overwrite` deletes only what actdb wrote, and one writer per store.
+"""`--overwrite` deletes only what actdb wrote, and one writer per store.
 
 Every refusal is checked with decoy files compared byte for byte afterwards; the lock is
 tested with real processes (a helper holding it, a slowed ingest, a SIGKILLed holder)."""
@@ -90,6 +90,7 @@ def test_foreign_state_file_is_not_a_store(tmp_path):
         check_target(d)
 
 
+@pytest.mark.slow
 def test_user_files_inside_a_store_are_kept_and_named(model_dirs, corpus_file, store, tmp_path):
     """STORE/my-figures/notes.txt: --overwrite refuses with one line naming it and deletes
     nothing; once it is moved out, --overwrite replaces the store."""
@@ -144,6 +145,7 @@ def test_interrupted_removal_is_still_a_store(store, tmp_path, monkeypatch):
     assert list(s.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_dot_in_a_folder_with_files_refuses_and_deletes_nothing(model_dirs, corpus_file, tmp_path):
     """`actdb ingest -o . --overwrite` in a folder that is not a store, run as a real process
     from that folder: one line, exit non-zero, every file as it was."""
@@ -160,6 +162,7 @@ def test_dot_in_a_folder_with_files_refuses_and_deletes_nothing(model_dirs, corp
     assert snapshot(home) == before
 
 
+@pytest.mark.slow
 def test_dot_in_an_empty_folder_and_other_spellings_are_one_store(model_dirs, corpus_file, tmp_path, monkeypatch):
     """`-o .` in an empty folder makes the store there; `./s/`, `s/../s` and a symlink to it
     name the same store and behave the same (refuse without flags, replace with --overwrite);
@@ -221,6 +224,7 @@ def test_lock_in_process_is_reentrant_and_removed(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_second_writer_fails_at_once_naming_the_holder(model_dirs, corpus_file, store, tmp_path):
     """While another process holds the lock: ingest --overwrite, ingest --resume and
     index --force each fail at once with one line naming the store and the holder's PID,
@@ -264,6 +268,7 @@ PAUSED_INGEST = ("import os, sys, time\n"
                  "main()\n")
 
 
+@pytest.mark.slow
 def test_two_real_ingests_into_one_store(model_dirs, tmp_path):
     """A second ingest started while a first one runs (paused before its first mask block
     while a file exists) fails at once naming the first's PID, with or without --overwrite;

@@ -18,8 +18,8 @@ from actdb.query.catalogue import Recorded, saved_queries
 from actdb.settings import IndexSettings
 from actdb.store.index_info import read_index_info
 from refs_projection_massive import DECOY_DIM, _massive, plant
-from test_index import Ref, make_known
-from test_queries import UNI_BINS, same
+from stores import make_known
+from views_reference import UNI_BINS, Ref, same
 
 # every threshold off the paper's value, each changing some answer of the hand-built store
 ODD = dict(p_cov=0.9, tok_max_cov=1, tri_max_cov=20, p_token=0.9, p_share=0.9, mi_min=0.1, min_switches=2,

@@ -10,31 +10,11 @@ import torch
 
 from actdb.ingest.corpus import SpecialTokens, read_documents, sequences
 from actdb.errors import InputError, StoreError
-from actdb.store.manifest import FORMAT_VERSION, CorpusFile, Manifest
-from actdb.ingest.packing import BlockAssembler, RowPacker, pack_rows
+from actdb.store.manifest import CorpusFile, Manifest
+from actdb.ingest.packing import pack_rows
 from actdb.store.bits import unpack
-
-
-def pack_in_batches(truth: np.ndarray, sizes, skip: int, block: int) -> dict[int, np.ndarray]:
-    """truth bool [layers, rows, d] fed as row batches of `sizes` through RowPacker and
-    BlockAssembler, as ingest does (skipping the first `skip` rows) -> {block: bytes}."""
-    n_layers, _, d = truth.shape
-    packers = [RowPacker(skip) for _ in range(n_layers)]
-    asm = BlockAssembler(n_layers, d, block // 8, first_block=skip // block)
-    blocks = {}
-    pos = 0
-    for n in sizes:
-        parts = [p.push(torch.from_numpy(truth[i, pos:pos + n])) for i, p in enumerate(packers)]
-        pos += n
-        if parts[0] is not None:
-            blocks.update(asm.push(torch.stack(parts).numpy()))
-    tail = [p.finish(d, torch.device("cpu")) for p in packers]
-    if tail[0] is not None:
-        blocks.update(asm.push(torch.stack(tail).numpy()))
-    last = asm.finish()
-    if last:
-        blocks[last[0]] = last[1]
-    return blocks
+from pack_batches import pack_in_batches
+from records import manifest
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -110,16 +90,6 @@ def test_readers_jsonl_text_parquet(tmp_path):
     pq.write_table(pa.table({"body": ["p"]}), tmp_path / "d.parquet")
     with pytest.raises(InputError, match="expected a 'text' column"):
         list(read_documents([tmp_path / "d.parquet"]))
-
-
-def manifest(**kw) -> Manifest:
-    base = dict(format_version=FORMAT_VERSION, actdb_version="0", model="m", model_revision=None,
-                weights_sha256="ab", architecture="opt", model_class="OPTForCausalLM", family="opt",
-                fire_rule="r", n_layers=2, layers=(0, 1), d_ffn=8, d_model=4, vocab_size=10,
-                dtype="float32", seq_len=16, mode="packed", prefix_tokens=(2,), suffix_tokens=(),
-                separator_token=2, corpus=(CorpusFile("c.jsonl", "ff", 3),), max_tokens=None,
-                n_tokens=100, n_sequences=7, n_docs=3, block_tokens=64, neuron_chunk=8, codec="zstd")
-    return Manifest(**{**base, **kw})
 
 
 def test_manifest_round_trip_and_validation():

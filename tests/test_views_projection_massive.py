@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 import actdb
 from actdb.index.build import build_index
 from actdb.store.synthetic import write_store
-from test_capture import planted_model
-from test_ingest_masks import run_ingest
+from stores import run_ingest
+from tiny import planted_model
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,7 @@ def test_planted_detector_suppresses_its_trigger(tmp_path):
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_massive_activation_view_finds_the_planted_one(model_dirs, corpus_file, tmp_path):
     mdir = planted_model(model_dirs("llama"), tmp_path / "planted")
     st = run_ingest(mdir, corpus_file, tmp_path / "s", index=True)

@@ -1,4 +1,4 @@
-"""Issue 13.3: `pip install .` (not editable) gives a working actdb: the wheel carries every
+"""`pip install .` (not editable) gives a working actdb: the wheel carries every
 saved query, and an installed copy runs `actdb query`, `actdb plot` and `actdb report` from
 outside the checkout."""
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from actdb.index.build import build_index
-from test_index import make_known
+from stores import make_known
+
+pytestmark = pytest.mark.slow   # builds a wheel and installs it into a fresh venv
 
 ROOT = Path(__file__).resolve().parent.parent
 

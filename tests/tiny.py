@@ -93,3 +93,17 @@ def make_corpus(path: Path, n_docs: int = 40, seed: int = 0, min_words: int = 3,
             text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words)))
             f.write(json.dumps({"text": text, "domain": DOMAINS[i % len(DOMAINS)], "id": f"d{i}"}) + "\n")
     return Path(path)
+
+
+def planted_model(src, dst, dim=5, value=3000.0):
+    """Copy a tiny LLaMA and plant a huge value in one dimension of the BOS embedding."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(src, dst)
+    model = AutoModelForCausalLM.from_pretrained(dst)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[2, dim] = value   # id 2 is <s>, the BOS token
+    model.save_pretrained(dst)
+    return dst

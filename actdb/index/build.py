@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import shutil
 import sys
 import threading
@@ -68,11 +67,12 @@ from ..grammar import parse_layer_list
 from ..settings import IndexSettings, RaySettings
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
 from ..store.record import parse_json, read_text, seal, unseal
-from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_OLD_DIR, INDEX_PARTS,
+from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_NEIGHBOURS, INDEX_OLD_DIR, INDEX_PARTS,
                             INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE,
                             rule_dir)
 from ..store.writer import refuse_foreign_files
-from .count import chunk_size, count_unit, resolve_device
+from ..devices import device_name as resolve_device, resolve_workers
+from .count import chunk_size, count_unit
 from .reduce import EMPTY_SCHEMAS, NGRAMS, TABLES, unit_tables
 from .tokens import TokenArrays
 
@@ -191,7 +191,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     config = IndexConfig(version=INDEX_VERSION, layers=tuple(m.layers), ngram_layers=ngram_layers, vocab_base=base,
                          ngram_pad=pad, n_tokens=m.n_tokens, seq_len=m.seq_len, weights_sha256=m.weights_sha256,
                          prefix=bool(m.prefix_tokens), top_k=s.top_k, store=m.identity, rule=st.rule,
-                         **s.thresholds())
+                         neighbours=s.neighbours, **s.thresholds())
     config_json = _as_json(config)
     try:
         info = read_index_info(rule_base)
@@ -269,6 +269,12 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         if projection is not None:
             projection.result()
             files[INDEX_PROJECTION_FILE] = file_digest(root / INDEX_PROJECTION_FILE)
+    if s.neighbours:   # co-firing (actdb/cofire): its own pass over every mask
+        from ..cofire import build_neighbours
+
+        out = build_neighbours(st, root / f"{INDEX_NEIGHBOURS}.parquet", s.neighbours, root / INDEX_TMP, device,
+                               s.memory_mb, n_workers, progress=s.progress)
+        files[out.name] = file_digest(out)
     shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)
     shutil.rmtree(root / INDEX_TMP, ignore_errors=True)
     state_p.unlink(missing_ok=True)
@@ -317,18 +323,6 @@ def _swap_in(live: Path, new: Path) -> None:
         new.rename(live)
         new = old
     shutil.rmtree(new)   # the old index, now out of the way
-
-
-def resolve_workers(workers: int) -> int:
-    """0 -> the cores this process may use; otherwise the number given (at least 1)."""
-    if workers < 0:
-        raise InputError(f"workers: expected 0 (one per core) or a positive number, got {workers}")
-    if workers:
-        return workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:   # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _run_units(run, units: list, n_workers: int, finished) -> None:

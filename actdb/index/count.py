@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import compiled as _compiled
-from ..devices import choose_device
 from ..store.bits import unpack
 from .tokens import TokenArrays
 
@@ -42,11 +41,6 @@ def chunk_size(width: int, d_ffn: int, store_chunk: int, memory_mb: float, cap: 
     if ch >= store_chunk:            # whole Zarr chunks: each is decompressed once per unit
         ch -= ch % store_chunk
     return ch
-
-
-def resolve_device(setting: str) -> str:
-    """--device of the index -> a torch device name; "cpu" needs no torch here."""
-    return setting if setting == "cpu" else str(choose_device(setting))
 
 
 def count_unit(arr, tok: TokenArrays, n0: int, n1: int, ngram: bool, block: int, device: str = "cpu",

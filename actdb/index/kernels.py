@@ -1,4 +1,4 @@
-"""Compiled (numba) kernels of the index on CPU (issue 16.2), loaded by actdb.jit.compiled;
+"""Compiled (numba) kernels of the index on CPU, loaded by actdb.jit.compiled;
 ACTDB_INDEX_JIT=0 keeps the numpy and torch paths, the references these are tested against
 (tests/test_index_kernels.py), and the results are the same integers, cell for cell.
 

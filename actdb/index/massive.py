@@ -1,4 +1,4 @@
-"""Massive activations (Sun et al. 2024, SPEC §1.7): the magnitude capture of ingest
+"""Massive activations (Sun et al. 2024; docs/definitions.md): the magnitude capture of ingest
 (capture.py, Zarr under STORE/capture/) flattened into Parquet for SQL, block by block.
 
 index/capture/part-BBBBBB.parquet: kind ('resid' | 'ffn'), row, layer, rank (1 = largest |h|),

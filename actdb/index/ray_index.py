@@ -1,4 +1,4 @@
-"""The index's (layer, neuron chunk) units as Ray tasks (SPEC §5, `actdb index --ray`).
+"""The index's (layer, neuron chunk) units as Ray tasks (`actdb index --ray`, docs/scale-out.md).
 
 Each task counts one unit over all tokens and writes its parts under the index folder of the
 shared store (build.build_unit, the same function the threads of a local build run); the driver

@@ -126,7 +126,7 @@ def switches(fr: np.ndarray, eps: float) -> np.ndarray:
 
 
 def positional_mi(fires_full: np.ndarray, n_full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """fires_full [neurons, T], n_full [T] -> (mi [neurons], fr_pos [neurons, T]) per SPEC §1.6."""
+    """fires_full [neurons, T], n_full [T] -> (mi [neurons], fr_pos [neurons, T]) (docs/definitions.md, positional neurons)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         frp = fires_full / n_full[None, :]
         fr = fires_full.sum(axis=1) / n_full.sum()

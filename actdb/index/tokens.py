@@ -1,4 +1,4 @@
-"""Step 1 of the index: token arrays, n-gram ids and their distinct counts (SPEC §1.3).
+"""Step 1 of the index: token arrays, n-gram ids and their distinct counts (docs/definitions.md).
 
 An n-gram id is the base-B number of its slots, first to last, B = `base` = vocabulary + 1:
 token ids are digits 0..B-2 and B-1 is PAD, the slot before the start of a sequence."""
@@ -40,7 +40,7 @@ class TokenArrays:
             raise StoreError(f"{st.path}: expected a vocabulary under {2**21 - 1:,} tokens for int64 trigram ids, "
                              f"got {base - 1:,}")
         self.T, self.base, self.first = T, base, 1 if m.prefix_tokens else 0
-        # pass 1: domains, full-length sequences (SPEC §1.6), distinct n-grams with their counts
+        # pass 1: domains, full-length sequences (positional statistics), distinct n-grams with their counts
         domains: set[str] = set()
         full_seqs = []
         uniq = {name: DistinctCounter() for name in ("token", "bigram", "trigram")}
@@ -109,7 +109,7 @@ class TokenArrays:
     def _parts(self):
         """(table, pos, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens
         carry over part boundaries. A slot before the sequence start (pos - j < 0) is the PAD digit,
-        so every n counts the same rows: all but the BOS position (SPEC §1.3)."""
+        so every n counts the same rows: all but the BOS position (docs/definitions.md)."""
         prev = np.array([-1, -1], np.int64)
         base, first = self.base, self.first
         pad = base - 1

@@ -1,4 +1,4 @@
-"""The vocabulary projection table of the index (Voita et al. §4.4, SPEC §1.5): the top and
+"""The vocabulary projection table of the index (Voita et al. §4.4; docs/definitions.md): the top and
 bottom K_MAX tokens of every neuron; any other (neuron, token) score comes from the
 `proj_score` SQL function (actdb.query), computed on demand."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Ingest: corpus readers, model loading, adapters, offload, hooks and packing, magnitude capture,
-the forward loop and the pipeline that orders the steps (pipeline.py). torch is imported only
-when an ingest runs."""
+"""Ingest: corpus readers, model loading, adapters, offload, the fire rules and their hooks
+(hooks.py), packing, magnitude capture, the forward loop (forward.py) and the pipeline that orders
+the steps (pipeline.py). torch is imported only when an ingest runs."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -1,8 +1,9 @@
 """One adapter per architecture family: a small table of module paths in the native
 `transformers` model (no conversion). Paths are relative to `model.base_model`.
 
-"Fired" (SPEC §1.1) is read at the output of the activation module, which every family
-calls exactly once per layer on the FFN's first projection:
+The sign rule reads the output of the activation module, which every family calls exactly once
+per layer on the FFN's first projection, the magnitude rules the input of the output projection
+(hooks.py, which hooks these paths):
   ReLU (OPT): relu(fc1(x)) > 0;  GELU (GPT-2, BERT, NeoX): act(fc(x)) > 0;
   gated (LLaMA family): act_fn(gate_proj(x)) > 0, never the gate*up product.
 """

@@ -1,5 +1,5 @@
-"""Magnitude capture at ingest, for massive activations (Sun et al. 2024, SPEC §1.7), and the
-weights that vocabulary projection needs (SPEC §1.5), so no model is needed at query time.
+"""Magnitude capture at ingest, for massive activations (Sun et al. 2024; docs/definitions.md), and the
+weights that vocabulary projection needs (docs/definitions.md), so no model is needed at query time.
 
 For every token row and recorded layer, of the residual stream (the block's output
 hidden state) and of the FFN hidden values (the activation output):

@@ -1,6 +1,6 @@
 """Compiled (numba) kernels of the ingest hooks on CPU, one call each where torch made several
 small parallel ops (each an OpenMP fork and join; under load or beside the writer thread those
-cost more than the work: benchmarks/RESULTS.md, issue 16.4). Loaded by packing.compiled().
+cost more than the work: benchmarks/RESULTS.md, "the encoder's second pass"). Loaded by packing.compiled().
 
 pack_bytes: fire bits packed 8 rows to a byte, bit for bit those of packing.pack_rows.
 row_topk (capture.magnitude_stats): |h| and the top-k by |h| of each token row in one pass.

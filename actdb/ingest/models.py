@@ -86,7 +86,7 @@ def choose_dtype(setting: str, config, device: torch.device) -> torch.dtype:
     if setting != "auto":
         return getattr(torch, setting)
     # transformers 5 reads a config.json's legacy "torch_dtype" into .dtype; reading the old
-    # attribute only prints "`torch_dtype` is deprecated" (issue 13)
+    # attribute only prints "`torch_dtype` is deprecated"
     dt = getattr(config, "dtype", None)
     if isinstance(dt, str):
         dt = getattr(torch, dt, None)

@@ -4,31 +4,28 @@ Phase 1 (tokenize): the corpus is read and tokenized once into sequences; token 
 sequence offsets go to `_staging/` (flat files, so memory does not grow with the corpus),
 the token, document and vocabulary tables to Parquet. Bad input stops here, before any
 model time is spent.
-Phase 2 (forward): batches of whole sequences, fixed by sequence index (so a resumed run
-sees exactly the batches of an uninterrupted one), go through the model; a hook on each
-recorded layer's activation packs `act > 0` on the model's device (the sign rule), a hook on
-the input of its output projection derives every magnitude rule's mask from h in the same
-forward (ingest/rules.py); a writer thread compresses and writes each completed block of every
-rule and commits it, while the next batches run.
+Phase 2 (forward, forward.py): batches of whole sequences, fixed by sequence index (so a resumed
+run sees exactly the batches of an uninterrupted one), go through the model; hooks on each recorded
+layer (hooks.py) compute every fire rule's mask in the same forward, packed on the model's device;
+a writer thread compresses and writes each completed block of every rule and commits it, while
+the next batches run.
 """
 from __future__ import annotations
 
 import dataclasses
-import queue
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._version import __version__
 from .adapters import adapter_for, get_module
-from .capture import CaptureWriter, RowAccumulator, magnitude_stats, save_projection
-from .rules import MagnitudeRule, definition, magnitude_rules, top_thresholds, unfixed_top_rules
+from .capture import CaptureWriter, save_projection
+from .forward import ForwardLoop
+from .hooks import fire_tests, unfixed_rules
 from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
@@ -36,17 +33,16 @@ from ..files import file_digest, remove_temporaries
 from ..store.manifest import FORMAT_VERSION, CorpusFile, FireRuleRecord, Manifest
 from .models import (check_seq_len, choose_dtype, load_config, load_model, load_tokenizer,
                      resolve_model_dir, should_offload, weights_sha256)
-from .packing import BlockAssembler, RowPacker
 from ..settings import IngestSettings, RaySettings
 from ..devices import choose_device
 from ..grammar import parse_fire_rule, parse_layer_list
 from ..store.ingest_state import IngestState
-from ..store.layout import (CAPTURE_DIR, CAPTURE_KINDS as KINDS, DOCS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR,
+from ..store.layout import (CAPTURE_KINDS as KINDS, DOCS_FILE, LOCK_FILE, MANIFEST_FILE, MASKS_DIR,
                             PENDING_CHECKSUMS, PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STAGING_IDS,
                             STAGING_OFFSETS, STATE_FILE, VOCAB_FILE, rule_dir, token_parts)
 from ..store.lock import writer_lock
-from ..store.writer import (MaskWriter, block_chunk_files, check_target, codec_name,
-                    pending_checksums, read_state, record_checksums, remove_store, seal_checksums, write_state)
+from ..store.writer import (MaskWriter, check_target, codec_name, pending_checksums, read_state, record_checksums,
+                            remove_store, seal_checksums, write_state)
 from .tables import write_token_tables
 
 
@@ -83,10 +79,6 @@ class IngestSummary:
             f"masks      {self.mask_bytes / 1e6:,.2f} MB on disk, {8 * self.mask_bytes / max(bits, 1):.3f} bits per "
             f"(token, neuron)",
         ] + [f"worker     {w}" for w in self.workers]
-
-
-class StopForward(Exception):
-    """Raised after the last recorded layer: the rest of the network is not needed."""
 
 
 def block_tokens_for(s: IngestSettings, n_layers: int, d_ffn: int) -> int:
@@ -292,9 +284,9 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
         save_projection(root, lm.model, lm, layers, lm.streamer)
     record_checksums(root, "projection", [root / PROJECTION_FILE])
     first_rows = min(s.block_tokens, n_tokens)
-    # thresholds are committed with block 0, so blocks done without them is a damaged state: a
-    # resume would fix them from a later block, and the masks would mix two thresholds
-    unfixed = unfixed_top_rules(rules, state.thresholds)
+    # calibrated thresholds (top:Q) are committed with block 0, so blocks done without them is a damaged
+    # state: a resume would fix them from a later block, and the masks would mix two thresholds
+    unfixed = unfixed_rules(rules, state.thresholds)
     if unfixed and state.blocks_done:
         raise StoreError(f"{root / STATE_FILE}: {state.blocks_done} blocks done but no thresholds for "
                          f"{', '.join(unfixed)}; start the ingest again with --overwrite")
@@ -303,17 +295,16 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     if ray.on:
         from .ray_ingest import forward_on_ray
 
-        # top:Q thresholds: block 0 is forwarded first and the others under its thresholds
+        # calibrated thresholds: block 0 is forwarded first and the others under its thresholds
         fwd_seconds, startup, shares, thresholds = forward_on_ray(
-            root, model_dir, s, ray, state, (writer, captures), n_tokens, identity["dtype"], _forward_all,
-            commit_files)
-        mags = magnitude_rules(rules, len(layers), d_ffn, first_rows, thresholds)
+            root, model_dir, s, ray, state, (writer, captures), n_tokens, identity["dtype"])
+        tests = fire_tests(rules, len(layers), d_ffn, first_rows, thresholds)
     else:
-        mags = magnitude_rules(rules, len(layers), d_ffn, first_rows, state.thresholds)
-        fwd_seconds = _forward_all(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
-                                   n_tokens, rules, mags)
-    records = tuple(FireRuleRecord(r.name, definition(r, adapter, first_rows, manifest.fire_rule),
-                                   tuple(mags[r.name].values) if r.name in mags else ()) for r in rules)
+        tests = fire_tests(rules, len(layers), d_ffn, first_rows, state.thresholds)
+        fwd_seconds = ForwardLoop(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
+                                  n_tokens, tests).run()
+    records = tuple(FireRuleRecord(t.name, t.definition(adapter, first_rows, manifest.fire_rule), t.thresholds())
+                    for t in tests)
     manifest = dataclasses.replace(manifest, fire_rules=records, checksums_sha256=seal_checksums(root))
     manifest.write(root)  # the store is complete from here on
     (root / STATE_FILE).unlink()
@@ -328,7 +319,7 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
 
         t_index = time.perf_counter()
         try:
-            # counted where the forward ran: on a GPU the index keeps pace with it (SPEC §4)
+            # counted where the forward ran: on a GPU the index keeps pace with it
             on = str(device) if str(device).startswith("cuda") else "cpu"
             build_index(root, progress=s.progress, ray=ray, device=on)
         except ActdbError as e:
@@ -339,203 +330,3 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
                          fwd_seconds, mask_bytes, offload, start_row, index_seconds,
                          s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None, shares, startup)
 
-
-def write_block(writers: tuple, index: int, masks: dict[str, np.ndarray], stats: dict) -> None:
-    """Write block `index`'s chunk files: each rule's masks [layers, d_ffn, bytes] and capture rows."""
-    for rule, w in writers[0].items():
-        w.write_block(index, masks[rule])
-    writers[1].write_block(index, stats)
-
-
-def commit_files(root: Path, writers: tuple, index: int) -> None:
-    """Record the checksums of block `index`'s files (every rule's), before the block is marked done."""
-    files = [f for w in writers[0].values() for f in w.block_files(index)]
-    record_checksums(root, f"block-{index:06d}", files +
-                     block_chunk_files(root / CAPTURE_DIR, writers[1].arrays, index))
-
-
-class _Writer(threading.Thread):
-    """Writes and commits blocks in order while the forward passes go on (with state None, only
-    writes them: a Ray worker's, which its driver commits)."""
-
-    def __init__(self, root: Path, writers: tuple, state: IngestState | None) -> None:
-        super().__init__(daemon=True)
-        self.root, self.writers, self.state = root, writers, state
-        self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue
-            index, masks, stats, thresholds = item
-            try:
-                write_block(self.writers, index, masks, stats)
-                if self.state is None:   # a Ray worker's blocks: the driver commits them
-                    continue
-                commit_files(self.root, self.writers, index)
-                # top:Q thresholds are fixed once block 0 is: they are committed with it
-                self.state = self.state.replace(blocks_done=index + 1, thresholds=thresholds)
-                write_state(self.root, self.state)
-            except BaseException as e:  # reported by the main thread
-                self.error = e
-
-    def put(self, item) -> None:
-        self._check()
-        self.q.put(item)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.join()
-        self._check()
-
-    def _check(self) -> None:
-        if self.error is not None:
-            e = self.error
-            if isinstance(e, OSError):
-                raise StoreError(f"{self.root}: writing masks failed ({e.strerror or e}); "
-                                 f"the store can be resumed with --resume") from None
-            raise e
-
-
-def _forward_all(root: Path, lm, layers, d_ffn, s: IngestSettings, state, writers: tuple,
-                 tokenizer, start_row: int, n_tokens: int, rules: list, mags: dict[str, MagnitudeRule],
-                 stop_row: int | None = None) -> float:
-    """Forward rows start_row.. (a block boundary) and write every rule's masks of their blocks
-    (mags: the magnitude rules among them, magnitude_rules), committing each block unless state
-    is None; stop_row (a block boundary, or n_tokens): the blocks before it only, from the same
-    batches as a whole run (a Ray worker's block). A top:Q rule in mags not yet fixed is fixed by
-    block 0, which must then be among the blocks forwarded."""
-    from tqdm import tqdm
-
-    staging = root / STAGING
-    token_ids = np.memmap(staging / STAGING_IDS, dtype=np.int32, mode="r")
-    offsets = np.fromfile(staging / STAGING_OFFSETS, dtype=np.int64)
-    n_seqs = len(offsets) - 1
-    B = s.batch_size
-    stop_row = n_tokens if stop_row is None else stop_row
-    n_batches = int(np.searchsorted(offsets, stop_row - 1, side="right") - 1) // B + 1 if stop_row else 0
-    first_seq = int(np.searchsorted(offsets, start_row, side="right") - 1) if start_row < n_tokens else n_seqs
-    first_batch = first_seq // B
-    skip = start_row - int(offsets[min(first_batch * B, n_seqs)]) if start_row < n_tokens else 0
-    names = [r.name for r in rules]
-    packers = {name: [RowPacker(skip) for _ in layers] for name in names}
-    kinds = KINDS[s.capture]
-    rows_acc = RowAccumulator(skip)
-    stats_out: dict[str, list] = {kind: [None] * len(layers) for kind in kinds}
-    assemblers = {name: BlockAssembler(len(layers), d_ffn, s.block_tokens // 8,
-                                       first_block=start_row // s.block_tokens) for name in names}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = lm.device
-    current: dict[str, Any] = {}
-    packed_out: dict[str, list[torch.Tensor | None]] = {name: [None] * len(layers) for name in names}
-    handles = []
-
-    def valid_rows(x: torch.Tensor) -> torch.Tensor:
-        # [batch, seq, d_ffn], or [batch*seq, d_ffn] where the model flattens (OPT) -> [n, d_ffn], n valid tokens
-        x = x.reshape(-1, d_ffn)
-        return x[current["valid"]] if current["padded"] else x
-
-    def make_hook(i: int):
-        def hook(module, inputs, output):
-            if SIGN_RULE in packers:
-                fired = valid_rows(output > 0)                            # [n, d_ffn] bool
-                packed_out[SIGN_RULE][i] = packers[SIGN_RULE][i].push(fired)  # [d_ffn, n/8] uint8 or None
-            if "ffn" in stats_out:
-                stats_out["ffn"][i] = magnitude_stats(output, current["valid"], current["lengths"], s.capture_topk)
-        return hook
-
-    def make_h_hook(i: int):
-        def hook(module, inputs):
-            a = valid_rows(inputs[0].detach()).float().abs()              # [n, d_ffn] |h|, h = fc_out's input
-            for name, rule in mags.items():
-                packed_out[name][i] = packers[name][i].push(rule.fired(i, a, current["row0"]))
-        return hook
-
-    def make_resid_hook(i: int):
-        def hook(module, inputs, output):
-            h = output[0] if isinstance(output, tuple) else output       # [batch, seq, d_model]
-            stats_out["resid"][i] = magnitude_stats(h, current["valid"], current["lengths"], s.capture_topk)
-        return hook
-
-    def stop_hook(module, inputs, output):
-        raise StopForward
-
-    for i, l in enumerate(layers):
-        block = lm.layers[l]
-        if SIGN_RULE in packers or "ffn" in kinds:
-            handles.append(get_module(block, lm.adapter.act).register_forward_hook(make_hook(i)))
-        if mags:
-            handles.append(get_module(block, lm.adapter.fc_out).register_forward_pre_hook(make_h_hook(i)))
-        if "resid" in kinds:
-            handles.append(block.register_forward_hook(make_resid_hook(i)))
-    handles.append(lm.layers[max(layers)].register_forward_hook(stop_hook))
-
-    out = _Writer(root, writers, state)
-
-    def emit(blocks: dict[str, list]) -> None:
-        # every rule's assembler received the same bytes, so they complete the same blocks
-        for k, (index, _) in enumerate(blocks[names[0]]):
-            if index * s.block_tokens >= stop_row:   # rows of the next block in the last batch
-                continue
-            masks = {name: blocks[name][k][1] for name in names}
-            if index == 0:
-                for name, rule in mags.items():
-                    rule.patch_first_block(masks[name])
-            n = min(s.block_tokens, n_tokens - index * s.block_tokens)
-            out.put((index, masks, rows_acc.take(n) if kinds else {}, top_thresholds(mags)))
-
-    def push_all(parts: dict[str, list]) -> None:
-        if all(parts[name] for name in names):
-            emit({name: assemblers[name].push(torch.stack(parts[name]).cpu().numpy())   # [layers, d_ffn, bytes]
-                  for name in names})
-    out.start()
-    fwd = 0.0
-    bar = tqdm(total=n_tokens, initial=start_row, unit="tok", unit_scale=True, desc="forward",
-               disable=not s.progress, dynamic_ncols=True)
-    try:
-        for b in range(first_batch, n_batches):
-            lo, hi = b * B, min((b + 1) * B, n_seqs)
-            lengths = np.diff(offsets[lo:hi + 1])
-            width = int(lengths.max())
-            ids = np.full((hi - lo, width), pad_id, dtype=np.int64)
-            mask = np.zeros((hi - lo, width), dtype=np.int64)
-            for j in range(hi - lo):
-                a, e = offsets[lo + j], offsets[lo + j + 1]
-                ids[j, :e - a] = token_ids[a:e]
-                mask[j, :e - a] = 1
-            input_ids = torch.from_numpy(ids).to(device)                # [batch, seq]
-            attention = torch.from_numpy(mask).to(device)               # [batch, seq]
-            current["padded"] = bool((lengths != width).any())
-            current["valid"] = attention.bool().reshape(-1)             # [batch*seq]
-            current["lengths"] = lengths.tolist()
-            current["row0"] = int(offsets[lo])                          # store row of the batch's first token
-            t = time.perf_counter()
-            with torch.inference_mode():
-                try:
-                    lm.base(input_ids=input_ids, attention_mask=attention, use_cache=False)
-                except StopForward:
-                    pass
-            if kinds:
-                rows_acc.push({f"{kind}_{name}": torch.stack([st[name] for st in stats_out[kind]]).cpu().numpy()
-                               for kind in kinds for name in stats_out[kind][0]})   # [layers, n, ...]
-            push_all({name: [p for p in packed_out[name] if p is not None] for name in names})
-            for name in names:
-                packed_out[name][:] = [None] * len(layers)
-            fwd += time.perf_counter() - t
-            bar.update(int(offsets[hi] - max(offsets[lo], start_row)))
-        if stop_row == n_tokens:   # a Ray worker's block before the last ends on a block boundary
-            push_all({name: [p for p in (q.finish(d_ffn, device) for q in packers[name]) if p is not None]
-                      for name in names})
-            last = {name: assemblers[name].finish() for name in names}
-            if last[names[0]] is not None:
-                emit({name: [last[name]] for name in names})
-    finally:
-        bar.close()
-        for h in handles:
-            h.remove()
-        out.close()
-    return fwd

@@ -3,14 +3,14 @@
 The driver (pipeline._ingest) has tokenized, written the token tables and created the arrays, as
 a single-process ingest does. Here it starts the workers (one per GPU, or CPU workers sharing the
 cluster's CPUs); each loads the model once and, block by block, runs the very batches a single
-process would run over the block's rows (pipeline._forward_all with stop_row) and writes the
+process would run over the block's rows (forward.ForwardLoop with stop_row) and writes the
 block's mask and capture chunks straight into the store. A block is one Zarr chunk column, so no
 two workers ever write the same file. The driver records each finished block's checksums and marks
 blocks done in order (ingest-state.json), so a resumed run, with or without Ray, redoes exactly the
 blocks not yet marked; the manifest is written last by the caller.
 
-Fire rules: every worker writes every rule's masks of its block. A top:Q rule's per-layer
-thresholds are fixed by the first block of tokens, so while they are not yet known (a fresh
+Fire rules: every worker writes every rule's masks of its block. A calibrated rule's (top:Q)
+per-layer thresholds are fixed by the first block of tokens, so while they are not yet known (a fresh
 ingest) block 0 runs alone, on one worker, which fixes and returns them; the driver commits them
 with block 0 (ingest-state.json, as the single process does) and hands them to every worker for
 the other blocks. A resumed run reads them from the ingest state.
@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -38,7 +38,8 @@ from ..settings import IngestSettings, RaySettings
 from ..store.ingest_state import IngestState
 from ..store.layout import CAPTURE_KINDS as KINDS, STAGING, STAGING_PROBE, rule_dir
 from ..store.writer import MaskWriter, write_state
-from .rules import magnitude_rules, top_thresholds, unfixed_top_rules
+from .forward import ForwardLoop, commit_files
+from .hooks import calibrated_thresholds, fire_tests, unfixed_rules
 
 PROBE_FILE = STAGING_PROBE   # under _staging/: a token the driver writes and every worker must read back
 # tests: "BLOCK:DIR" makes the worker that writes block BLOCK's masks pause there (once), after
@@ -47,7 +48,8 @@ PAUSE_ENV = "ACTDB_TEST_RAY_PAUSE"
 
 
 def check_store_visible(root: Path, token: str, where: str) -> None:
-    """Stop, in one line, a worker that does not see the driver's store folder."""
+    """Stop, in one line, a worker that does not see the driver's store folder (the store must be on a
+    filesystem every worker sees)."""
     try:
         seen = (root / STAGING / PROBE_FILE).read_text(encoding="utf-8")
     except OSError as e:
@@ -77,7 +79,7 @@ class BlockWorker:
     """A Ray actor: the model loaded once, then whole blocks forwarded and written on request."""
 
     def __init__(self, number: int, root: str, model_dir: str, s: IngestSettings, dtype: str, n_tokens: int,
-                 token: str, threads: int, pause: str | None, forward: Callable) -> None:
+                 token: str, threads: int, pause: str | None) -> None:
         import socket
 
         from transformers.utils import logging as hf_logging
@@ -88,7 +90,7 @@ class BlockWorker:
         from .models import load_config, load_model, load_tokenizer, should_offload
 
         self.where = f"Ray worker {number} ({socket.gethostname()}, pid {os.getpid()})"
-        self.root, self.s, self.n_tokens, self.forward = Path(root), s, n_tokens, forward
+        self.root, self.s, self.n_tokens = Path(root), s, n_tokens
         check_store_visible(self.root, token, self.where)
         hf_logging.disable_progress_bar()
         torch.set_num_threads(threads)
@@ -114,27 +116,25 @@ class BlockWorker:
         return self.where
 
     def run_block(self, index: int, thresholds: dict[str, list[float]]) -> tuple[int, float, dict[str, list[float]]]:
-        """Forward and write block `index`, under the top:Q rules' `thresholds` (only block 0 may
-        go without them: it fixes them); returns (index, forward seconds, the top:Q thresholds)."""
+        """Forward and write block `index`, under the calibrated rules' `thresholds` (only block 0
+        may go without them: it fixes them); returns (index, forward seconds, the calibrated thresholds)."""
         bt = self.s.block_tokens
-        mags = magnitude_rules(self.rules, len(self.layers), self.d_ffn, min(bt, self.n_tokens), thresholds)
-        unfixed = [name for name, m in mags.items() if not m.fixed]
+        tests = fire_tests(self.rules, len(self.layers), self.d_ffn, min(bt, self.n_tokens), thresholds)
+        unfixed = [t.name for t in tests if not t.fixed]
         if index and unfixed:   # the driver's order broken: thresholds come from block 0 only
             raise RuntimeError(f"block {index} was handed out before block 0 fixed {', '.join(unfixed)}")
         start = index * bt
         stop = min(self.n_tokens, start + bt)
-        fwd = self.forward(self.root, self.lm, self.layers, self.d_ffn, self.s, None, self.writers, self.tokenizer,
-                           start, self.n_tokens, self.rules, mags, stop_row=stop)
-        return index, fwd, top_thresholds(mags)
+        fwd = ForwardLoop(self.root, self.lm, self.layers, self.d_ffn, self.s, None, self.writers, self.tokenizer,
+                          start, self.n_tokens, tests, stop_row=stop).run()
+        return index, fwd, calibrated_thresholds(tests)
 
 
 def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettings, state: IngestState,
-                   writers: tuple, n_tokens: int, dtype: str, forward: Callable, commit: Callable
+                   writers: tuple, n_tokens: int, dtype: str
                    ) -> tuple[float, float, tuple[str, ...], dict[str, list[float]]]:
     """Forward and commit every block not yet done on Ray workers; returns (forward seconds, Ray
-    start-up seconds, a line per worker with its share, the top:Q rules' thresholds). forward,
-    commit: pipeline's _forward_all and commit_files, the single process's own (handed in: the
-    pipeline imports this module)."""
+    start-up seconds, a line per worker with its share, the calibrated rules' thresholds)."""
     from tqdm import tqdm
 
     bt = s.block_tokens
@@ -142,9 +142,9 @@ def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettin
     todo = list(range(state.blocks_done, n_blocks))
     if not todo:   # killed after the last block, before the manifest: nothing to forward
         return 0.0, 0.0, (), dict(state.thresholds)
-    # top:Q rules not yet fixed: block 0 goes first and fixes them (pipeline refuses a state with
+    # calibrated rules not yet fixed: block 0 goes first and fixes them (pipeline refuses a state with
     # blocks done and no thresholds)
-    unfixed = unfixed_top_rules(map(parse_fire_rule, s.fire_rule), state.thresholds)
+    unfixed = unfixed_rules(map(parse_fire_rule, s.fire_rule), state.thresholds)
     t0 = time.perf_counter()
     token = uuid.uuid4().hex
     atomic_write_text(root / STAGING / PROBE_FILE, token)
@@ -156,13 +156,13 @@ def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettin
                                                max_task_retries=MAX_RESTARTS)
         settings = s.replace(progress=False)
         actors = [actor.remote(i, str(root), str(model_dir), settings, dtype, n_tokens, token, shape.threads,
-                               os.environ.get(PAUSE_ENV), forward) for i in range(n)]
+                               os.environ.get(PAUSE_ENV)) for i in range(n)]
         try:
             names = _start(ray, actors, root)
             startup = time.perf_counter() - t0
             t1 = time.perf_counter()
             shares, thresholds = _dispatch(ray, actors, names, todo, root, state, writers, bt, n_tokens,
-                                           s.progress, shape, commit, tqdm, bool(unfixed))
+                                           s.progress, shape, tqdm, bool(unfixed))
             fwd = time.perf_counter() - t1
         finally:
             for a in actors:   # a failed run: the others stop writing before the driver returns
@@ -187,12 +187,12 @@ def _start(ray: Any, actors: list, root: Path) -> list[str]:
 
 
 def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: Path, state: IngestState,
-              writers: tuple, bt: int, n_tokens: int, progress: bool, shape: Shape, commit_files, tqdm,
+              writers: tuple, bt: int, n_tokens: int, progress: bool, shape: Shape, tqdm,
               first_alone: bool) -> tuple[dict[int, tuple[int, int]], dict[str, list[float]]]:
     """Hand out the blocks (two queued per worker, so it never waits for the driver), commit each
-    as it finishes and mark blocks done in order; with first_alone (top:Q thresholds not yet
+    as it finishes and mark blocks done in order; with first_alone (calibrated thresholds not yet
     fixed), block 0 runs alone and its thresholds go with every other block, committed with it.
-    Returns ({worker: (blocks, tokens)}, the top:Q thresholds)."""
+    Returns ({worker: (blocks, tokens)}, the calibrated thresholds)."""
     queue = list(reversed(todo))
     inflight: dict[Any, tuple[int, int]] = {}
     load = [0] * len(actors)

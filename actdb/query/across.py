@@ -32,7 +32,7 @@ from ..store.parquet_guard import _norm, parquet_guard
 from .connection import (Result, _bind, _check_read_only, _one_line, check_files, confine, frame, new_connection,
                          store_statements)
 from .dependencies import _REACH_ANYTHING, created_name, view_dependencies, words
-from .views import _lit
+from .views import NEIGHBOURS_UDF, _lit
 
 LEAD = ("store", "model", "n_layers", "depth")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -183,6 +183,7 @@ class _Views:
         self.kind: dict[str, str] = {}               # union name -> VIEW or MACRO
         self.params: dict[str, list[tuple[str, str | None]]] = {}   # "schema.name" of a table macro -> parameters
         self.udf: dict[str, tuple[str, Any]] = {}    # "schema.proj_score" -> (its UDF's name, the store)
+        self.cofire: dict[str, tuple[str, Any]] = {}  # "schema.neighbours" -> (its UDF's name, the store)
         self.done: set[str] = set()
         lacking: dict[str, list[str]] = {}
         for name, st, stmts, absent in per:
@@ -197,6 +198,10 @@ class _Views:
             for raw, stmt in zip(stmts, qualify(stmts, name)):
                 obj = created_name(raw)
                 key = f"{name}.{obj}"
+                if f"{NEIGHBOURS_UDF}(" in stmt:   # neighbours(...): over a Python UDF of the store's own
+                    udf = f"{NEIGHBOURS_UDF}_{name}"
+                    stmt = stmt.replace(f"{NEIGHBOURS_UDF}(", f"{udf}(")
+                    self.cofire[key] = (udf, st)
                 paths, uses = deps[obj]
                 self.stmts.append((key, stmt))
                 self.files[key] = paths
@@ -262,6 +267,10 @@ class _Views:
                     from .views import register_proj_score
 
                     register_proj_score(self.con(), self.udf[key][1], self.udf[key][0])
+                if key in self.cofire:
+                    from .views import register_neighbours
+
+                    register_neighbours(self.con(), self.cofire[key][1], self.cofire[key][0])
                 self._run(key, stmt)
         for obj in self.having:
             if obj in want:
@@ -288,7 +297,7 @@ class _Views:
             else:
                 params = self.params[f"{s}.{obj}"]
                 sig = sig or [p if d is None else f"{p} := NULL" for p, d in params]
-                src = f"{s}.{obj}(" + ", ".join(p if d is None else f"{p} := coalesce({p}, {d})"
+                src = f"{s}.{obj}(" + ", ".join(f'"{p}"' if d is None else f'{p} := coalesce("{p}", {d})'
                                                 for p, d in params) + ")"
                 probe = f"{s}.{obj}(" + ", ".join("NULL" for p, d in params if d is None) + ")"
             cols = self.con().sql(f"SELECT * FROM {probe}").columns

@@ -54,7 +54,7 @@ def new_connection(threads: int | None = None):
 def store_statements(store, pre: bool = True) -> tuple[list[str], dict[str, str]]:
     """The statements that create the views and macros of `store` under its fire rule, and the
     views it lacks {name: why} (views.py; pre: see views._views)."""
-    from .views import _views, massive_views, projection_views
+    from .views import _views, massive_views, neighbour_views, neighbours_macro, projection_views
 
     # the views read the handle's rule's index, and the rule-independent tables (massive
     # activations, vocabulary projection) from the index of the store's first rule
@@ -75,6 +75,11 @@ def store_statements(store, pre: bool = True) -> tuple[list[str], dict[str, str]
             stmts += these
         else:
             absent.update(dict.fromkeys((created_name(v) for v in these), why))
+    stmts.append(neighbours_macro())   # co-firing: one neuron against all, from the masks
+    if info.config.neighbours:
+        stmts += neighbour_views(base)
+    else:
+        absent["neuron_neighbours"] = ABSENT_NEIGHBOURS
     return stmts, absent
 
 
@@ -82,6 +87,8 @@ ABSENT_CAPTURE = ("this store's index has no captured activations (record them w
                   "resid`, the default)")
 ABSENT_PROJECTION = ("this store has no vocabulary projection (its model's output projection and unembedding, "
                      "projection.safetensors, were not recorded)")
+ABSENT_NEIGHBOURS = ("this store's index has no co-firing table (build it with `actdb index STORE --neighbours 20`; "
+                     "the table function neighbours(layer, neuron) needs none)")
 _EVERY_VIEW = "SELECT * FROM duckdb_views()"   # a statement that names the catalogue makes every view
 _NO_SUCH = re.compile(r"with name (\w+) does not exist", re.IGNORECASE)
 
@@ -102,6 +109,7 @@ class _LazyViews:
         self.udf = {name for name, s in zip(self.names, stmts) if "proj_score(" in s}
         self.done: set[str] = set()
         self.proj_score = False
+        self.cofire = "neighbours" in self.names   # its UDF: registered with the macro
         self.absent = absent   # view -> why this store lacks it
 
     def ensure(self, sql: str) -> None:
@@ -122,6 +130,11 @@ class _LazyViews:
 
             register_proj_score(self.con(), self.store)
             self.proj_score = True
+        if self.cofire and "neighbours" in want:
+            from .views import register_neighbours
+
+            register_neighbours(self.con(), self.store)
+            self.cofire = False
         import duckdb
 
         for name, stmt in zip(self.names, self.stmts):
@@ -155,6 +168,38 @@ def ensure_all_views(store, con) -> None:
     ensure_views(store, con, _EVERY_VIEW)
 
 
+TEMP_PREFIX = "actdb-duckdb-"   # + the owning process's pid + "-" + a random part
+_swept = False
+
+
+def private_temp_dir() -> str:
+    """A new folder of mode 0700 under the system's temporary folder, named after this process.
+    A process that ends without running its finalizers (killed, os._exit) leaves its folders
+    behind: the first call of each process removes those of processes that are gone."""
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_temp_dirs()
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def sweep_temp_dirs() -> list[Path]:
+    """Remove this user's private DuckDB folders whose process has ended; the folders removed."""
+    gone = []
+    for d in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = d.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or d.lstat().st_uid != os.getuid() or not d.is_dir() or d.is_symlink():
+                continue
+            os.kill(int(pid), 0)   # raises ProcessLookupError when the process is gone
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+        except OSError:   # PermissionError: alive under another user; or the folder just went
+            continue
+    return gone
+
+
 def confine(con, root: Path | list[Path], memory_mb: float | None = None) -> None:
     """Let SQL on `con` read only files under `root` (a store, or several: the views read the
     stores' files when a query runs, so the stores stay allowed): no other path, no URL, no
@@ -163,7 +208,7 @@ def confine(con, root: Path | list[Path], memory_mb: float | None = None) -> Non
     default, spilling."""
     # DuckDB lets SQL read its temporary folder (by default .tmp/ in the current folder, whatever
     # the user keeps there): each connection gets a private one, removed when the connection goes
-    tmp = tempfile.mkdtemp(prefix="actdb-duckdb-")   # mode 0700
+    tmp = private_temp_dir()
     weakref.finalize(con, shutil.rmtree, tmp, ignore_errors=True)
     con.execute("SET temp_directory = $t", {"t": tmp})
     if memory_mb is not None:

@@ -158,6 +158,33 @@ class Store(StoreReader):
         st, params = self._ruled(params)
         return _frame(run_saved(st, name_or_file, params, con=st._db(), timeout=timeout), arrow)
 
+    def neighbours(self, layer: int, neuron: int, k: int = 20, by: str = "phi", layers: list[int] | None = None,
+                   rule: str | None = None, domain: str | None = None, pos_min: int | None = None,
+                   pos_max: int | None = None) -> list:
+        """Neuron (layer, neuron) against every neuron of `layers` (default all): its top k by `by`
+        (phi, jaccard or p), exact counts over the rows of `domain` and positions pos_min..pos_max
+        (default all), as actdb.cofire.Neighbour (docs/definitions.md, "Co-firing")."""
+        from ..cofire import TokenSubset, neighbours
+
+        return neighbours(self, layer, neuron, k, by, layers, rule, TokenSubset(domain, pos_min, pos_max))
+
+    def indexed_neighbours(self, layer: int, neuron: int, scope: str = "all", rule: str | None = None) -> list | None:
+        """Neuron (layer, neuron)'s top neighbours by phi as the index keeps them (`actdb index --neighbours K`),
+        within its layer (scope 'layer') or over every layer ('all'), as actdb.cofire.Neighbour; None when
+        the index has no co-firing table (then `neighbours` counts them from the masks)."""
+        from ..cofire import SCOPES, Neighbour
+        from ..errors import InputError
+
+        if scope not in SCOPES:
+            raise InputError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+        st = self.with_rule(rule)
+        if "neuron_neighbours" not in st.views():
+            return None
+        rows = st.sql("SELECT layer, neuron, other_layer, other_neuron, n_a, n_b, n_both, jaccard, p_other_given, phi, "
+                      "rank FROM neuron_neighbours WHERE layer = $l AND neuron = $n AND scope = $s ORDER BY rank",
+                      {"l": int(layer), "n": int(neuron), "s": scope}).rows()
+        return [Neighbour(*r[:7], st.n_tokens, *r[7:]) for r in rows]
+
     def stream(self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None,
                timeout_hint: str = "timeout", saved: bool = False):
         """Start a statement (a saved query with saved=True) and stream its answer: a

@@ -320,3 +320,55 @@ def projection_views(root: Path, info: IndexInfo) -> list[str]:
            FROM d GROUP BY layer, neuron""",
         "CREATE VIEW detector_suppression AS SELECT * FROM detector_suppression_at()",
     ]
+
+
+NEIGHBOUR_FIELDS = ("layer", "neuron", "other_layer", "other_neuron", "n_a", "n_b", "n_both", "n_tokens", "jaccard",
+                    "p_other_given", "phi", "rank")   # cofire/'s Neighbour, in order
+
+
+NEIGHBOURS_UDF = "_actdb_neighbours"
+
+
+def neighbours_macro() -> str:
+    """The table function neighbours(...): one neuron against every neuron of `layers` (default all),
+    exact counts and measures (cofire/); a Python UDF, unnested."""
+    return f"""CREATE MACRO neighbours(layer, neuron, k := 20, by := 'phi', layers := NULL, rule := NULL, domain := NULL,
+        pos_min := NULL, pos_max := NULL) AS TABLE
+        SELECT unnest({NEIGHBOURS_UDF}(layer, neuron, k, "by", layers::INTEGER[], rule, domain, pos_min, pos_max),
+                      recursive := true)"""
+
+
+def register_neighbours(con, store, name: str = NEIGHBOURS_UDF) -> None:
+    """_actdb_neighbours(...) -> the neighbours of cofire/ as a list of structs, on a DuckDB connection
+    (under `name`: one per store where several share the connection)."""
+    import dataclasses
+
+    import duckdb
+
+    from ..cofire import Neighbour, TokenSubset, neighbours
+    from ..errors import InputError
+
+    t = duckdb.sqltypes
+    kinds = {"layer": t.INTEGER, "neuron": t.INTEGER, "other_layer": t.INTEGER, "other_neuron": t.INTEGER,
+             "rank": t.INTEGER, "jaccard": t.DOUBLE, "p_other_given": t.DOUBLE, "phi": t.DOUBLE}
+    row = con.struct_type({f.name: kinds.get(f.name, t.BIGINT) for f in dataclasses.fields(Neighbour)})
+
+    def fn(layer, neuron, k, by, layers, rule, domain, pos_min, pos_max):
+        for name, v in (("layer", layer), ("neuron", neuron), ("k", k), ("by", by)):
+            if v is None:
+                raise InputError(f"neighbours: {name}: expected a value, got NULL")
+        got = neighbours(store, layer, neuron, k, by, layers, rule, TokenSubset(domain, pos_min, pos_max))
+        return [dataclasses.asdict(x) for x in got]
+
+    con.create_function(name, fn, [t.INTEGER, t.INTEGER, t.INTEGER, t.VARCHAR,
+                                                  con.list_type(t.INTEGER), t.VARCHAR, t.VARCHAR, t.INTEGER,
+                                                  t.INTEGER], con.list_type(row), null_handling="special",
+                        side_effects=True)
+
+
+def neighbour_views(index_root: Path) -> list[str]:
+    """The view neuron_neighbours over index/neuron_neighbours.parquet (`actdb index --neighbours K`)."""
+    from ..store.layout import INDEX_NEIGHBOURS
+
+    return [f"""CREATE VIEW neuron_neighbours AS SELECT layer::INT AS layer, neuron, other_layer, other_neuron, n_both,
+        jaccard, p_other_given, phi, rank, scope, n_a, n_b FROM read_parquet({_lit(index_table(index_root, INDEX_NEIGHBOURS))})"""]

@@ -2,9 +2,10 @@
 
 The model is the one the manifest names (its folder, or hub id), loaded lazily on the first
 probe with the ingest stage's loading and adapters, and used only if its weights are the
-store's (the manifest's sha256) and its fire rule is the store's (SPEC §1.1: the sign of the
-activation module's output). One forward per request, at most --probe-max-tokens tokens,
-one request at a time.
+store's (the manifest's sha256) and its sign rule is the store's (the sign of the activation
+module's output, recorded in words). Fired is the ingest's own hooks and fire tests
+(ingest/hooks.py) under the handle's rule, with the thresholds the store recorded. One forward per
+request, at most --probe-max-tokens tokens, one request at a time.
 """
 from __future__ import annotations
 
@@ -23,10 +24,6 @@ class ProbeResult:
     fired: np.ndarray         # bool [tokens, d_ffn] of the layer
     cut: bool                 # the text was longer than --probe-max-tokens
     device: str
-
-
-class _Stop(Exception):
-    """Raised by a hook after the probed layer: nothing later needs to run."""
 
 
 def _not_here(m) -> str | None:
@@ -87,13 +84,19 @@ class Probe:
             raise InputError(f"{m.model}: fire rule {rule!r} is not the store's {m.fire_rule!r}")
         return lm, load_tokenizer(model_dir)
 
-    def _rule(self, i: int) -> float | None:
-        """None for the sign rule; else the float32 cut of the handle's magnitude rule at the
-        i-th recorded layer (ingest/rules.py: x > t <=> x > floor32(t) for a float32 x)."""
-        from ..ingest.rules import floor32
+    def _test(self, i: int):
+        """The handle's fire rule at the i-th recorded layer, as the ingest computed it, with the
+        threshold the store recorded for that layer (a calibrated rule is not calibrated again)."""
+        from ..ingest.hooks import fire_tests
+        from ..grammar import parse_fire_rule
 
-        rec = {r.name: r for r in self.store.manifest.fire_rules}.get(self.store.rule)
-        return None if rec is None or not rec.thresholds else floor32(rec.thresholds[i])
+        m = self.store.manifest
+        rec = {r.name: r for r in m.fire_rules}.get(self.store.rule)
+        thresholds = {rec.name: [rec.thresholds[i]]} if rec is not None and rec.thresholds else {}
+        (test,) = fire_tests([parse_fire_rule(self.store.rule)], 1, m.d_ffn, m.block_tokens, thresholds)
+        if not test.fixed:   # a damaged record: calibrating on the typed text would show another rule
+            raise InputError(f"fire rule {test.name}: the store records no thresholds for it")
+        return test
 
     def run(self, text: str, layer: int) -> ProbeResult:
         if self._why is not None:
@@ -102,7 +105,7 @@ class Probe:
             raise InputError("text: expected some text to probe, got none")
         import torch
 
-        from ..ingest.adapters import get_module
+        from ..ingest.hooks import LayerHooks
 
         with self._lock:
             if self._loaded is None:
@@ -121,27 +124,11 @@ class Probe:
             if i is None:
                 raise InputError(f"layer {layer}: not recorded in this store")
             got: dict[str, torch.Tensor] = {}
-            rule = self._rule(i)
-            if rule is None:   # sign (SPEC §1.1): the activation's output > 0
-                def hook(module, inputs, output):
-                    got["fired"] = (output > 0).reshape(-1, output.shape[-1])   # [seq, d_ffn] bool
-                    raise _Stop
 
-                h = get_module(lm.layers[layer], lm.adapter.act).register_forward_hook(hook)
-            else:              # a magnitude rule (SPEC §1.8): |h| > the layer's recorded threshold,
-                def hook(module, inputs):   # h the output projection's input, compared as ingest does
-                    x = inputs[0]
-                    got["fired"] = (x.float().abs() > rule).reshape(-1, x.shape[-1])   # [seq, d_ffn] bool
-                    raise _Stop
+            def fired(rule: str, layer_index: int, mask: torch.Tensor) -> None:
+                got["fired"] = mask                                           # [seq, d_ffn] bool
 
-                h = get_module(lm.layers[layer], lm.adapter.fc_out).register_forward_pre_hook(hook)
-            try:
+            with LayerHooks(lm, (layer,), [self._test(i)], fired) as hooks:
                 x = torch.tensor([ids], dtype=torch.long, device=lm.device)  # [1, seq]
-                with torch.inference_mode():
-                    try:
-                        lm.base(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
-                    except _Stop:
-                        pass
-            finally:
-                h.remove()
+                hooks.forward(x, torch.ones_like(x), np.array([len(ids)]))
             return ProbeResult(ids, got["fired"].cpu().numpy(), cut, str(lm.device))

@@ -294,7 +294,7 @@ def _check_projection(root: Path, m: Manifest, r: Report) -> None:
 
 
 def _check_index(root: Path, m: Manifest, r: Report) -> None:
-    for rule in m.rules:   # each fire rule has its index (SPEC §1.8)
+    for rule in m.rules:   # each fire rule has its index
         _check_rule_index(root, m, r, rule)
 
 

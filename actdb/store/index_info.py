@@ -44,6 +44,7 @@ class IndexConfig:
     top_k: int
     store: str                       # Manifest.identity of the store it was built from
     rule: str = "sign"               # the fire rule whose masks it counts; older indexes: sign
+    neighbours: int = 0              # co-firing neighbours kept per neuron (neuron_neighbours.parquet); 0: none
     # the thresholds, defaults from settings.IndexSettings (the one table of the paper's values)
     p_cov: float = _DEFAULTS.p_cov
     tok_max_cov: int = _DEFAULTS.tok_max_cov
@@ -82,6 +83,7 @@ class IndexConfig:
         expect(self.n_tokens >= 0, "n_tokens", ">= 0", self.n_tokens)
         expect(self.seq_len >= 2, "seq_len", ">= 2", self.seq_len)
         expect(self.top_k >= 1, "top_k", ">= 1", self.top_k)
+        expect(self.neighbours >= 0, "neighbours", ">= 0", self.neighbours)
         expect(len(self.layers) > 0 and all(l >= 0 for l in self.layers), "layers", "layer numbers >= 0",
                list(self.layers))
         expect(set(self.ngram_layers) <= set(self.layers), "ngram_layers", f"among the layers {list(self.layers)}",

@@ -51,7 +51,7 @@ RULES_DIR = "rules"
 STAGING_IDS = "token_ids.i32"       # _staging/: every sequence's token ids, back to back
 STAGING_OFFSETS = "seq_offsets.i64"  # _staging/: where each sequence starts in STAGING_IDS
 STAGING_PROBE = "ray-probe"          # _staging/: the token a Ray driver writes for its workers to read back
-SIGN_RULE = "sign"   # the rule of SPEC §1.1, whose masks and index stay at the top of the store
+SIGN_RULE = "sign"   # the default rule (act > 0), whose masks and index stay at the top of the store
 
 # everything directly under STORE/ that actdb writes; --overwrite removes these and nothing else
 STORE_ENTRIES = (MANIFEST_FILE, STATE_FILE, LOCK_FILE, CHECKSUMS_FILE, PENDING_CHECKSUMS, STAGING, MASKS_DIR,
@@ -110,17 +110,20 @@ INDEX_PROJECTION_FILE = "vocab_projection.parquet"
 INDEX_TABLES = ("neuron_fires", "neuron_domains", "neuron_positions", "positional", "neuron_tokens",
                 "neuron_bigrams", "neuron_trigrams", "coverage", "token_detectors", "trigram_detectors")
 INDEX_COUNTS = ("position_counts", "token_counts", "bigram_counts", "trigram_counts")
+INDEX_NEIGHBOURS = "neuron_neighbours"   # every neuron's top co-firing neighbours (`actdb index --neighbours K`)
+COFIRE_SPILL = "cofire.bits"             # _tmp/: the masks as 64-bit words while the neighbours are counted
 
 
 def _grammar() -> re.Pattern:
     """Every path (relative to STORE/, '/'-separated) that actdb writes inside its folders."""
     chunks = r"(?:zarr\.json|c(?:/\d+)+)"                       # zarr v3: metadata, chunk keys
     part = r"part-\d{6,}\.parquet"
-    table = "(?:" + "|".join(INDEX_TABLES + INDEX_COUNTS) + r")\.parquet"
+    table = "(?:" + "|".join(INDEX_TABLES + INDEX_COUNTS + (INDEX_NEIGHBOURS,)) + r")\.parquet"
     index = (rf"(?:{re.escape(INDEX_FILE)}|{re.escape(INDEX_STATE)}|{table}|{re.escape(INDEX_PROJECTION_FILE)}"
              rf"|{INDEX_CAPTURE_DIR}/{part}"
              rf"|{INDEX_PARTS}/\.?l\d+_n\d+(?:\.tmp)?/{table}"     # a unit's parts (index/build.py)
-             rf"|{INDEX_TMP}/col_[a-z_]+\.npy)")                       # the token arrays (index/tokens.py)
+             rf"|{INDEX_TMP}/col_[a-z_]+\.npy"                         # the token arrays (index/tokens.py)
+             rf"|{INDEX_TMP}/{re.escape(COFIRE_SPILL)})")
     rule = rf"(?:{RULES_DIR}/[A-Za-z0-9._-]+/)?"
     staging = "|".join(map(re.escape, (STAGING_IDS, STAGING_OFFSETS, STAGING_PROBE)))
     return re.compile("|".join([

@@ -1,4 +1,4 @@
-"""The store's projection weights (SPEC §1.5), read with numpy alone (no torch on the read path).
+"""The store's projection weights (docs/store-format.md), read with numpy alone (no torch on the read path).
 
 projection.safetensors, written at ingest, holds w_out.L [d_ffn, d_model] (row n = neuron n's
 update to the residual stream) and w_u [vocab, d_model], in the model's dtype.

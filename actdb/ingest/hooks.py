@@ -1,0 +1,328 @@
+"""What "fired" means, read where: the one home of the fire rules, for the ingest's forward loop
+(forward.py) and the explorer's probe (serve/probe.py), which must agree bit for bit.
+
+Sites, the points of a recorded layer that are hooked (module paths from the adapters):
+  act    the activation module's output: act(fc_in x), for gated FFNs act_fn(gate_proj x)
+  h      the output projection's input, the value it reads: act(fc_in x), or act_fn(gate x) * up x
+  resid  the block's output, the residual stream (magnitude capture only)
+
+Readings, values derived from a site once per layer and batch for every rule that reads them, on
+the batch's valid (non-padding) token rows:
+  act > 0  bool                                   (sign)
+  |h|      float32, exact from the model's dtype  (abs>T, top:Q)
+
+Fire tests, one class per rule kind (KINDS), each its mask [tokens, d_ffn] from its reading:
+  sign    act > 0 (the papers' rule; for gated FFNs the gate branch, never gate * up)
+  abs>T   |h| > T
+  top:Q   |h| > the layer's Q-quantile of |h| over the first block of tokens (thresholds.py)
+
+A new rule kind is one FireTest subclass added to KINDS, and its text in the grammar of
+settings.parse_fire_rule. The class names the Reading it needs and says how its mask follows from
+it (and, if its thresholds come from the first block, how they are fixed). A reading of two points
+of the layer, as the signs of act_fn(gate x) and up x would be, is derived at the later one and names
+the earlier in `also`; a point not hooked yet is a Site naming an adapter field. The hooks, the
+forward loop, the ingest state, the manifest's records and the probe take it from there, as long
+as its thresholds are one number per layer (per-neuron ones would need a wider record).
+
+The magnitude capture (capture.py) reads its inputs here too: `ffn` the activation output, `resid`
+the block output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
+
+import numpy as np
+import torch
+
+from .adapters import Adapter, get_module
+from .capture import magnitude_stats
+from .models import LoadedModel
+from .thresholds import TopCandidates, floor32
+
+if TYPE_CHECKING:   # a parsed --fire-rule; only its name, kind and value are read here
+    from ..grammar import FireRule
+
+
+class StopForward(Exception):
+    """Raised after the last recorded layer: the rest of the network is not needed."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hooked point of a recorded layer."""
+    name: str
+    module: str | None   # the Adapter field naming the module inside a block; None: the block itself
+    value: str           # "output": the module's output (a forward hook); "input": its first input (a pre-hook)
+
+    def module_in(self, block: torch.nn.Module, adapter: Adapter) -> torch.nn.Module:
+        return block if self.module is None else get_module(block, getattr(adapter, self.module))
+
+
+ACT = Site("act", "act", "output")
+H = Site("h", "fc_out", "input")
+RESID = Site("resid", None, "output")
+
+# the capture kinds (store.layout.CAPTURE_KINDS) and the site each reads
+CAPTURE_SITES = {"ffn": ACT, "resid": RESID}
+
+Rows = Callable[[torch.Tensor], torch.Tensor]   # [batch, seq, d] or [batch*seq, d] -> [n valid, d]
+
+
+@dataclass(frozen=True, eq=False)
+class Reading:
+    """A value the fire tests of a layer read, derived at `site` once per layer and batch:
+    derive(x, rows, *earlier) -> [n, d_ffn], x the site's value, rows() its valid token rows,
+    earlier the values of the sites in `also` (hooked before `site` in the same layer)."""
+    name: str
+    site: Site
+    derive: Callable[..., torch.Tensor]
+    also: tuple[Site, ...] = ()
+
+
+# each picks the valid rows where the copy it makes is smaller: after the compare (bool), before the float32 abs
+POSITIVE = Reading("act > 0", ACT, lambda x, rows: rows(x > 0))                          # [n, d_ffn] bool
+MAGNITUDE = Reading("|h|", H, lambda x, rows: rows(x.detach()).float().abs())            # [n, d_ffn] float32
+
+
+class FireTest:
+    """One fire rule over the recorded layers: `fired` gives layer i's mask of a batch's rows from
+    the rule's reading. first_rows: tokens of the first block (a calibrated rule's thresholds
+    come from it); thresholds: the per-layer thresholds recorded before, if any."""
+    kind: ClassVar[str]
+    reading: ClassVar[Reading]
+    calibrated: ClassVar[bool] = False   # thresholds fixed by the first block, then recorded (ingest state)
+
+    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
+                 thresholds: list[float] | None = None) -> None:
+        self.rule, self.name = rule, rule.name
+
+    @property
+    def fixed(self) -> bool:
+        """Whether every layer's threshold is known (a calibrated rule's, after the first block)."""
+        return True
+
+    def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
+        """value: the reading [n, d_ffn] of token rows row0..row0+n of layer i -> fired [n, d_ffn] bool."""
+        raise NotImplementedError
+
+    def patch_first_block(self, masks: np.ndarray) -> None:
+        """masks: block 0, [layers, d_ffn, nbytes] uint8: set the bits `fired` could not yet know."""
+
+    def thresholds(self) -> tuple[float, ...]:
+        """Per recorded layer, as the manifest records them; () for a rule without."""
+        return ()
+
+    def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
+        """The rule in words, for the manifest."""
+        raise NotImplementedError
+
+
+class Sign(FireTest):
+    kind = "sign"
+    reading = POSITIVE
+
+    def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
+        return value
+
+    def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
+        return sign_text
+
+
+def _h_words(adapter: Adapter) -> str:
+    return (f"h = {adapter.fc_out} input = act_fn(gate_proj x) * up_proj x" if adapter.gated
+            else f"h = {adapter.fc_out} input = act({adapter.fc_in} x)")
+
+
+class _AboveThreshold(FireTest):
+    """|h| above a per-layer threshold t: compared in float32 against floor32(t), which is exact
+    (thresholds.py)."""
+    reading = MAGNITUDE
+
+    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
+                 thresholds: list[float] | None = None) -> None:
+        super().__init__(rule, n_layers, d_ffn, first_rows, thresholds)
+        self.values: list[float | None] = list(thresholds) if thresholds else [None] * n_layers
+        self.cuts = [None if t is None else floor32(t) for t in self.values]
+
+    @property
+    def fixed(self) -> bool:
+        return all(v is not None for v in self.values)
+
+    def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
+        return value > self.cuts[i]
+
+    def thresholds(self) -> tuple[float, ...]:
+        return tuple(self.values)
+
+
+class AbsAbove(_AboveThreshold):
+    kind = "abs"
+
+    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
+                 thresholds: list[float] | None = None) -> None:
+        super().__init__(rule, n_layers, d_ffn, first_rows, [float(rule.value)] * n_layers)
+
+    def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
+        return f"|h| > {self.rule.value!r}, {_h_words(adapter)}"
+
+
+class TopQuantile(_AboveThreshold):
+    """Without recorded thresholds, each layer's is fixed when the first block's last row has
+    passed; until then the block's rows read False and patch_first_block sets their bits."""
+    kind = "top"
+    calibrated = True
+
+    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
+                 thresholds: list[float] | None = None) -> None:
+        super().__init__(rule, n_layers, d_ffn, first_rows, thresholds)
+        self.calib = None if thresholds else [TopCandidates(first_rows, d_ffn, rule.value) for _ in range(n_layers)]
+
+    def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
+        cut = self.cuts[i]
+        if cut is not None:
+            return value > cut
+        c = self.calib[i]
+        k = min(value.shape[0], c.rows - row0)
+        c.push(value[:k], row0)
+        out = torch.zeros(value.shape, dtype=torch.bool, device=value.device)
+        if c.complete:
+            self.values[i] = c.threshold()
+            self.cuts[i] = floor32(self.values[i])
+            if k < value.shape[0]:
+                out[k:] = value[k:] > self.cuts[i]
+        return out
+
+    def patch_first_block(self, masks: np.ndarray) -> None:
+        if self.calib is None:
+            return
+        for i, c in enumerate(self.calib):
+            rows, neurons = c.above(self.cuts[i])
+            np.bitwise_or.at(masks[i], (neurons, rows // 8), (1 << (rows % 8)).astype(np.uint8))
+        self.calib = None   # done: free the candidates
+
+    def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
+        return (f"|h| > the layer's {self.rule.value!r}-quantile of |h| over the first {first_rows:,} tokens "
+                f"x all neurons (numpy's linear method; thresholds per layer), {_h_words(adapter)}")
+
+
+KINDS: dict[str, type[FireTest]] = {cls.kind: cls for cls in (Sign, AbsAbove, TopQuantile)}
+
+
+def fire_tests(rules: Iterable[FireRule], n_layers: int, d_ffn: int, first_rows: int,
+               thresholds: dict[str, list[float]]) -> list[FireTest]:
+    """The rules' tests, in order; a calibrated rule without recorded `thresholds` is fixed by the
+    first block (`first_rows` tokens) of the forward it runs in."""
+    return [KINDS[r.kind](r, n_layers, d_ffn, first_rows, thresholds.get(r.name)) for r in rules]
+
+
+def unfixed_rules(rules: Iterable[FireRule], thresholds: dict[str, object]) -> list[str]:
+    """The calibrated rules whose thresholds are not recorded yet (block 0 fixes them)."""
+    return [r.name for r in rules if KINDS[r.kind].calibrated and r.name not in thresholds]
+
+
+def calibrated_thresholds(tests: Iterable[FireTest]) -> dict[str, list[float]]:
+    """The fixed thresholds of the calibrated rules, as the ingest state records them."""
+    return {t.name: list(t.thresholds()) for t in tests if t.calibrated and t.fixed}
+
+
+class LayerHooks:
+    """Hooks on the recorded `layers` of a loaded model (models.LoadedModel) for one forward at a
+    time (`forward`): each fire test's mask of each layer goes to on_fired(rule name, i, fired
+    [n, d_ffn] bool) as soon as it is known, so no layer's bool mask outlives its hook; with
+    `capture` kinds, each layer's magnitude stats of the batch are in stats[kind][i] after it.
+    The forward stops after the last recorded layer. A context manager: the hooks are removed
+    on leaving it."""
+
+    def __init__(self, lm: LoadedModel, layers: Iterable[int], tests: list[FireTest],
+                 on_fired: Callable[[str, int, torch.Tensor], None], capture: Iterable[str] = (),
+                 capture_topk: int = 0) -> None:
+        self.lm, self.layers = lm, tuple(layers)
+        self.on_fired, self.capture_topk = on_fired, capture_topk
+        self.stats: dict[str, list[dict[str, torch.Tensor] | None]] = {
+            kind: [None] * len(self.layers) for kind in capture}
+        # the batch's rows (set by forward)
+        self.valid: torch.Tensor | None = None    # [batch*seq] bool
+        self.lengths: list[int] = []
+        self.row0 = 0
+        self._rows: Rows = self._all_rows
+        # site -> what its hook does: [(reading, its tests)], capture kinds; and the sites kept for a later one
+        readings: dict[Reading, list[FireTest]] = {}
+        for t in tests:
+            readings.setdefault(t.reading, []).append(t)
+        self._plan: dict[Site, tuple[list[tuple[Reading, list[FireTest]]], list[str]]] = {}
+        for reading, ts in readings.items():
+            self._plan.setdefault(reading.site, ([], []))[0].append((reading, ts))
+        for kind in capture:
+            self._plan.setdefault(CAPTURE_SITES[kind], ([], []))[1].append(kind)
+        keep = {s for r in readings for s in r.also}
+        for s in keep:
+            self._plan.setdefault(s, ([], []))
+        self._kept: list[dict[Site, torch.Tensor]] = [{} for _ in self.layers]
+        self._handles: list = []
+        try:
+            for i, l in enumerate(self.layers):
+                block = lm.layers[l]
+                for site, (rs, kinds) in self._plan.items():
+                    hook = self._hook(i, site, rs, kinds, site in keep)
+                    module = site.module_in(block, lm.adapter)
+                    self._handles.append(module.register_forward_hook(hook) if site.value == "output"
+                                         else module.register_forward_pre_hook(hook))
+            self._handles.append(lm.layers[max(self.layers)].register_forward_hook(_stop))
+        except BaseException:
+            self.remove()
+            raise
+
+    def _all_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1])                             # [batch*seq, d]
+
+    def _valid_rows(self, x: torch.Tensor) -> torch.Tensor:
+        # [batch, seq, d], or [batch*seq, d] where the model flattens (OPT) -> [n, d], n valid tokens
+        return x.reshape(-1, x.shape[-1])[self.valid]
+
+    def _hook(self, i: int, site: Site, readings: list[tuple[Reading, list[FireTest]]], kinds: list[str],
+              keep: bool) -> Callable:
+        kept = self._kept[i]
+
+        def hook(module, args, output=None):
+            x = args[0] if output is None else (output[0] if isinstance(output, tuple) else output)
+            if keep:
+                kept[site] = x
+            for reading, tests in readings:
+                v = reading.derive(x, self._rows, *(kept.pop(s) for s in reading.also))
+                for t in tests:
+                    self.on_fired(t.name, i, t.fired(i, v, self.row0))
+            for kind in kinds:
+                self.stats[kind][i] = magnitude_stats(x, self.valid, self.lengths, self.capture_topk)
+        return hook
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: np.ndarray,
+                row0: int = 0) -> None:
+        """One forward of a right-padded batch, input_ids and attention_mask [batch, seq] on the
+        model's device; lengths: the sequences' token counts (host); row0: the store row of the
+        batch's first token (a calibrating rule's first block is rows 0..first_rows)."""
+        padded = bool((lengths != input_ids.shape[1]).any())
+        self.valid = attention_mask.bool().reshape(-1)                # [batch*seq]
+        self.lengths = lengths.tolist()
+        self.row0 = row0
+        self._rows = self._valid_rows if padded else self._all_rows
+        with torch.inference_mode():
+            try:
+                self.lm.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except StopForward:
+                pass
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "LayerHooks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _stop(module, args, output) -> None:
+    raise StopForward

@@ -1,0 +1,97 @@
+"""The fire rules' one home (actdb/ingest/hooks.py): the probe's fires equal the store's masks for
+the same tokens under every rule and family, and a rule kind that reads two points of a layer plugs
+into the hooks as one class."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import actdb
+from actdb.ingest.hooks import ACT, H, FireTest, LayerHooks, Reading
+from actdb.devices import choose_device
+from actdb.ingest.models import load_config, load_model
+from actdb.ingest.thresholds import floor32
+from actdb.serve.probe import Probe
+from actdb.grammar import parse_fire_rule
+from actdb.settings import ServeSettings
+from serve_stores import corpus_texts, make_probe_store, probe_corpus
+from stores import run_ingest
+
+RULES = ("sign", "abs>0.02", "top:0.9")
+
+
+def no_hooks_left(lm) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in lm.layers.modules())
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2", "llama", "bert"])
+def test_probe_fires_equal_the_store_masks_under_every_rule(family, model_dirs, tmp_path):
+    """One document per sequence, batch 1 (no padding): the probe of a document's text reads the
+    store's tokens of its sequence, and its fires are that sequence's mask rows, bit for bit."""
+    corpus = probe_corpus(tmp_path / "corpus.jsonl")
+    path = make_probe_store(tmp_path / "store", model_dirs(family), corpus, RULES).path
+    texts = corpus_texts(corpus)
+    seen = {}
+    for rule in RULES:
+        st = actdb.open(path, rule=rule)
+        tok = st.tokens().sort("row")
+        probe = Probe(st, ServeSettings(probe=True, probe_max_tokens=64))
+        got, want = [], []
+        for doc in range(len(texts)):
+            rows = np.flatnonzero(tok["doc"].to_numpy() == doc)
+            for layer in st.manifest.layers:
+                r = probe.run(texts[doc], layer)
+                assert r.ids == tok["token_id"].to_numpy()[rows].tolist() and not r.cut
+                got.append(r.fired)                                   # [tokens, d_ffn] bool
+                want.append(st.masks(layer)[rows])
+        assert no_hooks_left(probe._loaded[0]), "the probe left a hook on the model"
+        got, want = np.concatenate(got), np.concatenate(want)
+        assert got.shape == want.shape and int((got != want).sum()) == 0, f"{rule}: {int((got != want).sum())} bits differ"
+        assert 0.01 < want.mean() < 0.99, f"{rule}: a rule that never or always fires makes the comparison vacuous"
+        seen[rule] = want
+    assert not np.array_equal(seen["sign"], seen["top:0.9"]) and not np.array_equal(seen["abs>0.02"], seen["top:0.9"])
+
+
+class SignAndAbove(FireTest):
+    """A test-only kind: act > 0 and |h| > 0.02, a reading of two points of the layer (as glu:SS's
+    act_fn(gate x) and up x would be), derived at h with the activation output kept from before."""
+    kind = "sign-and-abs"
+    reading = Reading("act > 0 and |h|", H, lambda h, rows, act: rows(act > 0) & (rows(h).float().abs() > floor32(0.02)),
+                      also=(ACT,))
+
+    def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
+        return value
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_a_rule_reading_two_points_is_one_class(family, model_dirs, corpus_file, tmp_path):
+    """Run through the hooks over padded batches, the test-only kind equals the AND of the store's
+    sign and abs>0.02 masks (which equal the reference forward: test_fire_rules.py)."""
+    store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", mode="document", fire_rule=("sign", "abs>0.02"))
+    lm = load_model(model_dirs(family), load_config(model_dirs(family)), choose_device("cpu"), torch.float32,
+                    offload=False)
+    layers = store.manifest.layers
+    rule = dataclasses.replace(parse_fire_rule("sign"), name="sign-and-abs", kind="sign-and-abs")   # not in the grammar
+    test = SignAndAbove(rule, len(layers), store.manifest.d_ffn, 0)
+    got: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
+    toks = store.tokens().sort("row")
+    seqs = np.split(toks["token_id"].to_numpy(), np.flatnonzero(np.diff(toks["seq"].to_numpy())) + 1)
+    padded = 0
+    with LayerHooks(lm, layers, [test], lambda name, i, fired: got[i].append(fired)) as hooks:
+        for lo in range(0, len(seqs), 3):   # the store's batches, right-padded
+            group = seqs[lo:lo + 3]
+            lengths = np.array([len(s) for s in group])
+            ids = torch.zeros(len(group), int(lengths.max()), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, s in enumerate(group):
+                ids[j, :len(s)] = torch.from_numpy(s.astype(np.int64))
+                mask[j, :len(s)] = 1
+            hooks.forward(ids, mask, lengths)
+            padded += bool((lengths != lengths.max()).any())
+    assert no_hooks_left(lm) and padded > 0
+    for i, layer in enumerate(layers):
+        want = store.masks(layer) & store.with_rule("abs>0.02").masks(layer)
+        mine = torch.cat(got[i]).numpy()
+        assert mine.shape == want.shape and np.array_equal(mine, want), f"layer {layer}"
+        assert 0 < want.mean() < store.masks(layer).mean(), "the AND must differ from either rule"
