@@ -101,6 +101,11 @@ def comparison(stores, timeout: float | None = None) -> Comparison:
     return Comparison(tuple(models), tuple(rows), all(s == said[0] for s in said))
 
 
+def _pct(v: float) -> str:
+    """A percentage with two decimals, or two significant digits below 0.1 % (a few dead neurons of many)."""
+    return f"{v:.2f} %" if v == 0 or v >= 0.1 else f"{v:.2g} %"
+
+
 def table(c: Comparison) -> tuple[list[str], list[list[str]]]:
     """The comparison as (header, rows) of text: the report's table (the explorer's page shows the same)."""
     head = ["store", "model", "fired", "layers x neurons", "tokens", "dead", "mean frequency of alive neurons",
@@ -109,7 +114,7 @@ def table(c: Comparison) -> tuple[list[str], list[list[str]]]:
     out = []
     for r in c.models:
         out.append([r.store, r.model, r.rule, f"{r.layers} of {r.n_layers} x {r.d_ffn:,}", f"{r.n_tokens:,}",
-                    f"{r.dead_pct:.2f} %", "—" if r.mean_freq_alive is None else f"{100 * r.mean_freq_alive:.1f} %",
+                    _pct(r.dead_pct), "—" if r.mean_freq_alive is None else f"{100 * r.mean_freq_alive:.1f} %",
                     f"{r.token_detectors:,} ({r.detected_tokens:,})",
                     "—" if r.trigram_detectors is None else f"{r.trigram_detectors:,}",
                     f"{r.positional:,} ({r.positional_strong:,})",
