@@ -108,7 +108,7 @@ def across_section(handles: list, out: Path, progress: bool = True) -> list[str]
 def write_report(stores: list, out: str | Path, title: str = "actdb report", notes: list[str] | None = None,
                  progress: bool = True) -> Path:
     """Figures, query answers and headline numbers of each store handle (each under its fire rule;
-    see report_handles), in OUT/report.md; with several handles, first the stores side by side
+    see report_handles), in OUT/report.md; over two stores or more, first the stores side by side
     (across_section)."""
     from ..query.catalogue import parameters, saved_queries
     from .plot import FIGURES, caption, describe, drawn_at, plot_all
@@ -125,7 +125,7 @@ def write_report(stores: list, out: str | Path, title: str = "actdb report", not
     for note in notes or []:
         lines += [note, ""]
     titles = {q.name: q.title for q in saved_queries()}
-    if len(stores) > 1:
+    if len({Path(st.path).resolve() for st in stores}) > 1:   # two stores or more, each under its rules
         lines += across_section(stores, out, progress)
     for st in stores:
         name = _slug(Path(st.manifest.model).name or st.path.name)
