@@ -27,9 +27,9 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..errors import InputError, StoreError
+from ..errors import InputError
 from ..store.parquet_guard import _norm, parquet_guard
-from .connection import (Result, _bind, _check_read_only, _one_line, check_files, confine, frame, new_connection,
+from .connection import (Result, _bind, _check_read_only, check_files, confine, create, frame, new_connection,
                          store_statements)
 from .dependencies import _REACH_ANYTHING, created_name, view_dependencies, words
 from .views import NEIGHBOURS_UDF, _lit
@@ -277,13 +277,7 @@ class _Views:
                 self._run(obj, self._union(obj))
 
     def _run(self, key: str, stmt: str) -> None:
-        import duckdb
-
-        try:
-            self.con().execute(stmt)
-        except duckdb.Error as e:
-            self.guard.verify_all()   # creating a view reads the Parquet footers: name a damaged file
-            raise StoreError(f"view {key}: {_one_line(e)}") from None
+        create(self.con(), self.guard, stmt, f"view {key}")
         self.done.add(key)
 
     def _union(self, obj: str) -> str:

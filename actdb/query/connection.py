@@ -135,16 +135,22 @@ class _LazyViews:
 
             register_neighbours(self.con(), self.store)
             self.cofire = False
-        import duckdb
-
         for name, stmt in zip(self.names, self.stmts):
             if name in want:
-                try:
-                    self.con().execute(stmt)
-                except duckdb.Error as e:
-                    self.guard.verify_all()   # creating a view reads the Parquet footers: name a damaged file
-                    raise StoreError(f"{self.store.path}: view {name}: {_one_line(e)}") from None
+                create(self.con(), self.guard, stmt, f"{self.store.path}: view {name}")
                 self.done.add(name)
+
+
+def create(con, guard, stmt: str, what: str) -> None:
+    """Run one CREATE VIEW or MACRO; a failure names a damaged file where there is one (creating a
+    view reads the Parquet footers), else `what`."""
+    import duckdb
+
+    try:
+        con.execute(stmt)
+    except duckdb.Error as e:
+        guard.verify_all()
+        raise StoreError(f"{what}: {_one_line(e)}") from None
 
 
 def ensure_views(store, con, sql: str) -> None:
