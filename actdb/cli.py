@@ -144,6 +144,21 @@ def _echo(text: str) -> None:
     click.echo(text, nl=False)
 
 
+def _open(stores: tuple[str, ...], rule: str | None = None):
+    """One store as it always was (actdb.Store); several, or one given as NAME=PATH, together
+    (query.across.Stores: each under its schema, and the unions)."""
+    from .query.across import parse_spec
+    from .query.handle import open as open_store
+
+    if len(stores) == 1 and parse_spec(stores[0])[0] is None:
+        return open_store(stores[0], rule=rule)
+    return open_store(list(stores), rule=rule)
+
+
+_STORES_HELP = ("Several stores are queried together: each store's views under a schema named after its folder "
+                "(or NAME=PATH), every view also as their union with store, model, n_layers and depth columns.")
+
+
 @click.group()
 @click.version_option(__version__, prog_name="actdb")
 def main() -> None:
@@ -214,29 +229,31 @@ def index(store: str, rules: tuple[str, ...], **options) -> None:
 
 
 @main.command()
-@click.argument("store")
+@click.argument("store", nargs=-1, required=True)
 @click.argument("query")
 @_output_options(_ANSWER_FILE)
 @_query_options
 @_one_line_errors
-def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, out: str | None, **options) -> None:
-    """Run one read-only SQL statement over STORE's views (it reads only STORE's files).
+def sql(store: tuple[str, ...], query: str, params: tuple[tuple[str, str], ...], fmt: str, out: str | None,
+        **options) -> None:
+    """Run one read-only SQL statement over the views of STORE (or of several: the statement is the
+    last argument). It reads only the stores' files.
 
     \b
     Example:
       actdb sql runs/opt125m 'SELECT layer, dead_frac FROM layer_stats WHERE layer < $n' -p n 6 -f csv -o dead.csv
+      actdb sql runs/opt125m runs/opt1.3b 'SELECT store, depth, dead_frac FROM layer_stats' -f csv
     """
-    from .query.handle import open as open_store
     from .query.output import check_output, emit
 
     qs = QuerySettings(**options)
     check_output(fmt, out)
-    with open_store(store).stream(query, dict(params), timeout=qs.timeout, timeout_hint="--timeout") as answer:
+    with _open(store).stream(query, dict(params), timeout=qs.timeout, timeout_hint="--timeout") as answer:
         emit(answer, fmt, out, _echo, qs.max_rows)
 
 
 @main.command()
-@click.argument("store", required=False)
+@click.argument("store", nargs=-1)
 @click.argument("name", required=False)
 @_output_options(_ANSWER_FILE)
 @click.option("--list", "list_", is_flag=True, help="List the saved queries, what they reproduce and their parameters.")
@@ -244,18 +261,20 @@ def sql(store: str, query: str, params: tuple[tuple[str, str], ...], fmt: str, o
               "with default and help) instead of running it; STORE may be omitted.")
 @_query_options
 @_one_line_errors
-def query(store: str | None, name: str | None, params, fmt: str, out: str | None, list_: bool, describe: bool,
-          **options) -> None:
-    """Run a saved query NAME (from queries/) or a .sql FILE on STORE.
+def query(store: tuple[str, ...], name: str | None, params, fmt: str, out: str | None, list_: bool,
+          describe: bool, **options) -> None:
+    """Run a saved query NAME (from queries/) or a .sql FILE on STORE, or on several stores (the
+    name is the last argument): a query across models reads them together, any other runs on each
+    store, its rows led by store, model, n_layers and depth.
 
     \b
     Example:
       actdb query runs/opt125m token_detectors_per_layer -p max_cov 3 -f json -o detectors.json
+      actdb query runs/opt125m runs/opt1.3b across_dead_freq -f csv
       actdb query --list
     """
     from .errors import InputError
     from .query.catalogue import describe_lines, find_query, list_lines
-    from .query.handle import open as open_store
     from .query.output import check_output, emit
 
     if list_:
@@ -264,16 +283,16 @@ def query(store: str | None, name: str | None, params, fmt: str, out: str | None
         return
     if describe:
         # `actdb query NAME --describe` needs no store
-        for line in describe_lines(name or store or ""):
+        for line in describe_lines(name or ""):
             click.echo(line)
         return
     if not store or not name:
-        raise InputError("query: expected STORE and NAME|FILE (or --list)")
+        raise InputError("query: expected STORE... and NAME|FILE (or --list)")
     qs = QuerySettings(**options)
     find_query(name)  # a missing query or file is named before the store is opened
     check_output(fmt, out)
-    with open_store(store).stream(name, dict(params), timeout=qs.timeout, timeout_hint="--timeout",
-                                  saved=True) as answer:
+    with _open(store).stream(name, dict(params), timeout=qs.timeout, timeout_hint="--timeout",
+                             saved=True) as answer:
         emit(answer, fmt, out, _echo, qs.max_rows)
 
 
@@ -299,32 +318,33 @@ def check(store: str) -> None:
 
 
 @main.command()
-@click.argument("store", required=False)
+@click.argument("store", nargs=-1)
 @click.argument("figure", required=False)
 @_output_options("PNG file to write, or the folder for 'all' (default: FIGURE.png, or figures/ for 'all').",
                  formats=False)
 @click.option("--list", "list_", is_flag=True, help="List the figures and the paper figures they reproduce.")
 @_rule_option("the store's first")
 @_one_line_errors
-def plot(store: str | None, figure: str | None, out: str | None, params, list_: bool, rule: str | None) -> None:
-    """Draw paper FIGURE (or 'all') from STORE as PNG.
+def plot(store: tuple[str, ...], figure: str | None, out: str | None, params, list_: bool, rule: str | None) -> None:
+    """Draw paper FIGURE (or 'all') from STORE as PNG; from several stores (the figure is the last
+    argument), a line or bar group per store by relative depth (--list says which figures).
 
     \b
     Example:
       actdb plot runs/opt125m fig3a -p max_cov 3 -o fig3a.png
       actdb plot runs/opt125m all -o figures/
+      actdb plot runs/opt125m runs/opt1.3b fig1a -o dead.png
     """
     from .errors import InputError
     from .presentation.plot import list_lines, plot as draw, plot_all
-    from .query.handle import open as open_store
 
     if list_:
         for line in list_lines():
             click.echo(line)
         return
     if not store or not figure:
-        raise InputError("plot: expected STORE and FIGURE (or 'all', or --list)")
-    st = open_store(store, rule=rule)
+        raise InputError("plot: expected STORE... and FIGURE (or 'all', or --list)")
+    st = _open(store, rule=rule)
     if figure == "all":
         if params:
             raise InputError("plot all: -p applies to one figure, got it with 'all'")

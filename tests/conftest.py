@@ -118,3 +118,36 @@ def real_ref(real_store):
 @pytest.fixture(scope="session")
 def noprefix_ref(noprefix_store):
     return Ref(noprefix_store)
+
+
+ACROSS_SIZES = ((2, 32), (3, 48), (4, 64))   # tiny OPT models: layers x neurons per layer
+
+
+@pytest.fixture(scope="session")
+def across_paths(tmp_path_factory, corpus_file) -> dict[str, Path]:
+    """Stores of tests/tiny.py's OPT at three sizes (2 layers x 32 neurons, 3 x 48, 4 x 64), each over
+    the same corpus, named opt2, opt3, opt4. Their indexes take massive-activation thresholds a
+    random model reaches (|h| > 0.1 and 4 x the median), and opt3's other detector thresholds
+    (p_token = p_share = 0.8), so that a query across them answers at each store's own."""
+    import actdb
+    from actdb.index.build import build_index
+
+    root = tmp_path_factory.mktemp("across")
+    out = {}
+    for n, d in ACROSS_SIZES:
+        model = root / f"tiny-opt-{n}x{d}"
+        make_model(model, "opt", seed=n, num_hidden_layers=n, ffn_dim=d)
+        store = out[f"opt{n}"] = root / f"opt{n}"
+        actdb.ingest.run(actdb.IngestSettings(model=str(model), corpus=(str(corpus_file),), out=str(store),
+                                              seq_len=24, block_tokens=256, index=False, progress=False))
+        more = dict(p_token=0.8, p_share=0.8) if n == 3 else {}
+        build_index(store, progress=False, abs_min=0.1, ratio=4.0, **more)
+    return out
+
+
+@pytest.fixture(scope="session")
+def across_stores(across_paths):
+    """actdb.open of the three stores of across_paths: schemas opt2, opt3, opt4."""
+    import actdb
+
+    return actdb.open(list(map(str, across_paths.values())))

@@ -11,8 +11,8 @@ HOSTILE = "<script>alert(1)</script>"
 VOCAB = ["<pad>", "<s>", "w2", HOSTILE, "a&b <i>x</i>", "\"q'", "w6", "w7"]
 
 
-def make_hostile(path: Path):
-    """A store whose token 3 is `<script>alert(1)</script>`; neuron 0:1 fires exactly on it."""
+def make_hostile(path: Path, model: str = "synthetic"):
+    """A store (of one layer) whose token 3 is `<script>alert(1)</script>`; neuron 0:1 fires exactly on it."""
     import actdb
     from actdb.index.build import build_index
     from actdb.store.synthetic import write_store
@@ -24,7 +24,8 @@ def make_hostile(path: Path):
     m = rng.random((8, len(ids))) < 0.3
     m[1] = ids == 3
     write_store(path, ids, lens, lambda l, a, b: m[:, a:b], layers=(0,), n_layers=1, d_ffn=8, seq_len=16,
-                vocab=VOCAB, prefix_tokens=(1,), domains=["web"] * len(lens), block_tokens=64, neuron_chunk=8)
+                vocab=VOCAB, prefix_tokens=(1,), domains=["web"] * len(lens), block_tokens=64, neuron_chunk=8,
+                model=model)
     build_index(path, progress=False)
     return actdb.open(path)
 

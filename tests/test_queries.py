@@ -16,17 +16,57 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import numpy as np
+
 import refs_projection_massive
+from actdb.query.across import folder_name, model_name
 from actdb.query.catalogue import saved_queries
 from views_reference import UNI_BINS, same
 
 ANSWERS = Path(__file__).parent / "answers"
 NAMES = [q.name for q in saved_queries()]
+ACROSS = {q.name for q in saved_queries() if q.across}   # over several stores: stored answers on across_stores
 BI_BINS = [(1, 50), (51, 100), (101, 200), (201, 500), (501, 1000), (1001, 2000), (2001, 5000), (5001, 1000000)]
 TRI_BINS = [(1, 50), (51, 100), (101, 200), (201, 500), (501, 1000), (1001, 5000), (5001, 20000), (20001, 3000000)]
 
 
+def expected_across(name: str, ref, st) -> list[tuple]:
+    """A query across models on one store: its one-store queries' numpy answers, led by store,
+    model, n_layers and depth = layer / (n_layers - 1)."""
+    m = st.manifest
+    lead = (folder_name(st.path), model_name(m), m.n_layers)
+
+    def at(layer):
+        return (*lead, layer, layer / (m.n_layers - 1))
+    if name == "across_dead_freq":
+        freq = {r[0]: r[2] for r in expected("mean_freq_alive", ref, st)}
+        return [(*at(l), n, dead, pct, freq[l]) for l, n, dead, pct in expected("dead_per_layer", ref, st)]
+    if name == "across_detectors":
+        det = dict(expected("token_detectors_per_layer", ref, st))
+        tri = {r[0]: r[1] for r in expected("trigram_detectors_per_layer", ref, st)}
+        return [(*at(l), det[l], n, cum, tri.get(l)) for l, n, cum in expected("detected_tokens_per_layer", ref, st)]
+    if name == "across_positional":
+        return [(*at(l), pattern, strong, n) for l, pattern, strong, n in expected("positional_by_kind", ref, st)]
+    if name == "across_massive_by_depth":
+        return [(*at(r[0]), *r[1:]) for r in expected("massive_top_magnitudes", ref, st)]
+    if name == "across_massive":
+        c = refs_projection_massive._capture(st)
+        top = np.abs(c["topk_value"][:, :, 0])   # [layer, row]: each token's largest |h|
+        got = refs_projection_massive._massive(st)
+        layers = [x["layer"] for x in got]
+        count = Counter(x["dim"] for x in got)
+        dims = sorted(count, key=lambda d: (-count[d], d))[:5] or None
+        first = min(layers) if layers else None
+        return [(*lead, float(top.max()), m.layers[int(np.argmax(top.max(axis=1)))],
+                 float(np.median(c["seq_median"])), len(got), len(count), dims, first,
+                 None if first is None else first / (m.n_layers - 1),
+                 float(np.mean([x["pos"] == 0 for x in got])) if got else None)]
+    raise AssertionError(f"no numpy reference for saved query {name}")
+
+
 def expected(name: str, ref, st) -> list[tuple]:
+    if name in ACROSS:
+        return expected_across(name, ref, st)
     if name in refs_projection_massive.NAMES:
         return refs_projection_massive.expected(name, ref, st)
     L = ref.layers
@@ -136,8 +176,10 @@ def test_saved_queries_are_nontrivial_on_known_store(known_store):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_saved_query_stored_answer(name, known_store):
-    df = known_store.query(name)
+def test_saved_query_stored_answer(name, request):
+    """Each saved query's answer on the hand-built store, a query across models's on the three
+    tiny OPT stores (conftest.across_stores)."""
+    df = request.getfixturevalue("across_stores" if name in ACROSS else "known_store").query(name)
     rows = [list(r) for r in df.rows()]
     path = ANSWERS / f"{name}.json"
     if os.environ.get("ACTDB_UPDATE_ANSWERS"):

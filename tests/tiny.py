@@ -64,13 +64,15 @@ def make_tokenizer(path: Path, family: str):
     return fast
 
 
-def make_model(path: Path, family: str, seed: int = 0, vocab_pad: int = 8):
-    """Save a seeded random model of `family` with its tokenizer to `path`; returns the model."""
+def make_model(path: Path, family: str, seed: int = 0, vocab_pad: int = 8, **sizes):
+    """Save a seeded random model of `family` with its tokenizer to `path`; returns the model.
+    sizes: config values in place of the family's (num_hidden_layers=4, ffn_dim=64 ...)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     path = Path(path)
     tok = make_tokenizer(path, family)
     model_type, kw = FAMILIES[family]
+    kw = {**kw, **sizes}
     config = AutoConfig.for_model(model_type, vocab_size=len(tok) + vocab_pad, pad_token_id=0,
                                   bos_token_id=2, eos_token_id=3, **kw)
     torch.manual_seed(seed)

@@ -16,29 +16,17 @@ import io
 import textwrap
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError
-from ..explore.thresholds import criteria, labels, thresholds
-from ..query.catalogue import Recorded, find_query, parameters
+from ..explore.thresholds import labels
+from ..query.across import several
 from ..store.layout import check_outside_stores
+from . import across
+from .figure import PAPER, SUN, Figure, caption, describe, drawn_at, note as _note
 
 LAYER = "layer"
-PAPER = "Voita et al. 2023"
-SUN = "Sun et al. 2024"
-
-
-@dataclass(frozen=True)
-class Figure:
-    name: str
-    paper: str                     # which paper figure it reproduces
-    title: str                     # {threshold} fields: filled in at the values it is drawn at
-    query: str                     # the saved query it draws
-    draw: Callable[..., None]      # draw(fig, df, ctx)
-    needs: tuple[str, ...] = ()    # views that must exist in the store; "capture": a resid capture
-    criteria: tuple[str, ...] = ()  # explore.thresholds.criteria it states under the title
 
 
 class _Ctx:
@@ -50,11 +38,6 @@ class _Ctx:
 
     def query(self, name: str, **params: Any):
         return self.store.query(name, params or None)
-
-
-def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35",
-            wrap=True)
 
 
 def _layers_axis(ax, layers) -> None:
@@ -369,39 +352,16 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
 ]}
 
 
-def drawn_at(store, fig: Figure, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The thresholds `fig` is drawn at on `store`: the index's, and those its query runs at (its
-    parameters as given, else the index's, which its header names)."""
-    q = find_query(fig.query)
-    run = parameters(store, q, params)
-    return {**thresholds(store), **{v.threshold: run[k] for k, v in q.params.items() if isinstance(v, Recorded)}}
-
-
-class _Names(dict):
-    def __missing__(self, key: str) -> str:   # a title without a store names the threshold
-        return key
-
-
-def caption(fig: Figure, values: dict[str, Any] | None = None) -> tuple[str, str]:
-    """(title, criteria) of `fig` at threshold `values` (drawn_at; None: the thresholds by name)."""
-    if values is None:
-        return fig.title.format_map(_Names()), ""
-    said = criteria(values)
-    return fig.title.format_map(labels(values)), "; ".join(said[c] for c in fig.criteria if c in said)
-
-
-def describe(store) -> str:
-    """'MODEL on CORPUS (N tokens), fired = RULE' for titles."""
-    m = store.manifest
-    model = Path(m.model).name if Path(m.model).exists() or m.model.startswith(("/", ".")) else m.model
-    domains = store.sql("SELECT domain FROM domain_counts ORDER BY n DESC")["domain"].to_list()
-    corpus = ", ".join(Path(c.path).name for c in m.corpus)
-    dom = f" [{', '.join(domains[:8])}{', …' if len(domains) > 8 else ''}]" if domains else ""
-    return f"{model} on {corpus}{dom}, {m.n_tokens:,} tokens, fired = {store.rule}"
+def figures(store) -> dict[str, Figure]:
+    """The figures a handle draws: the papers' for one store, those across models for several
+    (presentation/across.py)."""
+    return across.FIGURES if several(store) else FIGURES
 
 
 def available(store, fig: Figure) -> str | None:
-    """None if the store can draw the figure, else why not."""
+    """None if the store (or stores) can draw the figure, else why not."""
+    if several(store):
+        return across.available(store, fig)
     if "capture" in fig.needs and "resid" not in store.manifest.capture:
         return "the store has no residual-stream capture (ingested with --capture none)"
     missing = [v for v in fig.needs if v != "capture" and v not in store.views()]
@@ -411,7 +371,10 @@ def available(store, fig: Figure) -> str | None:
 
 
 def render(store, name: str, params: dict[str, Any] | None = None):
-    """One figure of FIGURES as a matplotlib Figure (the caller closes it)."""
+    """One figure of FIGURES as a matplotlib Figure (the caller closes it); over several stores, one
+    across models (presentation/across.py)."""
+    if several(store):
+        return across.render(store, name, params)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,14 +452,14 @@ def plot(store, name: str, out: str | Path, params: dict[str, Any] | None = None
 
 
 def plot_all(store, out_dir: str | Path, progress: bool = True) -> tuple[list[Path], dict[str, str]]:
-    """Every figure the store can draw into out_dir/NAME.png; returns (files, skipped name -> why)."""
+    """Every figure the store (or stores) can draw into out_dir/NAME.png; returns (files, skipped name -> why)."""
     from tqdm import tqdm
 
     check_outside_stores(out_dir)
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise InputError(f"-o {out_dir}: is a file; expected a folder for 'all' (a PNG file is for one figure)")
     done, skipped = [], {}
-    for name, fig_def in tqdm(FIGURES.items(), desc="figures", unit="fig", disable=not progress):
+    for name, fig_def in tqdm(figures(store).items(), desc="figures", unit="fig", disable=not progress):
         why = available(store, fig_def)
         if why:
             skipped[name] = why
@@ -506,4 +469,6 @@ def plot_all(store, out_dir: str | Path, progress: bool = True) -> tuple[list[Pa
 
 
 def list_lines() -> list[str]:
-    return [f"{f.name:14s} {f.paper}: {caption(f)[0]} (query {f.query})" for f in FIGURES.values()]
+    return [f"{f.name:14s} {f.paper}: {caption(f)[0]} (query {f.query})" for f in FIGURES.values()] + \
+        ["", "With several stores (actdb plot STORE... FIGURE), a line or bar group per store by relative depth:"] + \
+        across.list_lines()

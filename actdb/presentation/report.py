@@ -2,6 +2,7 @@
 answer as CSV, and every figure as PNG.
 
     OUT/report.md
+    OUT/across-models/figures/*.png, OUT/across-models/queries/*.csv   (several stores: the figures and queries across models)
     OUT/<store name>/figures/*.png
     OUT/<store name>/queries/*.csv
 """
@@ -22,14 +23,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "store"
 
 
-def run_all_queries(store, out_dir: Path) -> dict[str, str]:
-    """Every saved query's answer as CSV; returns name -> file name, or name -> 'skipped: why'."""
+def run_all_queries(store, out_dir: Path, across: bool = False) -> dict[str, str]:
+    """Every saved query's answer as CSV (only the queries across models with across=True); returns
+    name -> file name, or name -> 'skipped: why'."""
     from ..query.catalogue import saved_queries
     from ..query.output import emit
 
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
     for sq in saved_queries():
+        if across and not sq.across:
+            continue
         try:
             table = store.query(sq.name, arrow=True)
         except ActdbError as e:
@@ -53,10 +57,59 @@ def report_handles(stores: list, rules: list[str] | None = None) -> list:
     return out
 
 
+def _row(cells: list[str]) -> str:
+    """A Markdown table row; a | in a cell (|h|) is escaped."""
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _answer_line(name: str, title: str, result: str, folder: Path, out: Path, ran: str = "") -> str:
+    """A saved query's line: its name, title, the values it ran with, and a link to its CSV (or why not)."""
+    link = f"[{result}]({(folder / result).relative_to(out).as_posix()})" if result.endswith(".csv") else result
+    return f"- `{name}` — {title}{f' ({ran})' if ran else ''}: {link}"
+
+
+def across_section(handles: list, out: Path, progress: bool = True) -> list[str]:
+    """The report's "Across models" section: the stores side by side (explore.compare), the figures
+    across models (OUT/across-models/figures) and the answers of the queries across models
+    (OUT/across-models/queries)."""
+    from ..explore.compare import comparison, table
+    from ..query.across import named
+    from ..query.catalogue import saved_queries
+    from .across import FIGURES as ACROSS_FIGURES
+    from .plot import plot_all
+
+    stores = named(handles)
+    c = comparison(stores)
+    head, rows = table(c)
+    lines = ["## Across models", "",
+             f"{len(c.models)} stores side by side; in the figures, a line (or bar group) per store against the "
+             "relative depth, layer / (layers - 1), so that models of different depth line up.", "",
+             _row(head), "|" + "---|" * len(head)]
+    lines += [_row(r) for r in rows]
+    lines.append("")
+    if c.same_thresholds:
+        lines += ["Every store at the same thresholds: " + "; ".join(c.models[0].criteria) + ".", ""]
+    else:
+        lines += ["Each store at the thresholds of its own index:", ""]
+        lines += [f"- {m.store}: " + "; ".join(m.criteria) + "." for m in c.models] + [""]
+    sub = out / "across-models"
+    figs, skipped = plot_all(stores, sub / "figures", progress=progress)
+    for f in figs:
+        fig = ACROSS_FIGURES[f.stem]
+        lines += [f"**{fig.title}** ({fig.paper}; query `{fig.query}`)", "",
+                  f"![{fig.title}]({f.relative_to(out).as_posix()})", ""]
+    lines += [f"- {k}: not drawn ({why})" for k, why in skipped.items()]
+    titles = {q.name: q.title for q in saved_queries()}
+    lines += [_answer_line(name, titles[name], result, sub / "queries", out)
+              for name, result in run_all_queries(stores, sub / "queries", across=True).items()]
+    return lines + [""]
+
+
 def write_report(stores: list, out: str | Path, title: str = "actdb report", notes: list[str] | None = None,
                  progress: bool = True) -> Path:
     """Figures, query answers and headline numbers of each store handle (each under its fire rule;
-    see report_handles), in OUT/report.md."""
+    see report_handles), in OUT/report.md; over two stores or more, first the stores side by side
+    (across_section)."""
     from ..query.catalogue import parameters, saved_queries
     from .plot import FIGURES, caption, describe, drawn_at, plot_all
 
@@ -72,6 +125,8 @@ def write_report(stores: list, out: str | Path, title: str = "actdb report", not
     for note in notes or []:
         lines += [note, ""]
     titles = {q.name: q.title for q in saved_queries()}
+    if len({Path(st.path).resolve() for st in stores}) > 1:   # two stores or more, each under its rules
+        lines += across_section(stores, out, progress)
     for st in stores:
         name = _slug(Path(st.manifest.model).name or st.path.name)
         if st.rule != st.rules[0]:   # the first rule keeps the folder it always had
@@ -91,11 +146,9 @@ def write_report(stores: list, out: str | Path, title: str = "actdb report", not
         lines += [f"- {k}: not drawn ({why})" for k, why in skipped.items()]
         lines += ["", "### Saved queries", ""]
         for qname, result in answers.items():
-            link = f"[{result}]({(sub / 'queries' / result).relative_to(out).as_posix()})" \
-                if result.endswith(".csv") else result
             ran = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
                             for k, v in parameters(st, qname).items()) if result.endswith(".csv") else ""
-            lines.append(f"- `{qname}` — {titles.get(qname, '')}{f' ({ran})' if ran else ''}: {link}")
+            lines.append(_answer_line(qname, titles.get(qname, ""), result, sub / "queries", out, ran))
         lines.append("")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

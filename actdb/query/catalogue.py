@@ -49,6 +49,7 @@ class SavedQuery:
     params: dict[str, Any] = field(default_factory=dict)
     sql: str = ""
     param_help: dict[str, str] = field(default_factory=dict)
+    across: str = ""   # the header's `-- across:` line: a query over several stores, reading the unions
 
 
 _PARAM = re.compile(r"^--\s*param:\s*(\w+)\s*=\s*(\S+)\s*(.*)$")
@@ -59,7 +60,7 @@ def parse_query_file(path: Path) -> SavedQuery:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot read query file ({e.strerror})") from None
-    title = reproduces = ""
+    title = reproduces = across = ""
     params: dict[str, Any] = {}
     helps: dict[str, str] = {}
     for line in text.splitlines():
@@ -73,7 +74,9 @@ def parse_query_file(path: Path) -> SavedQuery:
             title = line.split(":", 1)[1].strip()
         elif line.lower().startswith("-- reproduces:"):
             reproduces = line.split(":", 1)[1].strip()
-    return SavedQuery(Path(path).stem, Path(path), title, reproduces, params, text, helps)
+        elif line.lower().startswith("-- across:"):
+            across = line.split(":", 1)[1].strip() or "models"
+    return SavedQuery(Path(path).stem, Path(path), title, reproduces, params, text, helps, across)
 
 
 def _default(text: str, where: str) -> Any:
@@ -91,8 +94,10 @@ def saved_queries(folder: Path | None = None) -> list[SavedQuery]:
     return [parse_query_file(p) for p in sorted(folder.glob("*.sql"))]
 
 
-def find_query(name_or_file: str) -> SavedQuery:
+def find_query(name_or_file: str | SavedQuery) -> SavedQuery:
     """A saved query by name, or a .sql file (a name with a .sql suffix or a folder in it is a file)."""
+    if isinstance(name_or_file, SavedQuery):
+        return name_or_file
     p = Path(name_or_file)
     if p.suffix == ".sql" or len(p.parts) > 1:
         if p.is_file():
@@ -122,13 +127,16 @@ def defaults(q: SavedQuery, recorded: Mapping[str, Any]) -> dict[str, Any]:
 def parameters(store, name_or_file: str | SavedQuery, params: Mapping[str, Any] | None = None,
                con=None) -> dict[str, Any]:
     """The values a saved query runs with on `store`: its header's defaults (an index_info.NAME one
-    from the store's index record), overridden by `params`."""
-    q = name_or_file if isinstance(name_or_file, SavedQuery) else find_query(name_or_file)
+    from the store's index record; over several stores NULL, which the union macros read as each
+    store's own), overridden by `params`."""
+    q = find_query(name_or_file)
     given = {k: coerce_param(v) for k, v in (params or {}).items()}
     unknown = sorted(set(given) - set(q.params) - {RULE_PARAM})   # every query takes the rule
     if unknown:
         raise InputError(f"parameters: {', '.join(unknown)} unknown to query {q.name} "
                          f"(it takes {', '.join(q.params) or 'none'})")
+    if getattr(store, "several", False):   # a query.across.Stores
+        return {**{k: None if isinstance(v, Recorded) else v for k, v in q.params.items()}, **given}
     if any(isinstance(v, Recorded) and k not in given for k, v in q.params.items()):
         return {**defaults(q, recorded_thresholds(store, con)), **given}
     return {**q.params, **given}

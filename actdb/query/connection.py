@@ -25,8 +25,35 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
     one-line query, and proj_score's Python UDF makes DuckDB import numpy); else all now.
     threads: DuckDB's worker threads (default: one per core), fixed before the lock; memory_mb: a
     hard memory limit of its statements (see confine)."""
+    stmts, absent = store_statements(store, pre)
+    con = new_connection(threads)
+    # which files each view reads, checked before each query
+    guard = parquet_guard(store, fresh=True)
+    store._view_deps = view_dependencies(stmts)   # what each view reads, for the checks of a statement
+    confine(con, store.path, memory_mb)
+    views = _LazyViews(con, store, stmts, guard, absent)
+    if not lazy:
+        views.ensure(_EVERY_VIEW)
+    if not hasattr(store, "_lazy_views"):
+        store._lazy_views = weakref.WeakKeyDictionary()   # connection -> its views
+    store._lazy_views[con] = views
+    return con
+
+
+def new_connection(threads: int | None = None):
+    """An in-memory DuckDB database, no progress bar; threads: its worker threads (default one per core)."""
     import duckdb
 
+    con = duckdb.connect(":memory:")
+    con.execute("SET enable_progress_bar = false")
+    if threads is not None:
+        con.execute("SET threads = $n", {"n": int(threads)})
+    return con
+
+
+def store_statements(store, pre: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The statements that create the views and macros of `store` under its fire rule, and the
+    views it lacks {name: why} (views.py; pre: see views._views)."""
     from .views import _views, massive_views, neighbour_views, neighbours_macro, projection_views
 
     # the views read the handle's rule's index, and the rule-independent tables (massive
@@ -38,10 +65,6 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
         what = "" if len(store.rules) == 1 else f" of rule {store.rule}"
         raise StoreError(f"{index_path(base)}: no index{what} (run `actdb index {store.path}`)")
     shared_info = info if shared == base else bound_index_info(store.path, shared, store.manifest, store.rules[0])
-    con = duckdb.connect(":memory:")
-    con.execute("SET enable_progress_bar = false")
-    if threads is not None:
-        con.execute("SET threads = $n", {"n": int(threads)})
     stmts = _views(store.path, store.manifest, info, pre=pre, index_root=base, rule=store.rule)
     # views a store may lack, and why: a statement naming one is told that, not DuckDB's "does not exist"
     absent: dict[str, str] = {}
@@ -57,17 +80,7 @@ def connect(store, pre: bool = True, lazy: bool = True, threads: int | None = No
         stmts += neighbour_views(base)
     else:
         absent["neuron_neighbours"] = ABSENT_NEIGHBOURS
-    # which files each view reads, checked before each query
-    guard = parquet_guard(store, fresh=True)
-    store._view_deps = view_dependencies(stmts)   # what each view reads, for the checks of a statement
-    confine(con, store.path, memory_mb)
-    views = _LazyViews(con, store, stmts, guard, absent)
-    if not lazy:
-        views.ensure(_EVERY_VIEW)
-    if not hasattr(store, "_lazy_views"):
-        store._lazy_views = weakref.WeakKeyDictionary()   # connection -> its views
-    store._lazy_views[con] = views
-    return con
+    return stmts, absent
 
 
 ABSENT_CAPTURE = ("this store's index has no captured activations (record them with `actdb ingest --capture "
@@ -122,16 +135,22 @@ class _LazyViews:
 
             register_neighbours(self.con(), self.store)
             self.cofire = False
-        import duckdb
-
         for name, stmt in zip(self.names, self.stmts):
             if name in want:
-                try:
-                    self.con().execute(stmt)
-                except duckdb.Error as e:
-                    self.guard.verify_all()   # creating a view reads the Parquet footers: name a damaged file
-                    raise StoreError(f"{self.store.path}: view {name}: {_one_line(e)}") from None
+                create(self.con(), self.guard, stmt, f"{self.store.path}: view {name}")
                 self.done.add(name)
+
+
+def create(con, guard, stmt: str, what: str) -> None:
+    """Run one CREATE VIEW or MACRO; a failure names a damaged file where there is one (creating a
+    view reads the Parquet footers), else `what`."""
+    import duckdb
+
+    try:
+        con.execute(stmt)
+    except duckdb.Error as e:
+        guard.verify_all()
+        raise StoreError(f"{what}: {_one_line(e)}") from None
 
 
 def ensure_views(store, con, sql: str) -> None:
@@ -139,6 +158,15 @@ def ensure_views(store, con, sql: str) -> None:
     views = getattr(store, "_lazy_views", {}).get(con)
     if views is not None:
         views.ensure(sql)
+
+
+def frame(table, arrow: bool):
+    """A pyarrow Table as asked for: itself, or a Polars DataFrame."""
+    if arrow:
+        return table
+    import polars as pl
+
+    return pl.from_arrow(table)
 
 
 def ensure_all_views(store, con) -> None:
@@ -178,11 +206,12 @@ def sweep_temp_dirs() -> list[Path]:
     return gone
 
 
-def confine(con, root: Path, memory_mb: float | None = None) -> None:
-    """Let SQL on `con` read only files under `root` (the views read the store's files when a
-    query runs, so the store stays allowed): no other path, no URL, no extension, no writes,
-    and no SET that would undo it. memory_mb: the most memory its statements may take, with no
-    spilling to disk beyond it (a statement past it fails); None: DuckDB's default, spilling."""
+def confine(con, root: Path | list[Path], memory_mb: float | None = None) -> None:
+    """Let SQL on `con` read only files under `root` (a store, or several: the views read the
+    stores' files when a query runs, so the stores stay allowed): no other path, no URL, no
+    extension, no writes, and no SET that would undo it. memory_mb: the most memory its statements
+    may take, with no spilling to disk beyond it (a statement past it fails); None: DuckDB's
+    default, spilling."""
     # DuckDB lets SQL read its temporary folder (by default .tmp/ in the current folder, whatever
     # the user keeps there): each connection gets a private one, removed when the connection goes
     tmp = private_temp_dir()
@@ -191,7 +220,8 @@ def confine(con, root: Path, memory_mb: float | None = None) -> None:
     if memory_mb is not None:
         con.execute("SET memory_limit = $m", {"m": f"{memory_mb:g}MiB"})
         con.execute("SET max_temp_directory_size = '0MiB'")
-    dirs = sorted({str(Path(root).absolute()).rstrip("/") + "/", str(Path(root).resolve()).rstrip("/") + "/"})
+    roots = [root] if isinstance(root, (str, Path)) else root
+    dirs = sorted({str(f(Path(r))).rstrip("/") + "/" for r in roots for f in (Path.absolute, Path.resolve)})
     con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
     con.execute("SET enable_external_access = false")
     con.execute("SET autoload_known_extensions = false")
@@ -463,30 +493,36 @@ def stream_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=Non
     st = _check_read_only(con, sql)
     params = _bind(st, params)
     guard = parquet_guard(store)
-    # DuckDB does not check Parquet page CRCs: the sha256 of each file read, within the time limit
+    files = files_read(sql, getattr(store, "_view_deps", None) or {})
+    left = check_files(store, guard, files, timeout, timeout_hint, f"`actdb check {store.path}` checks them")
+    views = getattr(store, "_lazy_views", {}).get(con)
+    return Result(con, sql, params, timeout, timeout_hint, batch_rows, guard, views.absent if views else None,
+                  seconds=left, store=store)
+
+
+def check_files(store, guard, files: set[str] | None, timeout: float | None, timeout_hint: str,
+                check_all: str) -> float | None:
+    """Check the Parquet files a statement reads (None: every file) against their records, within
+    its time limit (DuckDB does not check Parquet page CRCs: the sha256 of each file read); returns
+    the seconds of the limit left for the statement. check_all: the command that checks them all."""
     deadline = time.monotonic() + timeout if timeout else None
     try:
-        files = files_read(sql, getattr(store, "_view_deps", None) or {})
         guard.verify_all(deadline) if files is None else guard.verify(sorted(files), deadline)
     except CheckTimeout as e:
         raise QueryTimeout(f"query stopped after {timeout:g} s ({timeout_hint}) while checking the store's files "
-                           f"against their records ({e.checked} checked; `actdb check {store.path}` checks them "
-                           f"all, without a limit)") from None
+                           f"against their records ({e.checked} checked; {check_all} all, without a limit)") from None
     except StoreError:
         _raise_if_rebuilt(store)
         raise
-    views = getattr(store, "_lazy_views", {}).get(con)
-    left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
-    return Result(con, sql, params, timeout, timeout_hint, batch_rows, guard, views.absent if views else None,
-                  seconds=left, store=store)
+    return None if deadline is None else max(deadline - time.monotonic(), 1e-3)
 
 
 def _raise_if_rebuilt(store) -> None:
     """A statement that failed because the index was swapped under it says so (the handle
     answers from the new index at its next statement)."""
     if getattr(store, "rebuilt", lambda: False)():
-        raise StoreError(f"{store.path}: the index was rebuilt while the statement ran; run it again "
-                         "(it will answer from the new index)")
+        raise StoreError(f"{getattr(store, 'where', store.path)}: the index was rebuilt while the statement ran; "
+                         "run it again (it will answer from the new index)")
 
 
 def run_sql(store, sql: str, params: Mapping[str, Any] | None = None, con=None, timeout: float | None = None,

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import copy
 import threading
-from pathlib import Path
 from typing import Any
 
 from ..grammar import RULE_PARAM
 from ..store.reader import StoreReader
-from .connection import ensure_all_views
+from .connection import ensure_all_views, frame as _frame
 
 
 def _owned_by_connection(key: str) -> property:
@@ -152,8 +151,10 @@ class Store(StoreReader):
     def query(self, name_or_file: str, params: dict[str, Any] | None = None, arrow: bool = False,
               timeout: float | None = None):
         """Run a saved query (a name from queries/ or a .sql file) with its header's defaults."""
-        from .catalogue import run_saved
+        from .catalogue import find_query, run_saved
 
+        if find_query(name_or_file).across:
+            return _frame(self.stream(name_or_file, params, timeout, saved=True).read_all(), arrow)
         st, params = self._ruled(params)
         return _frame(run_saved(st, name_or_file, params, con=st._db(), timeout=timeout), arrow)
 
@@ -187,12 +188,17 @@ class Store(StoreReader):
     def stream(self, query: str, params: dict[str, Any] | None = None, timeout: float | None = None,
                timeout_hint: str = "timeout", saved: bool = False):
         """Start a statement (a saved query with saved=True) and stream its answer: a
-        connection.Result of Arrow record batches, for answers too large to hold."""
-        from .catalogue import stream_saved
+        connection.Result of Arrow record batches, for answers too large to hold. A saved query
+        across models runs on the store alone, as the unions of one store (query/across.py)."""
+        from .catalogue import find_query, stream_saved
         from .connection import stream_sql
 
         run = stream_saved if saved else stream_sql
         st, params = self._ruled(params)
+        if saved and find_query(query).across:
+            from .across import alone
+
+            return alone(st).stream(query, params, timeout=timeout, timeout_hint=timeout_hint, saved=True)
         return run(st, query, params, con=st._db(), timeout=timeout, timeout_hint=timeout_hint)
 
 
@@ -211,15 +217,12 @@ class _LimitedStore(Store):
         return h
 
 
-def _frame(table, arrow: bool):
-    """A pyarrow Table as asked for: itself, or a Polars DataFrame."""
-    if arrow:
-        return table
-    import polars as pl
+def open(path, rule: str | None = None):  # noqa: A001 - the public name is actdb.open
+    """Open a complete store read-only; rule: the fire rule its views and masks read (default the first).
+    Several stores at once: a list of paths or `NAME=PATH` strings, or {name: path}, gives a
+    query.across.Stores, each store's views under its schema and their unions unqualified."""
+    if isinstance(path, (list, tuple, dict)):
+        from .across import open_stores
 
-    return pl.from_arrow(table)
-
-
-def open(path: str | Path, rule: str | None = None) -> Store:  # noqa: A001 - the public name is actdb.open
-    """Open a complete store read-only; rule: the fire rule its views and masks read (default the first)."""
+        return open_stores(path, Store, rule)
     return Store(path, rule=rule)

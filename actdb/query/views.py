@@ -276,8 +276,9 @@ def massive_views(root: Path, info: IndexInfo) -> list[str]:
     ]
 
 
-def register_proj_score(con, store) -> None:
-    """proj_score(layer, neuron, token_id) -> DOUBLE on a DuckDB connection."""
+def register_proj_score(con, store, name: str = "proj_score") -> None:
+    """proj_score(layer, neuron, token_id) -> DOUBLE on a DuckDB connection (under `name`: one per
+    store where several share the connection)."""
     import duckdb
 
     proj = None
@@ -294,7 +295,7 @@ def register_proj_score(con, store) -> None:
                                     token_id.to_numpy(zero_copy_only=False)), pa.float64())
 
     t = duckdb.sqltypes  # duckdb.typing before 2.0
-    con.create_function("proj_score", fn, [t.INTEGER, t.INTEGER, t.INTEGER], t.DOUBLE, type="arrow",
+    con.create_function(name, fn, [t.INTEGER, t.INTEGER, t.INTEGER], t.DOUBLE, type="arrow",
                         null_handling="special")
 
 
@@ -325,17 +326,21 @@ NEIGHBOUR_FIELDS = ("layer", "neuron", "other_layer", "other_neuron", "n_a", "n_
                     "p_other_given", "phi", "rank")   # cofire/'s Neighbour, in order
 
 
+NEIGHBOURS_UDF = "_actdb_neighbours"
+
+
 def neighbours_macro() -> str:
     """The table function neighbours(...): one neuron against every neuron of `layers` (default all),
     exact counts and measures (cofire/); a Python UDF, unnested."""
-    return """CREATE MACRO neighbours(layer, neuron, k := 20, by := 'phi', layers := NULL, rule := NULL, domain := NULL,
+    return f"""CREATE MACRO neighbours(layer, neuron, k := 20, by := 'phi', layers := NULL, rule := NULL, domain := NULL,
         pos_min := NULL, pos_max := NULL) AS TABLE
-        SELECT unnest(_actdb_neighbours(layer, neuron, k, "by", layers::INTEGER[], rule, domain, pos_min, pos_max),
+        SELECT unnest({NEIGHBOURS_UDF}(layer, neuron, k, "by", layers::INTEGER[], rule, domain, pos_min, pos_max),
                       recursive := true)"""
 
 
-def register_neighbours(con, store) -> None:
-    """_actdb_neighbours(...) -> the neighbours of cofire/ as a list of structs, on a DuckDB connection."""
+def register_neighbours(con, store, name: str = NEIGHBOURS_UDF) -> None:
+    """_actdb_neighbours(...) -> the neighbours of cofire/ as a list of structs, on a DuckDB connection
+    (under `name`: one per store where several share the connection)."""
     import dataclasses
 
     import duckdb
@@ -355,7 +360,7 @@ def register_neighbours(con, store) -> None:
         got = neighbours(store, layer, neuron, k, by, layers, rule, TokenSubset(domain, pos_min, pos_max))
         return [dataclasses.asdict(x) for x in got]
 
-    con.create_function("_actdb_neighbours", fn, [t.INTEGER, t.INTEGER, t.INTEGER, t.VARCHAR,
+    con.create_function(name, fn, [t.INTEGER, t.INTEGER, t.INTEGER, t.VARCHAR,
                                                   con.list_type(t.INTEGER), t.VARCHAR, t.VARCHAR, t.INTEGER,
                                                   t.INTEGER], con.list_type(row), null_handling="special",
                         side_effects=True)

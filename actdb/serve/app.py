@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ActdbError, InputError, NotFound, StoreError
+from ..explore.compare import Compared
 from ..explore.layer import LayerQuery
 from ..explore.thresholds import share
 from ..settings import ServeSettings
@@ -108,6 +109,7 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     env.filters["share"] = share   # a threshold that is a share, as the index records it
     templates = Jinja2Templates(env=env)
     templates.env.globals["stores"] = list(served)
+    compared = Compared([(sv.name, sv.path, sv.rule) for sv in served.values()], settings.timeout)
 
     def explorer(request: Request) -> Served:
         name = request.path_params["store"]
@@ -140,6 +142,9 @@ def create_app(stores: list, settings: ServeSettings | None = None):
     # ------------------------------------------------------------ the pages' data (thin)
     def stores_data(request: Request) -> dict:
         return pages.stores_page(list(served.values()))
+
+    def compare_data(request: Request) -> dict:
+        return pages.compare_page(compared)
 
     def store_data(request: Request) -> dict:
         return pages.stores_page([explorer(request)])
@@ -192,8 +197,13 @@ def create_app(stores: list, settings: ServeSettings | None = None):
         return Response(pages.figure_png(explorer(request), name), media_type="image/png",
                         headers={"cache-control": "max-age=3600"})
 
+    def compare_figure(request: Request) -> Response:
+        return Response(pages.compare_png(compared, request.path_params["name"]), media_type="image/png",
+                        headers={"cache-control": "max-age=3600"})
+
     PAGES = [  # path (HTML; the same under /api for JSON), template, data
         ("/", "stores.html", stores_data),
+        ("/compare", "compare.html", compare_data),
         ("/s/{store}", "stores.html", store_data),
         ("/s/{store}/layer/{layer}", "layer.html", layer_data),
         ("/s/{store}/layer/{layer}/positional", "team.html", team_data),
@@ -210,12 +220,14 @@ def create_app(stores: list, settings: ServeSettings | None = None):
         Route("/api/s/{store}/probe", lambda r: JSONResponse(probe_data(r))),
         Route("/api/s/{store}/sql.csv", console_csv),
         Route("/s/{store}/figure/{name}.png", figure),
+        Route("/compare/figure/{name}.png", compare_figure),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
     # ------------------------------------------------------------ errors
     def error(request: Request, status: int, message: str) -> Response:
-        if is_api(request) or request.url.path.startswith(("/static/", "/s/")) and request.url.path.endswith(".png"):
+        if is_api(request) or request.url.path.startswith(("/static/", "/s/", "/compare/")) \
+                and request.url.path.endswith(".png"):
             return JSONResponse({"error": message}, status_code=status)
         return templates.TemplateResponse(request, "error.html", {"d": {"status": status, "error": message},
                                                                   "page_name": "error"}, status_code=status)

@@ -102,6 +102,38 @@ def stores_page(served: list[Served]) -> dict[str, Any]:
     return {"stores": [store_summary(sv) for sv in served]}
 
 
+# ---------------------------------------------------------------- the stores side by side
+
+def compare_figures(compared) -> list[dict[str, str]]:
+    """The figures across models the served stores can draw, with where to get each as PNG."""
+    from ..presentation.across import FIGURES, available
+
+    return compared.cached("figures", lambda st: [
+        {"name": f.name, "title": f.title, "paper": f.paper, "query": f.query, "png": f"/compare/figure/{f.name}.png"}
+        for f in FIGURES.values() if available(st, f) is None])
+
+
+def compare_page(compared) -> dict[str, Any]:
+    """The served stores side by side (explore.compare): per store the headline numbers, per layer by
+    relative depth, and the figures across models."""
+    from ..explore.compare import table
+
+    c = compared.comparison()
+    head, rows = table(c)
+    return {**jsonable(c), "table": {"head": head, "rows": rows}, "urls": compared.served_names(),
+            "figures": compare_figures(compared)}
+
+
+def compare_png(compared, name: str) -> bytes:
+    """One figure across models as PNG, drawn once per index."""
+    from ..presentation.plot import png
+
+    names = [f["name"] for f in compare_figures(compared)]
+    if name not in names:
+        raise NotFound(f"figure {name!r}: not drawable across the served stores (figures: {', '.join(names)})")
+    return compared.cached(("figure", name), lambda st: png(st, name))
+
+
 # ---------------------------------------------------------------- layer
 
 def layer_page(sv: Served, layer: int, lq: LayerQuery) -> dict[str, Any]:
