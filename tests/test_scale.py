@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 import actdb
@@ -77,3 +78,48 @@ def test_index_without_massive_summaries_says_so_in_one_line(known_store, tmp_pa
         old.query("massive_top_magnitudes")
     assert "rebuild it with `actdb index STORE --force`" in str(e.value) and "\n" not in str(e.value)
     assert any(k.startswith(INDEX_CAPTURE_DIR + "/") for k in info.files)
+
+
+def _telling_reference(mask: np.ndarray, ids: np.ndarray, seq: np.ndarray, scanned: int, window: int) -> list[int]:
+    """Fire rows among the first `scanned` in most-telling order, by a full sort (numpy)."""
+    rows = np.flatnonzero(mask[:scanned])
+    fires = np.bincount(ids[:scanned][mask[:scanned]], minlength=ids.max() + 1)
+    counts = np.bincount(ids[:scanned], minlength=ids.max() + 1)
+    p = fires[ids[rows]] / counts[ids[rows]]
+    dens = [sum(mask[x] for x in range(max(0, r - window), min(len(mask), r + window + 1)) if seq[x] == seq[r])
+            for r in rows]
+    return rows[np.lexsort((rows, -np.array(dens), -p))].tolist()
+
+
+def test_contexts_read_a_bounded_number_of_rows(known_store, monkeypatch):
+    """A contexts page reads the mask over the first SCAN_ROWS rows (+ a window), however large the
+    store; its most telling contexts are those of a full sort over those rows, and later pages
+    sample the other fires among them, never repeating one."""
+    from actdb.explore import contexts as ctx
+    from actdb.store.reader import StoreReader
+
+    st, window, per_page = known_store, 3, 4
+    scanned = st.n_tokens // 3
+    monkeypatch.setattr(ctx, "SCAN_ROWS", scanned)
+    read = []
+    real = StoreReader.neuron
+
+    def counted(self, layer, neuron, start=0, stop=None):
+        out = real(self, layer, neuron, start, stop)
+        read.append(len(out))
+        return out
+    monkeypatch.setattr(StoreReader, "neuron", counted)
+    t = st.tokens().sort("row")
+    ids, seq = t["token_id"].to_numpy().astype(np.int64), t["seq"].to_numpy()
+    mask = real(st, 0, 2)
+    want = _telling_reference(mask, ids, seq, scanned, window)
+    page = ctx.contexts(st, 0, 2, per_page=per_page, window=window)
+    assert read and max(read) <= scanned + window < st.n_tokens
+    assert page.scanned_rows == scanned and page.n_fire_rows == int(mask[:scanned].sum())
+    assert [c.row for c in page.contexts] == want[:per_page]
+    seen = {c.row for c in page.contexts}
+    for k in range(2, page.contexts_pages + 1):
+        rows = [c.row for c in ctx.contexts(st, 0, 2, page=k, per_page=per_page, window=window).contexts]
+        assert all(r < scanned and mask[r] for r in rows) and not seen & set(rows)
+        seen |= set(rows)
+    assert seen == set(np.flatnonzero(mask[:scanned]).tolist())
