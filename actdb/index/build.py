@@ -67,7 +67,7 @@ from ..grammar import parse_layer_list
 from ..settings import IndexSettings, RaySettings
 from ..store.index_info import INDEX_VERSION, IndexConfig, IndexInfo, index_path, read_index_info
 from ..store.record import parse_json, read_text, seal, unseal
-from ..store.layout import (INDEX_BUILD_DIR, INDEX_CAPTURE_DIR, INDEX_FILE, INDEX_NEIGHBOURS, INDEX_OLD_DIR, INDEX_PARTS,
+from ..store.layout import (INDEX_BUILD_DIR, INDEX_FILE, INDEX_NEIGHBOURS, INDEX_OLD_DIR, INDEX_PARTS,
                             INDEX_PROJECTION_FILE, INDEX_STATE as STATE, INDEX_TMP, PROJECTION_FILE, VOCAB_FILE,
                             rule_dir)
 from ..store.writer import refuse_foreign_files
@@ -260,9 +260,8 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
         try:
             files = _assemble(root, [_unit_name(l, n0) for l, n0, _ in units], tok)
             if shared:
-                build_capture_index(st, root)
-                files.update({f"{INDEX_CAPTURE_DIR}/{p.name}": file_digest(p)
-                              for p in sorted((root / INDEX_CAPTURE_DIR).glob("*.parquet"))})
+                files.update({rel: file_digest(root / rel)
+                              for rel in build_capture_index(st, root, config.abs_min, config.ratio)})
         except BaseException:   # an error or Ctrl-C: the projection stops at its next layer
             stop.set()
             raise

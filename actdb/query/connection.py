@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import CheckTimeout, InputError, QueryMemory, QueryTimeout, StoreError
 from ..store.index_info import bound_index_info, index_path
-from ..store.layout import INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, index_file, rule_dir
+from ..store.layout import INDEX_CAPTURE_DIR, INDEX_CAPTURE_LAYERS, INDEX_PROJECTION_FILE, index_file, rule_dir
 from ..store.parquet_guard import parquet_guard
 from .dependencies import created_name, files_read, view_dependencies, words
 
@@ -68,13 +68,19 @@ def store_statements(store, pre: bool = True) -> tuple[list[str], dict[str, str]
     stmts = _views(store.path, store.manifest, info, pre=pre, index_root=base, rule=store.rule)
     # views a store may lack, and why: a statement naming one is told that, not DuckDB's "does not exist"
     absent: dict[str, str] = {}
-    for views_of, file, why in ((massive_views, INDEX_CAPTURE_DIR, ABSENT_CAPTURE),
-                                (projection_views, INDEX_PROJECTION_FILE, ABSENT_PROJECTION)):
-        these = views_of(shared, info)
+    # an index from before the massive-activation summaries: its macro reads the capture Parquet
+    summaries = shared_info is not None and INDEX_CAPTURE_LAYERS in shared_info.files
+    full = massive_views(shared, info)
+    if not summaries:
+        made = {created_name(v) for v in massive_views(shared, info, summaries=False)}
+        absent.update(dict.fromkeys((created_name(v) for v in full if created_name(v) not in made),
+                                    ABSENT_CAPTURE_LAYERS))
+    for these, every, file, why in ((massive_views(shared, info, summaries), full, INDEX_CAPTURE_DIR, ABSENT_CAPTURE),
+                                    (projection_views(shared, info), None, INDEX_PROJECTION_FILE, ABSENT_PROJECTION)):
         if shared_info is not None and index_file(shared, file).exists():
             stmts += these
         else:
-            absent.update(dict.fromkeys((created_name(v) for v in these), why))
+            absent.update(dict.fromkeys((created_name(v) for v in every or these), why))
     stmts.append(neighbours_macro())   # co-firing: one neuron against all, from the masks
     if info.config.neighbours:
         stmts += neighbour_views(base)
@@ -85,6 +91,8 @@ def store_statements(store, pre: bool = True) -> tuple[list[str], dict[str, str]
 
 ABSENT_CAPTURE = ("this store's index has no captured activations (record them with `actdb ingest --capture "
                   "resid`, the default)")
+ABSENT_CAPTURE_LAYERS = ("this store's index predates its massive-activation summaries (capture_layers, massive_rows); "
+                         "rebuild it with `actdb index STORE --force`")
 ABSENT_PROJECTION = ("this store has no vocabulary projection (its model's output projection and unembedding, "
                      "projection.safetensors, were not recorded)")
 ABSENT_NEIGHBOURS = ("this store's index has no co-firing table (build it with `actdb index STORE --neighbours 20`; "

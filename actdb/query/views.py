@@ -51,7 +51,7 @@ from pathlib import Path
 
 from ..settings import RANGES, THRESHOLDS, threshold_range
 from ..store.index_info import IndexConfig, IndexInfo
-from ..store.layout import (INDEX_CAPTURE_DIR, INDEX_PROJECTION_FILE, PART_GLOB, TOKENS_DIR, VOCAB_FILE,
+from ..store.layout import (INDEX_CAPTURE_DIR, INDEX_CAPTURE_LAYERS, INDEX_MASSIVE, INDEX_PROJECTION_FILE, PART_GLOB, TOKENS_DIR, VOCAB_FILE,
                             index_file, index_table)
 
 
@@ -260,18 +260,35 @@ def _fire_rules_view(m) -> str:
             ") t(rule, rank, definition, layer, threshold)")
 
 
-def massive_views(root: Path, info: IndexInfo) -> list[str]:
+def massive_views(root: Path, info: IndexInfo, summaries: bool = True) -> list[str]:
+    """capture_topk (the capture Parquet, a row per token, layer and rank), massive_activations_at
+    and, with summaries (an index with capture_layers.parquet and massive.parquet: actdb 0.x
+    indexes before them lack both), capture_layers and massive_rows. At thresholds at least as
+    strict as the recorded ones the macro reads massive_rows (the rows past the recorded ones, a
+    superset filtered again here), else the capture Parquet: DuckDB folds the branch not taken, so
+    a query at the defaults reads no table that grows with tokens."""
     c = info.config
     glob = _lit(index_file(root, INDEX_CAPTURE_DIR) / PART_GLOB)
-    body = """SELECT c.row, c.layer, c.dim, c.value, c.median_abs, c.token_median_abs, c.rank,
-                  t.seq, t.pos, t.token_id, t.token
-           FROM capture_topk c JOIN tokens t USING (row)
-           WHERE c.kind = source AND abs(c.value) > abs_min AND abs(c.value) >= ratio * c.median_abs"""
-    return [
-        f"CREATE VIEW capture_topk AS SELECT kind::VARCHAR AS kind, row, layer::INT AS layer, rank::INT AS rank, "
-        f"dim, value, token_median_abs, median_abs FROM read_parquet({glob})",
+    cols = "c.row, c.layer, c.dim, c.value, c.median_abs, c.token_median_abs, c.rank"
+    passes = "c.kind = source AND abs(c.value) > abs_min AND abs(c.value) >= ratio * c.median_abs"
+    scan = f"""SELECT {cols}, t.seq, t.pos, t.token_id, t.token
+           FROM capture_topk c JOIN tokens t USING (row) WHERE {passes}"""
+    views = [f"CREATE VIEW capture_topk AS SELECT kind::VARCHAR AS kind, row, layer::INT AS layer, rank::INT AS rank, "
+             f"dim, value, token_median_abs, median_abs FROM read_parquet({glob})"]
+    if summaries:
+        recorded = f"abs_min >= {_num(c.abs_min)} AND ratio >= {_num(c.ratio)}"
+        scan = f"""SELECT {cols}, c.seq, c.pos, c.token_id, v.token
+           FROM massive_rows c LEFT JOIN vocab v USING (token_id) WHERE ({recorded}) AND {passes}
+           UNION ALL {scan} AND NOT ({recorded})"""
+        views += [
+            f"CREATE VIEW capture_layers AS SELECT kind, layer::INT AS layer, top3, top1, median_abs, n_rows "
+            f"FROM read_parquet({_lit(index_file(root, INDEX_CAPTURE_LAYERS))})",
+            f"CREATE VIEW massive_rows AS SELECT kind::VARCHAR AS kind, row, layer::INT AS layer, rank::INT AS rank, "
+            f"dim, value, token_median_abs, median_abs, seq, pos, token_id "
+            f"FROM read_parquet({_lit(index_file(root, INDEX_MASSIVE))})"]
+    return views + [
         f"CREATE MACRO massive_activations_at(abs_min := {_num(c.abs_min)}, ratio := {_num(c.ratio)}, "
-        f"source := 'resid') AS TABLE " + _checked(body, {"abs_min": "abs_min", "ratio": "ratio"}),
+        f"source := 'resid') AS TABLE " + _checked(scan, {"abs_min": "abs_min", "ratio": "ratio"}),
         "CREATE VIEW massive_activations AS SELECT * FROM massive_activations_at()",
     ]
 

@@ -107,6 +107,8 @@ INDEX_TMP = "_tmp"
 TRANSIENT = frozenset({INDEX_BUILD_DIR, INDEX_OLD_DIR, INDEX_PARTS, INDEX_TMP, STAGING, PENDING_CHECKSUMS})
 INDEX_CAPTURE_DIR = "capture"
 INDEX_PROJECTION_FILE = "vocab_projection.parquet"
+INDEX_CAPTURE_LAYERS = "capture_layers.parquet"   # per kind and layer: top-3 |h| and median (index/massive.py)
+INDEX_MASSIVE = "massive.parquet"                 # the capture rows past the recorded thresholds (index/massive.py)
 INDEX_TABLES = ("neuron_fires", "neuron_domains", "neuron_positions", "positional", "neuron_tokens",
                 "neuron_bigrams", "neuron_trigrams", "coverage", "token_detectors", "trigram_detectors")
 INDEX_COUNTS = ("position_counts", "token_counts", "bigram_counts", "trigram_counts")
@@ -120,6 +122,7 @@ def _grammar() -> re.Pattern:
     part = r"part-\d{6,}\.parquet"
     table = "(?:" + "|".join(INDEX_TABLES + INDEX_COUNTS + (INDEX_NEIGHBOURS,)) + r")\.parquet"
     index = (rf"(?:{re.escape(INDEX_FILE)}|{re.escape(INDEX_STATE)}|{table}|{re.escape(INDEX_PROJECTION_FILE)}"
+             rf"|{re.escape(INDEX_CAPTURE_LAYERS)}|{re.escape(INDEX_MASSIVE)}"
              rf"|{INDEX_CAPTURE_DIR}/{part}"
              rf"|{INDEX_PARTS}/\.?l\d+_n\d+(?:\.tmp)?/{table}"     # a unit's parts (index/build.py)
              rf"|{INDEX_TMP}/col_[a-z_]+\.npy"                         # the token arrays (index/tokens.py)
