@@ -98,8 +98,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "demo-out"), help="where the corpus, stores and report go")
     ap.add_argument("--tokens", type=int, default=49152,
-                    help="token budget per model (default: about 11 minutes in all on 2 CPU cores; "
-                         "raise it on a GPU)")
+                    help="token budget per model (default: about 7-8 minutes in all on 2 CPU cores, "
+                         "the three models; raise it on a GPU)")
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per packed sequence")
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
