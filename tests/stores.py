@@ -63,7 +63,7 @@ def make_known(path: Path, prefix: bool = True) -> Path:
 
 # ---------------------------------------------------------------- ingests of the tiny models (tests/tiny.py)
 
-FAMILIES = ["opt", "gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "bert"]
+FAMILIES = ["opt", "gpt2", "llama", "mistral", "qwen2", "gemma", "gemma3", "gpt_neox", "bert"]
 
 
 def run_ingest(model_dir, corpus, out, **kw):

@@ -27,6 +27,11 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                             num_key_value_heads=2, max_position_embeddings=128)),
     "gemma": ("gemma", dict(hidden_size=32, num_hidden_layers=2, intermediate_size=40, num_attention_heads=4,
                             num_key_value_heads=1, head_dim=8, max_position_embeddings=128)),
+    # a window shorter than the tests' sequences, so the sliding layer masks differently from the full one
+    "gemma3": ("gemma3_text", dict(hidden_size=32, num_hidden_layers=2, intermediate_size=40, num_attention_heads=4,
+                                   num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8, sliding_window=6,
+                                   layer_types=["sliding_attention", "full_attention"],
+                                   max_position_embeddings=128)),
     "gpt_neox": ("gpt_neox", dict(hidden_size=32, num_hidden_layers=3, intermediate_size=48,
                                   num_attention_heads=4, max_position_embeddings=128)),
     "bert": ("bert", dict(hidden_size=32, num_hidden_layers=2, intermediate_size=40, num_attention_heads=4,

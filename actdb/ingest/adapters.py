@@ -54,9 +54,12 @@ ADAPTERS: dict[str, Adapter] = {
                     fc_in="intermediate.dense", fc_out="output.dense", final_norm=None,
                     gated=False, decoder=False, rule="{act}(intermediate.dense(x)) > 0"),
     **{mt: Adapter(mt, **_DECODER_GATED) for mt in
-       ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")},
+       ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2")},
 }
-# SmolLM checkpoints declare model_type "llama" and use that adapter.
+# SmolLM checkpoints declare model_type "llama" and use that adapter. Gemma 3's text model
+# (Gemma3ForCausalLM) declares "gemma3_text"; the multimodal "gemma3" nests it under language_model.
+# Gemma 2 and 3 pass the FFN's output through post_feedforward_layernorm before the residual add, so
+# fc_out's column n is neuron n's update up to that norm's per-token, per-dimension scale.
 
 
 def adapter_for(model_type: str) -> Adapter:
