@@ -179,17 +179,25 @@ def test_bad_index_record_values_never_reach_sql(built, tmp_path, key, value, ex
 
 def test_old_index_records(built, tmp_path):
     """Older versions (n-grams without PAD before 4, no checksum or store identity before 5) are
-    never read with other semantics: they say to rebuild, and a plain `actdb index` rebuilds as
-    version 5."""
+    never read with other semantics: they say to rebuild, and a plain `actdb index` rebuilds at
+    the current version. Version 5 (no massive-activation summaries) still answers, and a plain
+    `actdb index` rebuilds it too."""
+    from actdb.store.index_info import INDEX_VERSION
+
+    assert INDEX_VERSION == 6
     p = copy(built, tmp_path / "s")
     for version in (1, 2, 3, 4):
         f = _rewrite_config(p, version=version)
         with pytest.raises(actdb.StoreError) as e:
             actdb.open(p).sql("SELECT 1")
-        assert str(e.value) == (f"{f}: config: version: expected 5, got {version} (an index of an older actdb: "
-                                "rebuild it with `actdb index STORE --force`)")
+        assert str(e.value) == (f"{f}: config: version: expected 5 or 6, got {version} (an index of an older "
+                                "actdb: rebuild it with `actdb index STORE --force`)")
     build_index(p, progress=False)
+    assert read_index_info(p).config.version == 6 and answers(p) == answers(built)
+    _rewrite_config(p, version=5)
     assert read_index_info(p).config.version == 5 and answers(p) == answers(built)
+    build_index(p, progress=False)
+    assert read_index_info(p).config.version == 6 and answers(p) == answers(built)
 
 
 def test_ingest_state_is_validated(tmp_path):

@@ -18,14 +18,16 @@ from ..settings import THRESHOLDS, IndexSettings, range_problem, threshold_range
 from .layout import INDEX_DIR, INDEX_FILE
 from .record import check_version, from_dict, parse_json, read_text, seal, unseal
 
+# 6: the massive-activation summaries (capture_layers, massive_rows) beside the capture; a version 5
+# index still answers everything else, and `actdb index` rebuilds it (its config differs);
 # 5: the record carries its checksum (record.seal) and the identity of the store it was built from
 # (`store`: the manifest's content digest), so an index copied in from another store is refused;
 # 4: n-grams padded before the sequence start (so every n counts the same fires), n-gram ids in base
 # vocabulary + 1 (`vocab_base`) with `ngram_pad` the PAD digit, and every threshold recorded.
 # Older indexes counted other n-grams: they are refused with "rebuild" (and rebuilt by
 # `actdb index`), never read with other semantics.
-INDEX_VERSION = 5
-READABLE_INDEX_VERSIONS = (5,)
+INDEX_VERSION = 6
+READABLE_INDEX_VERSIONS = (5, 6)
 _DEFAULTS = IndexSettings()
 
 
