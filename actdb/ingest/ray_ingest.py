@@ -118,7 +118,7 @@ class BlockWorker:
 
     def run_block(self, index: int, thresholds: dict[str, Thresholds]) -> tuple[int, float, dict[str, Thresholds]]:
         """Forward and write block `index`, under the calibrated rules' `thresholds` (only block 0
-        may go without them: it fixes them); returns (index, forward seconds, the calibrated thresholds)."""
+        may go without them: it fixes them); returns (index, forward seconds, the thresholds block 0 fixed)."""
         bt = self.s.block_tokens
         tests = fire_tests(self.rules, len(self.layers), self.d_ffn, min(bt, self.n_tokens), thresholds)
         unfixed = [t.name for t in tests if not t.fixed]
@@ -128,7 +128,7 @@ class BlockWorker:
         stop = min(self.n_tokens, start + bt)
         fwd = ForwardLoop(self.root, self.lm, self.layers, self.d_ffn, self.s, None, self.writers, self.tokenizer,
                           start, self.n_tokens, tests, stop_row=stop).run()
-        return index, fwd, calibrated_thresholds(tests)
+        return index, fwd, calibrated_thresholds(tests) if index == 0 else {}
 
 
 def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettings, state: IngestState,
@@ -202,6 +202,8 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
     shares = {i: (0, 0) for i in range(len(actors))}
     finished: set[int] = set()
     thresholds = dict(thresholds)
+    # in the object store once, not sent with every block (per-neuron thresholds are layers x d_ffn)
+    shared = [ray.put(thresholds)]
 
     def fill() -> None:
         for _ in range(2):
@@ -210,7 +212,7 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
                     return
                 if load[i] < 2:
                     index = queue.pop()
-                    inflight[actors[i].run_block.remote(index, thresholds)] = (i, index)
+                    inflight[actors[i].run_block.remote(index, shared[0])] = (i, index)
                     load[i] += 1
 
     fill()
@@ -232,6 +234,7 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
             commit_files(root, writers, index)
             if index == 0:
                 thresholds.update(fixed)
+                shared[0] = ray.put(thresholds)
                 first_alone = False
             finished.add(index)
             rows = min(n_tokens, (index + 1) * bt) - index * bt
