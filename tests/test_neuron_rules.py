@@ -18,6 +18,7 @@ from actdb.store.audit import check_store
 from actdb.store.layout import rule_slug, rule_thresholds
 from reference import reference_hidden, reference_rule_masks, reference_signs
 from stores import assert_same, run_ingest
+from stores import interrupted as stop_ingest
 from tiers import slow_except
 
 GLU = ("glu:++", "glu:+-", "glu:-+", "glu:--")
@@ -148,20 +149,9 @@ def test_check_and_readers_verify_the_thresholds_file(gated, tmp_path):
         st.neuron_thresholds("glu:+-")
 
 
-def interrupted(model_dir, corpus, out, monkeypatch, after_blocks: int, rules=RULES) -> None:
-    """An ingest that stops as a kill would, when committing block `after_blocks`."""
-    import actdb.ingest.forward as forward
-
-    real = forward.write_state
-
-    def killed(root, state):
-        if state.blocks_done == after_blocks + 1:
-            raise RuntimeError("killed")
-        real(root, state)
-    monkeypatch.setattr(forward, "write_state", killed)
-    with pytest.raises(RuntimeError, match="killed"):
-        ingest_rules(model_dir, corpus, out, rules=rules)
-    monkeypatch.setattr(forward, "write_state", real)
+def interrupted(model_dir, corpus, out, monkeypatch, after_blocks: int) -> None:
+    """An ingest of RULES that stops as a kill would, when committing block `after_blocks`."""
+    stop_ingest(lambda: ingest_rules(model_dir, corpus, out), monkeypatch, after_blocks)
 
 
 @pytest.mark.parametrize("after_blocks", slow_except([0, 2], 2))

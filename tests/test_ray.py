@@ -25,6 +25,7 @@ from actdb.ingest.pipeline import ingest
 from actdb.ingest.ray_ingest import PAUSE_ENV, check_store_visible
 from actdb.settings import IngestSettings, RaySettings
 from actdb.store.layout import rule_slug
+from stores import interrupted
 from tiny import make_corpus
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -201,23 +202,12 @@ def test_neuron_rules_on_ray_are_byte_identical_and_resume(cluster, model_dirs, 
     driver with block 0, handed to the other workers) and glu:SS on a gated model: the Ray store equals
     the single process's byte for byte, its thresholds file included; a single-process ingest killed
     after block 2 resumes on Ray from the thresholds file the state records."""
-    import actdb.ingest.forward as forward
-
     corpus = make_corpus(tmp_path / "c.jsonl", n_docs=60, seed=0)
     mdir = model_dirs("llama")
-    kw = dict(fire_rule=("sign", "ntop:0.9", "glu:+-", "glu:--"), index=False)
+    kw = {"fire_rule": ("sign", "ntop:0.9", "glu:+-", "glu:--"), "index": False}
     ingest(settings(mdir, corpus, tmp_path / "plain", **kw))
     ingest(settings(mdir, corpus, tmp_path / "ray", **kw), RaySettings(ray=cluster, ray_workers=3))
-    real = forward.write_state
-
-    def killed(root, state):
-        if state.blocks_done == 3:
-            raise RuntimeError("killed")
-        real(root, state)
-    monkeypatch.setattr(forward, "write_state", killed)
-    with pytest.raises(RuntimeError, match="killed"):
-        ingest(settings(mdir, corpus, tmp_path / "resumed", **kw))
-    monkeypatch.setattr(forward, "write_state", real)
+    interrupted(lambda: ingest(settings(mdir, corpus, tmp_path / "resumed", **kw)), monkeypatch, after_blocks=2)
     assert json.loads((tmp_path / "resumed" / "ingest-state.json").read_text())["thresholds"]["ntop:0.9"]
     ingest(settings(mdir, corpus, tmp_path / "resumed", resume=True, **kw), RaySettings(ray=cluster, ray_workers=2))
     for got in ("ray", "resumed"):

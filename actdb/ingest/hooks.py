@@ -195,51 +195,73 @@ class AbsAbove(_AboveThreshold):
         return f"|h| > {self.rule.value!r}, {_h_words(adapter)}"
 
 
-class TopQuantile(_AboveThreshold):
-    """Without recorded thresholds, each layer's is fixed when the first block's last row has
-    passed; until then the block's rows read False and patch_first_block sets their bits."""
-    kind = "top"
+class _Calibrated(FireTest):
+    """Thresholds fixed by the first block (thresholds.py's candidates, `calib`, one per layer): each
+    layer's when the block's last row has passed; until then the block's rows read False and
+    patch_first_block sets their bits. A subclass says when a layer's threshold is known, what its
+    cut is on a device, and how the candidates fix it."""
     calibrated = True
+    calib: list | None
 
-    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
-                 thresholds: list[float] | None = None) -> None:
-        super().__init__(rule, n_layers, d_ffn, first_rows, thresholds)
-        self.calib = None if thresholds else [TopCandidates(first_rows, d_ffn, rule.value) for _ in range(n_layers)]
+    def known(self, i: int) -> bool:
+        raise NotImplementedError
+
+    def cut(self, i: int, device: torch.device) -> float | torch.Tensor:
+        raise NotImplementedError
+
+    def fix(self, i: int, candidates) -> None:
+        raise NotImplementedError
 
     def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
-        cut = self.cuts[i]
-        if cut is not None:
-            return value > cut
+        if self.known(i):
+            return value > self.cut(i, value.device)
         c = self.calib[i]
         k = min(value.shape[0], c.rows - row0)
         c.push(value[:k], row0)
         out = torch.zeros(value.shape, dtype=torch.bool, device=value.device)
         if c.complete:
-            self.values[i] = c.threshold()
-            self.cuts[i] = floor32(self.values[i])
+            self.fix(i, c)
             if k < value.shape[0]:
-                out[k:] = value[k:] > self.cuts[i]
+                out[k:] = value[k:] > self.cut(i, value.device)
         return out
 
     def patch_first_block(self, masks: np.ndarray) -> None:
         if self.calib is None:
             return
         for i, c in enumerate(self.calib):
-            _set_bits(masks[i], *c.above(self.cuts[i]))
+            _set_bits(masks[i], *c.above(self.cut(i, c.vals.device)))
         self.calib = None   # done: free the candidates
+
+
+class TopQuantile(_Calibrated, _AboveThreshold):
+    """Without recorded thresholds, each layer's is fixed by the first block (the layer's quantile)."""
+    kind = "top"
+
+    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
+                 thresholds: list[float] | None = None) -> None:
+        super().__init__(rule, n_layers, d_ffn, first_rows, thresholds)
+        self.calib = None if thresholds else [TopCandidates(first_rows, d_ffn, rule.value) for _ in range(n_layers)]
+
+    def known(self, i: int) -> bool:
+        return self.cuts[i] is not None
+
+    def cut(self, i: int, device: torch.device) -> float:
+        return self.cuts[i]
+
+    def fix(self, i: int, candidates: TopCandidates) -> None:
+        self.values[i] = candidates.threshold()
+        self.cuts[i] = floor32(self.values[i])
 
     def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
         return (f"|h| > the layer's {self.rule.value!r}-quantile of |h| over the first {first_rows:,} tokens "
                 f"x all neurons (numpy's linear method; thresholds per layer), {_h_words(adapter)}")
 
 
-class NeuronTopQuantile(FireTest):
-    """|h| above the neuron's own threshold, float32 [d_ffn] per layer (exact as they are), fixed as
-    top:Q's are: when the first block's last row has passed; until then the block's rows read False
-    and patch_first_block sets their bits."""
+class NeuronTopQuantile(_Calibrated):
+    """|h| above the neuron's own threshold, float32 [d_ffn] per layer (exact as they are), fixed by
+    the first block as top:Q's are (the neuron's quantile)."""
     kind = "ntop"
     reading = MAGNITUDE
-    calibrated = True
     per_neuron = True
 
     def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
@@ -255,30 +277,16 @@ class NeuronTopQuantile(FireTest):
     def fixed(self) -> bool:
         return all(v is not None for v in self.values)
 
-    def _cut(self, i: int, device: torch.device) -> torch.Tensor:
+    def known(self, i: int) -> bool:
+        return self.values[i] is not None
+
+    def cut(self, i: int, device: torch.device) -> torch.Tensor:
         if self.cuts[i] is None or self.cuts[i].device != device:
             self.cuts[i] = torch.tensor(self.values[i], device=device)          # [d_ffn] float32
         return self.cuts[i]
 
-    def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
-        if self.values[i] is not None:
-            return value > self._cut(i, value.device)
-        c = self.calib[i]
-        k = min(value.shape[0], c.rows - row0)
-        c.push(value[:k], row0)
-        out = torch.zeros(value.shape, dtype=torch.bool, device=value.device)
-        if c.complete:
-            self.values[i] = c.thresholds()
-            if k < value.shape[0]:
-                out[k:] = value[k:] > self._cut(i, value.device)
-        return out
-
-    def patch_first_block(self, masks: np.ndarray) -> None:
-        if self.calib is None:
-            return
-        for i, c in enumerate(self.calib):
-            _set_bits(masks[i], *c.above(self._cut(i, c.vals.device)))
-        self.calib = None
+    def fix(self, i: int, candidates: NeuronCandidates) -> None:
+        self.values[i] = candidates.thresholds()
 
     def recorded(self) -> np.ndarray:
         return np.stack(self.values)                                            # [layers, d_ffn] float32
