@@ -21,14 +21,14 @@ Fire tests, one class per rule kind (KINDS), each its mask [tokens, d_ffn] from 
   glu:SS  gated FFNs: act_fn(gate x) and up x of the signs SS (each strictly: 0 is neither sign)
 
 A new rule kind is one FireTest subclass added to KINDS, and its text in the grammar of
-settings.parse_fire_rule. The class names the Reading it needs and says how its mask follows from
+grammar.parse_fire_rule. The class names the Reading it needs and says how its mask follows from
 it (and, if its thresholds come from the first block, how they are fixed). A reading of two points
-of the layer, as the signs of act_fn(gate x) and up x would be, is derived at the later one and names
+of the layer, as glu:SS's signs of act_fn(gate x) and up x are, is derived at the later one and names
 the earlier in `also`; a point not hooked yet is a Site naming an adapter field. The hooks, the
 forward loop, the ingest state, the manifest's records and the probe take it from there. Thresholds
-are one number per layer (the manifest records them) or, with per_neuron, d_ffn per layer: those
-are too many for the manifest, so each such rule's go to a file of its own, committed with block 0
-(store/neuron_thresholds.py). A kind that needs something of the model says so in `check`.
+are one number per layer (the manifest records them) or d_ffn per layer (grammar.NEURON_THRESHOLDS;
+`recorded` gives them as an array [layers, d_ffn]): those are too many for the manifest, so each such
+rule's go to a file of its own, committed with block 0 (store/neuron_thresholds.py). A kind that needs something of the model says so in `check`.
 
 The magnitude capture (capture.py) reads its inputs here too: `ffn` the activation output, `resid`
 the block output.
@@ -101,12 +101,11 @@ GLU_SIGNS = Reading("signs", H, lambda h, rows, act, up: (torch.sign(rows(act)) 
 class FireTest:
     """One fire rule over the recorded layers: `fired` gives layer i's mask of a batch's rows from
     the rule's reading. first_rows: tokens of the first block (a calibrated rule's thresholds
-    come from it); thresholds: the thresholds recorded before, if any (per layer, or with
-    per_neuron float32 [layers, d_ffn])."""
+    come from it); thresholds: the thresholds recorded before, if any (per layer, or per neuron
+    float32 [layers, d_ffn])."""
     kind: ClassVar[str]
     reading: ClassVar[Reading]
     calibrated: ClassVar[bool] = False   # thresholds fixed by the first block, then recorded (ingest state)
-    per_neuron: ClassVar[bool] = False   # its thresholds are d_ffn per layer (a file of the rule's own)
 
     def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
                  thresholds: Thresholds | None = None) -> None:
@@ -262,7 +261,6 @@ class NeuronTopQuantile(_Calibrated):
     the first block as top:Q's are (the neuron's quantile)."""
     kind = "ntop"
     reading = MAGNITUDE
-    per_neuron = True
 
     def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
                  thresholds: Thresholds | None = None) -> None:
