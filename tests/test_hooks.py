@@ -16,7 +16,7 @@ from actdb.serve.probe import Probe
 from actdb.grammar import parse_fire_rule
 from actdb.settings import ServeSettings
 from serve_stores import corpus_texts, make_probe_store, probe_corpus
-from test_ingest_masks import run_ingest
+from stores import run_ingest
 
 RULES = ("sign", "abs>0.02", "top:0.9", "ntop:0.9")
 GATED_RULES = ("glu:+-", "glu:-+")   # the sign cases of a gated FFN (llama)
