@@ -14,22 +14,34 @@ from .errors import InputError
 
 @dataclass(frozen=True)
 class FireRule:
-    """One fire rule: name is its canonical text (sign, abs>0.1, top:0.999)."""
+    """One fire rule: name is its canonical text (sign, abs>0.1, top:0.999, ntop:0.995, glu:+-)."""
     name: str
-    kind: str              # sign | abs | top
-    value: float | None    # T of abs>T, Q of top:Q
+    kind: str              # sign | abs | top | ntop | glu
+    value: float | None    # T of abs>T, Q of top:Q and ntop:Q
+    signs: str = ""        # SS of glu:SS, each + or -
 
 
 RULE_PARAM = "rule"   # the parameter of every statement, saved query and figure that picks the fire rule
-RULE_GRAMMAR = "sign, abs>T (a number T >= 0) or top:Q (a number 0.5 <= Q < 1)"
+RULE_GRAMMAR = ("sign, abs>T (a number T >= 0), top:Q or ntop:Q (a number 0.5 <= Q < 1) or glu:SS "
+                "(S + or -: the signs of act_fn(gate x) and up x)")
+# the kinds with thresholds fixed by the first block, and what they are: one per recorded layer (the
+# manifest records them), or one per neuron (a file per rule, store/neuron_thresholds.py)
+LAYER_THRESHOLDS = ("abs", "top")
+NEURON_THRESHOLDS = ("ntop",)
+_MINUS = "-\u2212"   # glu:SS takes the typographic minus too
 
 
 def parse_fire_rule(text: str) -> FireRule:
-    """'sign', 'abs>T' or 'top:Q'; the name is canonical (abs>.10 -> abs>0.1)."""
+    """'sign', 'abs>T', 'top:Q', 'ntop:Q' or 'glu:SS'; the name is canonical (abs>.10 -> abs>0.1,
+    glu:+\u2212 -> glu:+-)."""
     t = str(text).strip()
     if t == "sign":
         return FireRule("sign", "sign", None)
-    for kind, sep in (("abs", ">"), ("top", ":")):
+    if t.startswith("glu:"):
+        ss = "".join("-" if c in _MINUS else c for c in t[4:])
+        if len(ss) == 2 and set(ss) <= {"+", "-"}:
+            return FireRule(f"glu:{ss}", "glu", None, ss)
+    for kind, sep in (("abs", ">"), ("top", ":"), ("ntop", ":")):
         if t.startswith(kind + sep):
             try:
                 v = float(t[len(kind) + 1:])

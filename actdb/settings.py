@@ -54,10 +54,12 @@ class IngestSettings:
     offload: str = _opt("auto", "Layer-by-layer weight streaming: 'auto' (when the model does not fit), 'on', 'off'.",
                         choices=("auto", "on", "off"))
     fire_rule: tuple[str, ...] = _opt(("sign",), "Fire rule, repeatable (all share one forward): 'sign' (the "
-                                      "activation's output > 0, the papers' rule), 'abs>T' (abs(h) > T) or 'top:Q' "
+                                      "activation's output > 0, the papers' rule), 'abs>T' (abs(h) > T), 'top:Q' "
                                       "(abs(h) above the layer's Q-quantile of abs(h) over the first block, "
-                                      "0.5 <= Q < 1), h = the value the FFN's output projection reads; the first is "
-                                      "the views' default.", multiple=True)
+                                      "0.5 <= Q < 1), 'ntop:Q' (abs(h) above the neuron's own Q-quantile over the "
+                                      "first block) or 'glu:SS' (gated FFNs: the signs, + or -, of act_fn(gate x) and "
+                                      "up x), h = the value the FFN's output projection reads; the first is the "
+                                      "views' default.", multiple=True)
     capture: str = _opt("resid", "Magnitude capture for massive activations: top-k |h| and medians of the "
                         "residual stream ('resid'), also of the FFN hidden values ('resid+ffn'; more CPU time, "
                         "see benchmarks/RESULTS.md), or 'none'.",

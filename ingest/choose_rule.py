@@ -5,10 +5,16 @@ and the tokens they detect, the suppression share, positional neurons.
 
     python ingest/choose_rule.py --tokens 8192
     python ingest/choose_rule.py --table-only   # the table again, from the store the last run left
+    python ingest/choose_rule.py --tokens 49152 --rules top:0.995,ntop:0.995,glu:++,glu:+-,glu:-+,glu:--
+
+The first block, which fixes the top:Q and ntop:Q thresholds, is the demo's (32,768 tokens) however
+many rules are recorded: --block-memory-mb is raised to hold one block of every rule's masks.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus_demo import DOMAINS, build_corpus  # noqa: E402
 from demo import CHARS_PER_TOKEN, ROOT, models  # noqa: E402
 
-CANDIDATES = ("top:0.99", "top:0.995", "top:0.999", "abs>0.5")
+CANDIDATES = ("top:0.99", "top:0.995", "top:0.999", "abs>0.5", "ntop:0.995", "glu:++", "glu:+-", "glu:-+", "glu:--")
+BLOCK_TOKENS = 32768   # the demo's first block (actdb ingest's default --block-tokens)
 QUESTIONS = {
     "fire rate": "SELECT avg(freq) FROM neurons",
     "dead %": "SELECT 100 * avg(dead::INT) FROM neurons",
@@ -40,9 +47,11 @@ def ingest(out: Path, args) -> None:
     model = models(ROOT / ".cache", ["smollm2"])["smollm2"]
     rules = ["sign", *args.rules.split(",")]
     actdb_bin = str(Path(sys.executable).with_name("actdb"))
+    config = json.loads((model / "config.json").read_text())
+    block_mb = len(rules) * config["num_hidden_layers"] * config["intermediate_size"] * BLOCK_TOKENS / 8 / 2**20
     subprocess.run([actdb_bin, "ingest", str(model), str(corpus), "-o", str(out / "store"), "--max-tokens",
-                    str(args.tokens), "--overwrite", "--no-progress", *[a for r in rules for a in ("--fire-rule", r)]],
-                   check=True)
+                    str(args.tokens), "--block-tokens", str(BLOCK_TOKENS), "--block-memory-mb", str(math.ceil(block_mb)),
+                    "--overwrite", "--no-progress", *[a for r in rules for a in ("--fire-rule", r)]], check=True)
 
 
 def main() -> None:

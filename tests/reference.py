@@ -83,7 +83,20 @@ HIDDEN = {f: (REF[f][1], "mlp.up_proj" if REF[f][1] == "mlp.gate_proj" else None
 
 def reference_hidden(model_dir, family: str, store, batch_size: int, dtype=torch.float32) -> dict[int, np.ndarray]:
     """layer -> h float32 [rows, d_ffn], the value the FFN's output projection reads, computed here
-    from hooked projections: act(fc_in x), or act(gate x) * up x for gated FFNs."""
+    from hooked projections: act(fc_in x), or act(gate x) * up x for gated FFNs (docs/definitions.md)."""
+    return _hooked(model_dir, family, store, batch_size, dtype,
+                   lambda g, up: (g if up is None else g * up).float().numpy())
+
+
+def reference_signs(model_dir, family: str, store, batch_size: int, dtype=torch.float32) -> dict[int, np.ndarray]:
+    """layer -> int8 [rows, d_ffn, 2]: the signs (-1, 0, 1) of act(gate x) and of up x, a gated FFN's."""
+    assert HIDDEN[family][1] is not None, f"{family}: not a gated FFN"
+    return _hooked(model_dir, family, store, batch_size, dtype,
+                   lambda g, up: np.stack([np.sign(g.float().numpy()), np.sign(up.float().numpy())], -1).astype(np.int8))
+
+
+def _hooked(model_dir, family: str, store, batch_size: int, dtype, value) -> dict[int, np.ndarray]:
+    """layer -> value(act(fc_in x), up x or None) [rows, ...] over the store's rows, from hooked projections."""
     model, blocks, act = _model(model_dir, family, dtype)
     fc_path, up_path = HIDDEN[family]
     out: dict[int, list[np.ndarray]] = {l: [] for l in store.manifest.layers}
@@ -94,9 +107,7 @@ def reference_hidden(model_dir, family: str, store, batch_size: int, dtype=torch
         def hook(mod, inp, o):
             seen[(layer, which)] = o.reshape(-1, o.shape[-1])[current["valid"]]
             if which == "fc" and up_path is None or which == "up":
-                g = act(seen[(layer, "fc")])
-                h = g * seen[(layer, "up")] if up_path else g
-                out[layer].append(h.float().numpy())
+                out[layer].append(value(act(seen[(layer, "fc")]), seen[(layer, "up")] if up_path else None))
         return hook
 
     for l in store.manifest.layers:
@@ -107,14 +118,21 @@ def reference_hidden(model_dir, family: str, store, batch_size: int, dtype=torch
     return {l: np.concatenate(v) for l, v in out.items()}
 
 
-def reference_rule_masks(hidden: dict[int, np.ndarray], rule: str, block_tokens: int) -> dict[int, np.ndarray]:
-    """A magnitude rule computed in numpy from h: abs>T, or top:Q with each layer's threshold
-    np.quantile(|h| of the first block, Q)."""
+def reference_rule_masks(hidden: dict[int, np.ndarray], rule: str, block_tokens: int,
+                         signs: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+    """A rule beyond the sign computed in numpy: from h, abs>T, top:Q with each layer's threshold
+    np.quantile(|h| of the first block, Q), ntop:Q with each neuron's (axis=0); from the signs of a
+    gated FFN (reference_signs), glu:SS."""
+    if rule.startswith("glu:"):
+        want = [1 if c == "+" else -1 for c in rule[4:]]
+        return {l: (s[..., 0] == want[0]) & (s[..., 1] == want[1]) for l, s in signs.items()}
     out = {}
     for l, h in hidden.items():
         a = np.abs(h.astype(np.float64))
         if rule.startswith("abs>"):
             t = float(rule[4:])
+        elif rule.startswith("ntop:"):
+            t = np.quantile(np.abs(h[:block_tokens]).astype(np.float32), float(rule[5:]), axis=0).astype(np.float64)
         else:
             t = float(np.quantile(np.abs(h[:block_tokens]).astype(np.float32), float(rule[4:])))
         out[l] = a > t

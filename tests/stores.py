@@ -75,6 +75,25 @@ def run_ingest(model_dir, corpus, out, **kw):
     return actdb.open(out)
 
 
+def interrupted(run, monkeypatch, after_blocks: int) -> None:
+    """Call run(), an ingest, so that it stops as a kill would when committing block `after_blocks`
+    (its ingest state about to record after_blocks + 1 blocks done)."""
+    import pytest
+
+    from actdb.ingest import forward
+
+    real = forward.write_state
+
+    def killed(root, state):
+        if state.blocks_done == after_blocks + 1:
+            raise RuntimeError("killed")
+        real(root, state)
+    monkeypatch.setattr(forward, "write_state", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run()
+    monkeypatch.setattr(forward, "write_state", real)
+
+
 def assert_same(store, ref):
     """Every layer's masks of `store` equal `ref` (layer -> bool [rows, d_ffn]), bit for bit."""
     for layer in store.manifest.layers:

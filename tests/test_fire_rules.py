@@ -12,6 +12,7 @@ from actdb.cli import main
 from records import rewrite_record
 from reference import reference_hidden, reference_masks, reference_rule_masks
 from stores import FAMILIES, assert_same, run_ingest
+from stores import interrupted as stop_ingest
 from tiers import slow_except
 
 RULES = ("sign", "abs>0.02", "top:0.9")
@@ -55,18 +56,7 @@ def test_top_thresholds_equal_numpy_quantile_of_the_first_block(model_dirs, corp
 
 def interrupted(model_dir, corpus, out, monkeypatch, after_blocks: int) -> None:
     """An ingest of RULES that stops once `after_blocks` blocks are committed, as a kill would."""
-    import actdb.ingest.forward as forward
-
-    real = forward.write_state
-
-    def killed(root, state):
-        if state.blocks_done == after_blocks + 1:
-            raise RuntimeError("killed")
-        real(root, state)
-    monkeypatch.setattr(forward, "write_state", killed)
-    with pytest.raises(RuntimeError, match="killed"):
-        ingest_rules(model_dir, corpus, out)
-    monkeypatch.setattr(forward, "write_state", real)
+    stop_ingest(lambda: ingest_rules(model_dir, corpus, out), monkeypatch, after_blocks)
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from actdb.settings import ServeSettings
 from serve_stores import corpus_texts, make_probe_store, probe_corpus
 from stores import run_ingest
 
-RULES = ("sign", "abs>0.02", "top:0.9")
+RULES = ("sign", "abs>0.02", "top:0.9", "ntop:0.9")
+GATED_RULES = ("glu:+-", "glu:-+")   # the sign cases of a gated FFN (llama)
 
 
 def no_hooks_left(lm) -> bool:
@@ -30,10 +31,11 @@ def test_probe_fires_equal_the_store_masks_under_every_rule(family, model_dirs, 
     """One document per sequence, batch 1 (no padding): the probe of a document's text reads the
     store's tokens of its sequence, and its fires are that sequence's mask rows, bit for bit."""
     corpus = probe_corpus(tmp_path / "corpus.jsonl")
-    path = make_probe_store(tmp_path / "store", model_dirs(family), corpus, RULES).path
+    rules = RULES + GATED_RULES * (family == "llama")
+    path = make_probe_store(tmp_path / "store", model_dirs(family), corpus, rules).path
     texts = corpus_texts(corpus)
     seen = {}
-    for rule in RULES:
+    for rule in rules:
         st = actdb.open(path, rule=rule)
         tok = st.tokens().sort("row")
         probe = Probe(st, ServeSettings(probe=True, probe_max_tokens=64))
@@ -51,11 +53,12 @@ def test_probe_fires_equal_the_store_masks_under_every_rule(family, model_dirs, 
         assert 0.01 < want.mean() < 0.99, f"{rule}: a rule that never or always fires makes the comparison vacuous"
         seen[rule] = want
     assert not np.array_equal(seen["sign"], seen["top:0.9"]) and not np.array_equal(seen["abs>0.02"], seen["top:0.9"])
+    assert not np.array_equal(seen["top:0.9"], seen["ntop:0.9"])
 
 
 class SignAndAbove(FireTest):
-    """A test-only kind: act > 0 and |h| > 0.02, a reading of two points of the layer (as glu:SS's
-    act_fn(gate x) and up x would be), derived at h with the activation output kept from before."""
+    """A test-only kind: act > 0 and |h| > 0.02, a reading of two points of the layer (as glu:SS's of
+    act_fn(gate x) and up x is), derived at h with the activation output kept from before."""
     kind = "sign-and-abs"
     reading = Reading("act > 0 and |h|", H, lambda h, rows, act: rows(act > 0) & (rows(h).float().abs() > floor32(0.02)),
                       also=(ACT,))

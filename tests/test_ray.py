@@ -25,6 +25,7 @@ from actdb.ingest.pipeline import ingest
 from actdb.ingest.ray_ingest import PAUSE_ENV, check_store_visible
 from actdb.settings import IngestSettings, RaySettings
 from actdb.store.layout import rule_slug
+from stores import interrupted
 from tiny import make_corpus
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -194,6 +195,29 @@ def test_driver_killed_then_resume_with_and_without_ray(cluster, ref, tmp_path):
                              capture_output=True, text=True)
     assert indexed.returncode == 0, indexed.stderr[-1500:]
     assert_same_store(store, plain, engine=None)   # the last run, which wrote the manifest, was plain
+
+
+def test_neuron_rules_on_ray_are_byte_identical_and_resume(cluster, model_dirs, tmp_path, monkeypatch):
+    """ntop:Q (per-neuron thresholds fixed by block 0 on one worker, written and committed by the
+    driver with block 0, handed to the other workers) and glu:SS on a gated model: the Ray store equals
+    the single process's byte for byte, its thresholds file included; a single-process ingest killed
+    after block 2 resumes on Ray from the thresholds file the state records."""
+    corpus = make_corpus(tmp_path / "c.jsonl", n_docs=60, seed=0)
+    mdir = model_dirs("llama")
+    kw = {"fire_rule": ("sign", "ntop:0.9", "glu:+-", "glu:--"), "index": False}
+    ingest(settings(mdir, corpus, tmp_path / "plain", **kw))
+    ingest(settings(mdir, corpus, tmp_path / "ray", **kw), RaySettings(ray=cluster, ray_workers=3))
+    interrupted(lambda: ingest(settings(mdir, corpus, tmp_path / "resumed", **kw)), monkeypatch, after_blocks=2)
+    assert json.loads((tmp_path / "resumed" / "ingest-state.json").read_text())["thresholds"]["ntop:0.9"]
+    ingest(settings(mdir, corpus, tmp_path / "resumed", resume=True, **kw), RaySettings(ray=cluster, ray_workers=2))
+    for got in ("ray", "resumed"):
+        a, b = files(tmp_path / got, ""), files(tmp_path / "plain", "")
+        assert sorted(a) == sorted(b) and "rules/ntop-0.9/thresholds.parquet" in a and len(a) > 100
+        assert [k for k in a if a[k] != b[k]] == [], got
+        m_got, m_ref = (json.loads((tmp_path / p / "manifest.json").read_text()) for p in (got, "plain"))
+        for m in (m_got, m_ref):
+            m.pop("extra"), m.pop("checksum")
+        assert m_got == m_ref
 
 
 def test_without_ray_installed_the_flag_says_how_to_install_it(ref, tmp_path):

@@ -119,7 +119,7 @@ def test_manifest_round_trip_and_validation():
     assert Manifest.from_dict({**raw, "fire_rules": rules}).rules == ("sign", "top:0.99")
     with pytest.raises(StoreError, match=r"fire_rules\[top:0.99\].thresholds: expected 2 numbers >= 0"):
         Manifest.from_dict({**raw, "fire_rules": [{**rules[1], "thresholds": [0.5]}]})
-    with pytest.raises(StoreError, match="fire_rules.name: expected sign, abs>T or top:Q, got 'top:2'"):
+    with pytest.raises(StoreError, match=r"fire_rules.name: expected sign, abs>T .* or glu:SS .*, got 'top:2'"):
         Manifest.from_dict({**raw, "fire_rules": [{**rules[1], "name": "top:2"}]})
     with pytest.raises(StoreError, match="d_ffn: expected an integer, got 'x'"):
         Manifest.from_dict({**raw, "d_ffn": "x"})

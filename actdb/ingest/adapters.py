@@ -26,6 +26,7 @@ class Adapter:
     decoder: bool
     rule: str
     ffn_key: str = "intermediate_size"  # config attribute holding d_ffn
+    fc_up: str | None = None  # gated FFNs: the up projection, whose output multiplies act_fn(gate x)
 
     def d_ffn(self, config) -> int:
         d = getattr(config, self.ffn_key, None)
@@ -37,7 +38,7 @@ class Adapter:
 
 
 _DECODER_GATED = dict(layers="layers", act="mlp.act_fn", fc_in="mlp.gate_proj", fc_out="mlp.down_proj",
-                      final_norm="norm", gated=True, decoder=True,
+                      final_norm="norm", gated=True, decoder=True, fc_up="mlp.up_proj",
                       rule="{act}(gate_proj(x)) > 0 (gate branch of the gated FFN, not gate*up)")
 
 ADAPTERS: dict[str, Adapter] = {

@@ -21,6 +21,7 @@ from ..errors import StoreError
 from ..settings import IngestSettings
 from ..store.ingest_state import IngestState
 from ..store.layout import CAPTURE_DIR, CAPTURE_KINDS, STAGING, STAGING_IDS, STAGING_OFFSETS
+from ..store.neuron_thresholds import to_state
 from ..store.writer import block_chunk_files, record_checksums, write_state
 from .capture import RowAccumulator
 from .hooks import FireTest, LayerHooks, calibrated_thresholds
@@ -48,9 +49,9 @@ class BlockWriter(threading.Thread):
     """Writes and commits blocks in order while the forward passes go on (with state None, only
     writes them: a Ray worker's, which its driver commits)."""
 
-    def __init__(self, root: Path, writers: Writers, state: IngestState | None) -> None:
+    def __init__(self, root: Path, writers: Writers, state: IngestState | None, layers: tuple[int, ...]) -> None:
         super().__init__(daemon=True)
-        self.root, self.writers, self.state = root, writers, state
+        self.root, self.writers, self.state, self.layers = root, writers, state, layers
         self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
         self.error: BaseException | None = None
 
@@ -68,7 +69,8 @@ class BlockWriter(threading.Thread):
                     continue
                 commit_files(self.root, self.writers, index)
                 # calibrated thresholds are fixed once block 0 is: they are committed with it
-                self.state = self.state.replace(blocks_done=index + 1, thresholds=thresholds)
+                self.state = self.state.replace(blocks_done=index + 1, thresholds=to_state(
+                    self.root, self.layers, thresholds, self.state.thresholds))
                 write_state(self.root, self.state)
             except BaseException as e:  # reported by the main thread
                 self.error = e
@@ -129,7 +131,7 @@ class ForwardLoop:
         # capture: stats rows on the host, cut into the same blocks as the masks
         self.kinds = CAPTURE_KINDS[s.capture]
         self.rows = RowAccumulator(skip)
-        self.writer = BlockWriter(root, writers, state)
+        self.writer = BlockWriter(root, writers, state, layers)
 
     def _fired(self, name: str, i: int, fired: torch.Tensor) -> None:
         # fired: [n, d_ffn] bool -> [d_ffn, n/8] uint8, or None while fewer than 8 rows wait

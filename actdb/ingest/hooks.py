@@ -4,25 +4,31 @@
 Sites, the points of a recorded layer that are hooked (module paths from the adapters):
   act    the activation module's output: act(fc_in x), for gated FFNs act_fn(gate_proj x)
   h      the output projection's input, the value it reads: act(fc_in x), or act_fn(gate x) * up x
+  up     gated FFNs: the up projection's output, up x
   resid  the block's output, the residual stream (magnitude capture only)
 
 Readings, values derived from a site once per layer and batch for every rule that reads them, on
 the batch's valid (non-padding) token rows:
   act > 0  bool                                   (sign)
-  |h|      float32, exact from the model's dtype  (abs>T, top:Q)
+  |h|      float32, exact from the model's dtype  (abs>T, top:Q, ntop:Q)
+  signs    int8, 3 sign(act_fn(gate x)) + sign(up x), derived at h with act and up kept  (glu:SS)
 
 Fire tests, one class per rule kind (KINDS), each its mask [tokens, d_ffn] from its reading:
   sign    act > 0 (the papers' rule; for gated FFNs the gate branch, never gate * up)
   abs>T   |h| > T
   top:Q   |h| > the layer's Q-quantile of |h| over the first block of tokens (thresholds.py)
+  ntop:Q  |h| > the neuron's own Q-quantile of |h| over the first block of tokens (thresholds.py)
+  glu:SS  gated FFNs: act_fn(gate x) and up x of the signs SS (each strictly: 0 is neither sign)
 
 A new rule kind is one FireTest subclass added to KINDS, and its text in the grammar of
-settings.parse_fire_rule. The class names the Reading it needs and says how its mask follows from
+grammar.parse_fire_rule. The class names the Reading it needs and says how its mask follows from
 it (and, if its thresholds come from the first block, how they are fixed). A reading of two points
-of the layer, as the signs of act_fn(gate x) and up x would be, is derived at the later one and names
+of the layer, as glu:SS's signs of act_fn(gate x) and up x are, is derived at the later one and names
 the earlier in `also`; a point not hooked yet is a Site naming an adapter field. The hooks, the
-forward loop, the ingest state, the manifest's records and the probe take it from there, as long
-as its thresholds are one number per layer (per-neuron ones would need a wider record).
+forward loop, the ingest state, the manifest's records and the probe take it from there. Thresholds
+are one number per layer (the manifest records them) or d_ffn per layer (grammar.NEURON_THRESHOLDS;
+`recorded` gives them as an array [layers, d_ffn]): those are too many for the manifest, so each such
+rule's go to a file of its own, committed with block 0 (store/neuron_thresholds.py). A kind that needs something of the model says so in `check`.
 
 The magnitude capture (capture.py) reads its inputs here too: `ffn` the activation output, `resid`
 the block output.
@@ -35,10 +41,12 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..store.layout import NEURON_THRESHOLDS_FILE, RULES_DIR, rule_slug
 from .adapters import Adapter, get_module
 from .capture import magnitude_stats
 from .models import LoadedModel
-from .thresholds import TopCandidates, floor32
+from .thresholds import NeuronCandidates, TopCandidates, floor32
 
 if TYPE_CHECKING:   # a parsed --fire-rule; only its name, kind and value are read here
     from ..grammar import FireRule
@@ -62,11 +70,13 @@ class Site:
 ACT = Site("act", "act", "output")
 H = Site("h", "fc_out", "input")
 RESID = Site("resid", None, "output")
+UP = Site("up", "fc_up", "output")
 
 # the capture kinds (store.layout.CAPTURE_KINDS) and the site each reads
 CAPTURE_SITES = {"ffn": ACT, "resid": RESID}
 
 Rows = Callable[[torch.Tensor], torch.Tensor]   # [batch, seq, d] or [batch*seq, d] -> [n valid, d]
+Thresholds = list[float] | np.ndarray   # a rule's: per layer, or per neuron float32 [layers, d_ffn]
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,19 +93,27 @@ class Reading:
 # each picks the valid rows where the copy it makes is smaller: after the compare (bool), before the float32 abs
 POSITIVE = Reading("act > 0", ACT, lambda x, rows: rows(x > 0))                          # [n, d_ffn] bool
 MAGNITUDE = Reading("|h|", H, lambda x, rows: rows(x.detach()).float().abs())            # [n, d_ffn] float32
+# derived at h, after both act_fn(gate x) and up x whatever order a family computes them in
+GLU_SIGNS = Reading("signs", H, lambda h, rows, act, up: (torch.sign(rows(act)) * 3 + torch.sign(rows(up)))
+                    .to(torch.int8), also=(ACT, UP))                                     # [n, d_ffn] int8
 
 
 class FireTest:
     """One fire rule over the recorded layers: `fired` gives layer i's mask of a batch's rows from
     the rule's reading. first_rows: tokens of the first block (a calibrated rule's thresholds
-    come from it); thresholds: the per-layer thresholds recorded before, if any."""
+    come from it); thresholds: the thresholds recorded before, if any (per layer, or per neuron
+    float32 [layers, d_ffn])."""
     kind: ClassVar[str]
     reading: ClassVar[Reading]
     calibrated: ClassVar[bool] = False   # thresholds fixed by the first block, then recorded (ingest state)
 
     def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
-                 thresholds: list[float] | None = None) -> None:
+                 thresholds: Thresholds | None = None) -> None:
         self.rule, self.name = rule, rule.name
+
+    @classmethod
+    def check(cls, rule: FireRule, adapter: Adapter) -> None:
+        """Refuse, in one line, a model this kind cannot read (before any work)."""
 
     @property
     def fixed(self) -> bool:
@@ -113,9 +131,18 @@ class FireTest:
         """Per recorded layer, as the manifest records them; () for a rule without."""
         return ()
 
+    def recorded(self) -> Thresholds:
+        """The fixed thresholds as the ingest hands them on (ingest state, Ray workers, fire_tests)."""
+        return list(self.thresholds())
+
     def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
         """The rule in words, for the manifest."""
         raise NotImplementedError
+
+
+def _set_bits(mask: np.ndarray, rows: np.ndarray, neurons: np.ndarray) -> None:
+    """mask: one layer's block, [d_ffn, nbytes] uint8: set the bits of (row, neuron)."""
+    np.bitwise_or.at(mask, (neurons, rows // 8), (1 << (rows % 8)).astype(np.uint8))
 
 
 class Sign(FireTest):
@@ -167,50 +194,146 @@ class AbsAbove(_AboveThreshold):
         return f"|h| > {self.rule.value!r}, {_h_words(adapter)}"
 
 
-class TopQuantile(_AboveThreshold):
-    """Without recorded thresholds, each layer's is fixed when the first block's last row has
-    passed; until then the block's rows read False and patch_first_block sets their bits."""
-    kind = "top"
+class _Calibrated(FireTest):
+    """Thresholds fixed by the first block (thresholds.py's candidates, `calib`, one per layer): each
+    layer's when the block's last row has passed; until then the block's rows read False and
+    patch_first_block sets their bits. A subclass says when a layer's threshold is known, what its
+    cut is on a device, and how the candidates fix it."""
     calibrated = True
+    calib: list | None
 
-    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
-                 thresholds: list[float] | None = None) -> None:
-        super().__init__(rule, n_layers, d_ffn, first_rows, thresholds)
-        self.calib = None if thresholds else [TopCandidates(first_rows, d_ffn, rule.value) for _ in range(n_layers)]
+    def known(self, i: int) -> bool:
+        raise NotImplementedError
+
+    def cut(self, i: int, device: torch.device) -> float | torch.Tensor:
+        raise NotImplementedError
+
+    def fix(self, i: int, candidates) -> None:
+        raise NotImplementedError
 
     def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
-        cut = self.cuts[i]
-        if cut is not None:
-            return value > cut
+        if self.known(i):
+            return value > self.cut(i, value.device)
         c = self.calib[i]
         k = min(value.shape[0], c.rows - row0)
         c.push(value[:k], row0)
         out = torch.zeros(value.shape, dtype=torch.bool, device=value.device)
         if c.complete:
-            self.values[i] = c.threshold()
-            self.cuts[i] = floor32(self.values[i])
+            self.fix(i, c)
             if k < value.shape[0]:
-                out[k:] = value[k:] > self.cuts[i]
+                out[k:] = value[k:] > self.cut(i, value.device)
         return out
 
     def patch_first_block(self, masks: np.ndarray) -> None:
         if self.calib is None:
             return
         for i, c in enumerate(self.calib):
-            rows, neurons = c.above(self.cuts[i])
-            np.bitwise_or.at(masks[i], (neurons, rows // 8), (1 << (rows % 8)).astype(np.uint8))
+            _set_bits(masks[i], *c.above(self.cut(i, c.vals.device)))
         self.calib = None   # done: free the candidates
+
+
+class TopQuantile(_Calibrated, _AboveThreshold):
+    """Without recorded thresholds, each layer's is fixed by the first block (the layer's quantile)."""
+    kind = "top"
+
+    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
+                 thresholds: list[float] | None = None) -> None:
+        super().__init__(rule, n_layers, d_ffn, first_rows, thresholds)
+        self.calib = None if thresholds else [TopCandidates(first_rows, d_ffn, rule.value) for _ in range(n_layers)]
+
+    def known(self, i: int) -> bool:
+        return self.cuts[i] is not None
+
+    def cut(self, i: int, device: torch.device) -> float:
+        return self.cuts[i]
+
+    def fix(self, i: int, candidates: TopCandidates) -> None:
+        self.values[i] = candidates.threshold()
+        self.cuts[i] = floor32(self.values[i])
 
     def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
         return (f"|h| > the layer's {self.rule.value!r}-quantile of |h| over the first {first_rows:,} tokens "
                 f"x all neurons (numpy's linear method; thresholds per layer), {_h_words(adapter)}")
 
 
-KINDS: dict[str, type[FireTest]] = {cls.kind: cls for cls in (Sign, AbsAbove, TopQuantile)}
+class NeuronTopQuantile(_Calibrated):
+    """|h| above the neuron's own threshold, float32 [d_ffn] per layer (exact as they are), fixed by
+    the first block as top:Q's are (the neuron's quantile)."""
+    kind = "ntop"
+    reading = MAGNITUDE
+
+    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
+                 thresholds: Thresholds | None = None) -> None:
+        super().__init__(rule, n_layers, d_ffn, first_rows, thresholds)
+        given = None if thresholds is None else np.asarray(thresholds, dtype=np.float32).reshape(n_layers, d_ffn)
+        self.values: list[np.ndarray | None] = list(given) if given is not None else [None] * n_layers
+        self.cuts: list[torch.Tensor | None] = [None] * n_layers   # values[i] on the reading's device
+        self.calib = None if given is not None else [NeuronCandidates(first_rows, d_ffn, rule.value)
+                                                     for _ in range(n_layers)]
+
+    @property
+    def fixed(self) -> bool:
+        return all(v is not None for v in self.values)
+
+    def known(self, i: int) -> bool:
+        return self.values[i] is not None
+
+    def cut(self, i: int, device: torch.device) -> torch.Tensor:
+        if self.cuts[i] is None or self.cuts[i].device != device:
+            self.cuts[i] = torch.tensor(self.values[i], device=device)          # [d_ffn] float32
+        return self.cuts[i]
+
+    def fix(self, i: int, candidates: NeuronCandidates) -> None:
+        self.values[i] = candidates.thresholds()
+
+    def recorded(self) -> np.ndarray:
+        return np.stack(self.values)                                            # [layers, d_ffn] float32
+
+    def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
+        return (f"|h| > the neuron's own {self.rule.value!r}-quantile of |h| over the first {first_rows:,} tokens "
+                f"(numpy's linear method; thresholds per neuron in {RULES_DIR}/{rule_slug(self.name)}/"
+                f"{NEURON_THRESHOLDS_FILE}, the neuron_thresholds view), {_h_words(adapter)}")
+
+
+class GluSigns(FireTest):
+    """One of the four sign cases of a gated FFN, whose output projection reads act_fn(gate x) * up x."""
+    kind = "glu"
+    reading = GLU_SIGNS
+
+    def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
+                 thresholds: Thresholds | None = None) -> None:
+        super().__init__(rule, n_layers, d_ffn, first_rows, thresholds)
+        gate, up = (1 if s == "+" else -1 for s in rule.signs)
+        self.code = 3 * gate + up   # the reading where both signs are these
+
+    @classmethod
+    def check(cls, rule: FireRule, adapter: Adapter) -> None:
+        if not adapter.gated:
+            raise InputError(f"--fire-rule {rule.name}: expected a model with a gated FFN (act_fn(gate x) * up x), "
+                             f"got the {adapter.family} family, whose FFN is not gated")
+
+    def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
+        return value == self.code
+
+    def definition(self, adapter: Adapter, first_rows: int, sign_text: str) -> str:
+        gate, up = (">" if s == "+" else "<" for s in self.rule.signs)
+        return (f"act_fn(gate_proj x) {gate} 0 and up_proj x {up} 0 (a sign case of the gated FFN, "
+                f"h = {adapter.fc_out} input = act_fn(gate_proj x) * up_proj x)")
+
+
+KINDS: dict[str, type[FireTest]] = {cls.kind: cls for cls in (Sign, AbsAbove, TopQuantile, NeuronTopQuantile,
+                                                               GluSigns)}
+
+
+def check_rules(rules: Iterable[FireRule], adapter: Adapter) -> None:
+    """Refuse, in one line and before any work, a rule the model cannot be read under (glu:SS of a
+    model whose FFN is not gated)."""
+    for r in rules:
+        KINDS[r.kind].check(r, adapter)
 
 
 def fire_tests(rules: Iterable[FireRule], n_layers: int, d_ffn: int, first_rows: int,
-               thresholds: dict[str, list[float]]) -> list[FireTest]:
+               thresholds: dict[str, Thresholds]) -> list[FireTest]:
     """The rules' tests, in order; a calibrated rule without recorded `thresholds` is fixed by the
     first block (`first_rows` tokens) of the forward it runs in."""
     return [KINDS[r.kind](r, n_layers, d_ffn, first_rows, thresholds.get(r.name)) for r in rules]
@@ -221,9 +344,9 @@ def unfixed_rules(rules: Iterable[FireRule], thresholds: dict[str, object]) -> l
     return [r.name for r in rules if KINDS[r.kind].calibrated and r.name not in thresholds]
 
 
-def calibrated_thresholds(tests: Iterable[FireTest]) -> dict[str, list[float]]:
-    """The fixed thresholds of the calibrated rules, as the ingest state records them."""
-    return {t.name: list(t.thresholds()) for t in tests if t.calibrated and t.fixed}
+def calibrated_thresholds(tests: Iterable[FireTest]) -> dict[str, Thresholds]:
+    """The fixed thresholds of the calibrated rules (per layer, or per neuron [layers, d_ffn])."""
+    return {t.name: t.recorded() for t in tests if t.calibrated and t.fixed}
 
 
 class LayerHooks:

@@ -25,7 +25,7 @@ from .._version import __version__
 from .adapters import adapter_for, get_module
 from .capture import CaptureWriter, save_projection
 from .forward import ForwardLoop
-from .hooks import fire_tests, unfixed_rules
+from .hooks import check_rules, fire_tests, unfixed_rules
 from .corpus import (check_corpus_files, doc_token_limit, read_documents, sha256_file,
                      special_tokens, tokenize_documents)
 from ..errors import ActdbError, InputError, StoreError
@@ -41,6 +41,7 @@ from ..store.layout import (CAPTURE_KINDS as KINDS, DOCS_FILE, LOCK_FILE, MANIFE
                             PENDING_CHECKSUMS, PROJECTION_FILE, RULES_DIR, SIGN_RULE, STAGING, STAGING_IDS,
                             STAGING_OFFSETS, STATE_FILE, VOCAB_FILE, rule_dir, token_parts)
 from ..store.lock import writer_lock
+from ..store.neuron_thresholds import from_state
 from ..store.writer import (MaskWriter, check_target, codec_name, pending_checksums, read_state, record_checksums,
                             remove_store, seal_checksums, write_state)
 from .tables import write_token_tables
@@ -213,6 +214,8 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
     config = load_config(model_dir)
     check_seq_len(config, s.seq_len)
     adapter = adapter_for(config.model_type)
+    rules = [parse_fire_rule(r) for r in s.fire_rule]
+    check_rules(rules, adapter)
     n_layers = config.num_hidden_layers
     layers = parse_layer_list(s.layers, n_layers)
     device = choose_device(s.device)
@@ -274,7 +277,6 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
 
     start_row = state.blocks_done * s.block_tokens
     create = state.blocks_done == 0
-    rules = [parse_fire_rule(r) for r in s.fire_rule]
     writer = {r.name: MaskWriter(rule_dir(root, r.name), layers, d_ffn, n_tokens, s.block_tokens, s.neuron_chunk,
                                  s.codec, s.zstd_level, create) for r in rules}
     captures = CaptureWriter(root, KINDS[s.capture], len(layers), n_tokens, s.capture_topk, s.block_tokens, create)
@@ -284,12 +286,13 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
         save_projection(root, lm.model, lm, layers, lm.streamer)
     record_checksums(root, "projection", [root / PROJECTION_FILE])
     first_rows = min(s.block_tokens, n_tokens)
-    # calibrated thresholds (top:Q) are committed with block 0, so blocks done without them is a damaged
-    # state: a resume would fix them from a later block, and the masks would mix two thresholds
+    # calibrated thresholds (top:Q, ntop:Q) are committed with block 0, so blocks done without them is a
+    # damaged state: a resume would fix them from a later block, and the masks would mix two thresholds
     unfixed = unfixed_rules(rules, state.thresholds)
     if unfixed and state.blocks_done:
         raise StoreError(f"{root / STATE_FILE}: {state.blocks_done} blocks done but no thresholds for "
                          f"{', '.join(unfixed)}; start the ingest again with --overwrite")
+    thresholds = from_state(root, state.thresholds, layers, d_ffn)
     shares: tuple[str, ...] = ()
     startup = 0.0
     if ray.on:
@@ -297,10 +300,10 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
 
         # calibrated thresholds: block 0 is forwarded first and the others under its thresholds
         fwd_seconds, startup, shares, thresholds = forward_on_ray(
-            root, model_dir, s, ray, state, (writer, captures), n_tokens, identity["dtype"])
+            root, model_dir, s, ray, state, (writer, captures), n_tokens, identity["dtype"], layers, thresholds)
         tests = fire_tests(rules, len(layers), d_ffn, first_rows, thresholds)
     else:
-        tests = fire_tests(rules, len(layers), d_ffn, first_rows, state.thresholds)
+        tests = fire_tests(rules, len(layers), d_ffn, first_rows, thresholds)
         fwd_seconds = ForwardLoop(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
                                   n_tokens, tests).run()
     records = tuple(FireRuleRecord(t.name, t.definition(adapter, first_rows, manifest.fire_rule), t.thresholds())

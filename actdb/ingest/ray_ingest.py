@@ -9,11 +9,11 @@ two workers ever write the same file. The driver records each finished block's c
 blocks done in order (ingest-state.json), so a resumed run, with or without Ray, redoes exactly the
 blocks not yet marked; the manifest is written last by the caller.
 
-Fire rules: every worker writes every rule's masks of its block. A calibrated rule's (top:Q)
-per-layer thresholds are fixed by the first block of tokens, so while they are not yet known (a fresh
-ingest) block 0 runs alone, on one worker, which fixes and returns them; the driver commits them
-with block 0 (ingest-state.json, as the single process does) and hands them to every worker for
-the other blocks. A resumed run reads them from the ingest state.
+Fire rules: every worker writes every rule's masks of its block. A calibrated rule's (top:Q, ntop:Q)
+thresholds are fixed by the first block of tokens, so while they are not yet known (a fresh ingest)
+block 0 runs alone, on one worker, which fixes and returns them; the driver commits them with block
+0 (ingest-state.json, and ntop:Q's file, as the single process does) and hands them to every worker
+for the other blocks. A resumed run reads them back as the single process does.
 
 A killed worker process is restarted by Ray and its blocks are redone (max_restarts,
 max_task_retries); a worker that fails for good (its constructor or a block raises) stops the run
@@ -37,9 +37,10 @@ from ..grammar import parse_fire_rule, parse_layer_list
 from ..settings import IngestSettings, RaySettings
 from ..store.ingest_state import IngestState
 from ..store.layout import CAPTURE_KINDS as KINDS, STAGING, STAGING_PROBE, rule_dir
+from ..store.neuron_thresholds import to_state
 from ..store.writer import MaskWriter, write_state
 from .forward import ForwardLoop, commit_files
-from .hooks import calibrated_thresholds, fire_tests, unfixed_rules
+from .hooks import Thresholds, calibrated_thresholds, fire_tests, unfixed_rules
 
 PROBE_FILE = STAGING_PROBE   # under _staging/: a token the driver writes and every worker must read back
 # tests: "BLOCK:DIR" makes the worker that writes block BLOCK's masks pause there (once), after
@@ -115,9 +116,9 @@ class BlockWorker:
     def ready(self) -> str:
         return self.where
 
-    def run_block(self, index: int, thresholds: dict[str, list[float]]) -> tuple[int, float, dict[str, list[float]]]:
+    def run_block(self, index: int, thresholds: dict[str, Thresholds]) -> tuple[int, float, dict[str, Thresholds]]:
         """Forward and write block `index`, under the calibrated rules' `thresholds` (only block 0
-        may go without them: it fixes them); returns (index, forward seconds, the calibrated thresholds)."""
+        may go without them: it fixes them); returns (index, forward seconds, the thresholds block 0 fixed)."""
         bt = self.s.block_tokens
         tests = fire_tests(self.rules, len(self.layers), self.d_ffn, min(bt, self.n_tokens), thresholds)
         unfixed = [t.name for t in tests if not t.fixed]
@@ -127,21 +128,22 @@ class BlockWorker:
         stop = min(self.n_tokens, start + bt)
         fwd = ForwardLoop(self.root, self.lm, self.layers, self.d_ffn, self.s, None, self.writers, self.tokenizer,
                           start, self.n_tokens, tests, stop_row=stop).run()
-        return index, fwd, calibrated_thresholds(tests)
+        return index, fwd, calibrated_thresholds(tests) if index == 0 else {}
 
 
 def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettings, state: IngestState,
-                   writers: tuple, n_tokens: int, dtype: str
-                   ) -> tuple[float, float, tuple[str, ...], dict[str, list[float]]]:
-    """Forward and commit every block not yet done on Ray workers; returns (forward seconds, Ray
-    start-up seconds, a line per worker with its share, the calibrated rules' thresholds)."""
+                   writers: tuple, n_tokens: int, dtype: str, layers: tuple[int, ...],
+                   thresholds: dict[str, Thresholds]) -> tuple[float, float, tuple[str, ...], dict[str, Thresholds]]:
+    """Forward and commit every block not yet done on Ray workers, under the calibrated rules'
+    `thresholds` read back from the ingest state (none yet: block 0 fixes them); returns (forward
+    seconds, Ray start-up seconds, a line per worker with its share, the calibrated rules' thresholds)."""
     from tqdm import tqdm
 
     bt = s.block_tokens
     n_blocks = -(-n_tokens // bt)
     todo = list(range(state.blocks_done, n_blocks))
     if not todo:   # killed after the last block, before the manifest: nothing to forward
-        return 0.0, 0.0, (), dict(state.thresholds)
+        return 0.0, 0.0, (), dict(thresholds)
     # calibrated rules not yet fixed: block 0 goes first and fixes them (pipeline refuses a state with
     # blocks done and no thresholds)
     unfixed = unfixed_rules(map(parse_fire_rule, s.fire_rule), state.thresholds)
@@ -162,7 +164,7 @@ def forward_on_ray(root: Path, model_dir: Path, s: IngestSettings, rs: RaySettin
             startup = time.perf_counter() - t0
             t1 = time.perf_counter()
             shares, thresholds = _dispatch(ray, actors, names, todo, root, state, writers, bt, n_tokens,
-                                           s.progress, shape, tqdm, bool(unfixed))
+                                           s.progress, shape, tqdm, bool(unfixed), layers, thresholds)
             fwd = time.perf_counter() - t1
         finally:
             for a in actors:   # a failed run: the others stop writing before the driver returns
@@ -188,7 +190,8 @@ def _start(ray: Any, actors: list, root: Path) -> list[str]:
 
 def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: Path, state: IngestState,
               writers: tuple, bt: int, n_tokens: int, progress: bool, shape: Shape, tqdm,
-              first_alone: bool) -> tuple[dict[int, tuple[int, int]], dict[str, list[float]]]:
+              first_alone: bool, layers: tuple[int, ...], thresholds: dict[str, Thresholds]
+              ) -> tuple[dict[int, tuple[int, int]], dict[str, Thresholds]]:
     """Hand out the blocks (two queued per worker, so it never waits for the driver), commit each
     as it finishes and mark blocks done in order; with first_alone (calibrated thresholds not yet
     fixed), block 0 runs alone and its thresholds go with every other block, committed with it.
@@ -198,7 +201,9 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
     load = [0] * len(actors)
     shares = {i: (0, 0) for i in range(len(actors))}
     finished: set[int] = set()
-    thresholds = dict(state.thresholds)
+    thresholds = dict(thresholds)
+    # in the object store once, not sent with every block (per-neuron thresholds are layers x d_ffn)
+    shared = [ray.put(thresholds)]
 
     def fill() -> None:
         for _ in range(2):
@@ -207,7 +212,7 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
                     return
                 if load[i] < 2:
                     index = queue.pop()
-                    inflight[actors[i].run_block.remote(index, thresholds)] = (i, index)
+                    inflight[actors[i].run_block.remote(index, shared[0])] = (i, index)
                     load[i] += 1
 
     fill()
@@ -229,6 +234,7 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
             commit_files(root, writers, index)
             if index == 0:
                 thresholds.update(fixed)
+                shared[0] = ray.put(thresholds)
                 first_alone = False
             finished.add(index)
             rows = min(n_tokens, (index + 1) * bt) - index * bt
@@ -238,7 +244,8 @@ def _dispatch(ray: Any, actors: list, names: list[str], todo: list[int], root: P
                 done = state.blocks_done
                 while done in finished:
                     done += 1
-                state = state.replace(blocks_done=done, thresholds=thresholds)
+                state = state.replace(blocks_done=done, thresholds=to_state(root, layers, thresholds,
+                                                                           state.thresholds))
                 write_state(root, state)
             bar.update(rows)
             fill()

@@ -5,7 +5,8 @@ Views: tokens, vocab, neurons, neuron_domains, layer_stats, neuron_tokens,
 neuron_bigrams, neuron_trigrams, token_counts, bigram_counts, trigram_counts, coverage,
 token_detectors, trigram_detectors, neuron_positions, position_counts, positional_neurons,
 ngram_layers, oscillatory_ranges, index_info (its `rule`: the fire rule the views answer for),
-fire_rules (every recorded rule with its per-layer thresholds). Thresholds are table macros whose defaults are
+fire_rules (every recorded rule with its per-layer thresholds), neuron_thresholds (the per-neuron thresholds
+of the ntop:Q rules: rule, layer, neuron, threshold). Thresholds are table macros whose defaults are
 the thresholds the index was built with (index.json, shown by `index_info`; the paper's unless
 `actdb index` was given others, see settings.IndexSettings):
 
@@ -129,6 +130,7 @@ def _views(root: Path, m, info: IndexInfo, pre: bool = True, index_root: Path | 
             {int(c.top_k)}::INT AS top_k, [{nl.replace('NULL', '')}]::INT[] AS ngram_layers, {V}::BIGINT AS vocab_base,
             {int(c.ngram_pad)}::BIGINT AS ngram_pad, {_lit(rule)} AS rule, {thr}""",
         _fire_rules_view(m),
+        _neuron_thresholds_view(root, m),
         f"CREATE VIEW vocab AS SELECT token_id, token, piece FROM read_parquet({_lit(root / VOCAB_FILE)})",
         f"""CREATE VIEW tokens AS SELECT t.row, t.seq, t.pos, t.token_id, v.token, t.doc, t.domain::VARCHAR AS domain
             FROM read_parquet({tokens}) t LEFT JOIN vocab v USING (token_id)""",
@@ -258,6 +260,20 @@ def _fire_rules_view(m) -> str:
             rows.append(f"({_lit(name)}, {rank}, {_lit(r.definition)}, {int(layer)}, {t}::DOUBLE)")
     return ("CREATE VIEW fire_rules AS SELECT * FROM (VALUES " + ", ".join(rows) +
             ") t(rule, rank, definition, layer, threshold)")
+
+
+def _neuron_thresholds_view(root: Path, m) -> str:
+    """neuron_thresholds: rule, layer, neuron, threshold of every per-neuron rule (ntop:Q), from its
+    file (store/neuron_thresholds.py); no rows when the store records none."""
+    from ..grammar import NEURON_THRESHOLDS, parse_fire_rule
+    from ..store.layout import rule_thresholds
+
+    parts = [f"SELECT {_lit(r)} AS rule, layer, neuron, threshold::DOUBLE AS threshold "
+             f"FROM read_parquet({_lit(rule_thresholds(root, r))})"
+             for r in m.rules if parse_fire_rule(r).kind in NEURON_THRESHOLDS]
+    body = " UNION ALL ".join(parts) or ("SELECT NULL::VARCHAR AS rule, NULL::INT AS layer, NULL::INT AS neuron, "
+                                         "NULL::DOUBLE AS threshold WHERE false")
+    return f"CREATE VIEW neuron_thresholds AS {body}"
 
 
 def massive_views(root: Path, info: IndexInfo, summaries: bool = True) -> list[str]:

@@ -88,12 +88,15 @@ class Probe:
         """The handle's fire rule at the i-th recorded layer, as the ingest computed it, with the
         threshold the store recorded for that layer (a calibrated rule is not calibrated again)."""
         from ..ingest.hooks import fire_tests
-        from ..grammar import parse_fire_rule
+        from ..grammar import NEURON_THRESHOLDS, parse_fire_rule
 
         m = self.store.manifest
-        rec = {r.name: r for r in m.fire_rules}.get(self.store.rule)
+        rule = parse_fire_rule(self.store.rule)
+        rec = {r.name: r for r in m.fire_rules}.get(rule.name)
         thresholds = {rec.name: [rec.thresholds[i]]} if rec is not None and rec.thresholds else {}
-        (test,) = fire_tests([parse_fire_rule(self.store.rule)], 1, m.d_ffn, m.block_tokens, thresholds)
+        if rule.kind in NEURON_THRESHOLDS:   # per neuron: the store's file, read through its checks
+            thresholds = {rule.name: self.store.neuron_thresholds(rule.name)[i:i + 1]}
+        (test,) = fire_tests([rule], 1, m.d_ffn, m.block_tokens, thresholds)
         if not test.fixed:   # a damaged record: calibrating on the typed text would show another rule
             raise InputError(f"fire rule {test.name}: the store records no thresholds for it")
         return test

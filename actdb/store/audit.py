@@ -6,6 +6,8 @@ What is checked, in order (a problem in one part does not stop the others):
                 with the recorded size and sha256; no unrecorded file where a reader would
                 pick it up (tokens/, masks/, capture/). Stores written without checksums
                 are verified by decoding every chunk and reading every Parquet file instead.
+  thresholds    each per-neuron rule's (ntop:Q) thresholds file: present, recorded, one number
+                >= 0 per recorded layer and neuron
   row counts    token parts 0..N-1 with block_tokens rows each (the last one the rest),
                 rows/seq/doc/pos ranges from the Parquet statistics, docs.parquet = n_docs,
                 token ids within the vocabulary, mask and capture array shapes, the
@@ -29,7 +31,7 @@ from ..files import check_regular_file, file_digest, temporary_of
 from .index_info import index_path, read_index_info
 from .layout import (CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, CHECKSUMS_FILE, DOCS_FILE, INDEX_BUILD_DIR, INDEX_FILE,
                      INDEX_OLD_DIR, MANIFEST_FILE, MASKS_DIR, PROJECTION_FILE as FILE, STATE_FILE, TOKENS_DIR, VOCAB_FILE,
-                     layer_name, part_name, rule_dir, rule_masks, token_parts)
+                     layer_name, part_name, rule_dir, rule_masks, rule_thresholds, token_parts)
 
 # where an unrecorded file would change answers: the token glob and zarr's chunk lookups
 WATCHED = (TOKENS_DIR, MASKS_DIR, CAPTURE_DIR)
@@ -88,6 +90,7 @@ def check_store(path: str | Path) -> Report:
     _check_tables(root, m, r)
     _check_arrays(root, m, r)
     _check_projection(root, m, r)
+    _check_neuron_thresholds(root, m, r)
     _check_index(root, m, r)
     return r
 
@@ -291,6 +294,33 @@ def _check_projection(root: Path, m: Manifest, r: Report) -> None:
             r.problem(p, f"w_out.{l}: expected shape {[m.d_ffn, m.d_model]}, got {got.get(f'w_out.{l}')}")
     if "w_u" not in got or got["w_u"][1:] != [m.d_model]:
         r.problem(p, f"w_u: expected shape [vocab, {m.d_model}], got {got.get('w_u')}")
+
+
+def _check_neuron_thresholds(root: Path, m: Manifest, r: Report) -> None:
+    """Each per-neuron rule's file (its bytes are checked with every recorded file): recorded, and of
+    the store's shape."""
+    from ..grammar import NEURON_THRESHOLDS, parse_fire_rule
+    from .neuron_thresholds import read_neuron_thresholds
+
+    recorded = None
+    if m.checksums_sha256:
+        try:
+            recorded = json.loads((root / CHECKSUMS_FILE).read_bytes())["files"]
+        except (OSError, ValueError, KeyError, TypeError):   # reported with the checksums
+            return
+    for rule in m.rules:
+        if parse_fire_rule(rule).kind not in NEURON_THRESHOLDS:
+            continue
+        p = rule_thresholds(root, rule)
+        if not p.exists():
+            r.problem(p, f"missing: the per-neuron thresholds of {rule}")
+        elif recorded is not None and p.relative_to(root).as_posix() not in recorded:
+            r.problem(p, "not recorded at write time (readers would use it)")
+        else:
+            try:
+                read_neuron_thresholds(p, m.layers, m.d_ffn)
+            except ActdbError as e:
+                r.problem(p, str(e).removeprefix(f"{p}: "))
 
 
 def _check_index(root: Path, m: Manifest, r: Report) -> None:

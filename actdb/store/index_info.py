@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import InputError, StoreError
 from ..files import atomic_write_text
-from ..grammar import parse_fire_rule
+from ..grammar import RULE_GRAMMAR, parse_fire_rule
 from ..settings import THRESHOLDS, IndexSettings, range_problem, threshold_range
 from .layout import INDEX_DIR, INDEX_FILE
 from .record import check_version, from_dict, parse_json, read_text, seal, unseal
@@ -94,7 +94,7 @@ class IndexConfig:
             canonical = parse_fire_rule(self.rule).name
         except InputError:
             canonical = None
-        expect(canonical == self.rule, "rule", "sign, abs>T or top:Q", self.rule)
+        expect(canonical == self.rule, "rule", RULE_GRAMMAR, self.rule)
         for name, value in self.thresholds().items():
             bad = range_problem(threshold_range(name), value)
             expect(bad is None, name, bad or "", value)

@@ -24,8 +24,9 @@ class IngestState:
     identity: dict[str, Any]                 # settings, weights and corpus a resume must match
     tokenized: dict[str, Any] | None = None  # phase 1's counts once its tables are written
     blocks_done: int = 0                     # mask blocks committed, in order
-    # per top:Q rule, its per-layer thresholds, fixed by the first block and committed with it:
-    # a resumed ingest reads them back instead of recomputing them
+    # per calibrated rule, its thresholds, fixed by the first block and committed with it: a resumed
+    # ingest reads them back instead of recomputing them. top:Q: the per-layer numbers; ntop:Q: the
+    # digest {bytes, sha256} of its per-neuron file (store/neuron_thresholds.py)
     thresholds: dict[str, Any] = field(default_factory=dict)
     format_version: int = STATE_VERSION
 
@@ -50,9 +51,13 @@ class IngestState:
         if self.blocks_done < 0:
             raise StoreError(f"{source}: blocks_done: expected an integer >= 0, got {self.blocks_done!r}")
         for rule, values in self.thresholds.items():
-            if not (isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                     and v >= 0 for v in values)):
-                raise StoreError(f"{source}: thresholds.{rule}: expected a list of numbers >= 0, got {values!r}")
+            numbers = isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and v >= 0 for v in values)
+            digest = (isinstance(values, dict) and set(values) == {"bytes", "sha256"}
+                      and isinstance(values["bytes"], int) and isinstance(values["sha256"], str))
+            if not (numbers or digest):
+                raise StoreError(f"{source}: thresholds.{rule}: expected a list of numbers >= 0 or a file's digest "
+                                 f"{{bytes, sha256}}, got {values!r}")
         if self.tokenized is not None:
             for k in TOKENIZED_COUNTS:
                 v = self.tokenized.get(k)

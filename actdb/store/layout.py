@@ -7,6 +7,7 @@
       masks/layer_LL             Zarr v3 uint8 [d_ffn, ceil(n_tokens/8)], see bits.py (the sign rule)
       rules/SLUG/masks/layer_LL  the same for each other fire rule (SLUG: rule_slug, e.g. top-0.999)
       rules/SLUG/index/          that rule's query index (and its _index_build/, _index_old/)
+      rules/SLUG/thresholds.parquet  a rule's per-neuron thresholds (ntop:Q): layer, neuron, threshold
       capture/KIND_FIELD         Zarr v3 magnitude capture (massive activations)
       tokens/part-BBBBBB.parquet one part per block: row, seq, pos, token_id, doc, domain
       docs.parquet               doc, doc_id, domain, source
@@ -48,6 +49,7 @@ INDEX_DIR = "index"
 INDEX_BUILD_DIR = "_index_build"
 INDEX_OLD_DIR = "_index_old"
 RULES_DIR = "rules"
+NEURON_THRESHOLDS_FILE = "thresholds.parquet"   # rules/SLUG/: per-neuron thresholds (store/neuron_thresholds.py)
 STAGING_IDS = "token_ids.i32"       # _staging/: every sequence's token ids, back to back
 STAGING_OFFSETS = "seq_offsets.i64"  # _staging/: where each sequence starts in STAGING_IDS
 STAGING_PROBE = "ray-probe"          # _staging/: the token a Ray driver writes for its workers to read back
@@ -136,6 +138,7 @@ def _grammar() -> re.Pattern:
         rf"{STAGING}/(?:{staging})",
         rf"{PENDING_CHECKSUMS}/[A-Za-z0-9_.-]+\.json",
         rf"{rule}(?:{INDEX_DIR}|{INDEX_BUILD_DIR}|{INDEX_OLD_DIR})/{index}",
+        rf"{RULES_DIR}/[A-Za-z0-9._-]+/{re.escape(NEURON_THRESHOLDS_FILE)}",
     ]))
 
 
@@ -175,7 +178,10 @@ def foreign_file(root: Path, folders: Iterable[Path]) -> Path | None:
 
 
 def rule_slug(rule: str) -> str:
-    """A fire rule's folder name: abs>0.1 -> abs-gt-0.1, top:0.999 -> top-0.999 (one per rule)."""
+    """A fire rule's folder name: abs>0.1 -> abs-gt-0.1, top:0.999 -> top-0.999, glu:+- -> glu-pn
+    (one per rule)."""
+    if rule.startswith("glu:"):
+        return "glu-" + rule[4:].replace("+", "p").replace("-", "n")
     return rule.replace(">", "-gt-").replace(":", "-")
 
 
@@ -187,6 +193,11 @@ def rule_dir(root: Path, rule: str) -> Path:
 
 def rule_masks(root: Path, rule: str) -> Path:
     return rule_dir(root, rule) / MASKS_DIR
+
+
+def rule_thresholds(root: Path, rule: str) -> Path:
+    """A per-neuron rule's thresholds file, STORE/rules/SLUG/thresholds.parquet."""
+    return Path(root) / RULES_DIR / rule_slug(rule) / NEURON_THRESHOLDS_FILE
 
 
 def layer_name(layer: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InputError, StoreError
 from ..files import atomic_write_text
-from ..grammar import parse_fire_rule
+from ..grammar import LAYER_THRESHOLDS, RULE_GRAMMAR, parse_fire_rule
 from .layout import MANIFEST_FILE, SIGN_RULE
 from .record import check_version, content_digest, from_dict, parse_json, read_text, seal, unseal
 
@@ -42,7 +42,8 @@ class CorpusFile:
 class FireRuleRecord:
     name: str                          # canonical rule text: sign, abs>0.1, top:0.999
     definition: str                    # in words
-    thresholds: tuple[float, ...] = ()  # per recorded layer (in the order of `layers`); () for sign
+    thresholds: tuple[float, ...] = ()  # per recorded layer (in the order of `layers`); () for sign, glu:SS
+    # and ntop:Q (per neuron: rules/SLUG/thresholds.parquet, store/neuron_thresholds.py)
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,12 @@ class Manifest:
                 canonical = parse_fire_rule(r.name)
             except InputError:
                 canonical = None
-            expect(canonical is not None and canonical.name == r.name, "fire_rules.name",
-                   "sign, abs>T or top:Q", r.name)
-            want = 0 if r.name == SIGN_RULE else len(self.layers)
+            expect(canonical is not None and canonical.name == r.name, "fire_rules.name", RULE_GRAMMAR, r.name)
+            # per-neuron thresholds (ntop:Q) are in a file of the rule's own, not here
+            want = len(self.layers) if canonical.kind in LAYER_THRESHOLDS else 0
             expect(len(r.thresholds) == want and all(t >= 0 for t in r.thresholds),
-                   f"fire_rules[{r.name}].thresholds", f"{want} numbers >= 0 (one per recorded layer)",
-                   r.thresholds)
+                   f"fire_rules[{r.name}].thresholds", f"{want} numbers >= 0 (one per recorded layer)"
+                   if want else "none (per layer)", r.thresholds)
 
     @property
     def rules(self) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from ..errors import StoreError
 from ..files import check_regular_file, file_digest, stat_key
 from .layout import (CAPTURE_DIR, CHECKSUMS_FILE, DOCS_FILE, MANIFEST_FILE, PROJECTION_FILE, STATE_FILE, TOKENS_DIR,
-                     VOCAB_FILE, layer_name, part_name, rule_masks, token_parts)
+                     VOCAB_FILE, layer_name, part_name, rule_masks, rule_thresholds, token_parts)
 from .manifest import Manifest
 
 if TYPE_CHECKING:
@@ -175,6 +175,22 @@ class StoreReader:
                                  or sha256_file(p) != want.get("sha256")):
             raise StoreError(f"{p}: missing, or not the bytes recorded at write time; run `actdb check {self.path}`")
         return p
+
+    def neuron_thresholds(self, rule: str | None = None) -> np.ndarray:
+        """A per-neuron rule's thresholds (ntop:Q; default this handle's rule), float32 [recorded
+        layers, d_ffn], from its file checked against its record (store/neuron_thresholds.py)."""
+        from ..errors import InputError
+        from ..grammar import NEURON_THRESHOLDS, parse_fire_rule
+        from .neuron_thresholds import read_neuron_thresholds
+
+        rule = self.rule if rule is None else self.manifest.rule_record(str(rule)).name
+        if parse_fire_rule(rule).kind not in NEURON_THRESHOLDS:
+            raise InputError(f"rule: expected one with per-neuron thresholds (ntop:Q), got {rule!r}")
+        p = rule_thresholds(self.path, rule)
+        if not p.exists():
+            raise StoreError(f"{p}: missing; run `actdb check {self.path}`")
+        self.verify_files([p])
+        return read_neuron_thresholds(p, self.manifest.layers, self.manifest.d_ffn)
 
     def packed(self, layer: int):
         """The mask array of a layer under this handle's rule, uint8 [d_ffn, ceil(n_tokens/8)], read
