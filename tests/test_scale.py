@@ -113,8 +113,14 @@ def test_contexts_read_a_bounded_number_of_rows(known_store, monkeypatch):
     ids, seq = t["token_id"].to_numpy().astype(np.int64), t["seq"].to_numpy()
     mask = real(st, 0, 2)
     want = _telling_reference(mask, ids, seq, scanned, window)
-    page = ctx.contexts(st, 0, 2, per_page=per_page, window=window)
+    from actdb.explore.explorer import Explorer
+
+    ex = Explorer(st)
+    page = ctx.contexts(ex, 0, 2, per_page=per_page, window=window)
     assert read and max(read) <= scanned + window < st.n_tokens
+    # the token arrays the explorer keeps are of those rows too (a server's memory, flat in tokens)
+    held = [v for k, v in ex._cache.items() if isinstance(k, tuple) and k[0] == "arrays"]
+    assert held and max(len(a.ids) for a in held) == scanned + window
     assert page.scanned_rows == scanned and page.n_fire_rows == int(mask[:scanned].sum())
     assert [c.row for c in page.contexts] == want[:per_page]
     seen = {c.row for c in page.contexts}

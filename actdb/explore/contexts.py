@@ -9,7 +9,8 @@ of the other fires, seeded by (seed, layer, neuron), so a page reads the same ev
 A page reads the neuron's mask over the first SCAN_ROWS token rows only (with `window` rows
 more for the last contexts): a mask read, and the scoring of every fire, grow with the store, and
 a busy neuron fires on half of it. On a larger store "the whole store" above is those rows, and
-the page says so (ContextPage.scanned_rows against the store's tokens).
+the page says so (ContextPage.scanned_rows against the store's tokens). The token arrays the
+explorer keeps for it are those rows' too: a server's memory does not grow with the store.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def contexts(store, layer: int, neuron: int, page: int = 1, per_page: int = 10, 
         sample = np.random.default_rng([seed, layer, neuron]).permutation(len(rest))[(page - 2) * per_page:
                                                                                       (page - 1) * per_page]
         pick = rest[sample]
-        probs, how = _p_fire(ex, mask, scanned)[ex.arrays().ids[pick]], RANDOM_SAMPLE
+        probs, how = _p_fire(ex, mask, scanned)[ex.arrays(len(mask)).ids[pick]], RANDOM_SAMPLE
     found = tuple(_context(ex, mask, r, pr, window) for r, pr in zip(pick.tolist(), probs.tolist()))
     return ContextPage(found, how, page, n_pages, int(len(rows)), scanned)
 
@@ -85,7 +86,7 @@ def contexts(store, layer: int, neuron: int, page: int = 1, per_page: int = 10, 
 def _p_fire(ex: Explorer, mask: np.ndarray, scanned: int) -> np.ndarray:
     """P(fires | token) by token id over the first `scanned` rows (the index's counts where that
     is the whole store)."""
-    a = ex.arrays()
+    a = ex.arrays(len(mask))
     ids = a.ids[:scanned]
     fires_tok = np.bincount(ids[mask[:scanned]], minlength=len(a.counts))
     counts = a.counts if scanned == len(a.ids) else np.bincount(ids, minlength=len(a.counts))
@@ -96,7 +97,7 @@ def telling_order(ex: Explorer, mask: np.ndarray, rows: np.ndarray, window: int,
                   k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fire rows in "most telling" order (module docstring) and each row's P(fires | token); the
     first k only (a selection, not a sort of every fire) when k is given."""
-    a = ex.arrays()
+    a = ex.arrays(len(mask))
     scanned = len(mask) if scanned is None else scanned
     p_tok = _p_fire(ex, mask, scanned)
     p = p_tok[a.ids[rows]]
@@ -117,7 +118,7 @@ def telling_order(ex: Explorer, mask: np.ndarray, rows: np.ndarray, window: int,
 
 def _context(ex: Explorer, mask: np.ndarray, r: int, p_fire: float, window: int) -> Context:
     """The tokens around fire row r within its sequence, each with whether the neuron fired."""
-    a, vocab = ex.arrays(), ex.vocab()
+    a, vocab = ex.arrays(len(mask)), ex.vocab()
     lo, hi = max(int(a.start[r]), r - window), min(int(a.end[r]), r + window, len(mask) - 1)
     text = [vocab[i] if i < len(vocab) else f"#{i}" for i in a.ids[lo:hi + 1].tolist()]
     toks = tuple(ContextToken(x, t, bool(mask[x]), x == r) for x, t in zip(range(lo, hi + 1), text))

@@ -21,14 +21,15 @@ from ..errors import NotFound
 
 @dataclass(frozen=True)
 class TokenArrays:
-    """Token columns in row order, each row's sequence bounds, and per-token-id occurrences."""
+    """Token columns of the first rows in row order, each row's sequence bounds (cut at the last
+    row held), and per-token-id occurrences over those rows."""
     ids: np.ndarray        # token id per row
     seq: np.ndarray
     pos: np.ndarray
     doc: np.ndarray
     start: np.ndarray      # the first row of the row's sequence
     end: np.ndarray        # the last row of the row's sequence
-    counts: np.ndarray     # occurrences of each token id over all rows (numpy's bincount)
+    counts: np.ndarray     # occurrences of each token id over the rows held (numpy's bincount)
 
 
 class Explorer:
@@ -120,11 +121,15 @@ class Explorer:
                 self._lru.popitem(last=False)
         return value
 
-    def arrays(self) -> TokenArrays:
-        return self.cached("arrays", self._read_arrays)
+    def arrays(self, rows: int | None = None) -> TokenArrays:
+        """The token arrays of the first `rows` rows (default: all). Pages ask for a bounded prefix
+        (contexts: SCAN_ROWS and a window), so what a server keeps does not grow with the store."""
+        n = self.manifest.n_tokens
+        rows = n if rows is None else max(0, min(n, int(rows)))
+        return self.cached(("arrays", rows), lambda: self._read_arrays(rows))
 
-    def _read_arrays(self) -> TokenArrays:
-        t = self.q("SELECT token_id, seq, pos, doc FROM tokens ORDER BY row")
+    def _read_arrays(self, rows: int) -> TokenArrays:
+        t = self.q("SELECT token_id, seq, pos, doc FROM tokens WHERE row < $r ORDER BY row", r=rows)
         ids = t["token_id"].to_numpy().astype(np.int64)
         seq = t["seq"].to_numpy().astype(np.int64)
         pos = t["pos"].to_numpy().astype(np.int64)
