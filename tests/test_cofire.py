@@ -311,12 +311,17 @@ def test_counts_among_a_few_neurons_equal_brute_force(synth, path, monkeypatch):
         monkeypatch.setenv("ACTDB_INDEX_JIT", "0")
     compiled.cache_clear()
     try:
-        ids = [11, 3, 10, 0, 7, 7]   # any order, a repeat
-        n, fires, both = cofire.counts_among(actdb.open(root), 3, ids)
+        ids = [11, 3, 10, 0, 7, 7, 69, 40]   # any order, a repeat, several neuron chunks
+        st = actdb.open(root)
+        n, fires, both = cofire.counts_among(st, 3, ids)
     finally:
         compiled.cache_clear()
     _, f, ref, *_ = brute(m[LAYERS.index(3)][ids])
     assert n == N and fires.tolist() == f.tolist() and both.tolist() == ref.tolist()
+    # a few neurons' chunks, none kept: the handle's cache of whole layers stays empty (memory flat
+    # in tokens for the team figure and page)
+    cache = st.__dict__.get("_cofire_cache")
+    assert cache is None or cache.used == 0
     with pytest.raises(InputError, match="neurons: expected 0..69, got 70"):
         cofire.counts_among(actdb.open(root), 3, [1, 70])
     with pytest.raises(InputError, match="layer: expected one of the recorded layers"):

@@ -22,7 +22,7 @@ Uses of one counting engine:
 - match_stores(): each neuron of one store against every neuron of another over the same token
   rows (two fire rules of one store, or two models with one tokenizer), its best match by phi.
 - counts_among(): every pair among a few neurons of one layer (a layer's positional neurons as
-  a team, actdb.explore.positional), from neighbours()'s cache.
+  a team, actdb.explore.positional), from their chunks only.
 """
 from __future__ import annotations
 
@@ -319,8 +319,8 @@ def neighbours(st, layer: int, neuron: int, k: int = 20, by: str = "phi", layers
 
 def counts_among(st, layer: int, neurons: Sequence[int], rule: str | None = None) -> tuple[int, np.ndarray, np.ndarray]:
     """Exact co-firing counts among a few neurons of one layer over every row: (n_tokens, fires [k],
-    n_both [k, k]), in the order of `neurons` (the diagonal holds each one's fires). The mask words
-    come from the handle's cache, as neighbours()'s do."""
+    n_both [k, k]), in the order of `neurons` (the diagonal holds each one's fires). It reads the
+    neurons' chunks block by block (checked reads), keeping none of them."""
     st = st.with_rule(rule)
     m = st.manifest
     if layer not in m.layers:
@@ -329,9 +329,14 @@ def counts_among(st, layer: int, neurons: Sequence[int], rule: str | None = None
     if len(idx) and (idx.min() < 0 or idx.max() >= m.d_ffn):
         raise InputError(f"neurons: expected 0..{m.d_ffn - 1}, got {idx[(idx < 0) | (idx >= m.d_ffn)][0]}")
     both = np.zeros((len(idx), len(idx)), np.int64)
-    jit, cache = kernels(), _cache(st)
+    jit, packed, nc = kernels(), st.packed(layer), max(1, int(m.neuron_chunk))
+    chunks = np.unique(idx // nc)
     for s0, s1 in _blocks(st.n_tokens, _block_of(st)):
-        w = np.ascontiguousarray(cache.get(st, layer, s0, s1)[0][idx])
+        # only the neuron chunks that hold the neurons: a few neurons' masks, not the layer's, so
+        # memory does not grow with the store (the team figure of a 20M-token store)
+        parts = {int(c): _words(packed[c * nc:(c + 1) * nc, s0 // 8:-(-s1 // 8)], s1 - s0) for c in chunks}
+        w = np.ascontiguousarray(np.stack([parts[int(i) // nc][int(i) % nc] for i in idx])) if len(idx) else \
+            np.zeros((0, 1), np.uint64)
         if jit is not None:
             jit.pair_counts(w, w, both)
         else:
