@@ -3,10 +3,13 @@
 -- across: models
 -- param: abs_min = index_info.abs_min   |h| must exceed this
 -- param: ratio = index_info.ratio       and be at least this many times the sequence's median |h|
+-- top_abs and top_layer: the largest |h| of the residual stream and its layer; median_abs: the median over the
+-- layers of each layer's median |h| (capture_layers, the index's per-layer summary: a scan of the capture grows
+-- with the store)
 WITH m AS (SELECT * FROM massive_activations_at(abs_min := $abs_min, ratio := $ratio)),
-     top AS (SELECT store, model, n_layers, max(abs(value)) AS top_abs, arg_max(layer, abs(value)) AS top_layer,
+     top AS (SELECT store, model, n_layers, max(top1) AS top_abs, arg_max(layer, top1) AS top_layer,
                     median(median_abs) AS median_abs
-             FROM capture_topk WHERE kind = 'resid' AND rank = 1 GROUP BY ALL),
+             FROM capture_layers WHERE kind = 'resid' GROUP BY ALL),
      per_dim AS (SELECT store, dim, count(*) AS n FROM m GROUP BY ALL),
      dims AS (SELECT store, list(dim ORDER BY n DESC, dim)[:5] AS top_dims FROM per_dim GROUP BY store),
      s AS (SELECT store, count(*) AS n_massive, count(DISTINCT dim) AS n_dims, min(layer) AS first_layer,

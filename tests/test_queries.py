@@ -58,7 +58,7 @@ def expected_across(name: str, ref, st) -> list[tuple]:
         dims = sorted(count, key=lambda d: (-count[d], d))[:5] or None
         first = min(layers) if layers else None
         return [(*lead, float(top.max()), m.layers[int(np.argmax(top.max(axis=1)))],
-                 float(np.median(c["seq_median"])), len(got), len(count), dims, first,
+                 float(np.median(np.median(c["seq_median"], axis=1))), len(got), len(count), dims, first,
                  None if first is None else first / (m.n_layers - 1),
                  float(np.mean([x["pos"] == 0 for x in got])) if got else None)]
     raise AssertionError(f"no numpy reference for saved query {name}")
