@@ -329,14 +329,15 @@ def counts_among(st, layer: int, neurons: Sequence[int], rule: str | None = None
     if len(idx) and (idx.min() < 0 or idx.max() >= m.d_ffn):
         raise InputError(f"neurons: expected 0..{m.d_ffn - 1}, got {idx[(idx < 0) | (idx >= m.d_ffn)][0]}")
     both = np.zeros((len(idx), len(idx)), np.int64)
+    if not len(idx):
+        return st.n_tokens, np.zeros(0, np.int64), both
     jit, packed, nc = kernels(), st.packed(layer), max(1, int(m.neuron_chunk))
     chunks = np.unique(idx // nc)
     for s0, s1 in _blocks(st.n_tokens, _block_of(st)):
         # only the neuron chunks that hold the neurons: a few neurons' masks, not the layer's, so
         # memory does not grow with the store (the team figure of a 20M-token store)
         parts = {int(c): _words(packed[c * nc:(c + 1) * nc, s0 // 8:-(-s1 // 8)], s1 - s0) for c in chunks}
-        w = np.ascontiguousarray(np.stack([parts[int(i) // nc][int(i) % nc] for i in idx])) if len(idx) else \
-            np.zeros((0, 1), np.uint64)
+        w = np.ascontiguousarray(np.stack([parts[int(i) // nc][int(i) % nc] for i in idx]))
         if jit is not None:
             jit.pair_counts(w, w, both)
         else:

@@ -121,11 +121,10 @@ class Explorer:
                 self._lru.popitem(last=False)
         return value
 
-    def arrays(self, rows: int | None = None) -> TokenArrays:
-        """The token arrays of the first `rows` rows (default: all). Pages ask for a bounded prefix
-        (contexts: SCAN_ROWS and a window), so what a server keeps does not grow with the store."""
-        n = self.manifest.n_tokens
-        rows = n if rows is None else max(0, min(n, int(rows)))
+    def arrays(self, rows: int) -> TokenArrays:
+        """The token arrays of the first `rows` rows: a bounded prefix (contexts: SCAN_ROWS and a
+        window), so what a server keeps does not grow with the store."""
+        rows = max(0, min(self.manifest.n_tokens, int(rows)))
         return self.cached(("arrays", rows), lambda: self._read_arrays(rows))
 
     def _read_arrays(self, rows: int) -> TokenArrays:
