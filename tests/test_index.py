@@ -347,11 +347,52 @@ def test_index_memory_budget_sets_chunk(tmp_path, monkeypatch):
     real_count = ix.count_unit
     widths = []
     monkeypatch.setattr(ix, "count_unit", lambda *args: widths.append(args[3] - args[2]) or real_count(*args))
-    build_index(b, progress=False, memory_mb=0.001)
+    build_index(b, progress=False, memory_mb=1e-6)
     assert widths == [1] * (len(LAYERS) * D)
     same_index(a, b)
     assert ix.chunk_size(1000, 3072, 512, 512, None) == 3072 - 3072 % 512   # whole Zarr chunks when they fit
     assert ix.chunk_size(10**6, 3072, 512, 512, None) == 512 * 2**20 // (24 * 10**6)
+    assert ix.chunk_size(10**6, 3072, 512, 512, None, cell=4) == 512 * 2**20 // (4 * 10**6)
+
+
+def test_a_unit_holds_what_the_budget_counts_and_maps_nothing(tmp_path):
+    """The budget's bytes per cell are what counting a unit allocates (the compiled kernel: its int32
+    counts; a budget of 24 B per cell made n-gram units six times narrower than the memory allowed,
+    so at 20M tokens every unit of one neuron reread the whole layer), and the token arrays are read
+    block by block, never mapped (mapped pages of arrays read whole by every unit counted as the
+    index's memory, growing with the tokens)."""
+    import tracemalloc
+
+    from actdb.index import count
+    from actdb.index.tokens import TokenArrays
+    from actdb.store.index_info import read_index_info
+
+    p = make_known(tmp_path / "s")
+    build_index(p, progress=False)
+    st = actdb.open(p)
+    m = st.manifest
+    tok = TokenArrays(st, m, read_index_info(p).config.vocab_base, tmp_path / "tmp")
+    cell = count.cell_bytes("cpu", tok.n)
+    assert cell == count.COMPILED_CELL_BYTES and count.compiled() is not None
+    ch = m.d_ffn
+    count.count_unit(st.packed(LAYERS[0]), tok, 0, 1, True, m.block_tokens)   # loads the kernel first
+    tracemalloc.start()
+    try:
+        counts = count.count_unit(st.packed(LAYERS[0]), tok, 0, ch, True, m.block_tokens)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    cells = ch * tok.width(True)
+    assert counts.shape == (ch, tok.width(True)) and counts.nbytes == cells * cell
+    # the counts, then per block its words and column ids (bounded by the block, not the tokens)
+    block = m.block_tokens * (ch // 8 + 8 + 6 * 8) + 64 * 1024
+    assert peak <= cells * cell + block, (peak, cells * cell)
+    with open("/proc/self/maps") as f:
+        mapped = [line for line in f if str(tmp_path / "tmp") in line]
+    assert not mapped, mapped
+    np.testing.assert_array_equal(tok.column("token"), np.concatenate(
+        [tok.block(("token",), s0, min(tok.n, s0 + 7))[0] for s0 in range(0, tok.n, 7)]))
+    tok.close()
 
 
 def test_index_top_k_truncation(tmp_path):

@@ -27,7 +27,7 @@ def direct_counts(mask: np.ndarray, tok: TokenArrays, ngram: bool) -> np.ndarray
     """[neurons, width] by np.add.at over every (neuron, row, key): the definition itself."""
     out = np.zeros((mask.shape[0], tok.width(ngram)), np.int64)
     for k in tok.keys(ngram):
-        col = np.asarray(tok.cols[k])
+        col = tok.column(k)
         for i in range(mask.shape[0]):
             np.add.at(out[i], col[mask[i]], 1)
     return out

@@ -12,8 +12,9 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
      stream that chunk's mask blocks over all tokens, tally exact counts [chunk, columns] (np.bincount
      of the fires on sparse blocks, torch index_add_ on dense ones and on --device; index/count.py),
      and reduce them in memory to the rows the tables keep (index/_parts/UNIT/).
-     The chunk is the largest whose counts and tally buffers (24 B per cell)
-     fit `memory_mb` / workers; units run in worker threads.
+     The chunk is the largest whose counts (4 B per cell with the compiled kernel, 24 B with
+     the numpy and torch paths' tally buffers: count.cell_bytes) fit `memory_mb` / workers;
+     units run in worker threads.
   3. concatenate the parts into
 
     neuron_fires.parquet      layer, neuron, fires                      (every neuron, dead too)
@@ -72,7 +73,7 @@ from ..store.layout import (INDEX_BUILD_DIR, INDEX_FILE, INDEX_NEIGHBOURS, INDEX
                             rule_dir)
 from ..store.writer import refuse_foreign_files
 from ..devices import device_name as resolve_device, resolve_workers
-from .count import chunk_size, count_unit
+from .count import cell_bytes, chunk_size, count_unit
 from .reduce import EMPTY_SCHEMAS, NGRAMS, TABLES, unit_tables
 from .tokens import TokenArrays
 
@@ -210,8 +211,9 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
     if state is None or state.get("config") != config_json:
         shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)
         # chunk sizes are fixed for the whole build, so a resumed build cuts the same units
-        chunks = {str(ng): chunk_size(tok.width(ng), m.d_ffn, m.neuron_chunk, s.memory_mb / n_workers, neuron_chunk)
-                  for ng in (False, True)}
+        cell = cell_bytes("cpu" if ray is not None and ray.on else device, m.n_tokens)
+        chunks = {str(ng): chunk_size(tok.width(ng), m.d_ffn, m.neuron_chunk, s.memory_mb / n_workers, neuron_chunk,
+                                      cell) for ng in (False, True)}
         state = {"config": config_json, "chunks": chunks, "done": []}
         atomic_write_text(state_p, seal(state))
     (root / INDEX_PARTS).mkdir(exist_ok=True)

@@ -33,10 +33,21 @@ def compiled():
     return _compiled("actdb.index.kernels", "ACTDB_INDEX_JIT")
 
 
-def chunk_size(width: int, d_ffn: int, store_chunk: int, memory_mb: float, cap: int | None) -> int:
-    """Neurons per unit: 24 bytes per (neuron, column) cell (int32 counts, the sparse path's int64
-    tally buffer and bincount result, the dense path's float32 counts) must fit the budget."""
-    ch = int(memory_mb * 2**20 // (24 * width))
+CELL_BYTES = 24   # int32 counts, the sparse path's int64 tally buffer and bincount result, the dense path's float32
+COMPILED_CELL_BYTES = 4   # the compiled kernel tallies into the int32 counts only
+
+
+def cell_bytes(device: str, n_tokens: int) -> int:
+    """Bytes a unit holds per (neuron, column) cell on `device`: the budget's divisor."""
+    if device == "cpu" and compiled() is not None:
+        return COMPILED_CELL_BYTES * (1 if n_tokens < 2**31 else 2)
+    return CELL_BYTES
+
+
+def chunk_size(width: int, d_ffn: int, store_chunk: int, memory_mb: float, cap: int | None,
+               cell: int = CELL_BYTES) -> int:
+    """Neurons per unit: `cell` bytes per (neuron, column) cell (cell_bytes) must fit the budget."""
+    ch = int(memory_mb * 2**20 // (cell * width))
     ch = max(1, min(d_ffn, ch, cap or d_ffn))
     if ch >= store_chunk:            # whole Zarr chunks: each is decompressed once per unit
         ch -= ch % store_chunk
@@ -62,7 +73,7 @@ def count_unit(arr, tok: TokenArrays, n0: int, n1: int, ngram: bool, block: int,
     sparse = _SparseCounts(counts, ch, W, len(keys))
     dense = None
     for s0, s1, raw in _blocks(arr, tok.n, n0, n1, block):
-        cols = [np.array(tok.cols[k][s0:s1]) for k in keys]   # a copy: torch takes writable arrays only
+        cols = list(tok.block(keys, s0, s1))
         if raw.size and _fire_rate(raw, ch, s1 - s0) >= dense_at:
             if dense is None:
                 dense = _DenseCounts(ch, W, device, counts.dtype)
@@ -88,7 +99,7 @@ def _count_compiled(jit, arr, tok: TokenArrays, n0: int, n1: int, keys: tuple[st
     for s0, s1, raw in _blocks(arr, tok.n, n0, n1, block):
         # whole little-endian 64-bit words per row, in one contiguous buffer
         raw = np.ascontiguousarray(np.pad(raw, ((0, 0), (0, -raw.shape[1] % 8))))
-        cols = np.stack([tok.cols[k][s0:s1] for k in keys])                    # [keys, rows]
+        cols = tok.block(keys, s0, s1)                                         # [keys, rows]
         jit.count_fires(raw.view("<u8"), s1 - s0, cols, counts)
     return counts
 

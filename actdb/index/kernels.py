@@ -70,7 +70,7 @@ def segment_stats_rows(seg: np.ndarray, k: int, p: float, total: np.ndarray, n_d
     columns by count descending, then column ascending: top_col/top_val[i, :top_n[i]]."""
     ch, W = seg.shape
     hist = np.zeros(HIST, np.int64)
-    big = np.empty(W, np.int64)        # the row's counts >= HIST
+    big = np.empty(64, np.int64)       # the row's counts >= HIST (few: they sum to at most the tokens), grown as needed
     for i in range(ch):
         row = seg[i]
         tot = 0
@@ -87,6 +87,10 @@ def segment_stats_rows(seg: np.ndarray, k: int, p: float, total: np.ndarray, n_d
                     if v > vmax:
                         vmax = v
                 else:
+                    if nbig == big.shape[0]:
+                        grown = np.empty(2 * nbig, np.int64)
+                        grown[:nbig] = big
+                        big = grown
                     big[nbig] = v
                     nbig += 1
         total[i] = tot

@@ -17,7 +17,9 @@ from ..store.layout import TOKENS_DIR, token_parts
 
 
 class TokenArrays:
-    """Per-row column ids of the count matrix, memory-mapped from index/_tmp.
+    """Per-row column ids of the count matrix, in index/_tmp/col_KEY.npy, read a block at a time
+    (`block`) with positioned reads: never mapped, so what this process holds does not grow with the
+    tokens (mapped pages of files read whole for every unit counted as its memory).
 
     Column layout: domains | positions | full-length positions (+ dump) | tokens (+ dump)
     [| bigrams (+ dump) | trigrams (+ dump) on n-gram layers].
@@ -66,45 +68,80 @@ class TokenArrays:
             if name == "token":
                 self.width_plain = off
         self.width_ngram = off
-        # pass 2: each row's column ids, written straight into the memory-mapped files
+        # pass 2: each row's column ids, written part by part into the files (positioned writes)
         tmp.mkdir(parents=True, exist_ok=True)
-        dt = np.int32 if off < 2**31 else np.int64
-        out = {k: reserved_memmap(tmp / f"col_{k}.npy", dt, self.n) for k in self.KEYS}
+        self.dtype = np.dtype(np.int32 if off < 2**31 else np.int64)
+        self.tmp = tmp
+        self._offsets = {k: reserve_npy(self._col_path(k), self.dtype, self.n) for k in self.KEYS}
+        self._fds: dict[str, int] = {}
+        out = {k: _Rows(self, k) for k in self.KEYS}
         self.pos_n = np.zeros(T, np.int64)
         self.pos_full_n = np.zeros(T, np.int64)
         dom_set = pa.array(self.domains, pa.string())
         r0 = 0
         st.verify_files(self.parts)   # each pass reads the parts checked against their records
-        for t, pos, grams in self._parts():
-            r1 = r0 + t.num_rows
-            full = np.isin(t.column("seq").to_numpy(), self._full)
-            self.pos_n += np.bincount(pos, minlength=T)
-            self.pos_full_n += np.bincount(pos[full], minlength=T)
-            out["domain"][r0:r1] = pc.index_in(t.column("domain").cast(pa.string()), value_set=dom_set).to_numpy()
-            out["pos"][r0:r1] = pos + nd
-            out["pos_full"][r0:r1] = np.where(full, pos, T) + nd + T
-            for name, (key, valid) in grams.items():
-                u = self.uniq[name]
-                local = np.full(len(key), len(u), np.int64)   # dump column for excluded rows
-                local[valid] = np.searchsorted(u, key[valid])
-                out[name][r0:r1] = local + self.offsets[name]
-            r0 = r1
-        for a in out.values():
-            a.flush()
-        del out
-        self.tmp = tmp
-        self.cols = self._open_cols()
+        try:
+            for t, pos, grams in self._parts():
+                r1 = r0 + t.num_rows
+                full = np.isin(t.column("seq").to_numpy(), self._full)
+                self.pos_n += np.bincount(pos, minlength=T)
+                self.pos_full_n += np.bincount(pos[full], minlength=T)
+                out["domain"][r0:r1] = pc.index_in(t.column("domain").cast(pa.string()), value_set=dom_set).to_numpy()
+                out["pos"][r0:r1] = pos + nd
+                out["pos_full"][r0:r1] = np.where(full, pos, T) + nd + T
+                for name, (key, valid) in grams.items():
+                    u = self.uniq[name]
+                    local = np.full(len(key), len(u), np.int64)   # dump column for excluded rows
+                    local[valid] = np.searchsorted(u, key[valid])
+                    out[name][r0:r1] = local + self.offsets[name]
+                r0 = r1
+        finally:
+            self.close()   # written (or failed): read back through fresh descriptors
 
-    def _open_cols(self) -> dict[str, np.ndarray]:
-        return {k: np.load(self.tmp / f"col_{k}.npy", mmap_mode="r") for k in self.KEYS}
+    def _col_path(self, key: str) -> Path:
+        return self.tmp / f"col_{key}.npy"
 
-    # pickled for a Ray task (index/ray_index.py) without the column files, which it maps again
+    def _fd(self, key: str, write: bool = False) -> int:
+        fd = self._fds.get(key)
+        if fd is None:
+            fd = self._fds[key] = os.open(self._col_path(key), os.O_RDWR if write else os.O_RDONLY)
+        return fd
+
+    def _write(self, key: str, r0: int, values: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(values, self.dtype)).cast("B")
+        at, fd = self._offsets[key] + r0 * self.dtype.itemsize, self._fd(key, write=True)
+        while data:   # a positioned write may write less than asked
+            n = os.pwrite(fd, data, at)
+            data, at = data[n:], at + n
+
+    def block(self, keys: tuple[str, ...], s0: int, s1: int) -> np.ndarray:
+        """[len(keys), s1 - s0] column ids of rows s0..s1 (a new array; safe from any thread)."""
+        out = np.empty((len(keys), s1 - s0), self.dtype)
+        for i, k in enumerate(keys):
+            buf, at = memoryview(out[i]).cast("B"), self._offsets[k] + s0 * self.dtype.itemsize
+            while buf:
+                got = os.preadv(self._fd(k), [buf], at)
+                if got <= 0:
+                    raise StoreError(f"{self._col_path(k)}: expected {s1 - s0} values from row {s0}, the file is short")
+                buf, at = buf[got:], at + got
+        return out
+
+    def column(self, key: str) -> np.ndarray:
+        """Every row's column id of `key` (tests: a whole-corpus array)."""
+        return self.block((key,), 0, self.n)[0]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    # pickled for a Ray task (index/ray_index.py) without the open files, which it opens again
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "cols"}
+        return {k: v for k, v in self.__dict__.items() if k != "_fds"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.cols = self._open_cols()
+        self._fds = {}
 
     def _parts(self):
         """(table, pos, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens
@@ -132,28 +169,40 @@ class TokenArrays:
         return self.width_ngram if ngram else self.width_plain
 
 
-def reserved_memmap(path: Path, dtype: type, n: int) -> np.ndarray:
-    """A new .npy file of n values, memory-mapped for writing, its disk space reserved first: a
-    mapped write to a page the disk has no room for kills the process with SIGBUS, where a full
-    disk here is an OSError naming the file (one line, see index/build.py)."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n,))
-    if not hasattr(os, "posix_fallocate"):   # no such call (macOS): written as before
-        return out
-    try:
-        with open(path, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):   # else a file system that cannot reserve
-            del out
-            raise OSError(e.errno, e.strerror, str(path)) from None
-    return out
+class _Rows:
+    """`out[key][r0:r1] = values` of pass 2, as a positioned write into the key's file."""
+
+    def __init__(self, tok: TokenArrays, key: str) -> None:
+        self.tok, self.key = tok, key
+
+    def __setitem__(self, rows: slice, values: np.ndarray) -> None:
+        self.tok._write(self.key, rows.start, values)
+
+
+def reserve_npy(path: Path, dtype: np.dtype, n: int) -> int:
+    """A new .npy file of n values (a header, then the data), its disk space reserved first, so a
+    full disk is an OSError naming the file here (one line, see index/build.py) and not halfway
+    through; returns the data's byte offset."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": (n,)})
+        offset = f.tell()
+        f.truncate(offset + n * np.dtype(dtype).itemsize)
+        if hasattr(os, "posix_fallocate"):   # no such call (macOS): written as it goes
+            try:
+                os.posix_fallocate(f.fileno(), 0, offset + n * np.dtype(dtype).itemsize)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):   # else a file system that cannot reserve
+                    raise OSError(e.errno, e.strerror, str(path)) from None
+    return offset
 
 
 class DistinctCounter:
-    """Distinct int64 keys with their counts, fed a part at a time: parts are reduced on arrival
-    and merged when the pending ones outgrow the merged set, so memory follows the distinct keys."""
+    """Distinct int64 keys with their counts, fed a part at a time: parts are reduced on arrival,
+    and once MERGE_AT keys wait they are merged into the sorted set in one linear pass (no sort of
+    the whole set), so memory follows the distinct keys plus a bounded batch."""
 
-    MERGE_AT = 1 << 20   # pending keys that always wait for a merge
+    MERGE_AT = 1 << 20   # pending keys merged at once
 
     def __init__(self) -> None:
         self.keys, self.counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -164,17 +213,23 @@ class DistinctCounter:
         u, c = np.unique(keys, return_counts=True)
         self.pending.append((u, c.astype(np.int64)))
         self.n_pending += len(u)
-        if self.n_pending > max(len(self.keys), self.MERGE_AT):
+        if self.n_pending >= self.MERGE_AT:
             self._merge()
 
     def _merge(self) -> None:
         if not self.pending:
             return
-        k = np.concatenate([self.keys] + [u for u, _ in self.pending])
-        c = np.concatenate([self.counts] + [c for _, c in self.pending])
-        self.keys, inv = np.unique(k, return_inverse=True)
-        self.counts = np.bincount(inv, weights=c, minlength=len(self.keys)).astype(np.int64)
+        k, inv = np.unique(np.concatenate([u for u, _ in self.pending]), return_inverse=True)
+        c = np.bincount(inv, weights=np.concatenate([c for _, c in self.pending]), minlength=len(k)).astype(np.int64)
         self.pending, self.n_pending = [], 0
+        at = np.searchsorted(self.keys, k)
+        old = at < len(self.keys)
+        old[old] = self.keys[at[old]] == k[old]
+        self.counts[at[old]] += c[old]          # k is distinct, so are these positions
+        new = ~old
+        # sorted new keys at nondecreasing positions: the result stays sorted
+        self.keys = np.insert(self.keys, at[new], k[new])
+        self.counts = np.insert(self.counts, at[new], c[new])
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         self._merge()
