@@ -21,6 +21,7 @@ benchmarks/figures/scale.png.
     python benchmarks/bench_scale.py --model minilm --tokens 1000000,5000000,20000000
     python benchmarks/bench_scale.py --model smollm2 --tokens 1000000
     python benchmarks/bench_scale.py --plot
+    python benchmarks/bench_scale.py --model minilm --tokens 1000000,5000000,20000000 --reindex   # kept stores
 """
 from __future__ import annotations
 
@@ -177,11 +178,7 @@ def measure(model: str, n_tokens: int, work: Path, repeat: int, forward_tokens: 
     rec["ingest"]["x_forward_cpu"] = ing["cpu"] / rec["forward"]["cpu"]
     print(f"  ingest {ing['wall']:.0f} s ({T / ing['wall']:.0f} tok/s), {ing['maxrss'] / 2**30:.2f} GiB; "
           f"forward {fn / fw:.0f} tok/s", flush=True)
-    idx = run_peak([ACTDB, "index", str(store)])
-    rec["index"] = {k: idx[k] for k in ("wall", "cpu", "maxrss")}
-    rec["index"]["x_forward_wall"] = idx["wall"] / rec["forward"]["wall"]
-    rec["index"]["x_forward_cpu"] = idx["cpu"] / rec["forward"]["cpu"]
-    print(f"  index {idx['wall']:.0f} s, {idx['maxrss'] / 2**30:.2f} GiB", flush=True)
+    index(rec, store)
     rec["storage"] = storage(store)
     rec["queries"] = queries(store, repeat)
     rec["sql_process"] = sql_process(store, repeat)
@@ -196,6 +193,29 @@ def measure(model: str, n_tokens: int, work: Path, repeat: int, forward_tokens: 
     print(f"  check {chk['wall']:.0f} s, report {rep['wall']:.0f} s ({rep['maxrss'] / 2**30:.2f} GiB), "
           f"serve {srv['maxrss'] / 2**30:.2f} GiB, worst warm page {worst:.0f} ms, "
           f"worst warm query {max(q.get('warm', 0) for q in rec['queries'].values()):.3f} s", flush=True)
+    return rec
+
+
+def index(rec: dict, store: Path, force: bool = False) -> None:
+    """Time `actdb index` on the store into rec["index"] (against rec["forward"])."""
+    idx = run_peak([ACTDB, "index", str(store)] + (["--force"] if force else []))
+    rec["index"] = {k: idx[k] for k in ("wall", "cpu", "maxrss", "anon", "file")}
+    rec["index"]["x_forward_wall"] = idx["wall"] / rec["forward"]["wall"]
+    rec["index"]["x_forward_cpu"] = idx["cpu"] / rec["forward"]["cpu"]
+    print(f"  index {idx['wall']:.0f} s, {idx['maxrss'] / 2**30:.2f} GiB", flush=True)
+
+
+def reindex(model: str, n_tokens: int, work: Path) -> dict:
+    """The index of a kept store (--keep) measured again, after a change to the index: the rest of
+    its record stays as it was measured."""
+    store = work / f"{model}-{n_tokens}"
+    recs = json.loads((work / "scale.json").read_text()) if (work / "scale.json").exists() else []
+    rec = next((r for r in recs if (r["model"], r["tokens_asked"]) == (model, n_tokens)), None)
+    if rec is None or not store.is_dir():
+        raise SystemExit(f"{store}: no kept store with a record in {work / 'scale.json'}; measure it first with --keep")
+    rec["index_stamp"] = stamp()
+    print(f"== {model} {n_tokens:,} tokens, index again  {rec['index_stamp']}", flush=True)
+    index(rec, store, force=True)
     return rec
 
 
@@ -249,6 +269,8 @@ def main() -> None:
     ap.add_argument("--forward-tokens", type=int, default=32768, help="tokens the bare forward is timed on")
     ap.add_argument("--keep", action="store_true", help="keep each store (default: removed after it is measured)")
     ap.add_argument("--plot", action="store_true", help="draw the figure from WORK/scale.json and stop")
+    ap.add_argument("--reindex", action="store_true",
+                    help="rebuild and time only the index of each kept store (its other records stay)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -258,6 +280,9 @@ def main() -> None:
     if not MODELS[args.model].exists():
         raise SystemExit(f"{MODELS[args.model]}: not there; `bash ingest/demo.sh` makes it")
     for n in (int(x) for x in args.tokens.split(",")):
+        if args.reindex:
+            save(work, reindex(args.model, n, work))
+            continue
         rec = measure(args.model, n, work, args.repeat, args.forward_tokens)
         save(work, rec)
         if not args.keep:

@@ -5,7 +5,8 @@ Built neuron-chunk-major, so the cost follows the number of fires and peak memor
 
   1. token arrays, once: per row its domain, position, position if its sequence is full length,
      and the local ids of its unigram / bigram / trigram among the distinct ones (index/_tmp/*.npy,
-     memory-mapped; two passes over the token parts, so memory follows the distinct n-grams).
+     read a block at a time, never mapped; two passes over the token parts, so memory follows the
+     distinct n-grams).
      Each statistic is a column range of one count matrix; rows the n-gram
      statistics exclude (the BOS position) point at a dump column.
   2. per unit (layer, neuron chunk), resumable (index/_state.json lists the finished units):
