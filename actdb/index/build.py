@@ -246,6 +246,7 @@ def build_index(store_path: str | Path, layers: Iterable[int] | str | None = Non
             _run_units(run, pending, n_workers, finished)
     finally:
         bar.close()
+        tok.close()   # the units are counted: the column files are not read again
     # massive activations and vocabulary projection, before index.json marks it complete
     from concurrent.futures import ThreadPoolExecutor
 

@@ -73,8 +73,7 @@ class TokenArrays:
         self.dtype = np.dtype(np.int32 if off < 2**31 else np.int64)
         self.tmp = tmp
         self._offsets = {k: reserve_npy(self._col_path(k), self.dtype, self.n) for k in self.KEYS}
-        self._fds: dict[str, int] = {}
-        out = {k: _Rows(self, k) for k in self.KEYS}
+        self._fds = self._open(os.O_WRONLY)
         self.pos_n = np.zeros(T, np.int64)
         self.pos_full_n = np.zeros(T, np.int64)
         dom_set = pa.array(self.domains, pa.string())
@@ -86,30 +85,28 @@ class TokenArrays:
                 full = np.isin(t.column("seq").to_numpy(), self._full)
                 self.pos_n += np.bincount(pos, minlength=T)
                 self.pos_full_n += np.bincount(pos[full], minlength=T)
-                out["domain"][r0:r1] = pc.index_in(t.column("domain").cast(pa.string()), value_set=dom_set).to_numpy()
-                out["pos"][r0:r1] = pos + nd
-                out["pos_full"][r0:r1] = np.where(full, pos, T) + nd + T
+                self._write("domain", r0, pc.index_in(t.column("domain").cast(pa.string()), value_set=dom_set).to_numpy())
+                self._write("pos", r0, pos + nd)
+                self._write("pos_full", r0, np.where(full, pos, T) + nd + T)
                 for name, (key, valid) in grams.items():
                     u = self.uniq[name]
                     local = np.full(len(key), len(u), np.int64)   # dump column for excluded rows
                     local[valid] = np.searchsorted(u, key[valid])
-                    out[name][r0:r1] = local + self.offsets[name]
+                    self._write(name, r0, local + self.offsets[name])
                 r0 = r1
         finally:
-            self.close()   # written (or failed): read back through fresh descriptors
+            self.close()
+        self._fds = self._open(os.O_RDONLY)   # opened here, so the units' threads only read
 
     def _col_path(self, key: str) -> Path:
         return self.tmp / f"col_{key}.npy"
 
-    def _fd(self, key: str, write: bool = False) -> int:
-        fd = self._fds.get(key)
-        if fd is None:
-            fd = self._fds[key] = os.open(self._col_path(key), os.O_RDWR if write else os.O_RDONLY)
-        return fd
+    def _open(self, flags: int) -> dict[str, int]:
+        return {k: os.open(self._col_path(k), flags) for k in self.KEYS}
 
     def _write(self, key: str, r0: int, values: np.ndarray) -> None:
         data = memoryview(np.ascontiguousarray(values, self.dtype)).cast("B")
-        at, fd = self._offsets[key] + r0 * self.dtype.itemsize, self._fd(key, write=True)
+        at, fd = self._offsets[key] + r0 * self.dtype.itemsize, self._fds[key]
         while data:   # a positioned write may write less than asked
             n = os.pwrite(fd, data, at)
             data, at = data[n:], at + n
@@ -120,7 +117,7 @@ class TokenArrays:
         for i, k in enumerate(keys):
             buf, at = memoryview(out[i]).cast("B"), self._offsets[k] + s0 * self.dtype.itemsize
             while buf:
-                got = os.preadv(self._fd(k), [buf], at)
+                got = os.preadv(self._fds[k], [buf], at)
                 if got <= 0:
                     raise StoreError(f"{self._col_path(k)}: expected {s1 - s0} values from row {s0}, the file is short")
                 buf, at = buf[got:], at + got
@@ -141,7 +138,7 @@ class TokenArrays:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._fds = {}
+        self._fds = self._open(os.O_RDONLY)
 
     def _parts(self):
         """(table, pos, {n-gram: (ids, valid)}) per token part, in row order; the previous two tokens
@@ -167,16 +164,6 @@ class TokenArrays:
 
     def width(self, ngram: bool) -> int:
         return self.width_ngram if ngram else self.width_plain
-
-
-class _Rows:
-    """`out[key][r0:r1] = values` of pass 2, as a positioned write into the key's file."""
-
-    def __init__(self, tok: TokenArrays, key: str) -> None:
-        self.tok, self.key = tok, key
-
-    def __setitem__(self, rows: slice, values: np.ndarray) -> None:
-        self.tok._write(self.key, rows.start, values)
 
 
 def reserve_npy(path: Path, dtype: np.dtype, n: int) -> int:
