@@ -83,3 +83,46 @@ def test_block_memory_budget_lowers_block_tokens_not_the_masks(model_dirs, corpu
     ref = run_ingest(model_dirs("opt"), corpus_file, tmp_path / "ref")
     for layer in ref.manifest.layers:
         assert np.array_equal(small.masks(layer), ref.masks(layer))
+
+
+def test_the_summary_says_how_long_the_forward_waited_for_the_writer(model_dirs, corpus_file, tmp_path, monkeypatch):
+    """A block writer slower than the forward is time the forward stands still (its queue of two
+    blocks full); the summary says how much. The writer is held on block 0 until the forward has
+    found the queue full, then 0.3 s more, so the forward waits at least that: no race on timing."""
+    import queue
+    import threading
+    import time
+
+    from actdb.ingest import forward
+
+    full = threading.Event()
+
+    class Watched(queue.Queue):
+        def put(self, item, block=True, timeout=None):
+            if self.full():
+                full.set()
+            super().put(item, block, timeout)
+
+    real_start, real_write = forward.BlockWriter.start, forward.write_block
+
+    def start(self):
+        self.q = Watched(maxsize=self.q.maxsize)
+        real_start(self)
+
+    def slow_write(writers, index, masks, stats):
+        if index == 0:
+            assert full.wait(60), "the forward never found the writer's queue full"
+            time.sleep(0.3)
+        real_write(writers, index, masks, stats)
+
+    monkeypatch.setattr(forward.BlockWriter, "start", start)
+    monkeypatch.setattr(forward, "write_block", slow_write)
+    out = tmp_path / "s"
+    summary = actdb.ingest.run(actdb.IngestSettings(model=str(model_dirs("opt")), corpus=(str(corpus_file),),
+                                                    out=str(out), seq_len=24, block_tokens=64, progress=False,
+                                                    index=False))
+    assert summary.n_tokens > 4 * 64   # blocks enough for the queue to fill behind block 0
+    assert 0.3 <= summary.writer_wait_seconds <= summary.forward_seconds
+    time_line = next(line for line in summary.lines() if line.startswith("time"))
+    assert f"{summary.writer_wait_seconds:.1f} s of it waiting for the writer" in time_line, time_line
+    assert actdb.open(out).n_tokens == summary.n_tokens   # and the store is whole

@@ -54,6 +54,7 @@ class BlockWriter(threading.Thread):
         self.root, self.writers, self.state, self.layers = root, writers, state, layers
         self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
         self.error: BaseException | None = None
+        self.waited = 0.0   # seconds the forward loop stood still because the queue was full
 
     def run(self) -> None:
         while True:
@@ -77,7 +78,9 @@ class BlockWriter(threading.Thread):
 
     def put(self, item: tuple) -> None:
         self._check()
+        t = time.perf_counter()
         self.q.put(item)
+        self.waited += time.perf_counter() - t
 
     def close(self) -> None:
         self.q.put(None)
@@ -139,7 +142,7 @@ class ForwardLoop:
 
     def run(self) -> float:
         """Forward and write the blocks; returns the seconds spent in the batches (forward,
-        packing, assembling)."""
+        packing, assembling, and waiting for the writer: `writer_wait` of them)."""
         from tqdm import tqdm
 
         s = self.s
@@ -164,6 +167,11 @@ class ForwardLoop:
             hooks.remove()
             self.writer.close()
         return fwd
+
+    @property
+    def writer_wait(self) -> float:
+        """Seconds the batches waited for the writer (its queue full): a writer slower than the forward."""
+        return self.writer.waited
 
     def _batch(self, hooks: LayerHooks, lo: int, hi: int) -> float:
         """Forward sequences lo..hi and hand their completed blocks to the writer; returns the

@@ -64,6 +64,7 @@ class IngestSummary:
     max_tokens: int | None = None   # set when the budget was cut to whole sequences (below it)
     workers: tuple[str, ...] = ()   # on Ray: the workers, then a line per worker with its share
     startup_seconds: float = 0.0    # on Ray: connecting and starting the workers (in `seconds` too)
+    writer_wait_seconds: float = 0.0   # of forward_seconds: the forward stood still, the block writer behind
 
     def lines(self) -> list[str]:
         bits = self.n_tokens * len(self.layers) * self.d_ffn
@@ -75,8 +76,9 @@ class IngestSummary:
             f"neurons    {len(self.layers)} layers x {self.d_ffn} = {len(self.layers) * self.d_ffn:,}"
             + (" (layer-by-layer)" if self.offload else ""),
             f"time       {self.seconds:.1f} s ({self.n_tokens / max(self.seconds, 1e-9):,.0f} tok/s; "
-            f"forward {self.forward_seconds:.1f} s)" + (f"; then the index {self.index_seconds:.1f} s"
-                                                        if self.index_seconds else ""),
+            f"forward {self.forward_seconds:.1f} s"
+            + (f", {self.writer_wait_seconds:.1f} s of it waiting for the writer" if self.writer_wait_seconds >= 0.05 else "")
+            + ")" + (f"; then the index {self.index_seconds:.1f} s" if self.index_seconds else ""),
             f"masks      {self.mask_bytes / 1e6:,.2f} MB on disk, {8 * self.mask_bytes / max(bits, 1):.3f} bits per "
             f"(token, neuron)",
         ] + [f"worker     {w}" for w in self.workers]
@@ -294,7 +296,7 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
                          f"{', '.join(unfixed)}; start the ingest again with --overwrite")
     thresholds = from_state(root, state.thresholds, layers, d_ffn)
     shares: tuple[str, ...] = ()
-    startup = 0.0
+    startup = writer_wait = 0.0
     if ray.on:
         from .ray_ingest import forward_on_ray
 
@@ -304,8 +306,8 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
         tests = fire_tests(rules, len(layers), d_ffn, first_rows, thresholds)
     else:
         tests = fire_tests(rules, len(layers), d_ffn, first_rows, thresholds)
-        fwd_seconds = ForwardLoop(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row,
-                                  n_tokens, tests).run()
+        loop = ForwardLoop(root, lm, layers, d_ffn, s, state, (writer, captures), tokenizer, start_row, n_tokens, tests)
+        fwd_seconds, writer_wait = loop.run(), loop.writer_wait
     records = tuple(FireRuleRecord(t.name, t.definition(adapter, first_rows, manifest.fire_rule), t.thresholds())
                     for t in tests)
     manifest = dataclasses.replace(manifest, fire_rules=records, checksums_sha256=seal_checksums(root))
@@ -331,5 +333,6 @@ def _ingest(settings: IngestSettings, ray: RaySettings) -> IngestSummary:
         index_seconds = time.perf_counter() - t_index
     return IngestSummary(root, n_tokens, n_seqs, tok["n_docs"], layers, d_ffn, seconds,
                          fwd_seconds, mask_bytes, offload, start_row, index_seconds,
-                         s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None, shares, startup)
+                         s.max_tokens if tok.get("budget_cut") and n_tokens < s.max_tokens else None, shares, startup,
+                         writer_wait)
 
