@@ -157,11 +157,13 @@ class ForwardLoop:
                 fwd += self._batch(hooks, lo, hi)
                 bar.update(int(self.offsets[hi] - max(self.offsets[lo], self.start_row)))
             if self.stop_row == self.n_tokens:   # a Ray worker's block before the last ends on a block boundary
+                t = time.perf_counter()   # the last rows' packing and handing over count as the batches' do
                 self._push({name: [p for p in (q.finish(self.d_ffn, self.lm.device) for q in self.packers[name])
                                    if p is not None] for name in self.names})
                 last = {name: self.assemblers[name].finish() for name in self.names}
                 if last[self.names[0]] is not None:
                     self._emit({name: [last[name]] for name in self.names})
+                fwd += time.perf_counter() - t
         finally:
             bar.close()
             hooks.remove()
