@@ -34,14 +34,25 @@ def compiled():
 
 
 CELL_BYTES = 24   # int32 counts, the sparse path's int64 tally buffer and bincount result, the dense path's float32
-COMPILED_CELL_BYTES = 4   # the compiled kernel tallies into the int32 counts only
+
+
+def count_dtype(n_tokens: int) -> type:
+    """The counts' integer type: a cell counts at most n_tokens fires."""
+    return np.int32 if n_tokens < 2**31 else np.int64
+
+
+COMPILED_CELL_BYTES = np.dtype(count_dtype(0)).itemsize   # the compiled kernel's int32 counts (under 2**31 tokens)
+
+
+def _kernel(device: str, dense_at: float | None = None):
+    """The compiled kernels when they count this unit (on CPU, no dense_at forced), else None."""
+    return compiled() if device == "cpu" and dense_at is None else None
 
 
 def cell_bytes(device: str, n_tokens: int) -> int:
-    """Bytes a unit holds per (neuron, column) cell on `device`: the budget's divisor."""
-    if device == "cpu" and compiled() is not None:
-        return COMPILED_CELL_BYTES * (1 if n_tokens < 2**31 else 2)
-    return CELL_BYTES
+    """Bytes a unit holds per (neuron, column) cell on `device`: the budget's divisor. The
+    compiled kernel tallies into the counts only; the other paths add their buffers (CELL_BYTES)."""
+    return np.dtype(count_dtype(n_tokens)).itemsize if _kernel(device) is not None else CELL_BYTES
 
 
 def chunk_size(width: int, d_ffn: int, store_chunk: int, memory_mb: float, cap: int | None,
@@ -64,8 +75,8 @@ def count_unit(arr, tok: TokenArrays, n0: int, n1: int, ngram: bool, block: int,
     ch, W = n1 - n0, tok.width(ngram)
     keys = tok.keys(ngram)
     cells = ch * W
-    counts = np.zeros(cells, np.int32 if tok.n < 2**31 else np.int64)  # a cell counts at most n tokens
-    jit = compiled() if device == "cpu" and dense_at is None else None
+    counts = np.zeros(cells, count_dtype(tok.n))
+    jit = _kernel(device, dense_at)
     if jit is not None:
         return _count_compiled(jit, arr, tok, n0, n1, keys, block, counts.reshape(ch, W))
     if dense_at is None:

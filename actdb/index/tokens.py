@@ -170,14 +170,16 @@ def reserve_npy(path: Path, dtype: np.dtype, n: int) -> int:
     """A new .npy file of n values (a header, then the data), its disk space reserved first, so a
     full disk is an OSError naming the file here (one line, see index/build.py) and not halfway
     through; returns the data's byte offset."""
+    dtype = np.dtype(dtype)
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                  "fortran_order": False, "shape": (n,)})
         offset = f.tell()
-        f.truncate(offset + n * np.dtype(dtype).itemsize)
+        size = offset + n * dtype.itemsize
+        f.truncate(size)
         if hasattr(os, "posix_fallocate"):   # no such call (macOS): written as it goes
             try:
-                os.posix_fallocate(f.fileno(), 0, offset + n * np.dtype(dtype).itemsize)
+                os.posix_fallocate(f.fileno(), 0, size)
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):   # else a file system that cannot reserve
                     raise OSError(e.errno, e.strerror, str(path)) from None
