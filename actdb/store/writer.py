@@ -182,7 +182,10 @@ def remove_store(root: Path) -> None:
 
 
 class MaskWriter:
-    """Zarr arrays of one store, opened for writing whole blocks."""
+    """Zarr arrays of one store, opened for writing whole blocks. An all-zero chunk (dead neurons,
+    silent stretches) is not stored, as zarr's write_empty_chunks=False would do, but found by a
+    cheap any() on the block rather than zarr's comparison of every encoded chunk with the fill
+    value, which took a fifth of the writer's CPU (benchmarks/RESULTS.md, "Ingest overhead, third pass")."""
 
     def __init__(self, root: Path, layers: tuple[int, ...], d_ffn: int, n_tokens: int,
                  block_tokens: int, neuron_chunk: int, codec: str, zstd_level: int, create: bool) -> None:
@@ -194,20 +197,23 @@ class MaskWriter:
         self.arrays = {}
         for layer in layers:
             if create:
-                self.arrays[layer] = group.create_array(
+                arr = group.create_array(
                     layer_name(layer), shape=(d_ffn, (n_tokens + 7) // 8), dtype="uint8",
                     chunks=(min(neuron_chunk, d_ffn), self.block_bytes), fill_value=0,
-                    compressors=mask_compressors(codec, zstd_level), overwrite=True,
-                    # all-zero chunks (dead neurons, silent stretches) are not stored at all
-                    config={"write_empty_chunks": False})
+                    compressors=mask_compressors(codec, zstd_level), overwrite=True)
             else:
-                self.arrays[layer] = group[layer_name(layer)]
+                arr = group[layer_name(layer)]
+            self.arrays[layer] = arr.with_config({"write_empty_chunks": True})
 
     def write_block(self, index: int, data: np.ndarray) -> None:
         """data: [n_layers, d_ffn, nbytes] for block `index`, in the order of `layers`."""
         start = index * self.block_bytes
-        for i, arr in enumerate(self.arrays.values()):
+        for i, (layer, arr) in enumerate(self.arrays.items()):
             arr[:, start:start + data.shape[-1]] = data[i]
+            rows = arr.chunks[0]
+            for c, r0 in enumerate(range(0, data.shape[1], rows)):
+                if not data[i, r0:r0 + rows].any():   # read as fill_value 0 without a file, as before
+                    (self.dir / layer_name(layer) / arr.metadata.encode_chunk_key((c, index))).unlink(missing_ok=True)
             fault_point("mask-layer", f"{index}")   # a block half written: some layers, not all
 
     def block_files(self, index: int) -> list[Path]:
