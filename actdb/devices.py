@@ -2,12 +2,30 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from .errors import InputError
 
 if TYPE_CHECKING:   # torch is imported only when a device is chosen: `actdb sql` never needs it
     import torch
+
+
+# How long GNU OpenMP's workers (torch's on Linux) spin after a parallel region before they sleep. Its
+# default (300,000 spins; tens of ms on these VMs) keeps a core busy through every pause of the
+# forward: the capture statistics' second thread and the mask writer then only share the other core.
+# 10,000 spins still bridge the gaps between a forward's ops (benchmarks/RESULTS.md, "Ingest overhead,
+# third pass").
+OPENMP_SPIN = "10000"
+
+
+def quiet_openmp() -> None:
+    """Set GOMP_SPINCOUNT to OPENMP_SPIN for this process and its children, unless the user set
+    it or OMP_WAIT_POLICY, or torch (whose OpenMP runtime reads it once, when it loads) is
+    loaded already."""
+    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
 
 
 def choose_device(setting: str) -> "torch.device":

@@ -12,22 +12,27 @@ The bare forward is timed twice: the full model with its LM head (what a user wo
 forward pass), and the base model alone (what ingest actually needs). `actdb ingest` runs
 in-process, timed end to end (tokenizing, hashing the weights, loading, writing), with each
 --capture setting and without the query index (`--no-index`; the index is timed by
-bench_queries.py and bench_out_of_core.py). Corpus: real text (stdlib code + licences,
+bench_queries.py and bench_out_of_core.py). actdb is imported before torch, as `actdb ingest`
+imports it, so the bare forwards and the ingests run under the same OpenMP setting
+(devices.quiet_openmp; GOMP_SPINCOUNT set in the environment wins). Corpus: real text (stdlib code + licences,
 benchmarks/_common.text_corpus). Also prints the storage ratios of the stores it wrote.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+import actdb  # noqa: E402  (before torch, as the CLI: both forwards run under its OpenMP setting, devices.quiet_openmp)
+import torch  # noqa: E402
 from _common import STORAGE_HEADER, WORK, opt125m_random, smollm2, stamp, storage_row, store_storage, table, text_corpus  # noqa: E402
 
 
@@ -47,8 +52,6 @@ def bare_forward(model_dir: Path, staging_ids: np.ndarray, offsets: np.ndarray, 
 
 
 def main() -> None:
-    import actdb
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=("opt125m", "smollm2"), default="opt125m")
     ap.add_argument("--tokens", type=int, default=16384)
@@ -61,7 +64,8 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    print(stamp(), f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(stamp(), f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT', 'unset')}")
     mdir = opt125m_random() if args.model == "opt125m" else smollm2()
     corpus = text_corpus()
     variants = [(c, codec) for codec in args.codecs.split(",") for c in args.captures.split(",")]

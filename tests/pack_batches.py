@@ -10,20 +10,28 @@ from actdb.ingest.packing import BlockAssembler, RowPacker
 
 def pack_in_batches(truth: np.ndarray, sizes, skip: int, block: int) -> dict[int, np.ndarray]:
     """truth bool [layers, rows, d] fed as row batches of `sizes` through RowPacker and
-    BlockAssembler, as ingest does (skipping the first `skip` rows) -> {block: bytes}."""
+    BlockAssembler, as ingest does (skipping the first `skip` rows, and giving each block's buffer
+    back once read) -> {block: bytes}."""
     n_layers, _, d = truth.shape
     packers = [RowPacker(skip) for _ in range(n_layers)]
     asm = BlockAssembler(n_layers, d, block // 8, first_block=skip // block)
     blocks = {}
     pos = 0
+
+    def take(full: list[tuple[int, np.ndarray]]) -> None:
+        # as the writer does: each block read, then given back, so later blocks reuse its
+        # buffer (stale bytes that must all be overwritten)
+        for k, b in full:
+            blocks[k] = b.copy()
+            asm.release(b)
     for n in sizes:
         parts = [p.push(torch.from_numpy(truth[i, pos:pos + n])) for i, p in enumerate(packers)]
         pos += n
         if parts[0] is not None:
-            blocks.update(asm.push(torch.stack(parts).numpy()))
+            take(asm.push(torch.stack(parts).numpy()))
     tail = [p.finish(d, torch.device("cpu")) for p in packers]
     if tail[0] is not None:
-        blocks.update(asm.push(torch.stack(tail).numpy()))
+        take(asm.push(torch.stack(tail).numpy()))
     last = asm.finish()
     if last:
         blocks[last[0]] = last[1]

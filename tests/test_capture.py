@@ -136,13 +136,16 @@ def test_medians_equal_sorting_with_padding_and_nan(lengths):
     np.testing.assert_array_equal(st["seq_median"].numpy(), np.array(want_seq, dtype=np.float32))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_stats_equal_the_torch_path(dtype):
-    """The compiled one-pass |h| and top-k, and the serial medians, against the torch/numpy
-    path: medians bit for bit, top-k values equal, dims equal where |h| has no ties (bf16 and
-    rounded values have many, where the compiled path puts the lower dimension first)."""
-    from actdb.ingest import capture
+def test_compiled_stats_equal_the_torch_path(dtype, threads, monkeypatch):
+    """The compiled one-pass |h| and top-k, and the medians, with the sequences split over 1-3
+    threads, against the torch/numpy path: medians bit for bit, top-k values equal, dims equal
+    where |h| has no ties (bf16 and rounded values have many, where the compiled path puts the
+    lower dimension first)."""
+    from actdb.ingest import capture, pool
 
+    monkeypatch.setattr(pool, "threads", lambda: threads)
     # numba is a dependency: a kernel that fails to load is a failure here, not a skip
     assert capture.compiled() is not None, "the compiled ingest kernels did not load"
     g = torch.Generator().manual_seed(7)
@@ -151,6 +154,8 @@ def test_compiled_stats_equal_the_torch_path(dtype):
         h = (torch.randn(len(lengths), 48, 1 + trial * 7, generator=g) * 3).to(dtype)
         if trial % 4 == 3:
             h = h.relu().round()   # ties, zeros
+        if trial % 4 == 2:
+            h[..., ::3] = -0.0     # |h| is +0: the selections compare the bits of |h|
         valid = (torch.arange(48)[None, :] < torch.tensor(lengths)[:, None]).reshape(-1)
         got = capture.magnitude_stats(h, valid, lengths, k=4)
         want = capture._stats_torch(h.reshape(len(lengths), 48, -1), valid, lengths, 4)
@@ -161,3 +166,39 @@ def test_compiled_stats_equal_the_torch_path(dtype):
         torch.testing.assert_close(got["topk_value"], rows.gather(1, got["topk_dim"].long()), rtol=0, atol=0)
         if dtype == torch.float32 and trial % 4 != 3:
             assert torch.equal(got["topk_dim"], want["topk_dim"])
+
+
+@pytest.mark.parametrize("lengths", [[256] * 8, [100, 1, 1, 1, 300], [0, 0, 5], [7], [3, 0, 9, 0]])
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_the_statistics_shares_cover_every_sequence_once(lengths, n):
+    """The split of a batch's sequences over threads: contiguous, in order, none empty, every
+    sequence once, and the rows of the largest share no more than needed (a sequence is not cut)."""
+    from actdb.ingest.pool import shares
+
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+    got = shares(starts, n)
+    assert [j for r in got for j in r] == list(range(len(lengths)))
+    assert len(got) <= n and all(len(r) for r in got)
+    rows = [int(starts[r.stop] - starts[r.start]) for r in got]
+    assert max(rows) <= max(sum(lengths) / n + max(lengths), max(lengths))
+    if lengths == [256] * 8:
+        assert rows == [2048 // n] * n if 8 % n == 0 else max(rows) - min(rows) <= 256
+
+
+@pytest.mark.parametrize("env, torch_first, want", [
+    ({}, False, "actdb"), ({"GOMP_SPINCOUNT": "7"}, False, "7"), ({"OMP_WAIT_POLICY": "passive"}, False, None),
+    ({}, True, None)])
+def test_importing_actdb_before_torch_shortens_the_openmp_spin(env, torch_first, want):
+    """In a fresh interpreter: `import actdb` sets GOMP_SPINCOUNT (read once, when torch's OpenMP
+    runtime loads) unless the user set it or OMP_WAIT_POLICY, or torch is loaded already."""
+    import os
+    import subprocess
+    import sys
+
+    from actdb.devices import OPENMP_SPIN
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = ("import torch\n" if torch_first else "") + "import os, actdb\nprint(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(OPENMP_SPIN if want == "actdb" else want)]

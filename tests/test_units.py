@@ -44,8 +44,10 @@ def test_pack_rows_matches_numpy_packbits(jit, monkeypatch):
     monkeypatch.setenv("ACTDB_INGEST_JIT", jit)
     actdb.jit.compiled.cache_clear()
     rng = np.random.default_rng(0)
+    for n in (8, 16, 64, 8 * 37):
+        x = rng.random((n, 13)) < 0.3
+        assert np.array_equal(pack_rows(torch.from_numpy(x)).numpy(), np.packbits(x.T, axis=1, bitorder="little"))
     x = rng.random((64, 13)) < 0.3
-    assert np.array_equal(pack_rows(torch.from_numpy(x)).numpy(), np.packbits(x.T, axis=1, bitorder="little"))
     t = torch.from_numpy(rng.random((32, 40)) < 0.5)[:, 3:16]                # a non-contiguous view
     assert np.array_equal(pack_rows(t).numpy(), np.packbits(t.numpy().T, axis=1, bitorder="little"))
     actdb.jit.compiled.cache_clear()

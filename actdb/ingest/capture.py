@@ -21,6 +21,7 @@ from ..files import atomic_path
 from ..store.layout import CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, PROJECTION_FILE
 from .adapters import get_module
 from .packing import compiled
+from . import pool
 
 
 
@@ -40,30 +41,38 @@ def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.T
     """magnitude_stats on CPU over valid rows only: |h| and the top-k in one compiled pass per
     row (ingest/kernels.py), the medians by numpy's (SIMD) partition; x: [batch, seq, d] float32,
     contiguous. None when a row holds a NaN (the torch path, whose NaN answers these are not).
-    Serial in the calling thread: right after torch's ops its OpenMP workers still spin, so
-    a thread pool here took the same wall time for twice the CPU (benchmarks/RESULTS.md, 16.4)."""
+    The sequences are split over torch's thread count, one share in the calling thread: both the
+    kernel and numpy's partition release the GIL, and the forward's OpenMP workers wait idle
+    while a hook runs (benchmarks/RESULTS.md, "Ingest overhead, third pass")."""
     b, width, d = x.shape
     kk = min(k, d)
-    n = int(sum(lengths))
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)             # sequence j: rows starts[j]..
     h = x.numpy()                                                              # [batch, seq, d], read only
     a = _scratch(x).numpy()                                                    # |h|, reordered by the selections
-    vals = np.empty((n, kk), dtype=np.float32)                                 # [n valid, k]
-    dims = np.empty((n, kk), dtype=np.int32)
-    med = np.empty(n, dtype=np.float32)
+    vals = np.empty((starts[-1], kk), dtype=np.float32)                        # [n valid, k]
+    dims = np.empty((starts[-1], kk), dtype=np.int32)
+    med = np.empty(starts[-1], dtype=np.float32)
     seq = np.empty(b, dtype=np.float32)
-    lo = 0
-    for j, m in enumerate(lengths):
-        if not m:
-            continue
-        if compiled().row_topk(h[j, :m], a[j, :m], vals[lo:lo + m], dims[lo:lo + m]):
-            return None
-        rows = a[j, :m]                                                        # [m, d] |h| of sequence j
-        rows.partition((d - 1) // 2, axis=-1)
-        med[lo:lo + m] = rows[:, (d - 1) // 2]
-        flat = rows.reshape(-1)   # the row pass moved values only within rows: the sequence's |h| are intact
-        flat.partition((m * d - 1) // 2)
-        seq[j] = flat[(m * d - 1) // 2]
-        lo += m
+
+    def stats_of(js: range) -> bool:
+        """Sequences js; whether one holds a NaN."""
+        for j in js:
+            m, lo = lengths[j], starts[j]
+            if not m:
+                continue
+            if compiled().row_topk(h[j, :m], a[j, :m], vals[lo:lo + m], dims[lo:lo + m]):
+                return True
+            # |h| >= 0 without NaN here: as int32 their bits order as the values do, and numpy
+            # selects int32 ~1.6-2x faster than float32 (benchmarks/RESULTS.md, "Ingest overhead, third pass")
+            rows = a[j, :m].view(np.int32)                                     # [m, d] |h| of sequence j
+            rows.partition((d - 1) // 2, axis=-1)
+            med[lo:lo + m] = rows[:, (d - 1) // 2].view(np.float32)
+            flat = rows.reshape(-1)   # the row pass moved values only within rows: the sequence's |h| are intact
+            flat.partition((m * d - 1) // 2)
+            seq[j] = flat[(m * d - 1) // 2:(m * d - 1) // 2 + 1].view(np.float32)[0]
+        return False
+    if any(pool.in_threads(stats_of, pool.shares(starts, pool.threads()))):
+        return None
     return {"topk_value": torch.from_numpy(vals), "topk_dim": torch.from_numpy(dims),
             "median": torch.from_numpy(med), "seq_median": torch.from_numpy(np.repeat(seq, lengths))}
 
@@ -116,39 +125,18 @@ def _medians(a: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.T
     rows = x.reshape(b * width, d)
     med = np.empty(b * width, dtype=x.dtype)
     seq = np.empty(b, dtype=x.dtype)
-    cuts = np.linspace(0, b * width, _threads() + 1).astype(int)
+    cuts = np.linspace(0, b * width, pool.threads() + 1).astype(int)
 
     def row_part(i: int) -> None:
         med[cuts[i]:cuts[i + 1]] = _select(rows[cuts[i]:cuts[i + 1]], d)
-    _map(row_part, range(len(cuts) - 1))
+    pool.in_threads(row_part, range(len(cuts) - 1))
     # the per-row pass moved values only within rows, so each sequence's values are intact
 
-    def seq_part(j: int) -> None:
-        seq[j] = _select(x[j, :lengths[j]].reshape(-1), lengths[j] * d)
-    _map(seq_part, range(b))
+    def seq_part(js: range) -> None:
+        for j in js:
+            seq[j] = _select(x[j, :lengths[j]].reshape(-1), lengths[j] * d)
+    pool.in_threads(seq_part, pool.shares(np.concatenate([[0], np.cumsum(lengths)]), pool.threads()))
     return torch.from_numpy(med.reshape(b, width)), torch.from_numpy(seq)
-
-
-_POOLS: dict = {}   # thread count -> executor, made once
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
-def _map(fn, items) -> None:
-    items = list(items)
-    if _threads() == 1 or len(items) == 1:
-        for i in items:
-            fn(i)
-        return
-    n = _threads()
-    if n not in _POOLS:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="actdb-median")
-    for f in [_POOLS[n].submit(fn, i) for i in items]:
-        f.result()
 
 
 def _select(x: np.ndarray, axis_len: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,9 +50,11 @@ class BlockWriter(threading.Thread):
     """Writes and commits blocks in order while the forward passes go on (with state None, only
     writes them: a Ray worker's, which its driver commits)."""
 
-    def __init__(self, root: Path, writers: Writers, state: IngestState | None, layers: tuple[int, ...]) -> None:
+    def __init__(self, root: Path, writers: Writers, state: IngestState | None, layers: tuple[int, ...],
+                 release: Callable[[dict[str, np.ndarray]], None] = lambda masks: None) -> None:
         super().__init__(daemon=True)
         self.root, self.writers, self.state, self.layers = root, writers, state, layers
+        self.release = release   # called with a block's masks once they are written
         self.q: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to a few blocks
         self.error: BaseException | None = None
         self.waited = 0.0   # seconds the forward loop stood still because the queue was full
@@ -66,6 +69,7 @@ class BlockWriter(threading.Thread):
             index, masks, stats, thresholds = item
             try:
                 write_block(self.writers, index, masks, stats)
+                self.release(masks)
                 if self.state is None:   # a Ray worker's blocks: the driver commits them
                     continue
                 commit_files(self.root, self.writers, index)
@@ -134,7 +138,11 @@ class ForwardLoop:
         # capture: stats rows on the host, cut into the same blocks as the masks
         self.kinds = CAPTURE_KINDS[s.capture]
         self.rows = RowAccumulator(skip)
-        self.writer = BlockWriter(root, writers, state, layers)
+        self.writer = BlockWriter(root, writers, state, layers, release=self._release)
+
+    def _release(self, masks: dict[str, np.ndarray]) -> None:
+        for name, block in masks.items():
+            self.assemblers[name].release(block)
 
     def _fired(self, name: str, i: int, fired: torch.Tensor) -> None:
         # fired: [n, d_ffn] bool -> [d_ffn, n/8] uint8, or None while fewer than 8 rows wait
@@ -211,9 +219,10 @@ class ForwardLoop:
         # every rule's assembler received the same bytes, so they complete the same blocks
         bt = self.s.block_tokens
         for k, (index, _) in enumerate(blocks[self.names[0]]):
-            if index * bt >= self.stop_row:   # rows of the next block in the last batch
-                continue
             masks = {name: blocks[name][k][1] for name in self.names}
+            if index * bt >= self.stop_row:   # rows of the next block in the last batch
+                self._release(masks)
+                continue
             if index == 0:
                 for t in self.tests:
                     t.patch_first_block(masks[t.name])

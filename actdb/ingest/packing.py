@@ -7,6 +7,8 @@ zero bytes (zero chunks are not even written) and one neuron reads without the o
 """
 from __future__ import annotations
 
+import queue
+
 import numpy as np
 import torch
 
@@ -35,7 +37,8 @@ def pack_rows(fired: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"pack_rows: expected a multiple of 8 rows, got {n}")
     jit = compiled() if fired.device.type == "cpu" else None
     if jit is not None:
-        # one serial pass over the bool bytes (a view, no conversion) on CPU
+        # one serial pass over the bool bytes (a view, no conversion) on CPU: split over two threads it
+        # took longer, right after the compare's OpenMP region (benchmarks/RESULTS.md, "Ingest overhead, third pass")
         packed = torch.empty(n // 8, f, dtype=torch.uint8)                    # [n/8, d_ffn]
         jit.pack_bytes(fired.contiguous().view(torch.uint8).numpy(), packed.numpy())
     else:
@@ -77,25 +80,46 @@ class RowPacker:
 
 class BlockAssembler:
     """Collects packed bytes per layer on the host into fixed-size blocks (one Zarr
-    chunk column each), so every chunk is written exactly once."""
+    chunk column each), so every chunk is written exactly once.
+
+    A full block is handed out as the buffer itself, and a new one is taken from the blocks
+    `release`d by their consumer (the writer thread): a fresh buffer per block cost its page
+    faults, 0.4 s per 189 MB block of SmolLM2 on a VM (benchmarks/RESULTS.md, "Ingest overhead,
+    third pass"). Buffers in use stay bounded by the consumer's queue."""
 
     def __init__(self, n_layers: int, d_ffn: int, block_bytes: int, first_block: int = 0) -> None:
-        self.buf = np.zeros((n_layers, d_ffn, block_bytes), dtype=np.uint8)
+        self.shape = (n_layers, d_ffn, block_bytes)
+        self.spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()   # released by another thread
+        self.buf = self._take()
         self.fill = 0
         self.block = first_block
 
+    def _take(self) -> np.ndarray:
+        try:
+            return self.spare.get_nowait()
+        except queue.Empty:
+            # every byte of a block is written before it is handed out (finish hands out the filled part)
+            return np.empty(self.shape, dtype=np.uint8)
+
+    def release(self, block: np.ndarray) -> None:
+        """Give back a block `push` handed out, once nothing reads it any more."""
+        if block.shape == self.shape:
+            self.spare.put(block)
+
     def push(self, packed: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """packed: [n_layers, d_ffn, m] -> full blocks as (index, [n_layers, d_ffn, block_bytes])."""
+        """packed: [n_layers, d_ffn, m] -> full blocks as (index, [n_layers, d_ffn, block_bytes]),
+        each the caller's until it releases it."""
         out = []
         m, pos = packed.shape[-1], 0
-        bb = self.buf.shape[-1]
+        bb = self.shape[-1]
         while pos < m:
             take = min(bb - self.fill, m - pos)
             self.buf[..., self.fill:self.fill + take] = packed[..., pos:pos + take]
             self.fill += take
             pos += take
             if self.fill == bb:
-                out.append((self.block, self.buf.copy()))
+                out.append((self.block, self.buf))
+                self.buf = self._take()
                 self.block += 1
                 self.fill = 0
         return out
