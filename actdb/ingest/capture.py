@@ -41,9 +41,8 @@ def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.T
     """magnitude_stats on CPU over valid rows only: |h| and the top-k in one compiled pass per
     row (ingest/kernels.py), the medians by numpy's (SIMD) partition; x: [batch, seq, d] float32,
     contiguous. None when a row holds a NaN (the torch path, whose NaN answers these are not).
-    The sequences are split over torch's thread count, one share in the calling thread: both the
-    kernel and numpy's partition release the GIL, and the forward's OpenMP workers wait idle
-    while a hook runs (benchmarks/RESULTS.md, "Ingest overhead, third pass")."""
+    The sequences are split over torch's thread count, one share in the calling thread (pool.py):
+    the kernel and numpy's partition release the GIL."""
     b, width, d = x.shape
     kk = min(k, d)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)             # sequence j: rows starts[j]..

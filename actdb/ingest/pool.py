@@ -1,7 +1,8 @@
 """The hooks' helper threads on CPU: work split over torch's thread count, one share in the
-calling thread and the others in a pool made once. The forward's OpenMP workers wait idle while a
-hook runs (devices.quiet_openmp), so a hook's compiled kernels and numpy selections, which
-release the GIL, can use their cores (benchmarks/RESULTS.md, "Ingest overhead, third pass")."""
+calling thread and the others in a pool made once. The forward's OpenMP workers go to sleep soon
+after its last operation (devices.quiet_openmp), so a hook's compiled kernels and numpy selections,
+which release the GIL, can use their cores; with torch's default spin the pool's thread only
+competed with a spinning worker (benchmarks/RESULTS.md, "Ingest overhead, third pass")."""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable

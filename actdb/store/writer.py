@@ -184,8 +184,8 @@ def remove_store(root: Path) -> None:
 class MaskWriter:
     """Zarr arrays of one store, opened for writing whole blocks. An all-zero chunk (dead neurons,
     silent stretches) is not stored, as zarr's write_empty_chunks=False would do, but found by a
-    cheap any() on the block rather than zarr's comparison of every encoded chunk with the fill
-    value, which took a fifth of the writer's CPU (benchmarks/RESULTS.md, "Ingest overhead, third pass")."""
+    cheap any() on the block: zarr's own test compares each chunk with the fill value element by
+    element, a fifth of the writer's CPU (benchmarks/RESULTS.md, "Ingest overhead, third pass")."""
 
     def __init__(self, root: Path, layers: tuple[int, ...], d_ffn: int, n_tokens: int,
                  block_tokens: int, neuron_chunk: int, codec: str, zstd_level: int, create: bool) -> None:
