@@ -2,7 +2,11 @@
 the same tokens and batches, in one run (target ≤ 1.05).
 
     .venv/bin/python benchmarks/bench_ingest_overhead.py --model opt125m --tokens 16384
-    .venv/bin/python benchmarks/bench_ingest_overhead.py --model smollm2 --tokens 8192
+    .venv/bin/python benchmarks/bench_ingest_overhead.py --model smollm2 --tokens 98304 --captures resid --repeats 3
+
+Below 2 blocks (--block-tokens, 32,768 tokens by default) the one block is compressed and written after
+the loop, so the writer never competes with the forward as it does in a long ingest: use three blocks or
+more for a figure that stands for one.
 
 An untimed ingest runs first (warm-up, and the token rows for the bare forwards); then, per round
 and capture, a bare base-model forward and right after it the ingest: the host's speed drifts
