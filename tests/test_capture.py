@@ -121,6 +121,7 @@ def test_medians_equal_sorting_with_padding_and_nan(lengths):
     g = torch.Generator().manual_seed(len(lengths) + sum(lengths))
     h = torch.randn(len(lengths), 64, 96, generator=g) * 3
     h[0, 3, 5] = float("nan")
+    h[-1, 0, 7] = float("nan")   # in the last sequence too: another thread's share
     valid = torch.zeros(len(lengths), 64, dtype=torch.bool)
     for j, n in enumerate(lengths):
         valid[j, :n] = True

@@ -61,14 +61,15 @@ def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.T
                 continue
             if compiled().row_topk(h[j, :m], a[j, :m], vals[lo:lo + m], dims[lo:lo + m]):
                 return True
-            # |h| >= 0 without NaN here: as int32 their bits order as the values do, and numpy
-            # selects int32 ~1.6-2x faster than float32 (benchmarks/RESULTS.md, "Ingest overhead, third pass")
-            rows = a[j, :m].view(np.int32)                                     # [m, d] |h| of sequence j
-            rows.partition((d - 1) // 2, axis=-1)
-            med[lo:lo + m] = rows[:, (d - 1) // 2].view(np.float32)
-            flat = rows.reshape(-1)   # the row pass moved values only within rows: the sequence's |h| are intact
-            flat.partition((m * d - 1) // 2)
-            seq[j] = flat[(m * d - 1) // 2:(m * d - 1) // 2 + 1].view(np.float32)[0]
+            rows = a[j, :m]                                                    # [m, d] |h| of sequence j
+            # selected as int32: |h| >= 0 without NaN here, whose bits order as the values do, and numpy
+            # selects int32 1.6-2x faster than float32 (benchmarks/RESULTS.md, "Ingest overhead, third pass")
+            bits = rows.view(np.int32)
+            bits.partition((d - 1) // 2, axis=-1)
+            med[lo:lo + m] = rows[:, (d - 1) // 2]
+            # the row pass moved values only within rows: the sequence's |h| are intact
+            bits.reshape(-1).partition((m * d - 1) // 2)
+            seq[j] = rows.reshape(-1)[(m * d - 1) // 2]
         return False
     if any(pool.in_threads(stats_of, pool.shares(starts, pool.threads()))):
         return None
