@@ -12,8 +12,8 @@ if TYPE_CHECKING:   # torch is imported only when a device is chosen: `actdb sql
 
 
 # How long GNU OpenMP's workers (torch's on Linux) spin after a parallel region before they sleep. Its
-# default (300,000 spins; tens of ms on these VMs) keeps a core busy through every pause of the
-# forward: the capture statistics' second thread and the mask writer then only share the other core.
+# default (300,000 spins) held a core through a whole 60 ms hook on these VMs, so the capture
+# statistics' second thread and the mask writer only shared the other core.
 # 10,000 spins still bridge the gaps between a forward's ops (benchmarks/RESULTS.md, "Ingest overhead,
 # third pass").
 OPENMP_SPIN = "10000"
