@@ -21,7 +21,7 @@ from ..files import atomic_path
 from ..store.layout import CAPTURE_DIR, CAPTURE_FIELDS as FIELDS, PROJECTION_FILE
 from .adapters import get_module
 from .packing import compiled
-from . import pool
+from .pool import in_threads, shares
 
 
 
@@ -71,7 +71,7 @@ def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.T
             bits.reshape(-1).partition((m * d - 1) // 2)
             seq[j] = rows.reshape(-1)[(m * d - 1) // 2]
         return False
-    if any(pool.in_threads(stats_of, pool.shares(starts, pool.threads()))):
+    if any(in_threads(stats_of, shares(starts))):
         return None
     return {"topk_value": torch.from_numpy(vals), "topk_dim": torch.from_numpy(dims),
             "median": torch.from_numpy(med), "seq_median": torch.from_numpy(np.repeat(seq, lengths))}
@@ -125,17 +125,15 @@ def _medians(a: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.T
     rows = x.reshape(b * width, d)
     med = np.empty(b * width, dtype=x.dtype)
     seq = np.empty(b, dtype=x.dtype)
-    cuts = np.linspace(0, b * width, pool.threads() + 1).astype(int)
-
-    def row_part(i: int) -> None:
-        med[cuts[i]:cuts[i + 1]] = _select(rows[cuts[i]:cuts[i + 1]], d)
-    pool.in_threads(row_part, range(len(cuts) - 1))
+    def row_part(r: range) -> None:
+        med[r.start:r.stop] = _select(rows[r.start:r.stop], d)
+    in_threads(row_part, shares(np.arange(b * width + 1)))
     # the per-row pass moved values only within rows, so each sequence's values are intact
 
     def seq_part(js: range) -> None:
         for j in js:
             seq[j] = _select(x[j, :lengths[j]].reshape(-1), lengths[j] * d)
-    pool.in_threads(seq_part, pool.shares(np.concatenate([[0], np.cumsum(lengths)]), pool.threads()))
+    in_threads(seq_part, shares(np.concatenate([[0], np.cumsum(lengths)])))
     return torch.from_numpy(med.reshape(b, width)), torch.from_numpy(seq)
 
 

@@ -34,9 +34,10 @@ def in_threads(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     return [first, *(f.result() for f in futures)]
 
 
-def shares(starts: np.ndarray, n: int) -> list[range]:
-    """Split parts (part j: rows starts[j]..starts[j+1]) into up to n contiguous ranges of about
-    equal rows, none empty; a part is never cut."""
+def shares(starts: np.ndarray, n: int | None = None) -> list[range]:
+    """Split parts (part j: rows starts[j]..starts[j+1]) into up to n (default threads()) contiguous
+    ranges of about equal rows, none empty; a part is never cut."""
+    n = threads() if n is None else n
     cuts = np.abs(starts[:, None] - np.linspace(0, starts[-1], n + 1)[None, 1:-1]).argmin(axis=0)  # nearest boundaries
     bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts) - 1]
     return [range(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
