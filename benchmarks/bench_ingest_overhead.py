@@ -55,6 +55,16 @@ def bare_forward(model_dir: Path, staging_ids: np.ndarray, offsets: np.ndarray, 
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def bare_rows(store) -> tuple[np.ndarray, np.ndarray, float]:
+    """A store's token ids in row order, the offsets of its full-length sequences (the bare forward
+    stacks those only) and the factor from their tokens to the store's (a last short sequence)."""
+    toks = store.tokens().sort("row")
+    seq = toks["seq"].to_numpy()
+    offsets = np.concatenate([[0], np.flatnonzero(np.diff(seq)) + 1, [len(seq)]])
+    keep = int((np.diff(offsets) == offsets[1]).sum())
+    return toks["token_id"].to_numpy(), offsets[:keep + 1], len(seq) / offsets[keep]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=("opt125m", "smollm2"), default="opt125m")
@@ -87,26 +97,20 @@ def main() -> None:
         actdb.ingest.run(settings(ref, variants[0][0]))
         store = actdb.open(ref)
         storage = store_storage(ref)
-        toks = store.tokens().sort("row")
-        ids = toks["token_id"].to_numpy()
-        seq = toks["seq"].to_numpy()
-        offsets = np.concatenate([[0], np.flatnonzero(np.diff(seq)) + 1, [len(seq)]])
-        lengths = np.diff(offsets)
-        keep = int((lengths == lengths[0]).sum())  # bare forward stacks full-length sequences only
-        ntok, nfwd = int(store.n_tokens), int(offsets[keep])
-        k = ntok / nfwd   # the bare forward may skip a last short sequence: scale it to ingest's tokens
+        ids, full, k = bare_rows(store)
+        ntok, nfwd = int(store.n_tokens), int(full[-1])
         # the host's speed drifts within a run (RESULTS.md): each ingest is paired with a bare base
         # forward just before it, and the ratios of the pairs are compared, not times across the run
         for _ in range(args.repeats):
             for c, codec in variants:
-                b, bc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)
+                b, bc = bare_forward(mdir, ids, full, args.batch_size, base=True)
                 out = Path(tmp) / f"{c}-{codec}"
                 t0, c0 = time.perf_counter(), time.process_time()
                 summary = actdb.ingest.run(settings(out, c, codec).replace(overwrite=True))
                 pairs[(c, codec)].append({"base": b * k, "base cpu": bc * k, "ingest": time.perf_counter() - t0,
                                  "ingest cpu": time.process_time() - c0, "loop": summary.forward_seconds})
-        b, bc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=True)
-        f, fc = bare_forward(mdir, ids, offsets[:keep + 1], args.batch_size, base=False)
+        b, bc = bare_forward(mdir, ids, full, args.batch_size, base=True)
+        f, fc = bare_forward(mdir, ids, full, args.batch_size, base=False)
     full_over_base, full_over_base_cpu = f / b, fc / bc
     print(f"# {args.model} ({mdir}), {ntok:,} tokens ingested, bare forwards over the {nfwd:,} tokens of its "
           f"full-length sequences; seq_len {args.seq_len}, batch {args.batch_size}; {args.repeats} rounds of "

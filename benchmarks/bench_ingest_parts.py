@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -31,7 +30,7 @@ import actdb.ingest.forward as forward  # noqa: E402
 import actdb.ingest.hooks as hooks  # noqa: E402
 import actdb.ingest.packing as packing  # noqa: E402
 from _common import WORK, opt125m_random, smollm2, stamp, text_corpus  # noqa: E402
-from bench_ingest_overhead import bare_forward  # noqa: E402
+from bench_ingest_overhead import bare_forward, bare_rows  # noqa: E402
 
 SECONDS: dict[str, float] = collections.defaultdict(float)
 CALLS: dict[str, list[float]] = collections.defaultdict(list)
@@ -75,16 +74,12 @@ def main() -> None:
                                  seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.tokens,
                                  capture=args.capture, progress=False, offload="off", index=False)
         actdb.ingest.run(s)   # untimed: page cache, kernels, and the token rows
-        toks = actdb.open(s.out).tokens().sort("row")
-        seq = toks["seq"].to_numpy()
-        offsets = np.concatenate([[0], np.flatnonzero(np.diff(seq)) + 1, [len(seq)]])
-        keep = int((np.diff(offsets) == offsets[1]).sum())   # the bare forward stacks full-length sequences only
-        scale = len(seq) / offsets[keep]                      # ... scaled to ingest's tokens
+        ids, full, scale = bare_rows(actdb.open(s.out))
         print("| round | bare forward s | loop s | loop ÷ bare | stats | pack | assemble (largest calls) | "
               "writer wait | forward beyond bare |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in range(args.repeats):
-            bare, _ = bare_forward(mdir, toks["token_id"].to_numpy(), offsets[:keep + 1], args.batch_size, base=True)
+            bare, _ = bare_forward(mdir, ids, full, args.batch_size, base=True)
             bare *= scale
             SECONDS.clear()
             CALLS.clear()

@@ -211,9 +211,9 @@ class MaskWriter:
         for i, (layer, arr) in enumerate(self.arrays.items()):
             arr[:, start:start + data.shape[-1]] = data[i]
             rows = arr.chunks[0]
-            for c, r0 in enumerate(range(0, data.shape[1], rows)):
-                if not data[i, r0:r0 + rows].any():   # read as fill_value 0 without a file, as before
-                    (self.dir / layer_name(layer) / arr.metadata.encode_chunk_key((c, index))).unlink(missing_ok=True)
+            for c, path in enumerate(block_chunk_files(self.dir, {layer_name(layer): arr}, index)):  # neuron chunks in order
+                if not data[i, c * rows:(c + 1) * rows].any():   # read as fill_value 0 without a file, as before
+                    path.unlink(missing_ok=True)
             fault_point("mask-layer", f"{index}")   # a block half written: some layers, not all
 
     def block_files(self, index: int) -> list[Path]:
