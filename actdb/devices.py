@@ -28,6 +28,33 @@ def quiet_openmp() -> None:
     os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
 
 
+# glibc malloc's thresholds for the forward loop (devices.steady_malloc), in MiB. By default glibc serves
+# blocks over a threshold it moves at run time with mmap, and gives a heap's free top back to the system:
+# a SmolLM2 forward of 2,048 tokens then took 290,000-365,000 page faults in some processes and ~1,000 in
+# others, and ran 10-20 % slower in the first (benchmarks/RESULTS.md, "Ingest overhead, fourth pass").
+# Fixed thresholds above a layer's activations reuse the same memory every batch.
+MALLOC_MMAP_MIB = 64
+MALLOC_TRIM_MIB = 256
+
+
+def steady_malloc() -> bool:
+    """Fix glibc malloc's mmap and trim thresholds (MALLOC_MMAP_MIB, MALLOC_TRIM_MIB) for this process,
+    unless the user set either (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, or in GLIBC_TUNABLES) or
+    this is not glibc. Called where the forward loop starts; returns whether it set them."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ \
+            or "malloc.mmap_threshold" in tunables or "malloc.trim_threshold" in tunables:
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):   # no mallopt: not glibc (musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3   # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_MIB << 20)) and bool(mallopt(m_trim_threshold, MALLOC_TRIM_MIB << 20))
+
+
 def choose_device(setting: str) -> "torch.device":
     """'auto' (cuda if available, else cpu) or a torch device name (cpu, cuda, cuda:1, ...)."""
     import torch

@@ -18,7 +18,8 @@ in-process, timed end to end (tokenizing, hashing the weights, loading, writing)
 --capture setting and without the query index (`--no-index`; the index is timed by
 bench_queries.py and bench_out_of_core.py). actdb is imported before torch, as `actdb ingest`
 imports it, so the bare forwards and the ingests run under the same OpenMP setting
-(devices.quiet_openmp; GOMP_SPINCOUNT set in the environment wins). Corpus: real text (stdlib code + licences,
+(devices.quiet_openmp; GOMP_SPINCOUNT set in the environment wins), and the bare forwards under the
+malloc thresholds the ingest's loop fixes (devices.steady_malloc). Corpus: real text (stdlib code + licences,
 benchmarks/_common.text_corpus). Also prints the storage ratios of the stores it wrote.
 """
 from __future__ import annotations
@@ -41,8 +42,14 @@ from _common import STORAGE_HEADER, WORK, opt125m_random, smollm2, stamp, storag
 
 
 def bare_forward(model_dir: Path, staging_ids: np.ndarray, offsets: np.ndarray, batch: int, base: bool) -> tuple[float, float]:
-    """(wall s, process CPU s) of a forward pass over the sequences staging_ids[offsets[i]:offsets[i+1]]."""
+    """(wall s, process CPU s) of a forward pass over the sequences staging_ids[offsets[i]:offsets[i+1]],
+    under the malloc thresholds the ingest's forward loop sets (devices.steady_malloc): without them
+    some processes' forwards ran 10-20 % slower, all in page faults, and the ratio would flatter ingest."""
     from transformers import AutoModelForCausalLM
+
+    from actdb.devices import steady_malloc
+
+    steady_malloc()
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     run = model.base_model if base else model

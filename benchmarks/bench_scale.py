@@ -80,12 +80,16 @@ def corpus(work: Path) -> Path:
 
 def bare_forward(model_dir: Path, store: Path, measure: int) -> tuple[float, float, int]:
     """(wall s, CPU s, tokens) of the base model's forward over the store's first sequences, as
-    ingest batches them (no LM head, no hooks)."""
+    ingest batches them (no LM head, no hooks), under the ingest loop's malloc thresholds
+    (devices.steady_malloc)."""
     import numpy as np
     import torch
     from transformers import AutoModel
 
     import actdb
+    from actdb.devices import steady_malloc
+
+    steady_malloc()
 
     toks = actdb.open(store).tokens().select("token_id").to_numpy().ravel()
     n = min(measure // SEQ_LEN, len(toks) // SEQ_LEN) * SEQ_LEN

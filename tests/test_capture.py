@@ -169,6 +169,36 @@ def test_compiled_stats_equal_the_torch_path(dtype, threads, monkeypatch):
             assert torch.equal(got["topk_dim"], want["topk_dim"])
 
 
+@pytest.mark.parametrize("d", [1, 3, 31, 32, 33, 64, 100, 576])
+@pytest.mark.parametrize("k", [1, 4, 40])
+def test_compiled_topk_equals_a_stable_sort(d, k):
+    """The compiled top-k (block maxima, then a scan of the blocks that reach the k-th largest)
+    against a stable sort of |h|: values and dimensions bit for bit, ties lower dimension first,
+    on widths around the block size and rows of ties, zeros, -0.0 and infinities; NaN reported."""
+    from actdb.ingest.kernels import row_topk
+
+    rng = np.random.default_rng(d * 100 + k)
+    kk = min(k, d)
+    h = rng.normal(size=(40, d)).astype(np.float32) * 3
+    h[5:10] = rng.integers(-2, 3, size=(5, d))               # many ties
+    h[10] = 0.0
+    h[11, ::2] = -0.0
+    h[12:15] = np.abs(h[12:15]).round()                      # ReLU-like: zeros beyond a few positives
+    h[15, d // 2] = -np.inf
+    h[16, 0] = h[16, -1] = np.inf
+    h[17, -1] = 1e30                                         # the largest in the last (partial) block
+    a = np.empty_like(h)
+    vals = np.full((40, kk), np.nan, np.float32)
+    dims = np.full((40, kk), -1, np.int32)
+    assert not row_topk(h, a, vals, dims)
+    np.testing.assert_array_equal(a.view(np.int32), np.abs(h).view(np.int32))
+    want = np.argsort(-np.abs(h), axis=1, kind="stable")[:, :kk]
+    np.testing.assert_array_equal(dims, want)
+    np.testing.assert_array_equal(vals.view(np.int32), np.take_along_axis(h, want, 1).view(np.int32))
+    h[20, d - 1] = np.nan
+    assert row_topk(h, a, vals, dims)
+
+
 @pytest.mark.parametrize("lengths", [[256] * 8, [100, 1, 1, 1, 300], [0, 0, 5], [7], [3, 0, 9, 0]])
 @pytest.mark.parametrize("n", [1, 2, 3, 8])
 def test_the_statistics_shares_cover_every_sequence_once(lengths, n):
@@ -203,3 +233,35 @@ def test_importing_actdb_before_torch_shortens_the_openmp_spin(env, torch_first,
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == [str(OPENMP_SPIN if want == "actdb" else want)]
+
+
+def test_the_forward_loops_malloc_setting_reuses_large_blocks():
+    """In a fresh interpreter: a 40 MB tensor made and freed five times is faulted in anew each time
+    under glibc's default thresholds, and not again once devices.steady_malloc has fixed them; a user's
+    own MALLOC_MMAP_THRESHOLD_ is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys, torch
+from actdb.devices import steady_malloc
+def faults():
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        a = torch.ones(40 << 20, dtype=torch.uint8)
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+before = faults()
+done = steady_malloc()
+faults()
+print(before, done, faults())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    before, done, after = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                         check=True).stdout.split()
+    pages = 5 * (40 << 20) // (2 << 20)   # at least a fault per 2 MB (transparent huge pages) each time
+    assert done == "True" and int(before) >= pages and int(after) * 10 < int(before)
+    user = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_MMAP_THRESHOLD_": "1000000"},
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert user[1] == "False" and int(user[2]) >= pages

@@ -38,16 +38,17 @@ def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k:
 
 
 def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor] | None:
-    """magnitude_stats on CPU over valid rows only: |h| and the top-k in one compiled pass per
-    row (ingest/kernels.py), the medians by numpy's (SIMD) partition; x: [batch, seq, d] float32,
+    """magnitude_stats on CPU over valid rows only: |h| and the top-k by a compiled kernel
+    (ingest/kernels.py), the medians by numpy's (SIMD) partition; x: [batch, seq, d] float32,
     contiguous. None when a row holds a NaN (the torch path, whose NaN answers these are not).
     The sequences are split over torch's thread count, one share in the calling thread (pool.py):
-    the kernel and numpy's partition release the GIL."""
+    the kernel and numpy's partition release the GIL. Each thread works one sequence at a time in
+    its own [seq, d] buffer (590 KB for SmolLM2: it stays in the core's L2 from one sequence and
+    layer to the next, where a batch-sized one came back from memory every layer)."""
     b, width, d = x.shape
     kk = min(k, d)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)             # sequence j: rows starts[j]..
     h = x.numpy()                                                              # [batch, seq, d], read only
-    a = _scratch(x).numpy()                                                    # |h|, reordered by the selections
     vals = np.empty((starts[-1], kk), dtype=np.float32)                        # [n valid, k]
     dims = np.empty((starts[-1], kk), dtype=np.int32)
     med = np.empty(starts[-1], dtype=np.float32)
@@ -55,13 +56,14 @@ def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.T
 
     def stats_of(js: range) -> bool:
         """Sequences js; whether one holds a NaN."""
+        a = _scratch((width, d)).numpy()                                       # |h| of a sequence, reordered by the selections
         for j in js:
             m, lo = lengths[j], starts[j]
             if not m:
                 continue
-            if compiled().row_topk(h[j, :m], a[j, :m], vals[lo:lo + m], dims[lo:lo + m]):
+            rows = a[:m]                                                       # [m, d] |h| of sequence j
+            if compiled().row_topk(h[j, :m], rows, vals[lo:lo + m], dims[lo:lo + m]):
                 return True
-            rows = a[j, :m]                                                    # [m, d] |h| of sequence j
             # selected as int32: |h| >= 0 without NaN here, whose bits order as the values do, and numpy
             # selects int32 1.6-2x faster than float32 (benchmarks/RESULTS.md, "Ingest overhead, third pass")
             bits = rows.view(np.int32)
@@ -81,7 +83,7 @@ def _stats_torch(x: torch.Tensor, valid: torch.Tensor, lengths: list[int], k: in
     """magnitude_stats with torch ops and numpy's selection (CUDA, NaN, and without numba)."""
     b = len(lengths)
     sign = x.float()                                                           # [batch, seq, d]
-    a = torch.abs(sign, out=_scratch(sign))                                    # a copy: ours to reorder
+    a = torch.abs(sign, out=_scratch(sign.shape, sign.device))                 # a copy: ours to reorder
     vals, dims = a.topk(min(k, a.shape[-1]), dim=-1)                          # [batch, seq, k]
     signed = sign.gather(-1, dims)
     width = a.shape[1]
@@ -97,16 +99,17 @@ def _stats_torch(x: torch.Tensor, valid: torch.Tensor, lengths: list[int], k: in
 _SCRATCH = threading.local()   # per thread: (shape, device, dtype) -> reused buffer
 
 
-def _scratch(like: torch.Tensor) -> torch.Tensor:
-    """A reused buffer shaped like `like` (a fresh 25 MB tensor per hook call costs more in page
-    faults than the abs itself). Stats are computed one hook call at a time and nothing they
-    return aliases it; a few shapes are kept (FFN and residual widths, a shorter last batch)."""
+def _scratch(shape: tuple[int, ...], device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """A reused float32 buffer of `shape`, the calling thread's (a fresh 25 MB tensor per hook call
+    costs more in page faults than the abs itself). Stats are computed one hook call at a time and
+    nothing they return aliases it; a few shapes are kept (FFN and residual widths, a shorter last
+    batch)."""
     cache = _SCRATCH.__dict__.setdefault("buffers", {})
-    key = (tuple(like.shape), like.device, like.dtype)
+    key = (tuple(shape), device)
     if key not in cache:
         if len(cache) >= 4:
             cache.pop(next(iter(cache)))
-        cache[key] = torch.empty_like(like)
+        cache[key] = torch.empty(shape, dtype=torch.float32, device=device)
     return cache[key]
 
 

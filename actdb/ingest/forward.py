@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..devices import steady_malloc
 from ..errors import StoreError
 from ..settings import IngestSettings
 from ..store.ingest_state import IngestState
@@ -153,6 +154,7 @@ class ForwardLoop:
         packing, assembling, and waiting for the writer: `writer_wait` of them)."""
         from tqdm import tqdm
 
+        steady_malloc()   # the batches' large blocks reused, not faulted in anew (devices.py)
         s = self.s
         hooks = LayerHooks(self.lm, self.layers, self.tests, self._fired, self.kinds, s.capture_topk)
         self.writer.start()
