@@ -4,9 +4,11 @@ in one process, each ingest right after a bare base-model forward over the same 
     .venv/bin/python benchmarks/bench_ingest_parts.py --model smollm2 --tokens 65536 --repeats 2
 
 Parts (seconds per ingest): `stats` the capture statistics (capture.magnitude_stats, in the
-hooks), `pack` the fire bits packed (packing.pack_rows, in the hooks), `assemble` the packed bytes
+hooks), `compare` the sign rule's act > 0 (its reading, in the hooks), `pack` the fire bits packed
+(packing.pack_rows, in the hooks), `assemble` the packed bytes
 stacked on the host and copied into blocks (ForwardLoop._push), `writer wait` the forward standing
-still for the writer; `forward` what remains of the hooked forward, against the bare forward: the
+still for the writer, `writer CPU` the writer thread's CPU seconds (beside the forward); `forward`
+what remains of the hooked forward, against the bare forward: the
 model's own work plus the hooks' compares and dispatch, slowed by whatever else takes a core (the
 writer thread). The timers cost a few microseconds a call. The largest single calls of `assemble`
 are listed too: a fresh block buffer's page faults show there. A diagnostic, not a target:
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 import tempfile
 import time
@@ -48,6 +51,21 @@ def timed(owner, name: str, part: str) -> None:
             dt = time.perf_counter() - t
             SECONDS[part] += dt
             CALLS[part].append(dt)
+    try:
+        setattr(owner, name, wrapper)
+    except dataclasses.FrozenInstanceError:   # a Reading
+        object.__setattr__(owner, name, wrapper)
+
+
+def timed_thread_cpu(owner, name: str, part: str) -> None:
+    """Wrap owner.name, a thread's run method, adding the thread's CPU seconds to SECONDS[part]."""
+    f = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        finally:
+            SECONDS[part] += time.thread_time()
     setattr(owner, name, wrapper)
 
 
@@ -63,6 +81,8 @@ def main() -> None:
     args = ap.parse_args()
     timed(hooks, "magnitude_stats", "stats")       # hooks.py calls it by this name
     timed(packing, "pack_rows", "pack")            # RowPacker calls the module's function
+    timed(hooks.POSITIVE, "derive", "compare")     # the sign rule's reading, act > 0
+    timed_thread_cpu(forward.BlockWriter, "run", "writer CPU")
     timed(hooks.LayerHooks, "forward", "hooked forward")
     timed(forward.ForwardLoop, "_push", "assemble")
     mdir = opt125m_random() if args.model == "opt125m" else smollm2()
@@ -76,8 +96,8 @@ def main() -> None:
         actdb.ingest.run(s)   # untimed: page cache, kernels, and the token rows
         ids, full, scale = bare_rows(actdb.open(s.out))
         print("| round | bare forward s | loop s | loop ÷ bare | stats | pack | assemble (largest calls) | "
-              "writer wait | forward beyond bare |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "writer wait | writer CPU | compare | forward beyond bare |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in range(args.repeats):
             bare, _ = bare_forward(mdir, ids, full, args.batch_size, base=True)
             bare *= scale
@@ -85,11 +105,11 @@ def main() -> None:
             CALLS.clear()
             summary = actdb.ingest.run(s.replace(overwrite=True))
             loop = summary.forward_seconds
-            fwd = SECONDS["hooked forward"] - SECONDS["stats"] - SECONDS["pack"]
+            fwd = SECONDS["hooked forward"] - SECONDS["stats"] - SECONDS["pack"] - SECONDS["compare"]
             big = ", ".join(f"{x:.2f}" for x in sorted(CALLS["assemble"])[-2:])
             print(f"| {r + 1} | {bare:.2f} | {loop:.2f} | {loop / bare:.3f} | {SECONDS['stats']:.2f} | "
                   f"{SECONDS['pack']:.2f} | {SECONDS['assemble']:.2f} ({big}) | {summary.writer_wait_seconds:.2f} | "
-                  f"{fwd - bare:+.2f} ({(fwd - bare) / bare:+.1%}) |")
+                  f"{SECONDS['writer CPU']:.2f} | {SECONDS['compare']:.2f} | {fwd - bare:+.2f} ({(fwd - bare) / bare:+.1%}) |")
 
 
 if __name__ == "__main__":
