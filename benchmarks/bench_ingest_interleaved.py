@@ -15,7 +15,6 @@ forward loop's malloc thresholds (devices.steady_malloc), as in bench_ingest_ove
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -29,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 import actdb  # noqa: E402  (before torch, as the CLI: devices.quiet_openmp)
 import actdb.ingest.forward as forward  # noqa: E402
 import torch  # noqa: E402
-from _common import WORK, opt125m_random, smollm2, stamp, table, text_corpus  # noqa: E402
+from _common import stamp, table  # noqa: E402
+from bench_ingest_parts import loop_args, loop_settings  # noqa: E402
 
 
 def main() -> None:
@@ -37,20 +37,10 @@ def main() -> None:
 
     from actdb.devices import steady_malloc
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=("opt125m", "smollm2"), default="smollm2")
-    ap.add_argument("--tokens", type=int, default=98304)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--capture", default="resid")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--work", default=str(WORK))
-    args = ap.parse_args()
-    mdir = opt125m_random() if args.model == "opt125m" else smollm2()
+    args = loop_args(98304)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     steady_malloc()
-    bare = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32).eval().base_model
     pairs: list[tuple[float, float]] = []   # (bare s, loop s) per full-length batch
     unpaired = [0.0]
 
@@ -86,9 +76,8 @@ def main() -> None:
                    f"{args.seq_len}, torch threads {torch.get_num_threads()}")
     rows = []
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        s = actdb.IngestSettings(model=str(mdir), corpus=(str(text_corpus()),), out=str(Path(tmp) / "store"),
-                                 seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.tokens,
-                                 capture=args.capture, progress=False, offload="off", index=False)
+        s = loop_settings(args, tmp)
+        bare = AutoModelForCausalLM.from_pretrained(s.model, dtype=torch.float32).eval().base_model
         actdb.ingest.run(s)   # untimed: page cache, kernels, the staged tokens
         for r in range(args.repeats):
             pairs.clear()

@@ -69,30 +69,41 @@ def timed_thread_cpu(owner, name: str, part: str) -> None:
     setattr(owner, name, wrapper)
 
 
-def main() -> None:
+def loop_args(tokens: int) -> argparse.Namespace:
+    """The options of the loop benchmarks: this one and bench_ingest_interleaved.py."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=("opt125m", "smollm2"), default="smollm2")
-    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--tokens", type=int, default=tokens)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--capture", default="resid")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--work", default=str(WORK))
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def loop_settings(args: argparse.Namespace, tmp: str) -> "actdb.IngestSettings":
+    """The ingest the loop benchmarks time, into tmp/store (index off, no progress bar)."""
+    mdir = opt125m_random() if args.model == "opt125m" else smollm2()
+    return actdb.IngestSettings(model=str(mdir), corpus=(str(text_corpus()),), out=str(Path(tmp) / "store"),
+                                seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.tokens,
+                                capture=args.capture, progress=False, offload="off", index=False)
+
+
+def main() -> None:
+    args = loop_args(65536)
     timed(hooks, "magnitude_stats", "stats")       # hooks.py calls it by this name
     timed(packing, "pack_rows", "pack")            # RowPacker calls the module's function
     timed(hooks.POSITIVE, "derive", "compare")     # the sign rule's reading, act > 0
     timed_thread_cpu(forward.BlockWriter, "run", "writer CPU")
     timed(hooks.LayerHooks, "forward", "hooked forward")
     timed(forward.ForwardLoop, "_push", "assemble")
-    mdir = opt125m_random() if args.model == "opt125m" else smollm2()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     print(stamp(), f"{args.model}, {args.tokens:,} tokens, capture {args.capture}")
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        s = actdb.IngestSettings(model=str(mdir), corpus=(str(text_corpus()),), out=str(Path(tmp) / "store"),
-                                 seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.tokens,
-                                 capture=args.capture, progress=False, offload="off", index=False)
+        s = loop_settings(args, tmp)
+        mdir = Path(s.model)
         actdb.ingest.run(s)   # untimed: page cache, kernels, and the token rows
         ids, full, scale = bare_rows(actdb.open(s.out))
         print("| round | bare forward s | loop s | loop ÷ bare | stats | pack | assemble (largest calls) | "
