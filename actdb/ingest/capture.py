@@ -96,7 +96,7 @@ def _stats_torch(x: torch.Tensor, valid: torch.Tensor, lengths: list[int], k: in
             "median": rows(med), "seq_median": rows(seq_med.contiguous())}
 
 
-_SCRATCH = threading.local()   # per thread: (shape, device, dtype) -> reused buffer
+_SCRATCH = threading.local()   # per thread: (shape, device) -> reused float32 buffer
 
 
 def _scratch(shape: tuple[int, ...], device: torch.device = torch.device("cpu")) -> torch.Tensor:
