@@ -29,7 +29,7 @@ import actdb  # noqa: E402  (before torch, as the CLI: devices.quiet_openmp)
 import actdb.ingest.forward as forward  # noqa: E402
 import torch  # noqa: E402
 from _common import stamp, table  # noqa: E402
-from bench_ingest_parts import loop_args, loop_settings  # noqa: E402
+from bench_ingest_parts import SECONDS, loop_args, loop_settings, timed_thread_cpu  # noqa: E402
 
 
 def main() -> None:
@@ -62,15 +62,7 @@ def main() -> None:
         return t
     forward.ForwardLoop._batch = paired
 
-    writer_cpu = [0.0]
-    run = forward.BlockWriter.run
-
-    def counted(self) -> None:
-        try:
-            run(self)
-        finally:
-            writer_cpu[0] += time.thread_time()
-    forward.BlockWriter.run = counted
+    timed_thread_cpu(forward.BlockWriter, "run", "writer CPU")
 
     print(stamp(), f"{args.model}, {args.tokens:,} tokens, capture {args.capture}, batches of {args.batch_size} x "
                    f"{args.seq_len}, torch threads {torch.get_num_threads()}")
@@ -81,7 +73,7 @@ def main() -> None:
         actdb.ingest.run(s)   # untimed: page cache, kernels, the staged tokens
         for r in range(args.repeats):
             pairs.clear()
-            unpaired[0] = writer_cpu[0] = 0.0
+            unpaired[0] = SECONDS["writer CPU"] = 0.0
             summary = actdb.ingest.run(s.replace(overwrite=True))
             b = np.array([p[0] for p in pairs])
             t = np.array([p[1] for p in pairs])
@@ -90,7 +82,7 @@ def main() -> None:
             ratio = (t.sum() + rest) / b.sum()
             rows.append([r + 1, len(pairs), f"{b.sum():.1f}", f"{t.sum() + rest:.1f}", f"**{ratio:.3f}**",
                          f"{np.median(t / b):.3f}", f"{np.percentile(t / b, 10):.3f} - {np.percentile(t / b, 90):.3f}",
-                         f"{rest:.2f}", f"{writer_cpu[0]:.2f}"])
+                         f"{rest:.2f}", f"{SECONDS['writer CPU']:.2f}"])
             print(f"round {r + 1}: {ratio:.3f}", flush=True)
     print(table(["round", "paired batches", "bare s", "loop s", "loop ÷ bare", "median batch ratio",
                  "batch ratios p10 - p90", "loop s unpaired (last flush)", "writer CPU s"], rows))
