@@ -42,8 +42,10 @@ def lower_median(x):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "opt", "bert"])
+@pytest.mark.parametrize("family", sorted(REF))
 def test_capture_equals_direct_computation(family, model_dirs, corpus_file, tmp_path):
+    """Every family: the forward holds the captured values of several layers and computes their
+    statistics after it (LayerHooks), so a family that changed a layer's output later would fail here."""
     store = run_ingest(model_dirs(family), corpus_file, tmp_path / "s", mode="document", capture_topk=3,
                        capture="resid+ffn")
     assert store.manifest.capture == ("resid", "ffn") and store.manifest.capture_topk == 3
@@ -265,3 +267,64 @@ print(before, done, faults())
     user = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_MMAP_THRESHOLD_": "1000000"},
                           capture_output=True, text=True, check=True).stdout.split()
     assert user[1] == "False" and int(user[2]) >= pages
+
+
+def _captured(lm, layers, ids, mask, lengths, kinds=("resid", "ffn")):
+    """{kind: per layer stats} of one forward through LayerHooks."""
+    from actdb.ingest.hooks import LayerHooks
+
+    with LayerHooks(lm, layers, [], lambda *a: None, kinds, 3) as hooks:
+        hooks.forward(ids, mask, lengths)
+        return {kind: [dict(st) for st in hooks.stats[kind]] for kind in kinds}
+
+
+def _tiny_batch(lm):
+    lengths = np.array([20, 13, 7])
+    ids = torch.randint(4, 60, (3, 20), generator=torch.Generator().manual_seed(5))
+    mask = (torch.arange(20)[None, :] < torch.from_numpy(lengths)[:, None]).long()
+    return ids * mask, mask, lengths
+
+
+def test_held_layers_give_the_statistics_of_one_layer_at_a_time(model_dirs, monkeypatch):
+    """LayerHooks holds the captured values and computes their statistics together; with a hold of
+    one byte (a pass after every layer) and of all layers the answers equal magnitude_stats of each
+    layer's own hooked values, bit for bit, over a padded batch."""
+    from actdb.devices import choose_device
+    from actdb.ingest import capture, hooks as hooks_module
+    from actdb.ingest.models import load_config, load_model
+
+    mdir = model_dirs("llama")
+    lm = load_model(mdir, load_config(mdir), choose_device("cpu"), torch.float32, offload=False)
+    layers = tuple(range(len(lm.layers)))
+    ids, mask, lengths = _tiny_batch(lm)
+    seen: dict[tuple[str, int], torch.Tensor] = {}
+    for l in layers:   # the values the hooks read, kept apart (copies) by a plain hook
+        lm.layers[l].register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(("resid", l), (o[0] if isinstance(o, tuple) else o).clone()))
+        lm.layers[l].mlp.act_fn.register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(("ffn", l), o.clone()))
+    held_all = _captured(lm, layers, ids, mask, lengths)
+    monkeypatch.setattr(hooks_module, "HOLD_BYTES", 1)
+    one_by_one = _captured(lm, layers, ids, mask, lengths)
+    valid = mask.bool().reshape(-1)
+    for kind in ("resid", "ffn"):
+        for i, l in enumerate(layers):
+            want = capture.magnitude_stats(seen[(kind, l)], valid, lengths.tolist(), 3)
+            for got in (held_all[kind][i], one_by_one[kind][i]):
+                assert got.keys() == want.keys()
+                for key in want:
+                    assert torch.equal(got[key], want[key]), (kind, l, key)
+
+
+def test_a_held_value_changed_in_place_is_an_error(model_dirs):
+    """A model that writes into a layer's output after its hook would make held statistics wrong:
+    the version counter shows it, and the forward stops with one clear error instead."""
+    from actdb.devices import choose_device
+    from actdb.errors import InputError
+    from actdb.ingest.models import load_config, load_model
+
+    mdir = model_dirs("llama")
+    lm = load_model(mdir, load_config(mdir), choose_device("cpu"), torch.float32, offload=False)
+    ids, mask, lengths = _tiny_batch(lm)
+    assert _captured(lm, (0, 1), ids, mask, lengths, ("resid",))["resid"][0]["median"].shape == (40,)
+    lm.layers[1].register_forward_pre_hook(lambda m, args: args[0].mul_(2))   # layer 0's output, in place
+    with pytest.raises(InputError, match=r"llama: layer 0's resid values were changed in place"):
+        _captured(lm, (0, 1), ids, mask, lengths, ("resid",))

@@ -25,58 +25,77 @@ from .pool import in_threads, shares
 
 
 
+HOLD_BYTES = 128 << 20
+"""How many bytes of hooked values LayerHooks holds before computing their statistics in one pass
+(layer_stats). One pass per layer cost the forward ~4 % on SmolLM2 where its work alone is ~1.2 %: a
+hand-over to the helper thread each layer, and the forward's next layer slowed after it; holding up
+to this much (27 of SmolLM2's 30 residual layers of a 2,048-token batch) halved the capture's cost
+(benchmarks/RESULTS.md, "Ingest overhead, fifth pass"). A bound, so the memory stays flat for any model."""
+
+
 def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor]:
     """h: [batch, seq, d] (or [batch*seq, d]); valid: [batch*seq] bool, the first lengths[j]
     rows of each sequence j (as ingest's attention masks) -> per valid row stats."""
+    return layer_stats([h], valid, lengths, k)[0]
+
+
+def layer_stats(hs: list[torch.Tensor], valid: torch.Tensor, lengths: list[int], k: int) -> list[dict[str, torch.Tensor]]:
+    """magnitude_stats of several values of one batch (layers of one kind: the same width), their
+    compiled work split over the threads in one hand-over."""
     b = len(lengths)
-    x = h.detach().reshape(b, -1, h.shape[-1])                                 # [batch, seq, d]
-    if x.device.type == "cpu" and compiled() is not None:
-        stats = _stats_jit(x.float().contiguous(), lengths, k)
-        if stats is not None:
-            return stats
-    return _stats_torch(x, valid, lengths, k)
+    xs = [h.detach().reshape(b, -1, h.shape[-1]) for h in hs]                  # [batch, seq, d] each
+    out: list[dict[str, torch.Tensor] | None] = [None] * len(xs)
+    cpu = [i for i, x in enumerate(xs) if x.device.type == "cpu"]
+    if cpu and compiled() is not None:
+        for i, st in zip(cpu, _stats_jit([xs[i].float().contiguous() for i in cpu], lengths, k)):
+            out[i] = st
+    return [st if st is not None else _stats_torch(x, valid, lengths, k) for st, x in zip(out, xs)]
 
 
-def _stats_jit(x: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor] | None:
+def _stats_jit(xs: list[torch.Tensor], lengths: list[int], k: int) -> list[dict[str, torch.Tensor] | None]:
     """magnitude_stats on CPU over valid rows only: |h| and the top-k by a compiled kernel
-    (ingest/kernels.py), the medians by numpy's (SIMD) partition; x: [batch, seq, d] float32,
-    contiguous. None when a row holds a NaN (the torch path, whose NaN answers these are not).
-    The sequences are split over torch's thread count, one share in the calling thread (pool.py):
-    the kernel and numpy's partition release the GIL. Each thread works one sequence at a time in
-    its own [seq, d] buffer (590 KB for SmolLM2: it stays in the core's L2 from one sequence and
-    layer to the next, where a batch-sized one came back from memory every layer)."""
-    b, width, d = x.shape
+    (ingest/kernels.py), the medians by numpy's (SIMD) partition; xs: values [batch, seq, d] float32,
+    contiguous, of one width. None for a value that holds a NaN (the torch path, whose NaN answers
+    these are not). The (value, sequence) pairs are split over torch's thread count, one share in the
+    calling thread (pool.py): the kernel and numpy's partition release the GIL. Each thread works one
+    sequence at a time in its own [seq, d] buffer (590 KB for SmolLM2: it stays in the core's L2 from
+    one sequence to the next, where a batch-sized one came back from memory)."""
+    b, width, d = xs[0].shape
     kk = min(k, d)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)             # sequence j: rows starts[j]..
-    h = x.numpy()                                                              # [batch, seq, d], read only
-    vals = np.empty((starts[-1], kk), dtype=np.float32)                        # [n valid, k]
-    dims = np.empty((starts[-1], kk), dtype=np.int32)
-    med = np.empty(starts[-1], dtype=np.float32)
-    seq = np.empty(b, dtype=np.float32)
+    n, m_all = int(starts[-1]), len(xs)
+    hs = [x.numpy() for x in xs]                                               # [batch, seq, d] each, read only
+    vals = np.empty((m_all, n, kk), dtype=np.float32)                          # [values, n valid, k]
+    dims = np.empty((m_all, n, kk), dtype=np.int32)
+    med = np.empty((m_all, n), dtype=np.float32)
+    seq = np.empty((m_all, b), dtype=np.float32)
+    nan = np.zeros(m_all, dtype=bool)
 
-    def stats_of(js: range) -> bool:
-        """Sequences js; whether one holds a NaN."""
+    def stats_of(items: range) -> None:
+        """Items v * b + j: value v's sequence j."""
         a = _scratch((width, d)).numpy()                                       # |h| of a sequence, reordered by the selections
-        for j in js:
+        for item in items:
+            v, j = divmod(item, b)
             m, lo = lengths[j], starts[j]
-            if not m:
+            if not m or nan[v]:
                 continue
             rows = a[:m]                                                       # [m, d] |h| of sequence j
-            if compiled().row_topk(h[j, :m], rows, vals[lo:lo + m], dims[lo:lo + m]):
-                return True
+            if compiled().row_topk(hs[v][j, :m], rows, vals[v, lo:lo + m], dims[v, lo:lo + m]):
+                nan[v] = True
+                continue
             # selected as int32: |h| >= 0 without NaN here, whose bits order as the values do, and numpy
             # selects int32 1.6-2x faster than float32 (benchmarks/RESULTS.md, "Ingest overhead, third pass")
             bits = rows.view(np.int32)
             bits.partition((d - 1) // 2, axis=-1)
-            med[lo:lo + m] = rows[:, (d - 1) // 2]
+            med[v, lo:lo + m] = rows[:, (d - 1) // 2]
             # the row pass moved values only within rows: the sequence's |h| are intact
             bits.reshape(-1).partition((m * d - 1) // 2)
-            seq[j] = rows.reshape(-1)[(m * d - 1) // 2]
-        return False
-    if any(in_threads(stats_of, shares(starts))):
-        return None
-    return {"topk_value": torch.from_numpy(vals), "topk_dim": torch.from_numpy(dims),
-            "median": torch.from_numpy(med), "seq_median": torch.from_numpy(np.repeat(seq, lengths))}
+            seq[v, j] = rows.reshape(-1)[(m * d - 1) // 2]
+    in_threads(stats_of, shares(np.concatenate([[0], np.cumsum(np.tile(lengths, m_all))])))
+    return [None if nan[v] else
+            {"topk_value": torch.from_numpy(vals[v]), "topk_dim": torch.from_numpy(dims[v]),
+             "median": torch.from_numpy(med[v]), "seq_median": torch.from_numpy(np.repeat(seq[v], lengths))}
+            for v in range(m_all)]
 
 
 def _stats_torch(x: torch.Tensor, valid: torch.Tensor, lengths: list[int], k: int) -> dict[str, torch.Tensor]:

@@ -44,7 +44,7 @@ import torch
 from ..errors import InputError
 from ..store.layout import NEURON_THRESHOLDS_FILE, RULES_DIR, rule_slug
 from .adapters import Adapter, get_module
-from .capture import magnitude_stats
+from .capture import HOLD_BYTES, layer_stats, magnitude_stats
 from .models import LoadedModel
 from .thresholds import NeuronCandidates, TopCandidates, floor32
 
@@ -355,7 +355,12 @@ class LayerHooks:
     [n, d_ffn] bool) as soon as it is known, so no layer's bool mask outlives its hook; with
     `capture` kinds, each layer's magnitude stats of the batch are in stats[kind][i] after it.
     The forward stops after the last recorded layer. A context manager: the hooks are removed
-    on leaving it."""
+    on leaving it.
+
+    On CPU the capture's values are held (up to capture.HOLD_BYTES) and their statistics computed
+    together, after the forward or when that much is held: one pass over the threads, not one per
+    layer. A held value must not change after its hook: the forward runs under no_grad, whose
+    version counters show an in-place write, and such a write is an error, never a wrong statistic."""
 
     def __init__(self, lm: LoadedModel, layers: Iterable[int], tests: list[FireTest],
                  on_fired: Callable[[str, int, torch.Tensor], None], capture: Iterable[str] = (),
@@ -369,6 +374,8 @@ class LayerHooks:
         self.lengths: list[int] = []
         self.row0 = 0
         self._rows: Rows = self._all_rows
+        self._held: dict[str, list[tuple[int, torch.Tensor, int]]] = {kind: [] for kind in capture}  # (i, value, version)
+        self._held_bytes = 0
         # site -> what its hook does: [(reading, its tests)], capture kinds; and the sites kept for a later one
         readings: dict[Reading, list[FireTest]] = {}
         for t in tests:
@@ -416,8 +423,28 @@ class LayerHooks:
                 for t in tests:
                     self.on_fired(t.name, i, t.fired(i, v, self.row0))
             for kind in kinds:
-                self.stats[kind][i] = magnitude_stats(x, self.valid, self.lengths, self.capture_topk)
+                if x.device.type == "cpu" and not torch.is_inference(x):
+                    self._held[kind].append((i, x, x._version))
+                    self._held_bytes += x.nbytes
+                    if self._held_bytes >= HOLD_BYTES:
+                        self._stats_of_held()
+                else:
+                    self.stats[kind][i] = magnitude_stats(x, self.valid, self.lengths, self.capture_topk)
         return hook
+
+    def _stats_of_held(self) -> None:
+        """The held values' statistics, one layer_stats pass per kind; then nothing is held."""
+        for kind, held in self._held.items():
+            for i, x, version in held:
+                if x._version != version:
+                    raise InputError(f"{self.lm.adapter.family}: layer {self.layers[i]}'s {kind} values were "
+                                     "changed in place after their hook; the capture cannot read this model")
+            if held:
+                got = layer_stats([x for _, x, _ in held], self.valid, self.lengths, self.capture_topk)
+                for (i, _, _), st in zip(held, got):
+                    self.stats[kind][i] = st
+            held.clear()
+        self._held_bytes = 0
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: np.ndarray,
                 row0: int = 0) -> None:
@@ -429,16 +456,23 @@ class LayerHooks:
         self.lengths = lengths.tolist()
         self.row0 = row0
         self._rows = self._valid_rows if padded else self._all_rows
-        with torch.inference_mode():
+        for held in self._held.values():
+            held.clear()
+        self._held_bytes = 0
+        # no_grad, not inference_mode, where values are held: inference tensors keep no version counter
+        with torch.no_grad() if self._held else torch.inference_mode():
             try:
                 self.lm.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             except StopForward:
                 pass
+        self._stats_of_held()
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for held in self._held.values():
+            held.clear()
 
     def __enter__(self) -> "LayerHooks":
         return self
