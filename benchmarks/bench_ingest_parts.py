@@ -3,8 +3,8 @@ in one process, each ingest right after a bare base-model forward over the same 
 
     .venv/bin/python benchmarks/bench_ingest_parts.py --model smollm2 --tokens 65536 --repeats 2
 
-Parts (seconds per ingest): `stats` the capture statistics (capture.magnitude_stats, in the
-hooks), `compare` the sign rule's act > 0 (its reading, in the hooks), `pack` the fire bits packed
+Parts (seconds per ingest): `stats` the capture statistics (capture.layer_stats: the held values'
+in one pass, after each forward or in a hook once capture.HOLD_BYTES are held), `compare` the sign rule's act > 0 (its reading, in the hooks), `pack` the fire bits packed
 (packing.pack_rows, in the hooks), `assemble` the packed bytes
 stacked on the host and copied into blocks (ForwardLoop._push), `writer wait` the forward standing
 still for the writer, `writer CPU` the writer thread's CPU seconds (beside the forward); `forward`
@@ -92,7 +92,7 @@ def loop_settings(args: argparse.Namespace, tmp: str) -> "actdb.IngestSettings":
 
 def main() -> None:
     args = loop_args(65536)
-    timed(hooks, "magnitude_stats", "stats")       # hooks.py calls it by this name
+    timed(hooks, "layer_stats", "stats")           # hooks.py calls it by this name (magnitude_stats off CPU)
     timed(packing, "pack_rows", "pack")            # RowPacker calls the module's function
     timed(hooks.POSITIVE, "derive", "compare")     # the sign rule's reading, act > 0
     timed_thread_cpu(forward.BlockWriter, "run", "writer CPU")
