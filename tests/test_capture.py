@@ -278,7 +278,7 @@ def _captured(lm, layers, ids, mask, lengths, kinds=("resid", "ffn")):
         return {kind: [dict(st) for st in hooks.stats[kind]] for kind in kinds}
 
 
-def _tiny_batch(lm):
+def _tiny_batch():
     lengths = np.array([20, 13, 7])
     ids = torch.randint(4, 60, (3, 20), generator=torch.Generator().manual_seed(5))
     mask = (torch.arange(20)[None, :] < torch.from_numpy(lengths)[:, None]).long()
@@ -296,10 +296,11 @@ def test_held_layers_give_the_statistics_of_one_layer_at_a_time(model_dirs, monk
     mdir = model_dirs("llama")
     lm = load_model(mdir, load_config(mdir), choose_device("cpu"), torch.float32, offload=False)
     layers = tuple(range(len(lm.layers)))
-    ids, mask, lengths = _tiny_batch(lm)
+    ids, mask, lengths = _tiny_batch()
     seen: dict[tuple[str, int], torch.Tensor] = {}
     for l in layers:   # the values the hooks read, kept apart (copies) by a plain hook
-        lm.layers[l].register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(("resid", l), (o[0] if isinstance(o, tuple) else o).clone()))
+        lm.layers[l].register_forward_hook(
+            lambda m, a, o, l=l: seen.__setitem__(("resid", l), (o[0] if isinstance(o, tuple) else o).clone()))
         lm.layers[l].mlp.act_fn.register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(("ffn", l), o.clone()))
     held_all = _captured(lm, layers, ids, mask, lengths)
     monkeypatch.setattr(hooks_module, "HOLD_BYTES", 1)
@@ -323,7 +324,7 @@ def test_a_held_value_changed_in_place_is_an_error(model_dirs):
 
     mdir = model_dirs("llama")
     lm = load_model(mdir, load_config(mdir), choose_device("cpu"), torch.float32, offload=False)
-    ids, mask, lengths = _tiny_batch(lm)
+    ids, mask, lengths = _tiny_batch()
     assert _captured(lm, (0, 1), ids, mask, lengths, ("resid",))["resid"][0]["median"].shape == (40,)
     lm.layers[1].register_forward_pre_hook(lambda m, args: args[0].mul_(2))   # layer 0's output, in place
     with pytest.raises(InputError, match=r"llama: layer 0's resid values were changed in place"):

@@ -29,7 +29,7 @@ HOLD_BYTES = 128 << 20
 """How many bytes of hooked values LayerHooks holds before computing their statistics in one pass
 (layer_stats). One pass per layer cost the forward ~4 % on SmolLM2 where its work alone is ~1.2 %: a
 hand-over to the helper thread each layer, and the forward's next layer slowed after it; holding up
-to this much (27 of SmolLM2's 30 residual layers of a 2,048-token batch) halved the capture's cost
+to this much (29 of SmolLM2's 30 residual layers of a 2,048-token batch) halved the capture's cost
 (benchmarks/RESULTS.md, "Ingest overhead, fifth pass"). A bound, so the memory stays flat for any model."""
 
 
@@ -39,7 +39,8 @@ def magnitude_stats(h: torch.Tensor, valid: torch.Tensor, lengths: list[int], k:
     return layer_stats([h], valid, lengths, k)[0]
 
 
-def layer_stats(hs: list[torch.Tensor], valid: torch.Tensor, lengths: list[int], k: int) -> list[dict[str, torch.Tensor]]:
+def layer_stats(hs: list[torch.Tensor], valid: torch.Tensor, lengths: list[int],
+                k: int) -> list[dict[str, torch.Tensor]]:
     """magnitude_stats of several values of one batch (layers of one kind: the same width), their
     compiled work split over the threads in one hand-over."""
     b = len(lengths)

@@ -374,7 +374,8 @@ class LayerHooks:
         self.lengths: list[int] = []
         self.row0 = 0
         self._rows: Rows = self._all_rows
-        self._held: dict[str, list[tuple[int, torch.Tensor, int]]] = {kind: [] for kind in capture}  # (i, value, version)
+        # capture kinds -> (i, value, its version) held for one statistics pass (_stats_of_held)
+        self._held: dict[str, list[tuple[int, torch.Tensor, int]]] = {kind: [] for kind in capture}
         self._held_bytes = 0
         # site -> what its hook does: [(reading, its tests)], capture kinds; and the sites kept for a later one
         readings: dict[Reading, list[FireTest]] = {}
