@@ -444,6 +444,10 @@ class LayerHooks:
                 got = layer_stats([x for _, x, _ in held], self.valid, self.lengths, self.capture_topk)
                 for (i, _, _), st in zip(held, got):
                     self.stats[kind][i] = st
+        self._drop_held()
+
+    def _drop_held(self) -> None:
+        for held in self._held.values():
             held.clear()
         self._held_bytes = 0
 
@@ -457,9 +461,7 @@ class LayerHooks:
         self.lengths = lengths.tolist()
         self.row0 = row0
         self._rows = self._valid_rows if padded else self._all_rows
-        for held in self._held.values():
-            held.clear()
-        self._held_bytes = 0
+        self._drop_held()   # a forward that raised may have left some
         # no_grad, not inference_mode, where values are held: inference tensors keep no version counter
         with torch.no_grad() if self._held else torch.inference_mode():
             try:
@@ -472,8 +474,7 @@ class LayerHooks:
         for h in self._handles:
             h.remove()
         self._handles = []
-        for held in self._held.values():
-            held.clear()
+        self._drop_held()
 
     def __enter__(self) -> "LayerHooks":
         return self
