@@ -4,8 +4,9 @@ in one process, each ingest right after a bare base-model forward over the same 
     .venv/bin/python benchmarks/bench_ingest_parts.py --model smollm2 --tokens 65536 --repeats 2
 
 Parts (seconds per ingest): `stats` the capture statistics (capture.layer_stats: the held values'
-in one pass, after each forward or in a hook once capture.HOLD_BYTES are held), `compare` the sign rule's act > 0 (its reading, in the hooks), `pack` the fire bits packed
-(packing.pack_rows, in the hooks), `assemble` the packed bytes
+in one pass, after each forward or in a hook once capture.HOLD_BYTES are held), `compare` the sign
+rule's act > 0 (its reading, in the hooks, where a batch is padded), `pack` the fire bits packed (the
+sign rule's straight from the values, packing.pack_positive, or packing.pack_rows), `assemble` the packed bytes
 stacked on the host and copied into blocks (ForwardLoop._push), `writer wait` the forward standing
 still for the writer, `writer CPU` the writer thread's CPU seconds (beside the forward); `forward`
 what remains of the hooked forward, against the bare forward: the
@@ -94,7 +95,8 @@ def main() -> None:
     args = loop_args(65536)
     timed(hooks, "layer_stats", "stats")           # hooks.py calls it by this name (magnitude_stats off CPU)
     timed(packing, "pack_rows", "pack")            # RowPacker calls the module's function
-    timed(hooks.POSITIVE, "derive", "compare")     # the sign rule's reading, act > 0
+    timed(hooks.POSITIVE, "derive", "compare")     # the sign rule's reading, act > 0 (a padded batch)
+    timed(hooks.POSITIVE, "pack", "pack")          # ... and its bits packed straight from the values
     timed_thread_cpu(forward.BlockWriter, "run", "writer CPU")
     timed(hooks.LayerHooks, "forward", "hooked forward")
     timed(forward.ForwardLoop, "_push", "assemble")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from actdb.ingest.packing import BlockAssembler, RowPacker
+from actdb.ingest.packing import BlockAssembler, RowPacker, pack_rows
 
 
-def pack_in_batches(truth: np.ndarray, sizes, skip: int, block: int) -> dict[int, np.ndarray]:
+def pack_in_batches(truth: np.ndarray, sizes, skip: int, block: int, packed: bool = False) -> dict[int, np.ndarray]:
     """truth bool [layers, rows, d] fed as row batches of `sizes` through RowPacker and
     BlockAssembler, as ingest does (skipping the first `skip` rows, and giving each block's buffer
-    back once read) -> {block: bytes}."""
+    back once read) -> {block: bytes}. packed: a batch of a multiple of 8 rows goes in packed
+    already (RowPacker.push_packed, as the sign rule's hook gives it)."""
     n_layers, _, d = truth.shape
     packers = [RowPacker(skip) for _ in range(n_layers)]
     asm = BlockAssembler(n_layers, d, block // 8, first_block=skip // block)
@@ -25,7 +26,11 @@ def pack_in_batches(truth: np.ndarray, sizes, skip: int, block: int) -> dict[int
             blocks[k] = b.copy()
             asm.release(b)
     for n in sizes:
-        parts = [p.push(torch.from_numpy(truth[i, pos:pos + n])) for i, p in enumerate(packers)]
+        rows = [torch.from_numpy(truth[i, pos:pos + n]) for i in range(n_layers)]
+        if packed and n and n % 8 == 0:
+            parts = [p.push_packed(pack_rows(r)) for p, r in zip(packers, rows)]
+        else:
+            parts = [p.push(r) for p, r in zip(packers, rows)]
         pos += n
         if parts[0] is not None:
             take(asm.push(torch.stack(parts).numpy()))

@@ -98,3 +98,41 @@ def test_a_rule_reading_two_points_is_one_class(family, model_dirs, corpus_file,
         mine = torch.cat(got[i]).numpy()
         assert mine.shape == want.shape and np.array_equal(mine, want), f"layer {layer}"
         assert 0 < want.mean() < store.masks(layer).mean(), "the AND must differ from either rule"
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_packed_sign_bits_equal_the_hooks_bool_masks(family, model_dirs):
+    """Given on_packed, the sign rule's hook hands on its bits packed straight from the activations
+    (Reading.pack) for a batch without padding, and they are the bool masks' packed bit for bit; a
+    padded batch, or a rule whose mask is not its reading, still goes to on_fired."""
+    from actdb.ingest.hooks import fire_tests
+    from actdb.ingest.packing import pack_rows
+
+    lm = load_model(model_dirs(family), load_config(model_dirs(family)), choose_device("cpu"), torch.float32,
+                    offload=False)
+    layers = tuple(range(len(lm.layers)))
+    tests = fire_tests([parse_fire_rule(r) for r in ("sign", "abs>0.02")], len(layers), lm.adapter.d_ffn(lm.config), 0,
+                       {})
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, lm.config.vocab_size, (3, 16), generator=g)           # [batch, seq]: 48 rows
+    full = torch.ones_like(ids)
+    padded = full.clone()
+    padded[1, 11:] = 0
+    for mask, lengths, fast in ((full, np.array([16, 16, 16]), True), (padded, np.array([16, 11, 16]), False)):
+        bools: dict[tuple[str, int], torch.Tensor] = {}
+        packs: dict[tuple[str, int], torch.Tensor] = {}
+        with LayerHooks(lm, layers, tests, lambda name, i, fired: bools.__setitem__((name, i), fired)) as hooks:
+            hooks.forward(ids, mask, lengths)
+        want = dict(bools)
+        bools.clear()
+        with LayerHooks(lm, layers, tests, lambda name, i, fired: bools.__setitem__((name, i), fired),
+                        on_packed=lambda name, i, p: packs.__setitem__((name, i), p)) as hooks:
+            hooks.forward(ids, mask, lengths)
+        assert no_hooks_left(lm)
+        assert sorted(packs) == ([("sign", i) for i in range(len(layers))] if fast else [])
+        assert sorted(bools) == sorted(k for k in want if k not in packs)
+        for key, p in packs.items():
+            assert np.array_equal(p.numpy(), pack_rows(want[key]).numpy()), key
+            assert 0 < want[key].float().mean() < 1
+        for key, b in bools.items():
+            assert torch.equal(b, want[key]), key

@@ -11,23 +11,28 @@ import torch
 from actdb.ingest.corpus import SpecialTokens, read_documents, sequences
 from actdb.errors import InputError, StoreError
 from actdb.store.manifest import CorpusFile, Manifest
-from actdb.ingest.packing import pack_rows
+from actdb.ingest.packing import pack_positive, pack_rows
 from actdb.store.bits import unpack
 from pack_batches import pack_in_batches
 from records import manifest
 
 
+@pytest.mark.parametrize("packed", [False, True])   # bool rows, or rows packed already (RowPacker.push_packed)
 @pytest.mark.parametrize("seed", range(4))
-def test_packing_stream_round_trip(seed):
+def test_packing_stream_round_trip(seed, packed):
     """Random batch sizes, a row count not a multiple of 8, an odd block size, a resume skip."""
     rng = np.random.default_rng(seed)
     d, block = int(rng.integers(1, 40)), 8 * int(rng.integers(1, 9))
     n_layers = 2
     sizes = rng.integers(0, 30, size=int(rng.integers(1, 25)))
+    if packed:   # whole bytes, but for one batch: passed on as packed before it, unpacked into the carry after
+        odd = sizes[int(rng.integers(0, len(sizes)))]
+        sizes = sizes // 8 * 8
+        sizes[len(sizes) // 2] = odd
     total = int(sizes.sum())
     skip = int(rng.integers(0, max(total, 1))) // block * block if seed % 2 else 0
     truth = rng.random((n_layers, total, d)) < rng.random(d)     # [layers, rows, d]
-    blocks = pack_in_batches(truth, sizes, skip, block)
+    blocks = pack_in_batches(truth, sizes, skip, block, packed)
     if total - skip <= 0:
         assert not blocks
         return
@@ -52,6 +57,36 @@ def test_pack_rows_matches_numpy_packbits(jit, monkeypatch):
     assert np.array_equal(pack_rows(t).numpy(), np.packbits(t.numpy().T, axis=1, bitorder="little"))
     actdb.jit.compiled.cache_clear()
     assert np.array_equal(unpack(np.packbits(x.T, axis=1, bitorder="little"), 50, 5), x[5:55].T)
+
+
+def test_pack_positive_is_the_compare_then_pack_rows(monkeypatch):
+    """The sign rule's compiled pass gives pack_rows(x > 0) bit for bit, the IEEE edge values included
+    (NaN, -0.0, +-inf, subnormals), for row counts not a multiple of 64 and a [batch, seq, d] value;
+    it declines (None) what it does not cover, and the callers then compare and pack."""
+    import actdb.jit
+
+    rng = np.random.default_rng(1)
+    edge = np.array([np.nan, -0.0, 0.0, np.inf, -np.inf, 1e-45, -1e-45, 1.0, -1.0], dtype=np.float32)
+    for n, d in ((8, 1), (64, 13), (72, 9), (8 * 37, 100), (2048, 40)):
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        x.flat[rng.integers(0, x.size, size=x.size // 4)] = rng.choice(edge, size=x.size // 4)
+        t = torch.from_numpy(x)
+        got = pack_positive(t)
+        assert got is not None and np.array_equal(got.numpy(), pack_rows(t > 0).numpy()), (n, d)
+        assert got.numpy().any() and (~got.numpy()).any()
+    x3 = torch.from_numpy(rng.standard_normal((3, 24, 7)).astype(np.float32))   # [batch, seq, d]
+    assert np.array_equal(pack_positive(x3).numpy(), pack_rows(x3.reshape(-1, 7) > 0).numpy())
+    view = torch.from_numpy(rng.standard_normal((16, 30)).astype(np.float32))[:, 4:11]   # not contiguous
+    assert np.array_equal(pack_positive(view).numpy(), pack_rows(view > 0).numpy())
+    assert pack_positive(torch.ones(12, 3)) is None                            # rows not a multiple of 8
+    assert pack_positive(torch.ones(16, 3, dtype=torch.float64)) is None
+    assert pack_positive(torch.ones(16, 3, dtype=torch.bfloat16)) is None
+    monkeypatch.setenv("ACTDB_INGEST_JIT", "0")
+    actdb.jit.compiled.cache_clear()
+    try:
+        assert pack_positive(torch.ones(16, 3)) is None
+    finally:
+        actdb.jit.compiled.cache_clear()
 
 
 SP = SpecialTokens(prefix=(1,), suffix=(), separator=9)

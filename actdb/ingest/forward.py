@@ -149,6 +149,10 @@ class ForwardLoop:
         # fired: [n, d_ffn] bool -> [d_ffn, n/8] uint8, or None while fewer than 8 rows wait
         self.packed[name][i] = self.packers[name][i].push(fired)
 
+    def _fired_packed(self, name: str, i: int, packed: torch.Tensor) -> None:
+        # packed: [d_ffn, n/8] uint8, the bits _fired would have packed
+        self.packed[name][i] = self.packers[name][i].push_packed(packed)
+
     def run(self) -> float:
         """Forward and write the blocks; returns the seconds spent in the batches (forward,
         packing, assembling, and waiting for the writer: `writer_wait` of them)."""
@@ -156,7 +160,8 @@ class ForwardLoop:
 
         steady_malloc()   # the batches' large blocks reused, not faulted in anew (devices.py)
         s = self.s
-        hooks = LayerHooks(self.lm, self.layers, self.tests, self._fired, self.kinds, s.capture_topk)
+        hooks = LayerHooks(self.lm, self.layers, self.tests, self._fired, self.kinds, s.capture_topk,
+                           on_packed=self._fired_packed)
         self.writer.start()
         fwd = 0.0
         bar = tqdm(total=self.n_tokens, initial=self.start_row, unit="tok", unit_scale=True, desc="forward",

@@ -24,7 +24,9 @@ A new rule kind is one FireTest subclass added to KINDS, and its text in the gra
 grammar.parse_fire_rule. The class names the Reading it needs and says how its mask follows from
 it (and, if its thresholds come from the first block, how they are fixed). A reading of two points
 of the layer, as glu:SS's signs of act_fn(gate x) and up x are, is derived at the later one and names
-the earlier in `also`; a point not hooked yet is a Site naming an adapter field. The hooks, the
+the earlier in `also`; a point not hooked yet is a Site naming an adapter field. A reading may also
+give its bits packed straight from the site's value (`pack`: the sign rule's act > 0 in one compiled
+pass); a test whose mask is its reading (`mask_is_reading`) then hands those on (`on_packed`). The hooks, the
 forward loop, the ingest state, the manifest's records and the probe take it from there. Thresholds
 are one number per layer (the manifest records them) or d_ffn per layer (grammar.NEURON_THRESHOLDS;
 `recorded` gives them as an array [layers, d_ffn]): those are too many for the manifest, so each such
@@ -46,6 +48,7 @@ from ..store.layout import NEURON_THRESHOLDS_FILE, RULES_DIR, rule_slug
 from .adapters import Adapter, get_module
 from .capture import HOLD_BYTES, layer_stats, magnitude_stats
 from .models import LoadedModel
+from .packing import pack_positive
 from .thresholds import NeuronCandidates, TopCandidates, floor32
 
 if TYPE_CHECKING:   # a parsed --fire-rule; only its name, kind and value are read here
@@ -83,15 +86,18 @@ Thresholds = list[float] | np.ndarray   # a rule's: per layer, or per neuron flo
 class Reading:
     """A value the fire tests of a layer read, derived at `site` once per layer and batch:
     derive(x, rows, *earlier) -> [n, d_ffn], x the site's value, rows() its valid token rows,
-    earlier the values of the sites in `also` (hooked before `site` in the same layer)."""
+    earlier the values of the sites in `also` (hooked before `site` in the same layer). pack(x), for
+    a bool reading of no `also`: the bits of derive(x, all rows) packed as packing.pack_rows packs
+    them, [d_ffn, n/8] uint8, or None where it cannot (then derive and pack)."""
     name: str
     site: Site
     derive: Callable[..., torch.Tensor]
     also: tuple[Site, ...] = ()
+    pack: Callable[[torch.Tensor], torch.Tensor | None] | None = None
 
 
 # each picks the valid rows where the copy it makes is smaller: after the compare (bool), before the float32 abs
-POSITIVE = Reading("act > 0", ACT, lambda x, rows: rows(x > 0))                          # [n, d_ffn] bool
+POSITIVE = Reading("act > 0", ACT, lambda x, rows: rows(x > 0), pack=pack_positive)     # [n, d_ffn] bool
 MAGNITUDE = Reading("|h|", H, lambda x, rows: rows(x.detach()).float().abs())            # [n, d_ffn] float32
 # derived at h, after both act_fn(gate x) and up x whatever order a family computes them in
 GLU_SIGNS = Reading("signs", H, lambda h, rows, act, up: (torch.sign(rows(act)) * 3 + torch.sign(rows(up)))
@@ -106,6 +112,7 @@ class FireTest:
     kind: ClassVar[str]
     reading: ClassVar[Reading]
     calibrated: ClassVar[bool] = False   # thresholds fixed by the first block, then recorded (ingest state)
+    mask_is_reading: ClassVar[bool] = False   # fired(i, v, row0) is v: the reading's packed bits are the mask's
 
     def __init__(self, rule: FireRule, n_layers: int, d_ffn: int, first_rows: int,
                  thresholds: Thresholds | None = None) -> None:
@@ -148,6 +155,7 @@ def _set_bits(mask: np.ndarray, rows: np.ndarray, neurons: np.ndarray) -> None:
 class Sign(FireTest):
     kind = "sign"
     reading = POSITIVE
+    mask_is_reading = True
 
     def fired(self, i: int, value: torch.Tensor, row0: int) -> torch.Tensor:
         return value
@@ -352,7 +360,9 @@ def calibrated_thresholds(tests: Iterable[FireTest]) -> dict[str, Thresholds]:
 class LayerHooks:
     """Hooks on the recorded `layers` of a loaded model (models.LoadedModel) for one forward at a
     time (`forward`): each fire test's mask of each layer goes to on_fired(rule name, i, fired
-    [n, d_ffn] bool) as soon as it is known, so no layer's bool mask outlives its hook; with
+    [n, d_ffn] bool) as soon as it is known, so no layer's bool mask outlives its hook; or, given
+    on_packed, packed (packing.pack_rows) to on_packed(rule name, i, packed [d_ffn, n/8] uint8) where
+    the rule's reading packs itself (Reading.pack) over all the batch's rows (none padding); with
     `capture` kinds, each layer's magnitude stats of the batch are in stats[kind][i] after it.
     The forward stops after the last recorded layer. A context manager: the hooks are removed
     on leaving it.
@@ -364,9 +374,9 @@ class LayerHooks:
 
     def __init__(self, lm: LoadedModel, layers: Iterable[int], tests: list[FireTest],
                  on_fired: Callable[[str, int, torch.Tensor], None], capture: Iterable[str] = (),
-                 capture_topk: int = 0) -> None:
+                 capture_topk: int = 0, on_packed: Callable[[str, int, torch.Tensor], None] | None = None) -> None:
         self.lm, self.layers = lm, tuple(layers)
-        self.on_fired, self.capture_topk = on_fired, capture_topk
+        self.on_fired, self.on_packed, self.capture_topk = on_fired, on_packed, capture_topk
         self.stats: dict[str, list[dict[str, torch.Tensor] | None]] = {
             kind: [None] * len(self.layers) for kind in capture}
         # the batch's rows (set by forward)
@@ -374,6 +384,7 @@ class LayerHooks:
         self.lengths: list[int] = []
         self.row0 = 0
         self._rows: Rows = self._all_rows
+        self._padded = False
         # capture kinds -> (i, value, its version) held for one statistics pass (_stats_of_held)
         self._held: dict[str, list[tuple[int, torch.Tensor, int]]] = {kind: [] for kind in capture}
         self._held_bytes = 0
@@ -420,6 +431,11 @@ class LayerHooks:
             if keep:
                 kept[site] = x
             for reading, tests in readings:
+                packed = self._packed(reading, tests, x)
+                if packed is not None:
+                    for t in tests:
+                        self.on_packed(t.name, i, packed)
+                    continue
                 v = reading.derive(x, self._rows, *(kept.pop(s) for s in reading.also))
                 for t in tests:
                     self.on_fired(t.name, i, t.fired(i, v, self.row0))
@@ -432,6 +448,14 @@ class LayerHooks:
                 else:
                     self.stats[kind][i] = magnitude_stats(x, self.valid, self.lengths, self.capture_topk)
         return hook
+
+    def _packed(self, reading: Reading, tests: list[FireTest], x: torch.Tensor) -> torch.Tensor | None:
+        """The reading's bits packed straight from x, where its tests' masks are the reading and the
+        batch has no padding; else None."""
+        if (self.on_packed is None or reading.pack is None or reading.also or self._padded
+                or not all(t.mask_is_reading for t in tests)):
+            return None
+        return reading.pack(x)
 
     def _stats_of_held(self) -> None:
         """The held values' statistics, one layer_stats pass per kind; then nothing is held."""
@@ -461,6 +485,7 @@ class LayerHooks:
         self.lengths = lengths.tolist()
         self.row0 = row0
         self._rows = self._valid_rows if padded else self._all_rows
+        self._padded = padded
         self._drop_held()   # a forward that raised may have left some
         # no_grad, not inference_mode, where values are held: inference tensors keep no version counter
         with torch.no_grad() if self._held else torch.inference_mode():

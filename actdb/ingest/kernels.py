@@ -3,6 +3,8 @@ small parallel ops (each an OpenMP fork and join; under load or beside the write
 cost more than the work: benchmarks/RESULTS.md, "the encoder's second pass"). Loaded by packing.compiled().
 
 pack_bytes: fire bits packed 8 rows to a byte, bit for bit those of packing.pack_rows.
+pack_positive: the sign rule's bits (act > 0) packed straight from the values, neuron-major, as
+pack_rows(act > 0) gives them: one pass where the compare, the packing and the transpose were three.
 row_topk (capture.magnitude_stats): |h| and the top-k by |h| of each token row, in one
 vectorized pass and a scan of the few blocks that can hold the top-k.
 Values equal torch.topk's; among values tied in |h| the lower dimension comes first (torch
@@ -115,3 +117,53 @@ def pack_bytes(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - co
         for f in range(x.shape[1]):
             out[g, f] = (x[r, f] | (x[r + 1, f] << 1) | (x[r + 2, f] << 2) | (x[r + 3, f] << 3) | (x[r + 4, f] << 4)
                          | (x[r + 5, f] << 5) | (x[r + 6, f] << 6) | (x[r + 7, f] << 7))
+
+
+@njit(cache=True, nogil=True)
+def pack_positive(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """x: [n, d] float32 values, n a multiple of 8 -> out [d, n/8] uint8: bit b of out[f, g] says
+    x[8g + b, f] > 0 (NaN is not: the IEEE compare, as torch's). For eight bytes g0..g0+7 at a time
+    the bytes are made along contiguous rows of x into a scratch [8, d] (vectorized over f), then
+    turned neuron-major eight neurons at a time, an 8 x 8 byte transpose in registers (_transpose8),
+    where out's rows take whole 8-byte words (n a multiple of 64), else byte by byte."""
+    d, groups = out.shape
+    dw = (d + 7) // 8
+    tmp = np.zeros((8, 8 * dw), np.uint8)
+    tw = tmp.view(np.uint64)                                   # [8, dw]: eight bytes of one scratch row
+    w = np.empty(8, np.uint64)
+    words = groups % 8 == 0
+    ow = out.view(np.uint64) if words else tw                  # [d, groups/8] when used
+    for g0 in range(0, groups, 8):
+        qn = min(8, groups - g0)
+        for q in range(qn):
+            r = 8 * (g0 + q)
+            for f in range(d):
+                tmp[q, f] = (np.uint8(x[r, f] > 0) | (np.uint8(x[r + 1, f] > 0) << 1)
+                             | (np.uint8(x[r + 2, f] > 0) << 2) | (np.uint8(x[r + 3, f] > 0) << 3)
+                             | (np.uint8(x[r + 4, f] > 0) << 4) | (np.uint8(x[r + 5, f] > 0) << 5)
+                             | (np.uint8(x[r + 6, f] > 0) << 6) | (np.uint8(x[r + 7, f] > 0) << 7))
+        if not words:
+            for f in range(d):
+                for q in range(qn):
+                    out[f, g0 + q] = tmp[q, f]
+            continue
+        for c in range(dw):
+            for q in range(8):
+                w[q] = tw[q, c]
+            _transpose8(w)
+            for k in range(min(8, d - 8 * c)):
+                ow[8 * c + k, g0 // 8] = w[k]
+
+
+@njit(cache=True, nogil=True)
+def _transpose8(w: np.ndarray) -> None:  # pragma: no cover - compiled
+    """w: 8 uint64 words, an 8 x 8 byte matrix (byte k of word q: row q, column k) -> transposed in
+    place: three rounds swapping 1-, 2-, then 4-byte blocks between word pairs."""
+    for span, mask, pairs in ((np.uint64(8), np.uint64(0x00FF00FF00FF00FF), (0, 2, 4, 6)),
+                              (np.uint64(16), np.uint64(0x0000FFFF0000FFFF), (0, 1, 4, 5)),
+                              (np.uint64(32), np.uint64(0x00000000FFFFFFFF), (0, 1, 2, 3))):
+        step = int(span) // 8
+        for a in pairs:
+            t = ((w[a] >> span) ^ w[a + step]) & mask
+            w[a + step] ^= t
+            w[a] ^= t << span

@@ -47,6 +47,30 @@ def pack_rows(fired: torch.Tensor) -> torch.Tensor:
     return packed.t().contiguous()                                           # [d_ffn, n/8]
 
 
+def pack_positive(x: torch.Tensor) -> torch.Tensor | None:
+    """The sign rule's bits, pack_rows(x > 0) for x [n, d_ffn] (or [batch, seq, d_ffn], rows in
+    order), straight from the values in one compiled pass (ingest/kernels.py); None where that
+    kernel does not apply (not CPU float32, rows not a multiple of 8, no numba): then compare and
+    pack_rows. In a SmolLM2 ingest the compare and the packing took 0.98 ms a layer and batch, this
+    0.6 (benchmarks/RESULTS.md, "Ingest overhead, sixth pass")."""
+    jit = compiled()
+    if jit is None or x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    rows = x.detach().reshape(-1, x.shape[-1])                              # [n, d_ffn]
+    n, f = rows.shape
+    if n % 8 or not n:
+        return None
+    packed = torch.empty(f, n // 8, dtype=torch.uint8)                      # [d_ffn, n/8]
+    jit.pack_positive(rows.contiguous().numpy(), packed.numpy())
+    return packed
+
+
+def unpack_rows(packed: torch.Tensor) -> torch.Tensor:
+    """pack_rows' inverse: [d_ffn, n/8] uint8 -> [n, d_ffn] bool, on the host."""
+    bits = np.unpackbits(packed.cpu().numpy(), axis=-1, bitorder="little")  # [d_ffn, n] 0/1
+    return torch.from_numpy(np.ascontiguousarray(bits.T).view(bool))
+
+
 class RowPacker:
     """Packs a stream of [n, d_ffn] bool row batches into whole bytes.
 
@@ -67,6 +91,13 @@ class RowPacker:
         whole = rows.shape[0] // 8 * 8
         self.carry = rows[whole:]
         return pack_rows(rows[:whole]) if whole else None
+
+    def push_packed(self, packed: torch.Tensor) -> torch.Tensor | None:
+        """As push(rows) where packed = pack_rows(rows): passed on as it is unless rows wait or are
+        skipped (the first batch of a resume, or after a batch of a row count not a multiple of 8)."""
+        if self.skip or (self.carry is not None and self.carry.shape[0]):
+            return self.push(unpack_rows(packed).to(packed.device))
+        return packed
 
     def finish(self, d_ffn: int, device: torch.device) -> torch.Tensor | None:
         """Pack the last < 8 rows, zero-padded."""
