@@ -125,7 +125,9 @@ def pack_positive(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover -
     x[8g + b, f] > 0 (NaN is not: the IEEE compare, as torch's). For eight bytes g0..g0+7 at a time
     the bytes are made along contiguous rows of x into a scratch [8, d] (vectorized over f), then
     turned neuron-major eight neurons at a time, an 8 x 8 byte transpose in registers (_transpose8),
-    where out's rows take whole 8-byte words (n a multiple of 64), else byte by byte."""
+    where out's rows take whole 8-byte words (n a multiple of 64), else byte by byte. The words are
+    read and written through uint64 views of byte arrays: little-endian hosts (x86-64, arm64), as
+    torch's CPU builds are; the test against compare-then-pack would show otherwise."""
     d, groups = out.shape
     dw = (d + 7) // 8
     tmp = np.zeros((8, 8 * dw), np.uint8)
