@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..jit import compiled as _compiled
+from ..store.bits import unpack
 
 _WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
@@ -65,12 +66,6 @@ def pack_positive(x: torch.Tensor) -> torch.Tensor | None:
     return packed
 
 
-def unpack_rows(packed: torch.Tensor) -> torch.Tensor:
-    """pack_rows' inverse: [d_ffn, n/8] uint8 -> [n, d_ffn] bool, on the host."""
-    bits = np.unpackbits(packed.cpu().numpy(), axis=-1, bitorder="little")  # [d_ffn, n] 0/1
-    return torch.from_numpy(np.ascontiguousarray(bits.T).view(bool))
-
-
 class RowPacker:
     """Packs a stream of [n, d_ffn] bool row batches into whole bytes.
 
@@ -96,7 +91,8 @@ class RowPacker:
         """As push(rows) where packed = pack_rows(rows): passed on as it is unless rows wait or are
         skipped (the first batch of a resume, or after a batch of a row count not a multiple of 8)."""
         if self.skip or (self.carry is not None and self.carry.shape[0]):
-            return self.push(unpack_rows(packed).to(packed.device))
+            p = packed.cpu().numpy()                                            # [d_ffn, n/8]
+            return self.push(torch.from_numpy(np.ascontiguousarray(unpack(p, 8 * p.shape[1]).T)).to(packed.device))
         return packed
 
     def finish(self, d_ffn: int, device: torch.device) -> torch.Tensor | None:
