@@ -384,7 +384,6 @@ class LayerHooks:
         self.lengths: list[int] = []
         self.row0 = 0
         self._rows: Rows = self._all_rows
-        self._padded = False
         # capture kinds -> (i, value, its version) held for one statistics pass (_stats_of_held)
         self._held: dict[str, list[tuple[int, torch.Tensor, int]]] = {kind: [] for kind in capture}
         self._held_bytes = 0
@@ -451,8 +450,8 @@ class LayerHooks:
 
     def _packed(self, reading: Reading, tests: list[FireTest], x: torch.Tensor) -> torch.Tensor | None:
         """The reading's bits packed straight from x, where its tests' masks are the reading and the
-        batch has no padding; else None."""
-        if (self.on_packed is None or reading.pack is None or reading.also or self._padded
+        batch has no padding (its rows are all rows: bound methods compare equal, never identical); else None."""
+        if (self.on_packed is None or reading.pack is None or reading.also or self._rows != self._all_rows
                 or not all(t.mask_is_reading for t in tests)):
             return None
         return reading.pack(x)
@@ -485,7 +484,6 @@ class LayerHooks:
         self.lengths = lengths.tolist()
         self.row0 = row0
         self._rows = self._valid_rows if padded else self._all_rows
-        self._padded = padded
         self._drop_held()   # a forward that raised may have left some
         # no_grad, not inference_mode, where values are held: inference tensors keep no version counter
         with torch.no_grad() if self._held else torch.inference_mode():
